@@ -1,0 +1,21 @@
+//! rserpool: Reliable Server Pooling (RFC 5351-5356) in Rust.
+//!
+//! - [`wire`]: zero-copy views and emitters for every ASAP and ENRP message and parameter.
+//! - [`handlespace`]: pools, pool elements, selection policies, lifetimes, per-owner checksums.
+//! - [`asap`]: the registrar's sans-IO ASAP state machine.
+//! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
+//! - [`service`]: the seam between protocol code and engines.
+//!
+//! Data flows one way: bytes → `wire` view → state machine → `handlespace` → actions → engine.
+//! Only `runtime` performs I/O or contains `unsafe`.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod asap;
+pub mod config;
+pub mod handlespace;
+pub mod runtime;
+pub mod service;
+pub mod time;
+pub mod wire;

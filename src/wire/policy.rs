@@ -1,0 +1,176 @@
+//! Pool Member Selection Policy parameter (RFC 5356; WIRE.md section 4).
+
+/// The 32-bit policy type carried in a Pool Member Selection Policy parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyType(pub u32);
+
+impl PolicyType {
+    /// Round Robin (no values).
+    pub const ROUND_ROBIN: Self = Self(0x0000_0001);
+    /// Weighted Round Robin (weight).
+    pub const WEIGHTED_ROUND_ROBIN: Self = Self(0x0000_0002);
+    /// Random (no values).
+    pub const RANDOM: Self = Self(0x0000_0003);
+    /// Weighted Random (weight).
+    pub const WEIGHTED_RANDOM: Self = Self(0x0000_0004);
+    /// Priority (priority).
+    pub const PRIORITY: Self = Self(0x0000_0005);
+    /// Least Used (load).
+    pub const LEAST_USED: Self = Self(0x4000_0001);
+    /// Least Used with Degradation (load, load degradation).
+    pub const LEAST_USED_DEGRADATION: Self = Self(0x4000_0002);
+    /// Priority Least Used (load, load degradation).
+    pub const PRIORITY_LEAST_USED: Self = Self(0x4000_0003);
+    /// Randomized Least Used (load).
+    pub const RANDOMIZED_LEAST_USED: Self = Self(0x4000_0004);
+
+    /// Number of 32-bit values that follow this type on the wire, or `None` for a type this
+    /// implementation does not know.
+    pub const fn value_count(self) -> Option<usize> {
+        match self {
+            Self::ROUND_ROBIN | Self::RANDOM => Some(0),
+            Self::WEIGHTED_ROUND_ROBIN
+            | Self::WEIGHTED_RANDOM
+            | Self::PRIORITY
+            | Self::LEAST_USED
+            | Self::RANDOMIZED_LEAST_USED => Some(1),
+            Self::LEAST_USED_DEGRADATION | Self::PRIORITY_LEAST_USED => Some(2),
+            _ => None,
+        }
+    }
+
+    /// Whether the type is one of the load-based policies (bit 30 set, RFC 5356 section 4).
+    pub const fn is_load_based(self) -> bool {
+        self.0 & 0x4000_0000 != 0
+    }
+
+    /// The RFC 5356 name, or `None` for an unknown type.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::ROUND_ROBIN => "Round Robin",
+            Self::WEIGHTED_ROUND_ROBIN => "Weighted Round Robin",
+            Self::RANDOM => "Random",
+            Self::WEIGHTED_RANDOM => "Weighted Random",
+            Self::PRIORITY => "Priority",
+            Self::LEAST_USED => "Least Used",
+            Self::LEAST_USED_DEGRADATION => "Least Used with Degradation",
+            Self::PRIORITY_LEAST_USED => "Priority Least Used",
+            Self::RANDOMIZED_LEAST_USED => "Randomized Least Used",
+            _ => return None,
+        })
+    }
+}
+
+/// A known selection policy with its values. Loads are scaled so that 0 = 0 % and
+/// `u32::MAX` = 100 %.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Round Robin.
+    RoundRobin,
+    /// Weighted Round Robin: a PE appears `weight` times per round.
+    WeightedRoundRobin {
+        /// Appearances per round.
+        weight: u32,
+    },
+    /// Random: PEs drawn uniformly.
+    Random,
+    /// Weighted Random: PEs drawn with probability proportional to `weight`.
+    WeightedRandom {
+        /// Relative probability.
+        weight: u32,
+    },
+    /// Priority: highest priority first, equals rotate.
+    Priority {
+        /// Larger is preferred.
+        priority: u32,
+    },
+    /// Least Used: lowest load first, equals rotate.
+    LeastUsed {
+        /// Current load.
+        load: u32,
+    },
+    /// Least Used with Degradation: lowest load plus accumulated degradation first.
+    LeastUsedDegradation {
+        /// Current load.
+        load: u32,
+        /// Added to the PE's degradation each time it is selected.
+        degradation: u32,
+    },
+    /// Priority Least Used: lowest load plus a static degradation penalty first.
+    PriorityLeastUsed {
+        /// Current load.
+        load: u32,
+        /// Static penalty added to the load.
+        degradation: u32,
+    },
+    /// Randomized Least Used: drawn with probability proportional to the free capacity.
+    RandomizedLeastUsed {
+        /// Current load.
+        load: u32,
+    },
+}
+
+impl Policy {
+    /// The wire type of this policy.
+    pub const fn policy_type(&self) -> PolicyType {
+        match self {
+            Self::RoundRobin => PolicyType::ROUND_ROBIN,
+            Self::WeightedRoundRobin { .. } => PolicyType::WEIGHTED_ROUND_ROBIN,
+            Self::Random => PolicyType::RANDOM,
+            Self::WeightedRandom { .. } => PolicyType::WEIGHTED_RANDOM,
+            Self::Priority { .. } => PolicyType::PRIORITY,
+            Self::LeastUsed { .. } => PolicyType::LEAST_USED,
+            Self::LeastUsedDegradation { .. } => PolicyType::LEAST_USED_DEGRADATION,
+            Self::PriorityLeastUsed { .. } => PolicyType::PRIORITY_LEAST_USED,
+            Self::RandomizedLeastUsed { .. } => PolicyType::RANDOMIZED_LEAST_USED,
+        }
+    }
+
+    /// Builds a policy from its type and exactly [`PolicyType::value_count`] values; `None` if
+    /// the type is unknown or the count is wrong.
+    pub fn from_values(policy_type: PolicyType, values: &[u32]) -> Option<Self> {
+        Some(match (policy_type, values) {
+            (PolicyType::ROUND_ROBIN, []) => Self::RoundRobin,
+            (PolicyType::WEIGHTED_ROUND_ROBIN, &[weight]) => Self::WeightedRoundRobin { weight },
+            (PolicyType::RANDOM, []) => Self::Random,
+            (PolicyType::WEIGHTED_RANDOM, &[weight]) => Self::WeightedRandom { weight },
+            (PolicyType::PRIORITY, &[priority]) => Self::Priority { priority },
+            (PolicyType::LEAST_USED, &[load]) => Self::LeastUsed { load },
+            (PolicyType::LEAST_USED_DEGRADATION, &[load, degradation]) => {
+                Self::LeastUsedDegradation { load, degradation }
+            }
+            (PolicyType::PRIORITY_LEAST_USED, &[load, degradation]) => {
+                Self::PriorityLeastUsed { load, degradation }
+            }
+            (PolicyType::RANDOMIZED_LEAST_USED, &[load]) => Self::RandomizedLeastUsed { load },
+            _ => return None,
+        })
+    }
+
+    /// The values that follow the type on the wire (0, 1 or 2 of them).
+    pub fn values(&self) -> PolicyValues {
+        let (v, n) = match *self {
+            Self::RoundRobin | Self::Random => ([0, 0], 0),
+            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => ([weight, 0], 1),
+            Self::Priority { priority } => ([priority, 0], 1),
+            Self::LeastUsed { load } | Self::RandomizedLeastUsed { load } => ([load, 0], 1),
+            Self::LeastUsedDegradation { load, degradation }
+            | Self::PriorityLeastUsed { load, degradation } => ([load, degradation], 2),
+        };
+        PolicyValues { v, n }
+    }
+}
+
+/// Up to two policy values, as a slice via `Deref`; returned by [`Policy::values`].
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyValues {
+    v: [u32; 2],
+    n: usize,
+}
+
+impl core::ops::Deref for PolicyValues {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.v[..self.n]
+    }
+}
