@@ -1,5 +1,11 @@
 //! Pool Member Selection Policy parameter (RFC 5356; WIRE.md section 4).
 
+use super::check::Ctx;
+use super::error::{Error, ErrorKind};
+use super::field::u32_at;
+use super::param::{Param, ParamType};
+use super::writer::Writer;
+
 /// The 32-bit policy type carried in a Pool Member Selection Policy parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyType(pub u32);
@@ -151,7 +157,9 @@ impl Policy {
     pub fn values(&self) -> PolicyValues {
         let (v, n) = match *self {
             Self::RoundRobin | Self::Random => ([0, 0], 0),
-            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => ([weight, 0], 1),
+            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => {
+                ([weight, 0], 1)
+            }
             Self::Priority { priority } => ([priority, 0], 1),
             Self::LeastUsed { load } | Self::RandomizedLeastUsed { load } => ([load, 0], 1),
             Self::LeastUsedDegradation { load, degradation }
@@ -172,5 +180,127 @@ impl core::ops::Deref for PolicyValues {
     type Target = [u32];
     fn deref(&self) -> &[u32] {
         &self.v[..self.n]
+    }
+}
+
+/// A validated policy parameter: a known policy with its values, or a type this implementation
+/// does not know (e.g. rsplib's distance-sensitive variants), which decodes without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyParam<'a> {
+    /// A known policy.
+    Known(Policy),
+    /// An unknown policy type and its raw values.
+    Unknown {
+        /// The policy type.
+        policy_type: PolicyType,
+        /// The value bytes after the type.
+        values: &'a [u8],
+    },
+}
+
+impl PolicyParam<'_> {
+    /// The policy type.
+    pub fn policy_type(&self) -> PolicyType {
+        match self {
+            Self::Known(p) => p.policy_type(),
+            Self::Unknown { policy_type, .. } => *policy_type,
+        }
+    }
+
+    /// The owned form.
+    pub fn to_repr(&self) -> PolicyRepr {
+        match *self {
+            Self::Known(p) => PolicyRepr::Known(p),
+            Self::Unknown {
+                policy_type,
+                values,
+            } => PolicyRepr::Unknown {
+                policy_type,
+                values: values.to_vec(),
+            },
+        }
+    }
+}
+
+/// Owned policy parameter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyRepr {
+    /// A known policy.
+    Known(Policy),
+    /// An unknown policy type and its raw values.
+    Unknown {
+        /// The policy type.
+        policy_type: PolicyType,
+        /// The value bytes after the type.
+        values: Vec<u8>,
+    },
+}
+
+impl From<Policy> for PolicyRepr {
+    fn from(p: Policy) -> Self {
+        Self::Known(p)
+    }
+}
+
+/// Validates a policy parameter: at least the type; a known type with exactly its values.
+#[inline]
+pub(crate) fn check<'a>(ctx: &Ctx, p: &Param<'a>) -> Result<PolicyParam<'a>, Error> {
+    ctx.expect_min(p, 8)?;
+    let v = p.value();
+    let policy_type = PolicyType(u32_at(v, 0));
+    let values = &v[4..];
+    match policy_type.value_count() {
+        Some(n) if values.len() == 4 * n => {
+            let mut vals = [0u32; 2];
+            for (i, slot) in vals.iter_mut().take(n).enumerate() {
+                *slot = u32_at(values, 4 * i);
+            }
+            match Policy::from_values(policy_type, &vals[..n]) {
+                Some(policy) => Ok(PolicyParam::Known(policy)),
+                None => Err(ctx.fault(
+                    p,
+                    ErrorKind::PolicyValueCount {
+                        policy_type: policy_type.0,
+                        values: values.len(),
+                    },
+                )),
+            }
+        }
+        Some(_) => Err(ctx.fault(
+            p,
+            ErrorKind::PolicyValueCount {
+                policy_type: policy_type.0,
+                values: values.len(),
+            },
+        )),
+        None => Ok(PolicyParam::Unknown {
+            policy_type,
+            values,
+        }),
+    }
+}
+
+/// Emits a known policy parameter.
+#[inline]
+pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
+    w.tlv(ParamType::POLICY, |w| {
+        w.u32(policy.policy_type().0);
+        for v in policy.values().iter() {
+            w.u32(*v);
+        }
+    });
+}
+
+/// Emits a policy parameter, known or not.
+pub fn emit_repr(w: &mut Writer<'_>, policy: &PolicyRepr) {
+    match policy {
+        PolicyRepr::Known(p) => emit(w, p),
+        PolicyRepr::Unknown {
+            policy_type,
+            values,
+        } => w.tlv(ParamType::POLICY, |w| {
+            w.u32(policy_type.0);
+            w.bytes(values);
+        }),
     }
 }

@@ -5,6 +5,13 @@ use core::net::IpAddr;
 
 use smallvec::SmallVec;
 
+use super::address;
+use super::check::{walk, Ctx};
+use super::error::Error;
+use super::field::{u16_at, u32_at};
+use super::param::{Param, ParamType, Params};
+use super::writer::Writer;
+
 /// The transport protocol of a transport parameter; each has its own parameter type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportProtocol {
@@ -95,6 +102,174 @@ impl TransportRepr {
     pub fn new(protocol: TransportProtocol, addr: IpAddr, port: u16) -> Self {
         let mut addresses = Addresses::new();
         addresses.push(addr);
-        Self { protocol, port, transport_use: TransportUse::DataOnly, service_code: 0, addresses }
+        Self {
+            protocol,
+            port,
+            transport_use: TransportUse::DataOnly,
+            service_code: 0,
+            addresses,
+        }
     }
+}
+
+impl TransportProtocol {
+    /// The protocol of a transport parameter type, if it is one.
+    pub const fn from_param_type(t: ParamType) -> Option<Self> {
+        Some(match t {
+            ParamType::SCTP_TRANSPORT => Self::Sctp,
+            ParamType::TCP_TRANSPORT => Self::Tcp,
+            ParamType::UDP_TRANSPORT => Self::Udp,
+            ParamType::UDP_LITE_TRANSPORT => Self::UdpLite,
+            ParamType::DCCP_TRANSPORT => Self::Dccp,
+            _ => return None,
+        })
+    }
+
+    /// The parameter type carrying this protocol.
+    pub const fn param_type(self) -> ParamType {
+        match self {
+            Self::Sctp => ParamType::SCTP_TRANSPORT,
+            Self::Tcp => ParamType::TCP_TRANSPORT,
+            Self::Udp => ParamType::UDP_TRANSPORT,
+            Self::UdpLite => ParamType::UDP_LITE_TRANSPORT,
+            Self::Dccp => ParamType::DCCP_TRANSPORT,
+        }
+    }
+
+    /// Bytes of fixed fields after the TLV header (port, use/reserved, DCCP service code).
+    const fn fixed_len(self) -> usize {
+        match self {
+            Self::Dccp => 8,
+            _ => 4,
+        }
+    }
+}
+
+/// A validated view of a transport parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport<'a> {
+    param: Param<'a>,
+    protocol: TransportProtocol,
+    transport_use: TransportUse,
+}
+
+impl<'a> Transport<'a> {
+    /// The protocol.
+    #[inline]
+    pub fn protocol(&self) -> TransportProtocol {
+        self.protocol
+    }
+
+    /// The port.
+    #[inline]
+    pub fn port(&self) -> u16 {
+        u16_at(self.param.value(), 0)
+    }
+
+    /// The transport use (SCTP and TCP; `DataOnly` for the others).
+    #[inline]
+    pub fn transport_use(&self) -> TransportUse {
+        self.transport_use
+    }
+
+    /// The DCCP service code (0 for the others).
+    #[inline]
+    pub fn service_code(&self) -> u32 {
+        match self.protocol {
+            TransportProtocol::Dccp => u32_at(self.param.value(), 4),
+            _ => 0,
+        }
+    }
+
+    /// The addresses, in order.
+    #[inline]
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + 'a {
+        let fixed = self.protocol.fixed_len();
+        Params::new(
+            &self.param.value()[fixed..],
+            self.param.offset() + 4 + fixed,
+        )
+        .filter_map(|p| address::decode(&p))
+    }
+
+    /// The underlying TLV.
+    #[inline]
+    pub fn param(&self) -> Param<'a> {
+        self.param
+    }
+
+    /// The owned form.
+    pub fn to_repr(&self) -> TransportRepr {
+        TransportRepr {
+            protocol: self.protocol,
+            port: self.port(),
+            transport_use: self.transport_use,
+            service_code: self.service_code(),
+            addresses: self.addresses().collect(),
+        }
+    }
+}
+
+/// Validates transport parameter `p` (its type is one of the five transports).
+pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<Transport<'a>, Error> {
+    let Some(protocol) = TransportProtocol::from_param_type(p.param_type()) else {
+        return Err(ctx.unexpected(&p));
+    };
+    let fixed = protocol.fixed_len();
+    ctx.expect_min(&p, 4 + fixed as u16)?;
+    let v = p.value();
+    let transport_use = if protocol.has_transport_use() {
+        match TransportUse::from_u16(u16_at(v, 2)) {
+            Some(u) => u,
+            None => {
+                return Err(ctx.invalid(
+                    &p,
+                    "transport use is neither 0 (data only) nor 1 (data plus control)",
+                ))
+            }
+        }
+    } else {
+        TransportUse::DataOnly
+    };
+    let mut count = 0usize;
+    walk(ctx, &v[fixed..], p.offset() + 4 + fixed, |ctx, a| {
+        if address::is_address(a.param_type()) {
+            address::check(ctx, &a)?;
+            count += 1;
+            Ok(())
+        } else if a.param_type().is_known() {
+            Err(ctx.unexpected(&a))
+        } else {
+            ctx.unknown(&a)
+        }
+    })?;
+    if count == 0 {
+        return Err(ctx.invalid(&p, "transport without an address"));
+    }
+    if count > 1 && !protocol.is_multihomed() {
+        return Err(ctx.invalid(&p, "more than one address in a transport that is not SCTP"));
+    }
+    Ok(Transport {
+        param: p,
+        protocol,
+        transport_use,
+    })
+}
+
+/// Emits a transport parameter.
+pub fn emit(w: &mut Writer<'_>, t: &TransportRepr) {
+    w.tlv(t.protocol.param_type(), |w| {
+        w.u16(t.port);
+        if t.protocol.has_transport_use() {
+            w.u16(t.transport_use.to_u16());
+        } else {
+            w.u16(0);
+        }
+        if t.protocol == TransportProtocol::Dccp {
+            w.u32(t.service_code);
+        }
+        for a in &t.addresses {
+            address::emit(w, a);
+        }
+    });
 }
