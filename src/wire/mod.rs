@@ -16,6 +16,7 @@ pub mod address;
 pub mod asap;
 pub mod cause;
 mod check;
+pub mod describe;
 pub mod enrp;
 pub mod error;
 mod field;
