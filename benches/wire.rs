@@ -9,8 +9,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rserpool::wire::transport::Addresses;
 use rserpool::wire::{
-    asap, pool_element, policy, MessageRepr, ParamRepr, ParamType, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol,
-    TransportRepr, TransportUse, Writer,
+    asap, policy, pool_element, MessageRepr, ParamRepr, ParamType, Policy, PolicyRepr, PoolElementRepr, Protocol,
+    TransportProtocol, TransportRepr, TransportUse, Writer,
 };
 
 fn registration_3_legs() -> MessageRepr {
@@ -45,15 +45,21 @@ fn ipv4_pe(i: u32) -> PoolElementRepr {
         pe_id: 0x1000_0000 + i,
         home_registrar: 0x1122_3344,
         registration_life: 300_000,
-        user_transport: TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i)), 9000 + i as u16),
+        user_transport: TransportRepr::new(
+            TransportProtocol::Tcp,
+            IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i)),
+            9000 + i as u16,
+        ),
         policy: PolicyRepr::Known(Policy::LeastUsed { load: i << 20 }),
         asap_transport: None,
     }
 }
 
 fn resolution_response(n: u32) -> MessageRepr {
-    let mut params =
-        vec![ParamRepr::PoolHandle(b"org.example.payments".to_vec()), ParamRepr::Policy(PolicyRepr::Known(Policy::LeastUsed { load: 0 }))];
+    let mut params = vec![
+        ParamRepr::PoolHandle(b"org.example.payments".to_vec()),
+        ParamRepr::Policy(PolicyRepr::Known(Policy::LeastUsed { load: 0 })),
+    ];
     params.extend((0..n).map(|i| ParamRepr::PoolElement(ipv4_pe(i))));
     MessageRepr::new(Protocol::Asap, asap::MessageType::HandleResolutionResponse as u8, 0, params)
 }
@@ -95,7 +101,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("emit-parts");
     for n in [1u32, 16, 128] {
         let pes: Vec<PoolElementRepr> = (0..n).map(ipv4_pe).collect();
-        let policies: Vec<Policy> = pes.iter().map(|p| if let PolicyRepr::Known(k) = p.policy { k } else { Policy::RoundRobin }).collect();
+        let policies: Vec<Policy> =
+            pes.iter().map(|p| if let PolicyRepr::Known(k) = p.policy { k } else { Policy::RoundRobin }).collect();
         let len = resolution_response(n).to_bytes().unwrap().len();
         g.throughput(Throughput::Bytes(len as u64));
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -107,7 +114,15 @@ fn bench(c: &mut Criterion) {
                     w.tlv_bytes(ParamType::POOL_HANDLE, b"org.example.payments");
                     policy::emit(w, &Policy::LeastUsed { load: 0 });
                     for (pe, pol) in black_box(&pes).iter().zip(&policies) {
-                        pool_element::emit(w, pe.pe_id, pe.home_registrar, pe.registration_life, &pe.user_transport, pol, None);
+                        pool_element::emit(
+                            w,
+                            pe.pe_id,
+                            pe.home_registrar,
+                            pe.registration_life,
+                            &pe.user_transport,
+                            pol,
+                            None,
+                        );
                     }
                 })
                 .unwrap();

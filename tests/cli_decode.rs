@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn vectors(sub: &str) -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(sub);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(sub);
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -40,11 +38,7 @@ fn decode(name: &str, hex: &str, json: bool) -> std::process::Output {
 fn valid_vectors_decode_to_json_with_their_type() {
     for (name, hex) in vectors("") {
         let out = decode(&name, &hex, true);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let code = u8::from_str_radix(&hex[..2], 16).unwrap();
         assert_eq!(v["type"], format!("0x{code:02x}"), "{name}");
@@ -52,10 +46,7 @@ fn valid_vectors_decode_to_json_with_their_type() {
         assert!(v["params"].is_array(), "{name}");
         // Text output works too.
         let out = decode(&name, &hex, false);
-        assert!(
-            out.status.success() && out.stdout.starts_with(b"protocol: "),
-            "{name}"
-        );
+        assert!(out.status.success() && out.stdout.starts_with(b"protocol: "), "{name}");
     }
 }
 
@@ -65,17 +56,10 @@ fn bad_vectors_exit_1_with_the_error() {
         let out = decode(&name, &hex, false);
         assert_eq!(out.status.code(), Some(1), "{name}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.starts_with("error: ") && err.contains(" at byte ") && err.contains("answer: "),
-            "{name}: {err}"
-        );
+        assert!(err.starts_with("error: ") && err.contains(" at byte ") && err.contains("answer: "), "{name}: {err}");
     }
     // The JSON form of an error names the offset of the fault.
-    let hex = vectors("bad")
-        .into_iter()
-        .find(|(n, _)| n == "asap-bad-ipv4-length-7")
-        .unwrap()
-        .1;
+    let hex = vectors("bad").into_iter().find(|(n, _)| n == "asap-bad-ipv4-length-7").unwrap().1;
     let out = decode("asap-bad-ipv4-length-7", &hex, true);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -85,19 +69,12 @@ fn bad_vectors_exit_1_with_the_error() {
 
 #[test]
 fn messages_back_to_back_and_stdin() {
-    let hr = vectors("")
-        .into_iter()
-        .find(|(n, _)| n == "asap-handle-resolution")
-        .unwrap()
-        .1;
+    let hr = vectors("").into_iter().find(|(n, _)| n == "asap-handle-resolution").unwrap().1;
     let two = format!("{hr}{hr}");
     let out = decode("x", &two, true);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        text.matches("\"type_name\": \"Handle Resolution\"").count(),
-        2
-    );
+    assert_eq!(text.matches("\"type_name\": \"Handle Resolution\"").count(), 2);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_rserpool"))
         .args(["decode", "-"])
@@ -106,12 +83,7 @@ fn messages_back_to_back_and_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("0x{hr}\n").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("0x{hr}\n").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("type_name: Handle Resolution"));

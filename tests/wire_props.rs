@@ -9,17 +9,13 @@ use proptest::prelude::*;
 use rserpool::wire::framer::Frame;
 use rserpool::wire::transport::Addresses;
 use rserpool::wire::{
-    asap, enrp, CauseCode, CauseRepr, Framer, MessageRepr, ParamRepr, Policy, PolicyRepr,
-    PolicyType, PoolElementRepr, Protocol, ServerInformationRepr, TransportProtocol, TransportRepr,
-    TransportUse,
+    asap, enrp, CauseCode, CauseRepr, Framer, MessageRepr, ParamRepr, Policy, PolicyRepr, PolicyType, PoolElementRepr,
+    Protocol, ServerInformationRepr, TransportProtocol, TransportRepr, TransportUse,
 };
 use smallvec::SmallVec;
 
 fn ip() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![
-        any::<[u8; 4]>().prop_map(IpAddr::from),
-        any::<[u8; 16]>().prop_map(IpAddr::from)
-    ]
+    prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)]
 }
 
 fn transport_of(protocols: &'static [TransportProtocol]) -> impl Strategy<Value = TransportRepr> {
@@ -31,11 +27,7 @@ fn transport_of(protocols: &'static [TransportProtocol]) -> impl Strategy<Value 
         proptest::collection::vec(ip(), 1..4),
     )
         .prop_map(|(protocol, port, ctl, sc, addrs)| {
-            let n = if protocol == TransportProtocol::Sctp {
-                addrs.len()
-            } else {
-                1
-            };
+            let n = if protocol == TransportProtocol::Sctp { addrs.len() } else { 1 };
             TransportRepr {
                 protocol,
                 port,
@@ -44,11 +36,7 @@ fn transport_of(protocols: &'static [TransportProtocol]) -> impl Strategy<Value 
                 } else {
                     TransportUse::DataOnly
                 },
-                service_code: if protocol == TransportProtocol::Dccp {
-                    sc
-                } else {
-                    0
-                },
+                service_code: if protocol == TransportProtocol::Dccp { sc } else { 0 },
                 addresses: addrs.into_iter().take(n).collect::<Addresses>(),
             }
         })
@@ -72,25 +60,14 @@ fn policy() -> impl Strategy<Value = PolicyRepr> {
             3 => Policy::WeightedRandom { weight: a },
             4 => Policy::Priority { priority: a },
             5 => Policy::LeastUsed { load: a },
-            6 => Policy::LeastUsedDegradation {
-                load: a,
-                degradation: b,
-            },
-            7 => Policy::PriorityLeastUsed {
-                load: a,
-                degradation: b,
-            },
+            6 => Policy::LeastUsedDegradation { load: a, degradation: b },
+            7 => Policy::PriorityLeastUsed { load: a, degradation: b },
             _ => Policy::RandomizedLeastUsed { load: a },
         })
     });
     let unknown = (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..12))
-        .prop_filter("unknown type", |(t, _)| {
-            PolicyType(*t).value_count().is_none()
-        })
-        .prop_map(|(t, values)| PolicyRepr::Unknown {
-            policy_type: PolicyType(t),
-            values,
-        });
+        .prop_filter("unknown type", |(t, _)| PolicyType(*t).value_count().is_none())
+        .prop_map(|(t, values)| PolicyRepr::Unknown { policy_type: PolicyType(t), values });
     prop_oneof![4 => known, 1 => unknown]
 }
 
@@ -107,39 +84,19 @@ fn pool_element() -> impl Strategy<Value = PoolElementRepr> {
         policy(),
         proptest::option::of(transport_of(ASAP_TRANSPORTS)),
     )
-        .prop_map(
-            |(pe_id, home_registrar, registration_life, user_transport, policy, asap_transport)| {
-                PoolElementRepr {
-                    pe_id,
-                    home_registrar,
-                    registration_life,
-                    user_transport,
-                    policy,
-                    asap_transport,
-                }
-            },
-        )
+        .prop_map(|(pe_id, home_registrar, registration_life, user_transport, policy, asap_transport)| {
+            PoolElementRepr { pe_id, home_registrar, registration_life, user_transport, policy, asap_transport }
+        })
 }
 
 fn server_information() -> impl Strategy<Value = ServerInformationRepr> {
-    (any::<u32>(), transport_of(ALL_TRANSPORTS)).prop_map(|(server_id, transport)| {
-        ServerInformationRepr {
-            server_id,
-            transport,
-        }
-    })
+    (any::<u32>(), transport_of(ALL_TRANSPORTS))
+        .prop_map(|(server_id, transport)| ServerInformationRepr { server_id, transport })
 }
 
 fn operation_error() -> impl Strategy<Value = ParamRepr> {
     proptest::collection::vec((any::<u16>(), bytes(12)), 1..4).prop_map(|cs| {
-        ParamRepr::OperationError(
-            cs.into_iter()
-                .map(|(c, info)| CauseRepr {
-                    code: CauseCode(c),
-                    info,
-                })
-                .collect(),
-        )
+        ParamRepr::OperationError(cs.into_iter().map(|(c, info)| CauseRepr { code: CauseCode(c), info }).collect())
     })
 }
 
@@ -160,8 +117,7 @@ fn pe() -> impl Strategy<Value = ParamRepr> {
 
 fn asap_message() -> impl Strategy<Value = MessageRepr> {
     use asap::MessageType as T;
-    let handle_id =
-        || (handle(), any::<u32>()).prop_map(|(h, i)| vec![h, ParamRepr::PeIdentifier(i)]);
+    let handle_id = || (handle(), any::<u32>()).prop_map(|(h, i)| vec![h, ParamRepr::PeIdentifier(i)]);
     let body = prop_oneof![
         (handle(), pe()).prop_map(|(h, p)| (T::Registration, vec![], vec![h, p])),
         handle_id().prop_map(|v| (T::Deregistration, vec![], v)),
@@ -183,23 +139,15 @@ fn asap_message() -> impl Strategy<Value = MessageRepr> {
             v.extend(pes);
             (T::HandleResolutionResponse, vec![], v)
         }),
-        (handle(), operation_error()).prop_map(|(h, e)| (
-            T::HandleResolutionResponse,
-            vec![],
-            vec![h, e]
-        )),
+        (handle(), operation_error()).prop_map(|(h, e)| (T::HandleResolutionResponse, vec![], vec![h, e])),
         (any::<u32>(), handle_id()).prop_map(|(s, v)| (T::EndpointKeepAlive, vec![s], v)),
         handle_id().prop_map(|v| (T::EndpointKeepAliveAck, vec![], v)),
         handle_id().prop_map(|v| (T::EndpointUnreachable, vec![], v)),
-        (
-            any::<u32>(),
-            proptest::collection::vec(transport_of(ALL_TRANSPORTS), 0..3)
-        )
-            .prop_map(|(s, ts)| (
-                T::ServerAnnounce,
-                vec![s],
-                ts.into_iter().map(ParamRepr::Transport).collect()
-            )),
+        (any::<u32>(), proptest::collection::vec(transport_of(ALL_TRANSPORTS), 0..3)).prop_map(|(s, ts)| (
+            T::ServerAnnounce,
+            vec![s],
+            ts.into_iter().map(ParamRepr::Transport).collect()
+        )),
         bytes(40).prop_map(|c| (T::Cookie, vec![], vec![ParamRepr::Cookie(c)])),
         bytes(40).prop_map(|c| (T::CookieEcho, vec![], vec![ParamRepr::Cookie(c)])),
         (handle(), policy(), proptest::collection::vec(pe(), 0..4)).prop_map(|(h, p, pes)| {
@@ -209,12 +157,8 @@ fn asap_message() -> impl Strategy<Value = MessageRepr> {
         }),
         operation_error().prop_map(|e| (T::Error, vec![], vec![e])),
     ];
-    (
-        body,
-        any::<u8>(),
-        proptest::option::of((unknown_skip(), any::<prop::sample::Index>())),
-    )
-        .prop_map(|((t, fixed, mut params), flags, unk)| {
+    (body, any::<u8>(), proptest::option::of((unknown_skip(), any::<prop::sample::Index>()))).prop_map(
+        |((t, fixed, mut params), flags, unk)| {
             if let Some((u, at)) = unk {
                 let i = at.index(params.len() + 1);
                 params.insert(i, u);
@@ -226,7 +170,8 @@ fn asap_message() -> impl Strategy<Value = MessageRepr> {
                 fixed: SmallVec::from_vec(fixed),
                 params,
             }
-        })
+        },
+    )
 }
 
 fn enrp_message() -> impl Strategy<Value = MessageRepr> {
@@ -238,19 +183,11 @@ fn enrp_message() -> impl Strategy<Value = MessageRepr> {
             vec![ParamRepr::PeChecksum(c), ParamRepr::ServerInformation(si)]
         )),
         Just((T::HandleTableRequest, vec![], vec![])),
-        proptest::collection::vec((handle(), proptest::collection::vec(pe(), 0..3)), 0..3)
-            .prop_map(|groups| {
-                let v = groups
-                    .into_iter()
-                    .flat_map(|(h, pes)| std::iter::once(h).chain(pes))
-                    .collect();
-                (T::HandleTableResponse, vec![], v)
-            }),
-        (0u32..2, handle(), pe()).prop_map(|(a, h, p)| (
-            T::HandleUpdate,
-            vec![a << 16],
-            vec![h, p]
-        )),
+        proptest::collection::vec((handle(), proptest::collection::vec(pe(), 0..3)), 0..3).prop_map(|groups| {
+            let v = groups.into_iter().flat_map(|(h, pes)| std::iter::once(h).chain(pes)).collect();
+            (T::HandleTableResponse, vec![], v)
+        }),
+        (0u32..2, handle(), pe()).prop_map(|(a, h, p)| (T::HandleUpdate, vec![a << 16], vec![h, p])),
         Just((T::ListRequest, vec![], vec![])),
         proptest::collection::vec(server_information(), 0..4).prop_map(|s| (
             T::ListResponse,
@@ -265,13 +202,7 @@ fn enrp_message() -> impl Strategy<Value = MessageRepr> {
     (body, any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|((t, extra, params), flags, s, r)| {
         let mut fixed = SmallVec::from_slice(&[s, r]);
         fixed.extend(extra);
-        MessageRepr {
-            protocol: Protocol::Enrp,
-            message_type: t as u8,
-            flags,
-            fixed,
-            params,
-        }
+        MessageRepr { protocol: Protocol::Enrp, message_type: t as u8, flags, fixed, params }
     })
 }
 
@@ -343,8 +274,7 @@ fn exercise(bytes: &[u8]) {
         let _ = format!("{:?}", m.body());
         match m.body() {
             asap::Body::HandleResolutionResponse {
-                resolution: asap::Resolution::Found { pool_elements, .. },
-                ..
+                resolution: asap::Resolution::Found { pool_elements, .. }, ..
             }
             | asap::Body::BusinessCard { pool_elements, .. } => {
                 for pe in pool_elements.clone() {

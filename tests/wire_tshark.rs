@@ -10,9 +10,8 @@ use std::process::Command;
 
 use rserpool::wire::transport::Addresses;
 use rserpool::wire::{
-    asap, enrp, CauseCode, CauseRepr, MessageRepr, ParamRepr, ParamType, Policy, PolicyRepr,
-    PoolElementRepr, Protocol, ServerInformationRepr, TransportProtocol, TransportRepr,
-    TransportUse,
+    asap, enrp, CauseCode, CauseRepr, MessageRepr, ParamRepr, ParamType, Policy, PolicyRepr, PoolElementRepr, Protocol,
+    ServerInformationRepr, TransportProtocol, TransportRepr, TransportUse,
 };
 use smallvec::smallvec;
 
@@ -25,11 +24,7 @@ fn transport(protocol: TransportProtocol, port: u16, addrs: &[&str]) -> Transpor
         protocol,
         port,
         transport_use: TransportUse::DataOnly,
-        service_code: if protocol == TransportProtocol::Dccp {
-            0x5253_5030
-        } else {
-            0
-        },
+        service_code: if protocol == TransportProtocol::Dccp { 0x5253_5030 } else { 0 },
         addresses: addrs.iter().map(|a| ip(a)).collect::<Addresses>(),
     }
 }
@@ -50,10 +45,7 @@ fn handle(h: &str) -> ParamRepr {
 }
 
 fn cause(code: u16, info: Vec<u8>) -> CauseRepr {
-    CauseRepr {
-        code: CauseCode(code),
-        info,
-    }
+    CauseRepr { code: CauseCode(code), info }
 }
 
 /// One message of every type; returns (name, protocol, message).
@@ -66,14 +58,8 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
         Policy::WeightedRandom { weight: 5 },
         Policy::Priority { priority: 2 },
         Policy::LeastUsed { load: 0x4000_0000 },
-        Policy::LeastUsedDegradation {
-            load: 0x1000_0000,
-            degradation: 0x0100_0000,
-        },
-        Policy::PriorityLeastUsed {
-            load: 0x2000_0000,
-            degradation: 0x0200_0000,
-        },
+        Policy::LeastUsedDegradation { load: 0x1000_0000, degradation: 0x0100_0000 },
+        Policy::PriorityLeastUsed { load: 0x2000_0000, degradation: 0x0200_0000 },
         Policy::RandomizedLeastUsed { load: 0x3000_0000 },
     ];
     let user_transports = [
@@ -90,14 +76,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
     let resolution_pes: Vec<ParamRepr> = all_policies
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            pe(
-                0x100 + i as u32,
-                user_transports[i % user_transports.len()].clone(),
-                *p,
-                None,
-            )
-        })
+        .map(|(i, p)| pe(0x100 + i as u32, user_transports[i % user_transports.len()].clone(), *p, None))
         .collect();
     let ok_body = |t: asap::MessageType, flags: u8, extra: Vec<ParamRepr>| {
         let mut params = vec![handle("echo"), ParamRepr::PeIdentifier(0x3c9e_1f07)];
@@ -107,26 +86,18 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
     let unknown_tlv = vec![0x4a, 0xbc, 0x00, 0x08, 0xa1, 0xb2, 0xc3, 0xd4];
     let policy_tlv = {
         let mut b = Vec::new();
-        ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin))
-            .emit(&mut rserpool::wire::Writer::new(&mut b));
+        ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin)).emit(&mut rserpool::wire::Writer::new(&mut b));
         b
     };
     let transport_tlv = {
         let mut b = Vec::new();
-        ParamRepr::Transport(transport(Udp, 5004, &["2001:db8:7::5"]))
-            .emit(&mut rserpool::wire::Writer::new(&mut b));
+        ParamRepr::Transport(transport(Udp, 5004, &["2001:db8:7::5"])).emit(&mut rserpool::wire::Writer::new(&mut b));
         b
     };
-    let unknown_message = vec![
-        0x55, 0x00, 0x00, 0x0c, 0x00, 0x09, 0x00, 0x08, 0x65, 0x63, 0x68, 0x6f,
-    ];
+    let unknown_message = vec![0x55, 0x00, 0x00, 0x0c, 0x00, 0x09, 0x00, 0x08, 0x65, 0x63, 0x68, 0x6f];
     let handle_tlv = vec![0x00, 0x09, 0x00, 0x08, 0x65, 0x63, 0x68, 0x6f];
-    let si = |id: u32, t: TransportRepr| {
-        ParamRepr::ServerInformation(ServerInformationRepr {
-            server_id: id,
-            transport: t,
-        })
-    };
+    let si =
+        |id: u32, t: TransportRepr| ParamRepr::ServerInformation(ServerInformationRepr { server_id: id, transport: t });
     let enrp = |t: enrp::MessageType, flags: u8, extra: Option<u32>, params: Vec<ParamRepr>| {
         let mut m = MessageRepr::new(Protocol::Enrp, t as u8, flags, params);
         m.fixed = smallvec![0x1122_3344, 0x5a6b_7c8d];
@@ -144,12 +115,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 0,
                 vec![
                     handle("echo"),
-                    pe(
-                        1,
-                        user_transports[0].clone(),
-                        Policy::WeightedRoundRobin { weight: 7 },
-                        Some(asap_tcp.clone()),
-                    ),
+                    pe(1, user_transports[0].clone(), Policy::WeightedRoundRobin { weight: 7 }, Some(asap_tcp.clone())),
                 ],
             ),
         ),
@@ -175,10 +141,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
             ok_body(
                 A::DeregistrationResponse,
                 0,
-                vec![ParamRepr::OperationError(vec![
-                    cause(0x0, vec![]),
-                    cause(0xA, vec![]),
-                ])],
+                vec![ParamRepr::OperationError(vec![cause(0x0, vec![]), cause(0xA, vec![])])],
             ),
         ),
         (
@@ -191,10 +154,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
             ),
         ),
         ("handle-resolution-response", {
-            let mut params = vec![
-                handle("echo"),
-                ParamRepr::Policy(PolicyRepr::Known(Policy::LeastUsed { load: 0 })),
-            ];
+            let mut params = vec![handle("echo"), ParamRepr::Policy(PolicyRepr::Known(Policy::LeastUsed { load: 0 }))];
             params.extend(resolution_pes);
             MessageRepr::new(Protocol::Asap, A::HandleResolutionResponse as u8, 0, params)
         }),
@@ -204,10 +164,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 Protocol::Asap,
                 A::HandleResolutionResponse as u8,
                 0,
-                vec![
-                    handle("nope"),
-                    ParamRepr::OperationError(vec![cause(0x9, vec![])]),
-                ],
+                vec![handle("nope"), ParamRepr::OperationError(vec![cause(0x9, vec![])])],
             ),
         ),
         ("endpoint-keep-alive", {
@@ -215,44 +172,25 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
             m.fixed = smallvec![0x1122_3344];
             m
         }),
-        (
-            "endpoint-keep-alive-ack",
-            ok_body(A::EndpointKeepAliveAck, 0, vec![]),
-        ),
-        (
-            "endpoint-unreachable",
-            ok_body(A::EndpointUnreachable, 0, vec![]),
-        ),
+        ("endpoint-keep-alive-ack", ok_body(A::EndpointKeepAliveAck, 0, vec![])),
+        ("endpoint-unreachable", ok_body(A::EndpointUnreachable, 0, vec![])),
         ("server-announce", {
             let mut m = MessageRepr::new(
                 Protocol::Asap,
                 A::ServerAnnounce as u8,
                 0,
-                vec![
-                    ParamRepr::Transport(asap_sctp.clone()),
-                    ParamRepr::Transport(asap_tcp.clone()),
-                ],
+                vec![ParamRepr::Transport(asap_sctp.clone()), ParamRepr::Transport(asap_tcp.clone())],
             );
             m.fixed = smallvec![0x1122_3344];
             m
         }),
         (
             "cookie",
-            MessageRepr::new(
-                Protocol::Asap,
-                A::Cookie as u8,
-                0,
-                vec![ParamRepr::Cookie(b"state-0001".to_vec())],
-            ),
+            MessageRepr::new(Protocol::Asap, A::Cookie as u8, 0, vec![ParamRepr::Cookie(b"state-0001".to_vec())]),
         ),
         (
             "cookie-echo",
-            MessageRepr::new(
-                Protocol::Asap,
-                A::CookieEcho as u8,
-                0,
-                vec![ParamRepr::Cookie(b"state-0001".to_vec())],
-            ),
+            MessageRepr::new(Protocol::Asap, A::CookieEcho as u8, 0, vec![ParamRepr::Cookie(b"state-0001".to_vec())]),
         ),
         (
             "business-card",
@@ -264,12 +202,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                     handle("echo"),
                     ParamRepr::Policy(PolicyRepr::Known(Policy::Priority { priority: 1 })),
                     pe(7, tcp_ctl.clone(), Policy::Priority { priority: 1 }, None),
-                    pe(
-                        8,
-                        user_transports[4].clone(),
-                        Policy::Priority { priority: 2 },
-                        None,
-                    ),
+                    pe(8, user_transports[4].clone(), Policy::Priority { priority: 2 }, None),
                 ],
             ),
         ),
@@ -288,21 +221,10 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 E::Presence,
                 enrp::FLAG_REPLY_REQUIRED,
                 None,
-                vec![
-                    ParamRepr::PeChecksum(0x0ef2),
-                    si(0x1122_3344, transport(Tcp, 9901, &["192.0.2.1"])),
-                ],
+                vec![ParamRepr::PeChecksum(0x0ef2), si(0x1122_3344, transport(Tcp, 9901, &["192.0.2.1"]))],
             ),
         ),
-        (
-            "handle-table-request",
-            enrp(
-                E::HandleTableRequest,
-                enrp::FLAG_OWN_CHILDREN_ONLY,
-                None,
-                vec![],
-            ),
-        ),
+        ("handle-table-request", enrp(E::HandleTableRequest, enrp::FLAG_OWN_CHILDREN_ONLY, None, vec![])),
         (
             "handle-table-response",
             enrp(
@@ -311,25 +233,10 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 None,
                 vec![
                     handle("echo"),
-                    pe(
-                        1,
-                        user_transports[1].clone(),
-                        Policy::Random,
-                        Some(asap_tcp.clone()),
-                    ),
-                    pe(
-                        2,
-                        user_transports[1].clone(),
-                        Policy::Random,
-                        Some(asap_sctp.clone()),
-                    ),
+                    pe(1, user_transports[1].clone(), Policy::Random, Some(asap_tcp.clone())),
+                    pe(2, user_transports[1].clone(), Policy::Random, Some(asap_sctp.clone())),
                     handle("db.shard-07"),
-                    pe(
-                        3,
-                        user_transports[2].clone(),
-                        Policy::RoundRobin,
-                        Some(asap_tcp.clone()),
-                    ),
+                    pe(3, user_transports[2].clone(), Policy::RoundRobin, Some(asap_tcp.clone())),
                 ],
             ),
         ),
@@ -341,12 +248,7 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 Some(0),
                 vec![
                     handle("video"),
-                    pe(
-                        9,
-                        user_transports[3].clone(),
-                        Policy::WeightedRandom { weight: 3 },
-                        Some(asap_tcp),
-                    ),
+                    pe(9, user_transports[3].clone(), Policy::WeightedRandom { weight: 3 }, Some(asap_tcp)),
                 ],
             ),
         ),
@@ -363,27 +265,10 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
                 ],
             ),
         ),
-        (
-            "init-takeover",
-            enrp(E::InitTakeover, 0, Some(0x0e1f_2a3b), vec![]),
-        ),
-        (
-            "init-takeover-ack",
-            enrp(E::InitTakeoverAck, 0, Some(0x0e1f_2a3b), vec![]),
-        ),
-        (
-            "takeover-server",
-            enrp(E::TakeoverServer, 0, Some(0x0e1f_2a3b), vec![]),
-        ),
-        (
-            "enrp-error",
-            enrp(
-                E::Error,
-                0,
-                None,
-                vec![ParamRepr::OperationError(vec![cause(0x1, unknown_tlv)])],
-            ),
-        ),
+        ("init-takeover", enrp(E::InitTakeover, 0, Some(0x0e1f_2a3b), vec![])),
+        ("init-takeover-ack", enrp(E::InitTakeoverAck, 0, Some(0x0e1f_2a3b), vec![])),
+        ("takeover-server", enrp(E::TakeoverServer, 0, Some(0x0e1f_2a3b), vec![])),
+        ("enrp-error", enrp(E::Error, 0, None, vec![ParamRepr::OperationError(vec![cause(0x1, unknown_tlv)])])),
     ]
 }
 
@@ -459,26 +344,14 @@ fn corpus_covers_every_type_parameter_policy_and_cause() {
     assert!(asap_types.iter().all(|&t| t), "every ASAP type");
     assert!(enrp_types.iter().all(|&t| t), "every ENRP type");
     let want: Vec<u16> = (1..=15).chain([0x803f]).collect();
-    assert_eq!(
-        params.into_iter().collect::<Vec<_>>(),
-        want,
-        "every parameter type"
-    );
+    assert_eq!(params.into_iter().collect::<Vec<_>>(), want, "every parameter type");
     assert_eq!(policies.len(), 9, "every policy");
-    assert_eq!(
-        causes.into_iter().collect::<Vec<_>>(),
-        (0..=10).collect::<Vec<u16>>(),
-        "every cause"
-    );
+    assert_eq!(causes.into_iter().collect::<Vec<_>>(), (0..=10).collect::<Vec<u16>>(), "every cause");
     assert_eq!(transports.len(), 5, "every transport");
     // Every corpus message is valid for our own parser too.
     for (name, m) in &corpus {
         let bytes = m.to_bytes().unwrap();
-        assert_eq!(
-            &MessageRepr::parse(&bytes, m.protocol).unwrap_or_else(|e| panic!("{name}: {e}")),
-            m,
-            "{name}"
-        );
+        assert_eq!(&MessageRepr::parse(&bytes, m.protocol).unwrap_or_else(|e| panic!("{name}: {e}")), m, "{name}");
     }
 }
 
@@ -488,12 +361,7 @@ fn wireshark_decodes_every_message_cleanly() {
         eprintln!("RSERPOOL_SKIP_TSHARK set: skipping the Wireshark check");
         return;
     }
-    let have = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
     assert!(
         have("tshark") && have("text2pcap"),
         "tshark and text2pcap are needed (apt-get install tshark), or set RSERPOOL_SKIP_TSHARK=1"
@@ -501,21 +369,13 @@ fn wireshark_decodes_every_message_cleanly() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/check_vector.sh");
     let mut failures = Vec::new();
     for (name, m) in corpus() {
-        let hex: String = m
-            .to_bytes()
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = m.to_bytes().unwrap().iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = Command::new("bash");
         cmd.arg(&script);
         if m.protocol == Protocol::Enrp {
             cmd.arg("--enrp");
         }
-        let out = cmd
-            .args(["--type", &m.message_type.to_string(), &hex])
-            .output()
-            .unwrap();
+        let out = cmd.args(["--type", &m.message_type.to_string(), &hex]).output().unwrap();
         if !out.status.success() {
             failures.push(format!(
                 "{name}: {}{}",
@@ -524,9 +384,5 @@ fn wireshark_decodes_every_message_cleanly() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "Wireshark flagged:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "Wireshark flagged:\n{}", failures.join("\n"));
 }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use rserpool::wire::framer::Frame;
 use rserpool::wire::{
-    self, asap, enrp, CauseCode, CauseInfo, Disposition, ErrorKind, Framer, MessageRepr, ParamType,
-    Protocol,
+    self, asap, enrp, CauseCode, CauseInfo, Disposition, ErrorKind, Framer, MessageRepr, ParamType, Protocol,
 };
 
 fn vectors_dir() -> PathBuf {
@@ -17,10 +16,7 @@ fn vectors_dir() -> PathBuf {
 fn read_hex(path: &std::path::Path) -> Vec<u8> {
     let text = std::fs::read_to_string(path).unwrap();
     let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 fn vector(name: &str) -> Vec<u8> {
@@ -46,12 +42,7 @@ fn hex_files(dir: PathBuf) -> Vec<(String, Vec<u8>)> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "hex"))
-        .map(|p| {
-            (
-                p.file_stem().unwrap().to_string_lossy().into_owned(),
-                read_hex(&p),
-            )
-        })
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), read_hex(&p)))
         .collect();
     out.sort();
     out
@@ -68,10 +59,7 @@ fn vendored_vectors_match_shared() {
     for sub in ["", "bad"] {
         let ours = hex_files(vectors_dir().join(sub));
         let theirs = hex_files(shared.join(sub));
-        assert_eq!(
-            ours, theirs,
-            "tests/vectors/{sub} differs from shared/rserpool/vectors/{sub}"
-        );
+        assert_eq!(ours, theirs, "tests/vectors/{sub} differs from shared/rserpool/vectors/{sub}");
     }
 }
 
@@ -82,27 +70,17 @@ fn every_valid_vector_round_trips_byte_for_byte() {
     for (name, bytes) in all {
         let protocol = protocol_of(&name);
         let repr = MessageRepr::parse(&bytes, protocol).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            repr.to_bytes().unwrap(),
-            bytes,
-            "{name}: re-emitted bytes differ"
-        );
+        assert_eq!(repr.to_bytes().unwrap(), bytes, "{name}: re-emitted bytes differ");
         // The typed view agrees on the type, and the Repr of the re-emitted bytes is the same.
         match protocol {
-            Protocol::Asap => assert!(asap::MessageType::from_u8(
-                asap::parse(&bytes).unwrap().message_type()
-            )
-            .is_some()),
-            Protocol::Enrp => assert!(enrp::MessageType::from_u8(
-                enrp::parse(&bytes).unwrap().message_type()
-            )
-            .is_some()),
+            Protocol::Asap => {
+                assert!(asap::MessageType::from_u8(asap::parse(&bytes).unwrap().message_type()).is_some())
+            }
+            Protocol::Enrp => {
+                assert!(enrp::MessageType::from_u8(enrp::parse(&bytes).unwrap().message_type()).is_some())
+            }
         }
-        assert_eq!(
-            MessageRepr::parse(&repr.to_bytes().unwrap(), protocol).unwrap(),
-            repr,
-            "{name}"
-        );
+        assert_eq!(MessageRepr::parse(&repr.to_bytes().unwrap(), protocol).unwrap(), repr, "{name}");
     }
 }
 
@@ -138,16 +116,13 @@ enum Expect {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]
 fn every_bad_vector_is_handled_as_its_note_says() {
     use Expect::*;
-    let cases: &[(&str, usize, Expect)] = &[
+    let cases: &[(&str, u32, Expect)] = &[
         ("asap-bad-truncated-header", 0, Close),
         ("asap-bad-length-lt-4", 2, Close),
         ("asap-bad-length-exceeds-data", 2, Close),
@@ -159,42 +134,18 @@ fn every_bad_vector_is_handled_as_its_note_says() {
         ("asap-bad-pool-element-too-short", 12, Reject0),
         ("asap-bad-pool-element-no-policy", 44, Reject0),
         ("asap-bad-policy-value-count", 44, Reject0),
-        (
-            "asap-bad-unknown-message-type",
-            0,
-            Report(CauseCode::UNRECOGNIZED_MESSAGE, ""),
-        ),
+        ("asap-bad-unknown-message-type", 0, Report(CauseCode::UNRECOGNIZED_MESSAGE, "")),
         ("asap-bad-unknown-param-stop", 12, Discard),
-        (
-            "asap-bad-unknown-param-stop-report",
-            12,
-            Report(CauseCode::UNRECOGNIZED_PARAMETER, "4abc0008a1b2c3d4"),
-        ),
-        (
-            "asap-bad-registration-no-pool-handle",
-            48,
-            RejectEmpty(ParamType::POOL_HANDLE),
-        ),
+        ("asap-bad-unknown-param-stop-report", 12, Report(CauseCode::UNRECOGNIZED_PARAMETER, "4abc0008a1b2c3d4")),
+        ("asap-bad-registration-no-pool-handle", 48, RejectEmpty(ParamType::POOL_HANDLE)),
         ("enrp-bad-short-message", 0, Reject0),
         ("enrp-bad-handle-update-action-7", 12, Reject0),
         ("asap-bad-nested-pool-element", 56, RejectQuoting("nested")),
-        (
-            "asap-bad-tcp-transport-no-address",
-            28,
-            RejectQuoting("000500081f410000"),
-        ),
-        (
-            "enrp-bad-unknown-message-type",
-            0,
-            Report(CauseCode::UNRECOGNIZED_MESSAGE, ""),
-        ),
+        ("asap-bad-tcp-transport-no-address", 28, RejectQuoting("000500081f410000")),
+        ("enrp-bad-unknown-message-type", 0, Report(CauseCode::UNRECOGNIZED_MESSAGE, "")),
         ("asap-bad-pe-identifier-length-10", 12, Reject0),
     ];
-    assert_eq!(
-        cases.len(),
-        hex_files(vectors_dir().join("bad")).len(),
-        "one case per bad vector"
-    );
+    assert_eq!(cases.len(), hex_files(vectors_dir().join("bad")).len(), "one case per bad vector");
     for (name, offset, expect) in cases {
         let bytes = vector(name);
         let err = parse(name).expect_err(name);
@@ -209,44 +160,30 @@ fn every_bad_vector_is_handled_as_its_note_says() {
             Discard => assert_eq!(d, Disposition::Discard, "{name}"),
             Reject0 => assert_eq!(
                 d,
-                Disposition::Reject {
-                    cause: CauseCode::UNSPECIFIED,
-                    info: CauseInfo::None
-                },
+                Disposition::Reject { cause: CauseCode::UNSPECIFIED, info: CauseInfo::None },
                 "{name}: {err}"
             ),
             RejectEmpty(t) => {
                 assert_eq!(
                     d,
-                    Disposition::Reject {
-                        cause: CauseCode::INVALID_VALUES,
-                        info: CauseInfo::EmptyParam(*t)
-                    },
+                    Disposition::Reject { cause: CauseCode::INVALID_VALUES, info: CauseInfo::EmptyParam(*t) },
                     "{name}"
                 )
             }
             RejectQuoting(what) => {
-                let Disposition::Reject { cause, info } = &d else {
-                    panic!("{name}: {d:?}")
-                };
+                let Disposition::Reject { cause, info } = &d else { panic!("{name}: {d:?}") };
                 assert_eq!(*cause, CauseCode::INVALID_VALUES, "{name}");
                 let q = quoted(info);
                 if *what == "nested" {
                     // The nested Pool Element TLV, from its offset to the end of the outer one.
                     assert_eq!(&q[..2], &[0x00, 0x0a], "{name}");
-                    assert_eq!(
-                        q.len(),
-                        usize::from(u16::from_be_bytes([q[2], q[3]])),
-                        "{name}"
-                    );
+                    assert_eq!(q.len(), usize::from(u16::from_be_bytes([q[2], q[3]])), "{name}");
                 } else {
                     assert_eq!(q, hex(what), "{name}");
                 }
             }
             Report(cause, what) => {
-                let Disposition::Report { cause: c, info } = &d else {
-                    panic!("{name}: {d:?}")
-                };
+                let Disposition::Report { cause: c, info } = &d else { panic!("{name}: {d:?}") };
                 assert_eq!(c, cause, "{name}");
                 let q = quoted(info);
                 if what.is_empty() {
@@ -265,16 +202,8 @@ fn every_bad_vector_is_handled_as_its_note_says() {
 fn bad_vectors_on_a_stream() {
     let framer = Framer::new(Protocol::Asap, 32 * 1024);
     // Incomplete header or message: wait for more.
-    assert_eq!(
-        framer.frame(&vector("asap-bad-truncated-header")).unwrap(),
-        Frame::Incomplete { need: 1 }
-    );
-    assert_eq!(
-        framer
-            .frame(&vector("asap-bad-length-exceeds-data"))
-            .unwrap(),
-        Frame::Incomplete { need: 8 }
-    );
+    assert_eq!(framer.frame(&vector("asap-bad-truncated-header")).unwrap(), Frame::Incomplete { need: 1 });
+    assert_eq!(framer.frame(&vector("asap-bad-length-exceeds-data")).unwrap(), Frame::Incomplete { need: 8 });
     // Length below 4: the stream cannot be framed.
     let e = framer.frame(&vector("asap-bad-length-lt-4")).unwrap_err();
     assert_eq!(e.disposition(), Disposition::Close);
@@ -282,18 +211,9 @@ fn bad_vectors_on_a_stream() {
     let bytes = vector("asap-bad-trailing-garbage");
     let mut frames = framer.frames(&bytes);
     let first = frames.next().unwrap().unwrap();
-    assert!(matches!(
-        asap::parse(first).unwrap().body(),
-        asap::Body::Deregistration {
-            pe_id: 0x3c9e1f07,
-            ..
-        }
-    ));
+    assert!(matches!(asap::parse(first).unwrap().body(), asap::Body::Deregistration { pe_id: 0x3c9e1f07, .. }));
     let e = frames.next().unwrap().unwrap_err();
-    assert!(matches!(
-        e.kind,
-        ErrorKind::LengthTooLarge { length: 0xbabe, .. }
-    ));
+    assert!(matches!(e.kind, ErrorKind::LengthTooLarge { length: 0xbabe, .. }));
     assert_eq!(e.disposition(), Disposition::Close);
     assert!(frames.next().is_none());
     assert_eq!(frames.consumed(), 20);
@@ -303,13 +223,7 @@ fn bad_vectors_on_a_stream() {
 fn skip_and_report_parameters_are_processed_and_reported() {
     let bytes = vector("asap-deregistration-unknown-skip-report");
     let m = asap::parse(&bytes).unwrap();
-    assert!(matches!(
-        m.body(),
-        asap::Body::Deregistration {
-            pool_handle: b"echo",
-            pe_id: 0x3c9e1f07
-        }
-    ));
+    assert!(matches!(m.body(), asap::Body::Deregistration { pool_handle: b"echo", pe_id: 0x3c9e1f07 }));
     let mut reported = Vec::new();
     m.for_each_report(|p| reported.push(p.param_type()));
     assert_eq!(reported, [ParamType(0xc0de)]);
@@ -317,26 +231,14 @@ fn skip_and_report_parameters_are_processed_and_reported() {
     let bytes = vector("asap-handle-resolution-unknown-skip");
     let m = asap::parse(&bytes).unwrap();
     assert!(!m.has_reports());
-    assert!(matches!(
-        m.body(),
-        asap::Body::HandleResolution {
-            pool_handle: b"db.shard-07",
-            items: Some(0)
-        }
-    ));
+    assert!(matches!(m.body(), asap::Body::HandleResolution { pool_handle: b"db.shard-07", items: Some(0) }));
 }
 
 #[test]
 fn typed_views_read_the_fields_index_md_lists() {
     let bytes = vector("asap-registration");
     let m = asap::parse(&bytes).unwrap();
-    let asap::Body::Registration {
-        pool_handle,
-        pool_element,
-    } = m.body()
-    else {
-        panic!()
-    };
+    let asap::Body::Registration { pool_handle, pool_element } = m.body() else { panic!() };
     assert_eq!(*pool_handle, b"echo");
     assert_eq!(pool_element.pe_id(), 0x3c9e1f07);
     assert_eq!(pool_element.home_registrar(), 0x11223344);
@@ -346,17 +248,12 @@ fn typed_views_read_the_fields_index_md_lists() {
     assert_eq!(ut.port(), 7);
     let addrs: Vec<String> = ut.addresses().map(|a| a.to_string()).collect();
     assert_eq!(addrs, ["192.0.2.10", "198.51.100.10", "2001:db8::10"]);
-    assert_eq!(
-        pool_element.policy(),
-        wire::PolicyParam::Known(wire::Policy::WeightedRoundRobin { weight: 7 })
-    );
+    assert_eq!(pool_element.policy(), wire::PolicyParam::Known(wire::Policy::WeightedRoundRobin { weight: 7 }));
 
     let bytes = vector("asap-handle-resolution-response-16pe");
     let m = asap::parse(&bytes).unwrap();
-    let asap::Body::HandleResolutionResponse {
-        resolution: asap::Resolution::Found { pool_elements, .. },
-        ..
-    } = m.body()
+    let asap::Body::HandleResolutionResponse { resolution: asap::Resolution::Found { pool_elements, .. }, .. } =
+        m.body()
     else {
         panic!()
     };
@@ -367,38 +264,15 @@ fn typed_views_read_the_fields_index_md_lists() {
 
     let bytes = vector("enrp-presence-reply-required");
     let m = enrp::parse(&bytes).unwrap();
-    assert_eq!(
-        (m.body().sender, m.body().receiver),
-        (0x11223344, 0x5a6b7c8d)
-    );
-    let enrp::Kind::Presence {
-        reply_required,
-        checksum,
-        server_information,
-    } = &m.body().kind
-    else {
-        panic!()
-    };
+    assert_eq!((m.body().sender, m.body().receiver), (0x11223344, 0x5a6b7c8d));
+    let enrp::Kind::Presence { reply_required, checksum, server_information } = &m.body().kind else { panic!() };
     assert!(*reply_required);
     assert_eq!(*checksum, 0x0ef2);
     assert_eq!(server_information.server_id(), 0x11223344);
 
     let bytes = vector("enrp-handle-table-response-two-pools-more");
     let m = enrp::parse(&bytes).unwrap();
-    let enrp::Kind::HandleTableResponse {
-        more: true,
-        rejected: false,
-        entries,
-    } = &m.body().kind
-    else {
-        panic!()
-    };
-    let groups: Vec<(Vec<u8>, usize)> = entries
-        .clone()
-        .map(|(h, pes)| (h.to_vec(), pes.count()))
-        .collect();
-    assert_eq!(
-        groups,
-        [(b"echo".to_vec(), 2), (b"db.shard-07".to_vec(), 1)]
-    );
+    let enrp::Kind::HandleTableResponse { more: true, rejected: false, entries } = &m.body().kind else { panic!() };
+    let groups: Vec<(Vec<u8>, usize)> = entries.clone().map(|(h, pes)| (h.to_vec(), pes.count())).collect();
+    assert_eq!(groups, [(b"echo".to_vec(), 2), (b"db.shard-07".to_vec(), 1)]);
 }

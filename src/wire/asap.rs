@@ -102,39 +102,26 @@ impl MessageType {
         use ParamType as P;
         const HANDLE_ID: &[ParamType] = &[P::POOL_HANDLE, P::PE_IDENTIFIER];
         match self {
-            Self::Registration => Schema::new(
-                0,
-                &[P::POOL_HANDLE, P::POOL_ELEMENT],
-                &[P::POOL_HANDLE, P::POOL_ELEMENT],
-            ),
+            Self::Registration => {
+                Schema::new(0, &[P::POOL_HANDLE, P::POOL_ELEMENT], &[P::POOL_HANDLE, P::POOL_ELEMENT])
+            }
             Self::Deregistration | Self::EndpointKeepAliveAck | Self::EndpointUnreachable => {
                 Schema::new(0, HANDLE_ID, HANDLE_ID)
             }
             Self::EndpointKeepAlive => Schema::new(4, HANDLE_ID, HANDLE_ID),
-            Self::RegistrationResponse | Self::DeregistrationResponse => Schema::new(
-                0,
-                &[P::POOL_HANDLE, P::PE_IDENTIFIER, P::OPERATION_ERROR],
-                HANDLE_ID,
-            ),
-            Self::HandleResolution => Schema::new(
-                0,
-                &[P::POOL_HANDLE, P::HANDLE_RESOLUTION_OPTION],
-                &[P::POOL_HANDLE],
-            ),
-            Self::HandleResolutionResponse => Schema::new(
-                0,
-                &[P::POOL_HANDLE, P::POLICY, P::OPERATION_ERROR],
-                &[P::POOL_HANDLE],
-            )
-            .repeating(&[P::POOL_ELEMENT]),
+            Self::RegistrationResponse | Self::DeregistrationResponse => {
+                Schema::new(0, &[P::POOL_HANDLE, P::PE_IDENTIFIER, P::OPERATION_ERROR], HANDLE_ID)
+            }
+            Self::HandleResolution => Schema::new(0, &[P::POOL_HANDLE, P::HANDLE_RESOLUTION_OPTION], &[P::POOL_HANDLE]),
+            Self::HandleResolutionResponse => {
+                Schema::new(0, &[P::POOL_HANDLE, P::POLICY, P::OPERATION_ERROR], &[P::POOL_HANDLE])
+                    .repeating(&[P::POOL_ELEMENT])
+            }
             Self::ServerAnnounce => Schema::new(4, &[], &[]).repeating_transports(),
             Self::Cookie | Self::CookieEcho => Schema::new(0, &[P::COOKIE], &[P::COOKIE]),
-            Self::BusinessCard => Schema::new(
-                0,
-                &[P::POOL_HANDLE, P::POLICY],
-                &[P::POOL_HANDLE, P::POLICY],
-            )
-            .repeating(&[P::POOL_ELEMENT]),
+            Self::BusinessCard => {
+                Schema::new(0, &[P::POOL_HANDLE, P::POLICY], &[P::POOL_HANDLE, P::POLICY]).repeating(&[P::POOL_ELEMENT])
+            }
             Self::Error => Schema::new(0, &[P::OPERATION_ERROR], &[P::OPERATION_ERROR]),
         }
     }
@@ -285,8 +272,8 @@ impl<'a> Iterator for Transports<'a> {
             let p = self.params.next()?;
             if p.param_type().is_transport() {
                 let mut ctx = Ctx::new(Protocol::Asap, MessageType::ServerAnnounce as u8);
-                if let Ok(t) = transport::check(&mut ctx, p) {
-                    return Some(t);
+                if transport::check(&mut ctx, &p).is_ok() {
+                    return Some(Transport::new_unchecked(p));
                 }
             }
         }
@@ -297,69 +284,39 @@ impl<'a> Iterator for Transports<'a> {
 pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
     let (code, flags) = check_header(buf, Protocol::Asap)?;
     let Some(mt) = MessageType::from_u8(code) else {
-        let mut e = Error::new(
-            Protocol::Asap,
-            Some(code),
-            0,
-            ErrorKind::UnrecognizedMessage,
-        );
-        e.quote = Some(0..buf.len());
+        let mut e = Error::new(Protocol::Asap, Some(code), 0, ErrorKind::UnrecognizedMessage);
+        e.quote = Some((0, buf.len() as u32));
         return Err(e);
     };
     let mut ctx = Ctx::new(Protocol::Asap, code);
     let schema = mt.schema();
     let (params_at, s) = check_params(&mut ctx, buf, &schema)?;
     let fixed_u32 = || u32_at(buf, 4);
-    let pes = || {
-        PoolElements::new(
-            buf,
-            s.first_pool_element,
-            s.pool_elements,
-            Protocol::Asap,
-            false,
-        )
-    };
+    let pes = || PoolElements::new(buf, s.first_pool_element, s.pool_elements, Protocol::Asap, false);
     let body = match mt {
         MessageType::Registration => match s.pool_element {
-            Some(pool_element) => Body::Registration {
-                pool_handle: s.pool_handle,
-                pool_element,
-            },
+            Some(pool_element) => Body::Registration { pool_handle: s.pool_handle, pool_element },
             None => return Err(ctx.missing(buf.len(), ParamType::POOL_ELEMENT)),
         },
-        MessageType::Deregistration => Body::Deregistration {
-            pool_handle: s.pool_handle,
-            pe_id: s.pe_id,
-        },
+        MessageType::Deregistration => Body::Deregistration { pool_handle: s.pool_handle, pe_id: s.pe_id },
         MessageType::RegistrationResponse => Body::RegistrationResponse {
             rejected: flags & FLAG_REJECT != 0,
             pool_handle: s.pool_handle,
             pe_id: s.pe_id,
             error: s.operation_error,
         },
-        MessageType::DeregistrationResponse => Body::DeregistrationResponse {
-            pool_handle: s.pool_handle,
-            pe_id: s.pe_id,
-            error: s.operation_error,
-        },
-        MessageType::HandleResolution => Body::HandleResolution {
-            pool_handle: s.pool_handle,
-            items: s.hr_option,
-        },
+        MessageType::DeregistrationResponse => {
+            Body::DeregistrationResponse { pool_handle: s.pool_handle, pe_id: s.pe_id, error: s.operation_error }
+        }
+        MessageType::HandleResolution => Body::HandleResolution { pool_handle: s.pool_handle, items: s.hr_option },
         MessageType::HandleResolutionResponse => {
             let resolution = match (s.policy, s.operation_error) {
-                (Some(policy), None) => Resolution::Found {
-                    policy,
-                    pool_elements: pes(),
-                },
+                (Some(policy), None) => Resolution::Found { policy, pool_elements: pes() },
                 (None, Some(e)) if s.pool_elements == 0 => Resolution::Failed(e),
                 (None, None) => return Err(ctx.missing(buf.len(), ParamType::POLICY)),
                 (_, Some(e)) => return Err(ctx.unexpected(&e.param())),
             };
-            Body::HandleResolutionResponse {
-                pool_handle: s.pool_handle,
-                resolution,
-            }
+            Body::HandleResolutionResponse { pool_handle: s.pool_handle, resolution }
         }
         MessageType::EndpointKeepAlive => Body::EndpointKeepAlive {
             home: flags & FLAG_HOME != 0,
@@ -367,28 +324,16 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
             pool_handle: s.pool_handle,
             pe_id: s.pe_id,
         },
-        MessageType::EndpointKeepAliveAck => Body::EndpointKeepAliveAck {
-            pool_handle: s.pool_handle,
-            pe_id: s.pe_id,
-        },
-        MessageType::EndpointUnreachable => Body::EndpointUnreachable {
-            pool_handle: s.pool_handle,
-            pe_id: s.pe_id,
-        },
+        MessageType::EndpointKeepAliveAck => Body::EndpointKeepAliveAck { pool_handle: s.pool_handle, pe_id: s.pe_id },
+        MessageType::EndpointUnreachable => Body::EndpointUnreachable { pool_handle: s.pool_handle, pe_id: s.pe_id },
         MessageType::ServerAnnounce => Body::ServerAnnounce {
             server_id: fixed_u32(),
-            transports: Transports {
-                params: Params::new(&buf[params_at..], params_at),
-            },
+            transports: Transports { params: Params::new(&buf[params_at..], params_at) },
         },
         MessageType::Cookie => Body::Cookie { cookie: s.cookie },
         MessageType::CookieEcho => Body::CookieEcho { cookie: s.cookie },
         MessageType::BusinessCard => match s.policy {
-            Some(policy) => Body::BusinessCard {
-                pool_handle: s.pool_handle,
-                policy,
-                pool_elements: pes(),
-            },
+            Some(policy) => Body::BusinessCard { pool_handle: s.pool_handle, policy, pool_elements: pes() },
             None => return Err(ctx.missing(buf.len(), ParamType::POLICY)),
         },
         MessageType::Error => match s.operation_error {
@@ -402,14 +347,9 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
 /// Best-effort read of the Pool Handle and PE identifier of a message that failed to parse, so
 /// that a rejection can echo them (WIRE.md section 6.1). Only well-formed top-level TLVs count.
 pub fn salvage_ids(buf: &[u8]) -> (Option<&[u8]>, Option<u32>) {
-    let fixed = buf
-        .first()
-        .and_then(|&t| MessageType::from_u8(t))
-        .map_or(0, MessageType::fixed_len);
+    let fixed = buf.first().and_then(|&t| MessageType::from_u8(t)).map_or(0, MessageType::fixed_len);
     let start = 4 + fixed;
-    let end = super::field::get_u16(buf, 2)
-        .map_or(0, usize::from)
-        .min(buf.len());
+    let end = super::field::get_u16(buf, 2).map_or(0, usize::from).min(buf.len());
     let (mut handle, mut pe_id) = (None, None);
     if start >= end {
         return (handle, pe_id);
@@ -417,12 +357,8 @@ pub fn salvage_ids(buf: &[u8]) -> (Option<&[u8]>, Option<u32>) {
     for p in Params::new(&buf[start..end], start) {
         match p.param_type() {
             ParamType::POOL_HANDLE if handle.is_none() => handle = Some(p.value()),
-            ParamType::PE_IDENTIFIER if pe_id.is_none() && p.value().len() == 4 => {
-                pe_id = Some(u32_at(p.value(), 0))
-            }
-            ParamType::POOL_ELEMENT if pe_id.is_none() && p.value().len() >= 4 => {
-                pe_id = Some(u32_at(p.value(), 0))
-            }
+            ParamType::PE_IDENTIFIER if pe_id.is_none() && p.value().len() == 4 => pe_id = Some(u32_at(p.value(), 0)),
+            ParamType::POOL_ELEMENT if pe_id.is_none() && p.value().len() >= 4 => pe_id = Some(u32_at(p.value(), 0)),
             _ => {}
         }
     }
@@ -430,11 +366,7 @@ pub fn salvage_ids(buf: &[u8]) -> (Option<&[u8]>, Option<u32>) {
 }
 
 /// Emits a Handle Resolution (a PU's request).
-pub fn emit_handle_resolution(
-    w: &mut Writer<'_>,
-    pool_handle: &[u8],
-    items: Option<u32>,
-) -> Result<usize, EmitError> {
+pub fn emit_handle_resolution(w: &mut Writer<'_>, pool_handle: &[u8], items: Option<u32>) -> Result<usize, EmitError> {
     w.message(MessageType::HandleResolution as u8, 0, |w| {
         w.tlv_bytes(ParamType::POOL_HANDLE, pool_handle);
         if let Some(n) = items {
@@ -473,22 +405,16 @@ pub fn emit_keep_alive(
     pool_handle: &[u8],
     pe_id: u32,
 ) -> Result<usize, EmitError> {
-    w.message(
-        MessageType::EndpointKeepAlive as u8,
-        if home { FLAG_HOME } else { 0 },
-        |w| {
-            w.u32(server_id);
-            w.tlv_bytes(ParamType::POOL_HANDLE, pool_handle);
-            w.tlv(ParamType::PE_IDENTIFIER, |w| w.u32(pe_id));
-        },
-    )
+    w.message(MessageType::EndpointKeepAlive as u8, if home { FLAG_HOME } else { 0 }, |w| {
+        w.u32(server_id);
+        w.tlv_bytes(ParamType::POOL_HANDLE, pool_handle);
+        w.tlv(ParamType::PE_IDENTIFIER, |w| w.u32(pe_id));
+    })
 }
 
 /// Emits an ASAP Error message with one cause.
 pub fn emit_error(w: &mut Writer<'_>, code: CauseCode, info: &[u8]) -> Result<usize, EmitError> {
-    w.message(MessageType::Error as u8, 0, |w| {
-        cause::emit_operation_error(w, code, info)
-    })
+    w.message(MessageType::Error as u8, 0, |w| cause::emit_operation_error(w, code, info))
 }
 
 /// Emits an ASAP Error reporting unrecognized parameters (cause 0x1 for each).

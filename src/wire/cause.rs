@@ -1,7 +1,7 @@
 //! Error causes carried in an Operation Error parameter (RFC 5352 section 5; WIRE.md section 5).
 
 use super::check::Ctx;
-use super::error::{Error, ErrorKind};
+use super::error::{Error, ErrorKind, Invalid};
 use super::field::{get_u16, padded};
 use super::param::{Param, ParamType};
 use super::writer::Writer;
@@ -76,17 +76,12 @@ pub struct OperationError<'a> {
 impl<'a> OperationError<'a> {
     /// The causes, in order.
     pub fn causes(&self) -> Causes<'a> {
-        Causes {
-            region: self.param.value(),
-            pos: 0,
-        }
+        Causes { region: self.param.value(), pos: 0 }
     }
 
     /// The first cause's code (an Operation Error has at least one).
     pub fn first_code(&self) -> CauseCode {
-        self.causes()
-            .next()
-            .map_or(CauseCode::UNSPECIFIED, |c| c.code)
+        self.causes().next().map_or(CauseCode::UNSPECIFIED, |c| c.code)
     }
 
     /// The underlying TLV.
@@ -96,12 +91,7 @@ impl<'a> OperationError<'a> {
 
     /// The owned form.
     pub fn to_repr(&self) -> Vec<CauseRepr> {
-        self.causes()
-            .map(|c| CauseRepr {
-                code: c.code,
-                info: c.info.to_vec(),
-            })
-            .collect()
+        self.causes().map(|c| CauseRepr { code: c.code, info: c.info.to_vec() }).collect()
     }
 }
 
@@ -120,10 +110,7 @@ impl<'a> Iterator for Causes<'a> {
         let len = usize::from(get_u16(self.region, self.pos + 2)?);
         let info = self.region.get(self.pos + 4..self.pos + len)?;
         self.pos += padded(len);
-        Some(Cause {
-            code: CauseCode(code),
-            info,
-        })
+        Some(Cause { code: CauseCode(code), info })
     }
 }
 
@@ -140,7 +127,7 @@ pub struct CauseRepr {
 pub(crate) fn check<'a>(ctx: &Ctx, p: Param<'a>) -> Result<OperationError<'a>, Error> {
     let v = p.value();
     if v.is_empty() {
-        return Err(ctx.invalid(&p, "Operation Error without a cause"));
+        return Err(ctx.invalid(&p, Invalid::NoCause));
     }
     let mut pos = 0;
     while pos < v.len() {

@@ -1,7 +1,8 @@
 //! The validating walk shared by every message and parameter: turns TLV faults into [`Error`]s
 //! that name the message, parameter and byte, and applies the unknown-parameter action bits.
 
-use super::error::{Error, ErrorKind, Protocol};
+use super::error::{Error, ErrorKind, Invalid, Protocol};
+use super::field::{padded, u16_at};
 use super::param::{read_tlv, Param, ParamType, TlvFault};
 
 /// Context of one message being validated.
@@ -14,11 +15,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn new(protocol: Protocol, message_type: u8) -> Self {
-        Self {
-            protocol,
-            message_type,
-            reports: false,
-        }
+        Self { protocol, message_type, reports: false }
     }
 
     /// An error located at `offset`, not tied to a parameter.
@@ -37,9 +34,9 @@ impl Ctx {
 
     /// `p` is well-formed but carries an invalid value: cause 0x3 quoting `p`.
     #[cold]
-    pub(crate) fn invalid(&self, p: &Param<'_>, what: &'static str) -> Error {
+    pub(crate) fn invalid(&self, p: &Param<'_>, what: Invalid) -> Error {
         let mut e = self.fault(p, ErrorKind::InvalidValue { what });
-        e.quote = Some(p.range());
+        e.quote = Some(quote(p));
         e
     }
 
@@ -47,7 +44,7 @@ impl Ctx {
     #[cold]
     pub(crate) fn unexpected(&self, p: &Param<'_>) -> Error {
         let mut e = self.fault(p, ErrorKind::UnexpectedParameter);
-        e.quote = Some(p.range());
+        e.quote = Some(quote(p));
         e
     }
 
@@ -60,7 +57,7 @@ impl Ctx {
     }
 
     /// A fixed-size parameter whose length is not `expected`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn expect_len(&self, p: &Param<'_>, expected: u16) -> Result<(), Error> {
         let length = p.as_bytes().len() as u16;
         if length == expected {
@@ -71,7 +68,7 @@ impl Ctx {
     }
 
     /// A parameter whose length must be at least `min`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn expect_min(&self, p: &Param<'_>, min: u16) -> Result<(), Error> {
         let length = p.as_bytes().len() as u16;
         if length >= min {
@@ -82,7 +79,7 @@ impl Ctx {
     }
 
     /// Handles a parameter of unknown type by its action bits: `Ok` means skip it and go on.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unknown(&mut self, p: &Param<'_>) -> Result<(), Error> {
         let action = p.param_type().unknown_action();
         if action.continues() {
@@ -90,37 +87,34 @@ impl Ctx {
             Ok(())
         } else {
             let mut e = self.fault(p, ErrorKind::UnrecognizedParameter { action });
-            e.quote = Some(p.range());
+            e.quote = Some(quote(p));
             Err(e)
         }
     }
 
     /// Reads the next TLV of a container (`region` starts at byte `base` of the message).
     #[inline]
-    pub(crate) fn tlv<'a>(
-        &self,
-        region: &'a [u8],
-        pos: usize,
-        base: usize,
-    ) -> Result<(Param<'a>, usize), Error> {
+    pub(crate) fn tlv<'a>(&self, region: &'a [u8], pos: usize, base: usize) -> Result<(Param<'a>, usize), Error> {
         read_tlv(region, pos, base).map_err(|f| self.tlv_fault(f, base + pos, region, pos))
     }
 
     #[cold]
     fn tlv_fault(&self, fault: TlvFault, offset: usize, region: &[u8], pos: usize) -> Error {
         let mut e = match fault {
-            TlvFault::TooShort { length } => {
-                self.at(offset, ErrorKind::ParamLengthTooSmall { length })
-            }
-            TlvFault::Overrun { length, room } => {
-                self.at(offset, ErrorKind::ParamOverrun { length, room })
-            }
+            TlvFault::TooShort { length } => self.at(offset, ErrorKind::ParamLengthTooSmall { length }),
+            TlvFault::Overrun { length, room } => self.at(offset, ErrorKind::ParamOverrun { length, room }),
         };
         if let Some(t) = super::field::get_u16(region, pos) {
             e.param_type = Some(ParamType(t));
         }
         e
     }
+}
+
+/// The byte range of `p` in its message, as an error stores it.
+fn quote(p: &Param<'_>) -> (u32, u32) {
+    let r = p.range();
+    (r.start as u32, r.end as u32)
 }
 
 /// Walks the TLVs of a container region, calling `each` for every one.
@@ -131,11 +125,63 @@ pub(crate) fn walk<'a>(
     base: usize,
     mut each: impl FnMut(&mut Ctx, Param<'a>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut pos = 0;
-    while pos < region.len() {
-        let (p, next) = ctx.tlv(region, pos, base)?;
+    let mut w = Walk::new(region, base);
+    while let Some(p) = w.next() {
         each(ctx, p)?;
-        pos = next;
     }
-    Ok(())
+    w.finish(ctx)
+}
+
+/// A validating cursor over the TLVs of a container region. [`Walk::next`] stops at the end or
+/// at a TLV that does not fit; [`Walk::finish`] then says which (the fault is rebuilt off the
+/// hot path).
+pub(crate) struct Walk<'a> {
+    region: &'a [u8],
+    pos: usize,
+    base: usize,
+    fault: bool,
+}
+
+impl<'a> Walk<'a> {
+    /// A cursor over `region`, which starts at byte `base` of the message.
+    #[inline(always)]
+    pub(crate) fn new(region: &'a [u8], base: usize) -> Self {
+        Self { region, pos: 0, base, fault: false }
+    }
+
+    /// The next TLV, or `None` at the end of the region or at a TLV that does not fit.
+    #[inline(always)]
+    pub(crate) fn next(&mut self) -> Option<Param<'a>> {
+        let (region, pos) = (self.region, self.pos);
+        if pos + 4 > region.len() {
+            self.fault = pos < region.len();
+            return None;
+        }
+        let len = usize::from(u16_at(region, pos + 2));
+        if len < 4 || len > region.len() - pos {
+            self.fault = true;
+            return None;
+        }
+        self.pos = (pos + padded(len)).min(region.len());
+        Some(Param::new(&region[pos..pos + len], self.base + pos))
+    }
+
+    /// `Ok` if the walk reached the end of the region, else the fault of the TLV it stopped at.
+    #[inline(always)]
+    pub(crate) fn finish(&self, ctx: &Ctx) -> Result<(), Error> {
+        if self.fault {
+            Err(self.fault_error(ctx))
+        } else {
+            Ok(())
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fault_error(&self, ctx: &Ctx) -> Error {
+        match ctx.tlv(self.region, self.pos, self.base) {
+            Err(e) => e,
+            Ok(_) => ctx.at(self.base + self.pos, ErrorKind::ParamLengthTooSmall { length: 0 }),
+        }
+    }
 }

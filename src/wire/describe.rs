@@ -43,14 +43,7 @@ fn transport(t: &TransportRepr) -> Value {
     if t.protocol == super::TransportProtocol::Dccp {
         m.insert("service_code".into(), json!(id(t.service_code)));
     }
-    m.insert(
-        "addresses".into(),
-        json!(t
-            .addresses
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()),
-    );
+    m.insert("addresses".into(), json!(t.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>()));
     Value::Object(m)
 }
 
@@ -71,14 +64,7 @@ pub fn policy_json(p: &Policy) -> Value {
         Policy::LeastUsed { load: l } | Policy::RandomizedLeastUsed { load: l } => {
             m.insert("load".into(), load(l));
         }
-        Policy::LeastUsedDegradation {
-            load: l,
-            degradation,
-        }
-        | Policy::PriorityLeastUsed {
-            load: l,
-            degradation,
-        } => {
+        Policy::LeastUsedDegradation { load: l, degradation } | Policy::PriorityLeastUsed { load: l, degradation } => {
             m.insert("load".into(), load(l));
             m.insert("load_degradation".into(), load(degradation));
         }
@@ -89,10 +75,7 @@ pub fn policy_json(p: &Policy) -> Value {
 fn policy(p: &PolicyRepr) -> Value {
     match p {
         PolicyRepr::Known(p) => policy_json(p),
-        PolicyRepr::Unknown {
-            policy_type,
-            values,
-        } => {
+        PolicyRepr::Unknown { policy_type, values } => {
             json!({ "policy": "unknown", "policy_type": id(policy_type.0), "values": hex(values) })
         }
     }
@@ -105,11 +88,7 @@ pub fn pool_element_json(pe: &PoolElementRepr) -> Value {
     m.insert("home_registrar".into(), json!(id(pe.home_registrar)));
     m.insert(
         "registration_life_ms".into(),
-        if pe.registration_life < 0 {
-            json!("infinite")
-        } else {
-            json!(pe.registration_life)
-        },
+        if pe.registration_life < 0 { json!("infinite") } else { json!(pe.registration_life) },
     );
     m.insert("user_transport".into(), transport(&pe.user_transport));
     m.insert("policy".into(), policy(&pe.policy));
@@ -138,11 +117,7 @@ fn causes(cs: &[CauseRepr]) -> Value {
 fn param(p: &ParamRepr) -> Value {
     let (t, body) = match p {
         ParamRepr::Address(a) => (
-            if a.is_ipv4() {
-                ParamType::IPV4_ADDRESS
-            } else {
-                ParamType::IPV6_ADDRESS
-            },
+            if a.is_ipv4() { ParamType::IPV4_ADDRESS } else { ParamType::IPV6_ADDRESS },
             json!({ "address": a.to_string() }),
         ),
         ParamRepr::Transport(t) => (t.protocol.param_type(), transport(t)),
@@ -161,28 +136,15 @@ fn param(p: &ParamRepr) -> Value {
             ParamType::SERVER_INFORMATION,
             json!({ "server_id": id(si.server_id), "transport": transport(&si.transport) }),
         ),
-        ParamRepr::OperationError(cs) => {
-            (ParamType::OPERATION_ERROR, json!({ "causes": causes(cs) }))
-        }
-        ParamRepr::Cookie(c) => (
-            ParamType::COOKIE,
-            json!({ "cookie": hex(c), "length": c.len() }),
-        ),
+        ParamRepr::OperationError(cs) => (ParamType::OPERATION_ERROR, json!({ "causes": causes(cs) })),
+        ParamRepr::Cookie(c) => (ParamType::COOKIE, json!({ "cookie": hex(c), "length": c.len() })),
         ParamRepr::PeIdentifier(v) => (ParamType::PE_IDENTIFIER, json!({ "pe_id": id(*v) })),
-        ParamRepr::PeChecksum(c) => (
-            ParamType::PE_CHECKSUM,
-            json!({ "checksum": format!("0x{c:04x}") }),
-        ),
-        ParamRepr::HandleResolutionOption(n) => {
-            (ParamType::HANDLE_RESOLUTION_OPTION, json!({ "items": n }))
-        }
+        ParamRepr::PeChecksum(c) => (ParamType::PE_CHECKSUM, json!({ "checksum": format!("0x{c:04x}") })),
+        ParamRepr::HandleResolutionOption(n) => (ParamType::HANDLE_RESOLUTION_OPTION, json!({ "items": n })),
         ParamRepr::Raw { param_type, value } => {
             let t = ParamType(*param_type);
             let action = format!("{:?}", t.unknown_action());
-            (
-                t,
-                json!({ "unknown": true, "action": action, "value": hex(value) }),
-            )
+            (t, json!({ "unknown": true, "action": action, "value": hex(value) }))
         }
     };
     let mut m = Map::new();
@@ -222,15 +184,9 @@ pub fn to_json(m: &MessageRepr) -> Value {
     let mut o = Map::new();
     o.insert("protocol".into(), json!(m.protocol.to_string()));
     o.insert("type".into(), json!(format!("0x{:02x}", m.message_type)));
-    o.insert(
-        "type_name".into(),
-        json!(message_name(m.protocol, m.message_type)),
-    );
+    o.insert("type_name".into(), json!(message_name(m.protocol, m.message_type)));
     o.insert("flags".into(), json!(format!("0x{:02x}", m.flags)));
-    o.insert(
-        "flag_names".into(),
-        json!(flag_names(m.protocol, m.message_type, m.flags)),
-    );
+    o.insert("flag_names".into(), json!(flag_names(m.protocol, m.message_type, m.flags)));
     let words = &m.fixed;
     match m.protocol {
         Protocol::Asap => {
@@ -257,10 +213,7 @@ pub fn to_json(m: &MessageRepr) -> Value {
             }
         }
     }
-    o.insert(
-        "params".into(),
-        Value::Array(m.params.iter().map(param).collect()),
-    );
+    o.insert("params".into(), Value::Array(m.params.iter().map(param).collect()));
     Value::Object(o)
 }
 
@@ -280,11 +233,9 @@ fn scalar(v: &Value) -> Option<String> {
         Value::Array(a) if a.iter().all(|x| x.is_string() || x.is_number()) => {
             Some(a.iter().filter_map(scalar).collect::<Vec<_>>().join(", "))
         }
-        Value::Object(o) if o.contains_key("percent") => Some(format!(
-            "{} ({}%)",
-            scalar(&o["raw"]).unwrap_or_default(),
-            scalar(&o["percent"]).unwrap_or_default()
-        )),
+        Value::Object(o) if o.contains_key("percent") => {
+            Some(format!("{} ({}%)", scalar(&o["raw"]).unwrap_or_default(), scalar(&o["percent"]).unwrap_or_default()))
+        }
         _ => None,
     }
 }
@@ -310,12 +261,7 @@ fn render(v: &Value, depth: usize, out: &mut String) {
         }
         Value::Array(a) => {
             for x in a {
-                match (
-                    x.get("param"),
-                    x.get("param_type"),
-                    x.get("cause"),
-                    x.get("code"),
-                ) {
+                match (x.get("param"), x.get("param_type"), x.get("cause"), x.get("code")) {
                     (Some(n), Some(t), _, _) | (_, _, Some(n), Some(t)) => {
                         let (n, t) = (scalar(n).unwrap_or_default(), scalar(t).unwrap_or_default());
                         out.push_str(&format!("{pad}- {n} ({t})\n"));

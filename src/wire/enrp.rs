@@ -76,10 +76,7 @@ impl MessageType {
     /// and reserved word, or the takeover target.
     pub const fn fixed_len(self) -> usize {
         match self {
-            Self::HandleUpdate
-            | Self::InitTakeover
-            | Self::InitTakeoverAck
-            | Self::TakeoverServer => 12,
+            Self::HandleUpdate | Self::InitTakeover | Self::InitTakeoverAck | Self::TakeoverServer => 12,
             _ => 8,
         }
     }
@@ -88,19 +85,15 @@ impl MessageType {
         use ParamType as P;
         let fixed = self.fixed_len();
         match self {
-            Self::Presence => Schema::new(
-                fixed,
-                &[P::PE_CHECKSUM, P::SERVER_INFORMATION],
-                &[P::PE_CHECKSUM, P::SERVER_INFORMATION],
-            ),
-            Self::HandleTableResponse => Schema::new(fixed, &[], &[])
-                .repeating(&[P::POOL_HANDLE, P::POOL_ELEMENT])
-                .grouped(),
-            Self::HandleUpdate => Schema::new(
-                fixed,
-                &[P::POOL_HANDLE, P::POOL_ELEMENT],
-                &[P::POOL_HANDLE, P::POOL_ELEMENT],
-            ),
+            Self::Presence => {
+                Schema::new(fixed, &[P::PE_CHECKSUM, P::SERVER_INFORMATION], &[P::PE_CHECKSUM, P::SERVER_INFORMATION])
+            }
+            Self::HandleTableResponse => {
+                Schema::new(fixed, &[], &[]).repeating(&[P::POOL_HANDLE, P::POOL_ELEMENT]).grouped()
+            }
+            Self::HandleUpdate => {
+                Schema::new(fixed, &[P::POOL_HANDLE, P::POOL_ELEMENT], &[P::POOL_HANDLE, P::POOL_ELEMENT])
+            }
             Self::ListResponse => Schema::new(fixed, &[], &[]).repeating(&[P::SERVER_INFORMATION]),
             Self::Error => Schema::new(fixed, &[P::OPERATION_ERROR], &[P::OPERATION_ERROR]),
             Self::HandleTableRequest
@@ -239,10 +232,7 @@ impl<'a> Iterator for TableEntries<'a> {
             let p = self.params.next()?;
             if p.param_type() == ParamType::POOL_HANDLE {
                 let from = p.offset() + super::field::padded(p.as_bytes().len());
-                return Some((
-                    p.value(),
-                    PoolElements::new(self.buf, from, u32::MAX, Protocol::Enrp, true),
-                ));
+                return Some((p.value(), PoolElements::new(self.buf, from, u32::MAX, Protocol::Enrp, true)));
             }
         }
     }
@@ -274,13 +264,8 @@ impl<'a> Iterator for Servers<'a> {
 pub fn parse(buf: &[u8]) -> Result<EnrpMessage<'_>, Error> {
     let (code, flags) = check_header(buf, Protocol::Enrp)?;
     let Some(mt) = MessageType::from_u8(code) else {
-        let mut e = Error::new(
-            Protocol::Enrp,
-            Some(code),
-            0,
-            ErrorKind::UnrecognizedMessage,
-        );
-        e.quote = Some(0..buf.len());
+        let mut e = Error::new(Protocol::Enrp, Some(code), 0, ErrorKind::UnrecognizedMessage);
+        e.quote = Some((0, buf.len() as u32));
         return Err(e);
     };
     let mut ctx = Ctx::new(Protocol::Enrp, code);
@@ -302,57 +287,34 @@ pub fn parse(buf: &[u8]) -> Result<EnrpMessage<'_>, Error> {
             },
             None => return Err(ctx.missing(buf.len(), ParamType::SERVER_INFORMATION)),
         },
-        MessageType::HandleTableRequest => Kind::HandleTableRequest {
-            own_children_only: flags & FLAG_OWN_CHILDREN_ONLY != 0,
-        },
+        MessageType::HandleTableRequest => {
+            Kind::HandleTableRequest { own_children_only: flags & FLAG_OWN_CHILDREN_ONLY != 0 }
+        }
         MessageType::HandleTableResponse => Kind::HandleTableResponse {
             more: flags & FLAG_MORE != 0,
             rejected: flags & FLAG_REJECT != 0,
-            entries: TableEntries {
-                buf,
-                params: params(),
-            },
+            entries: TableEntries { buf, params: params() },
         },
         MessageType::HandleUpdate => match s.pool_element {
             Some(pool_element) => Kind::HandleUpdate {
                 takeover_suggested: flags & FLAG_TAKEOVER_SUGGESTED != 0,
-                action: if u16_at(buf, 12) == 0 {
-                    UpdateAction::AddPe
-                } else {
-                    UpdateAction::DeletePe
-                },
+                action: if u16_at(buf, 12) == 0 { UpdateAction::AddPe } else { UpdateAction::DeletePe },
                 pool_handle: s.pool_handle,
                 pool_element,
             },
             None => return Err(ctx.missing(buf.len(), ParamType::POOL_ELEMENT)),
         },
         MessageType::ListRequest => Kind::ListRequest,
-        MessageType::ListResponse => Kind::ListResponse {
-            rejected: flags & FLAG_REJECT != 0,
-            servers: Servers { params: params() },
-        },
-        MessageType::InitTakeover => Kind::InitTakeover {
-            target: u32_at(buf, 12),
-        },
-        MessageType::InitTakeoverAck => Kind::InitTakeoverAck {
-            target: u32_at(buf, 12),
-        },
-        MessageType::TakeoverServer => Kind::TakeoverServer {
-            target: u32_at(buf, 12),
-        },
+        MessageType::ListResponse => {
+            Kind::ListResponse { rejected: flags & FLAG_REJECT != 0, servers: Servers { params: params() } }
+        }
+        MessageType::InitTakeover => Kind::InitTakeover { target: u32_at(buf, 12) },
+        MessageType::InitTakeoverAck => Kind::InitTakeoverAck { target: u32_at(buf, 12) },
+        MessageType::TakeoverServer => Kind::TakeoverServer { target: u32_at(buf, 12) },
         MessageType::Error => match s.operation_error {
             Some(error) => Kind::Error { error },
             None => return Err(ctx.missing(buf.len(), ParamType::OPERATION_ERROR)),
         },
     };
-    Ok(Message::new(
-        buf,
-        params_at,
-        ctx.reports,
-        Body {
-            sender,
-            receiver,
-            kind,
-        },
-    ))
+    Ok(Message::new(buf, params_at, ctx.reports, Body { sender, receiver, kind }))
 }

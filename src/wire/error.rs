@@ -31,7 +31,7 @@ pub enum ErrorKind {
     #[error("truncated header: {available} of 4 header bytes")]
     TruncatedHeader {
         /// Bytes present.
-        available: usize,
+        available: u8,
     },
     /// The message length field is below 4.
     #[error("message length {length} < 4")]
@@ -45,32 +45,32 @@ pub enum ErrorKind {
         /// The length field.
         length: u16,
         /// The configured maximum.
-        max: usize,
+        max: u16,
     },
     /// The buffer holds fewer bytes than the length field claims.
     #[error("truncated: length field says {length}, {available} bytes present")]
     Truncated {
         /// The length field.
         length: u16,
-        /// Bytes present.
-        available: usize,
+        /// Bytes present (saturated at `u32::MAX`).
+        available: u32,
     },
     /// The buffer holds more bytes than the length field claims.
     #[error("trailing bytes: length field says {length}, {available} bytes present")]
     TrailingBytes {
         /// The length field.
         length: u16,
-        /// Bytes present.
-        available: usize,
+        /// Bytes present (saturated at `u32::MAX`).
+        available: u32,
     },
     /// The fixed fields of the message body are cut short (ENRP server ids, keep-alive server
     /// id, update action, takeover target).
     #[error("message too short for its fixed fields: {length} bytes, at least {min} needed")]
     FixedFieldsTruncated {
         /// The message length.
-        length: usize,
+        length: u16,
         /// The minimum for this message type.
-        min: usize,
+        min: u16,
     },
     /// A parameter length field below 4, or not even a parameter header left.
     #[error("parameter length {length} < 4")]
@@ -84,7 +84,7 @@ pub enum ErrorKind {
         /// The length field.
         length: u16,
         /// Bytes left in the container.
-        room: usize,
+        room: u16,
     },
     /// A fixed-size parameter with the wrong length.
     #[error("parameter length {length}, must be {expected}")]
@@ -108,13 +108,13 @@ pub enum ErrorKind {
         /// The policy type.
         policy_type: u32,
         /// Bytes of values present.
-        values: usize,
+        values: u16,
     },
     /// A well-formed parameter with an invalid value.
     #[error("invalid value: {what}")]
     InvalidValue {
         /// What is invalid.
-        what: &'static str,
+        what: Invalid,
     },
     /// A mandatory parameter is missing.
     #[error("missing mandatory parameter {missing}")]
@@ -150,6 +150,26 @@ pub enum ErrorKind {
         /// The cause length field.
         length: u16,
     },
+}
+
+/// Which value of a well-formed parameter is invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// SCTP/TCP transport use other than 0 or 1.
+    #[error("transport use is neither 0 (data only) nor 1 (data plus control)")]
+    TransportUse,
+    /// A transport parameter without an address parameter.
+    #[error("transport without an address")]
+    NoAddress,
+    /// More than one address in a transport that is not SCTP.
+    #[error("more than one address in a transport that is not SCTP")]
+    TooManyAddresses,
+    /// An ASAP transport that is neither SCTP nor TCP.
+    #[error("ASAP transport must be SCTP or TCP")]
+    AsapTransportProtocol,
+    /// An Operation Error without a cause.
+    #[error("Operation Error without a cause")]
+    NoCause,
 }
 
 /// What a cause should carry as its info when answering an error.
@@ -200,28 +220,22 @@ pub struct Error {
     pub param_type: Option<ParamType>,
     /// Byte offset of the fault from the start of the message (the parameter's first byte for
     /// parameter faults).
-    pub offset: usize,
+    pub offset: u32,
     /// What was wrong.
     pub kind: ErrorKind,
-    /// Byte range of the well-formed parameter to quote, for causes that carry it.
-    pub quote: Option<Range<usize>>,
+    /// Byte range (start, end) of the well-formed parameter or message to quote, for causes
+    /// that carry it.
+    pub quote: Option<(u32, u32)>,
 }
 
 impl Error {
-    pub(crate) fn new(
-        protocol: Protocol,
-        message_type: Option<u8>,
-        offset: usize,
-        kind: ErrorKind,
-    ) -> Self {
-        Self {
-            protocol,
-            message_type,
-            param_type: None,
-            offset,
-            kind,
-            quote: None,
-        }
+    pub(crate) fn new(protocol: Protocol, message_type: Option<u8>, offset: usize, kind: ErrorKind) -> Self {
+        Self { protocol, message_type, param_type: None, offset: offset as u32, kind, quote: None }
+    }
+
+    /// The quoted byte range, for slicing the message.
+    pub fn quote_range(&self) -> Option<Range<usize>> {
+        self.quote.map(|(s, e)| s as usize..e as usize)
     }
 
     /// The error cause the protocol prescribes for this fault, if it is answered at all.
@@ -235,15 +249,9 @@ impl Error {
     /// What the receiver does (WIRE.md section 9), with the cause and the info it carries.
     pub fn disposition(&self) -> Disposition {
         use ErrorKind::*;
-        let quoted = |cause| match &self.quote {
-            Some(r) => Disposition::Reject {
-                cause,
-                info: CauseInfo::Quote(r.clone()),
-            },
-            None => Disposition::Reject {
-                cause: CauseCode::UNSPECIFIED,
-                info: CauseInfo::None,
-            },
+        let quoted = |cause| match self.quote_range() {
+            Some(r) => Disposition::Reject { cause, info: CauseInfo::Quote(r) },
+            None => Disposition::Reject { cause: CauseCode::UNSPECIFIED, info: CauseInfo::None },
         };
         match &self.kind {
             TruncatedHeader { .. }
@@ -259,34 +267,24 @@ impl Error {
             | PolicyValueCount { .. }
             | UnknownUpdateAction { .. }
             | MissingTransport
-            | BadCause { .. } => Disposition::Reject {
-                cause: CauseCode::UNSPECIFIED,
-                info: CauseInfo::None,
-            },
+            | BadCause { .. } => Disposition::Reject { cause: CauseCode::UNSPECIFIED, info: CauseInfo::None },
             InvalidValue { .. } | UnexpectedParameter => quoted(CauseCode::INVALID_VALUES),
             MissingParameter { missing } => {
                 if missing.may_be_empty() {
-                    Disposition::Reject {
-                        cause: CauseCode::INVALID_VALUES,
-                        info: CauseInfo::EmptyParam(*missing),
-                    }
+                    Disposition::Reject { cause: CauseCode::INVALID_VALUES, info: CauseInfo::EmptyParam(*missing) }
                 } else {
-                    Disposition::Reject {
-                        cause: CauseCode::UNSPECIFIED,
-                        info: CauseInfo::None,
-                    }
+                    Disposition::Reject { cause: CauseCode::UNSPECIFIED, info: CauseInfo::None }
                 }
             }
-            UnrecognizedParameter { action } => match (action.reports(), &self.quote) {
-                (true, Some(r)) => Disposition::Report {
-                    cause: CauseCode::UNRECOGNIZED_PARAMETER,
-                    info: CauseInfo::Quote(r.clone()),
-                },
+            UnrecognizedParameter { action } => match (action.reports(), self.quote_range()) {
+                (true, Some(r)) => {
+                    Disposition::Report { cause: CauseCode::UNRECOGNIZED_PARAMETER, info: CauseInfo::Quote(r) }
+                }
                 _ => Disposition::Discard,
             },
             UnrecognizedMessage => Disposition::Report {
                 cause: CauseCode::UNRECOGNIZED_MESSAGE,
-                info: CauseInfo::Quote(self.quote.clone().unwrap_or(0..0)),
+                info: CauseInfo::Quote(self.quote_range().unwrap_or(0..0)),
             },
         }
     }

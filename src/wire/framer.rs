@@ -30,10 +30,7 @@ impl Framer {
     /// A framer for `protocol` accepting messages of at most `max_message_size` bytes (capped
     /// at 65535, the largest the length field can express; at least 4).
     pub fn new(protocol: Protocol, max_message_size: usize) -> Self {
-        Self {
-            protocol,
-            max_message_size: max_message_size.clamp(HEADER_LEN, u16::MAX as usize),
-        }
+        Self { protocol, max_message_size: max_message_size.clamp(HEADER_LEN, u16::MAX as usize) }
     }
 
     /// The maximum message size in force.
@@ -46,47 +43,30 @@ impl Framer {
     #[inline]
     pub fn frame<'a>(&self, buf: &'a [u8]) -> Result<Frame<'a>, Error> {
         if buf.len() < HEADER_LEN {
-            return Ok(Frame::Incomplete {
-                need: HEADER_LEN - buf.len(),
-            });
+            return Ok(Frame::Incomplete { need: HEADER_LEN - buf.len() });
         }
         let length = u16_at(buf, 2);
         let len = usize::from(length);
         if len < HEADER_LEN {
-            return Err(Error::new(
-                self.protocol,
-                Some(buf[0]),
-                2,
-                ErrorKind::LengthTooSmall { length },
-            ));
+            return Err(Error::new(self.protocol, Some(buf[0]), 2, ErrorKind::LengthTooSmall { length }));
         }
         if len > self.max_message_size {
             return Err(Error::new(
                 self.protocol,
                 Some(buf[0]),
                 2,
-                ErrorKind::LengthTooLarge {
-                    length,
-                    max: self.max_message_size,
-                },
+                ErrorKind::LengthTooLarge { length, max: self.max_message_size as u16 },
             ));
         }
         if buf.len() < len {
-            return Ok(Frame::Incomplete {
-                need: len - buf.len(),
-            });
+            return Ok(Frame::Incomplete { need: len - buf.len() });
         }
         Ok(Frame::Complete(&buf[..len]))
     }
 
     /// Iterates the complete messages at the front of `buf`; see [`Frames::consumed`].
     pub fn frames<'a>(&self, buf: &'a [u8]) -> Frames<'a> {
-        Frames {
-            framer: *self,
-            buf,
-            pos: 0,
-            failed: false,
-        }
+        Frames { framer: *self, buf, pos: 0, failed: false }
     }
 }
 

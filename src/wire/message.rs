@@ -23,14 +23,7 @@ pub const HEADER_LEN: usize = 4;
 pub(crate) fn check_header(buf: &[u8], protocol: Protocol) -> Result<(u8, u8), Error> {
     if buf.len() < HEADER_LEN {
         let t = buf.first().copied();
-        return Err(Error::new(
-            protocol,
-            t,
-            0,
-            ErrorKind::TruncatedHeader {
-                available: buf.len(),
-            },
-        ));
+        return Err(Error::new(protocol, t, 0, ErrorKind::TruncatedHeader { available: buf.len() as u8 }));
     }
     let (t, flags, length) = (buf[0], buf[1], u16_at(buf, 2));
     let err = |kind| Err(Error::new(protocol, Some(t), 2, kind));
@@ -38,16 +31,10 @@ pub(crate) fn check_header(buf: &[u8], protocol: Protocol) -> Result<(u8, u8), E
         return err(ErrorKind::LengthTooSmall { length });
     }
     if buf.len() < usize::from(length) {
-        return err(ErrorKind::Truncated {
-            length,
-            available: buf.len(),
-        });
+        return err(ErrorKind::Truncated { length, available: buf.len().min(u32::MAX as usize) as u32 });
     }
     if buf.len() > usize::from(length) {
-        return err(ErrorKind::TrailingBytes {
-            length,
-            available: buf.len(),
-        });
+        return err(ErrorKind::TrailingBytes { length, available: buf.len().min(u32::MAX as usize) as u32 });
     }
     Ok((t, flags))
 }
@@ -64,12 +51,7 @@ pub struct Message<'a, B> {
 
 impl<'a, B> Message<'a, B> {
     pub(crate) fn new(bytes: &'a [u8], params_at: usize, reports: bool, body: B) -> Self {
-        Self {
-            bytes,
-            params_at,
-            reports,
-            body,
-        }
+        Self { bytes, params_at, reports, body }
     }
 
     /// The whole message.
@@ -159,11 +141,14 @@ impl ParamSet {
     pub(crate) const EMPTY: Self = Self(0);
     pub(crate) const TRANSPORTS: Self = Self(0b1111_1000);
 
+    #[inline(always)]
     const fn bit(t: ParamType) -> u32 {
-        match t.0 {
-            0x0001..=0x000F => 1 << t.0,
-            0x803F => 1 << 16,
-            _ => 0,
+        if t.0 < 16 {
+            (1 << t.0) & !1
+        } else if t.0 == 0x803F {
+            1 << 16
+        } else {
+            0
         }
     }
 
@@ -179,11 +164,6 @@ impl ParamSet {
 
     pub(crate) const fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
-    }
-
-    #[inline]
-    pub(crate) const fn contains(self, t: ParamType) -> bool {
-        self.0 & Self::bit(t) != 0
     }
 }
 
@@ -209,18 +189,8 @@ pub(crate) struct Schema {
 }
 
 impl Schema {
-    pub(crate) const fn new(
-        fixed: usize,
-        allowed: &[ParamType],
-        mandatory: &'static [ParamType],
-    ) -> Self {
-        Self {
-            fixed,
-            allowed: ParamSet::of(allowed),
-            repeat: ParamSet::EMPTY,
-            mandatory,
-            grouped: false,
-        }
+    pub(crate) const fn new(fixed: usize, allowed: &[ParamType], mandatory: &'static [ParamType]) -> Self {
+        Self { fixed, allowed: ParamSet::of(allowed), repeat: ParamSet::EMPTY, mandatory, grouped: false }
     }
 
     pub(crate) const fn repeating(mut self, repeat: &[ParamType]) -> Self {
@@ -270,32 +240,23 @@ impl Slots<'_> {
 
 /// Validates the top-level parameters of `buf` (a whole message whose header is checked)
 /// against `schema`, filling the slots.
-pub(crate) fn check_params<'a>(
-    ctx: &mut Ctx,
-    buf: &'a [u8],
-    schema: &Schema,
-) -> Result<(usize, Slots<'a>), Error> {
+pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) -> Result<(usize, Slots<'a>), Error> {
     let params_at = HEADER_LEN + schema.fixed;
     if buf.len() < params_at {
-        return Err(ctx.at(
-            0,
-            ErrorKind::FixedFieldsTruncated {
-                length: buf.len(),
-                min: params_at,
-            },
-        ));
+        return Err(ctx.at(0, ErrorKind::FixedFieldsTruncated { length: buf.len() as u16, min: params_at as u16 }));
     }
     let mut s = Slots::default();
     let mut any_handle = false;
     walk(ctx, &buf[params_at..], params_at, |ctx, p| {
         let t = p.param_type();
-        if !t.is_known() {
+        let bit = ParamSet::bit(t);
+        if bit == 0 {
             return ctx.unknown(&p);
         }
-        if !schema.allowed.contains(t) || (s.has(t) && !schema.repeat.contains(t)) {
+        if schema.allowed.0 & bit == 0 || (s.seen & bit != 0 && schema.repeat.0 & bit == 0) {
             return Err(ctx.unexpected(&p));
         }
-        s.seen |= ParamSet::bit(t);
+        s.seen |= bit;
         match t {
             ParamType::POOL_HANDLE => {
                 any_handle = true;
@@ -316,7 +277,10 @@ pub(crate) fn check_params<'a>(
                 ctx.expect_len(&p, 8)?;
                 s.pe_id = u32_at(p.value(), 0);
             }
-            ParamType::POLICY => s.policy = Some(policy::check(ctx, &p)?),
+            ParamType::POLICY => {
+                policy::check(ctx, &p)?;
+                s.policy = Some(policy::decode(&p));
+            }
             ParamType::OPERATION_ERROR => s.operation_error = Some(cause::check(ctx, p)?),
             ParamType::COOKIE => s.cookie = p.value(),
             ParamType::HANDLE_RESOLUTION_OPTION => {
@@ -335,7 +299,7 @@ pub(crate) fn check_params<'a>(
                 s.server_informations += 1;
             }
             t if t.is_transport() => {
-                transport::check(ctx, p)?;
+                transport::check(ctx, &p)?;
                 s.transports += 1;
             }
             // Address parameters never appear at the top level of any message.
@@ -363,13 +327,7 @@ pub struct PoolElements<'a> {
 }
 
 impl<'a> PoolElements<'a> {
-    pub(crate) fn new(
-        buf: &'a [u8],
-        from: usize,
-        count: u32,
-        protocol: Protocol,
-        grouped: bool,
-    ) -> Self {
+    pub(crate) fn new(buf: &'a [u8], from: usize, count: u32, protocol: Protocol, grouped: bool) -> Self {
         let from = from.min(buf.len());
         Self {
             params: Params::new(&buf[from..], from),

@@ -141,6 +141,12 @@ pub struct Param<'a> {
 }
 
 impl<'a> Param<'a> {
+    /// A view of `bytes` (one TLV without padding, header checked) at `offset` in its message.
+    #[inline(always)]
+    pub(crate) fn new(bytes: &'a [u8], offset: usize) -> Self {
+        Self { bytes, offset }
+    }
+
     /// The parameter type.
     #[inline]
     pub fn param_type(&self) -> ParamType {
@@ -163,6 +169,15 @@ impl<'a> Param<'a> {
     #[inline]
     pub fn offset(&self) -> usize {
         self.offset
+    }
+
+    /// The TLV that starts `at` bytes into this one (a nested parameter of a validated
+    /// container). Lengths are clamped to this TLV, so it never panics.
+    #[inline]
+    pub(crate) fn child(&self, at: usize) -> Param<'a> {
+        let rest = self.bytes.get(at..).unwrap_or(&[]);
+        let len = super::field::get_u16(rest, 2).map_or(0, usize::from).clamp(rest.len().min(4), rest.len());
+        Param { bytes: &rest[..len], offset: self.offset + at }
     }
 
     /// The TLV's byte range in its message, padding excluded.
@@ -189,18 +204,14 @@ pub(crate) enum TlvFault {
     /// Fewer than 4 bytes left for a header, or a length field below 4.
     TooShort { length: u16 },
     /// The length runs past the end of the container.
-    Overrun { length: u16, room: usize },
+    Overrun { length: u16, room: u16 },
 }
 
 /// Reads the TLV at `pos` of `region` (`base` = offset of `region` in the message). Returns the
 /// view and the position of the next TLV (after padding, clamped to the region end: the last
 /// parameter of a container may omit its padding).
 #[inline]
-pub(crate) fn read_tlv(
-    region: &[u8],
-    pos: usize,
-    base: usize,
-) -> Result<(Param<'_>, usize), TlvFault> {
+pub(crate) fn read_tlv(region: &[u8], pos: usize, base: usize) -> Result<(Param<'_>, usize), TlvFault> {
     let room = region.len() - pos;
     if room < 4 {
         // Not even a header fits: a too-short TLV whose length could not be read.
@@ -212,16 +223,10 @@ pub(crate) fn read_tlv(
     }
     let len = usize::from(length);
     if len > room {
-        return Err(TlvFault::Overrun { length, room });
+        return Err(TlvFault::Overrun { length, room: room.min(u16::MAX as usize) as u16 });
     }
     let next = (pos + padded(len)).min(region.len());
-    Ok((
-        Param {
-            bytes: &region[pos..pos + len],
-            offset: base + pos,
-        },
-        next,
-    ))
+    Ok((Param { bytes: &region[pos..pos + len], offset: base + pos }, next))
 }
 
 /// Iterator over the TLVs of a region that has already been validated.
@@ -236,11 +241,7 @@ impl<'a> Params<'a> {
     /// Iterates the TLVs of `region`, which starts at byte `base` of its message. Stops at the
     /// first TLV that does not fit (never the case for validated views).
     pub fn new(region: &'a [u8], base: usize) -> Self {
-        Self {
-            region,
-            pos: 0,
-            base,
-        }
+        Self { region, pos: 0, base }
     }
 }
 

@@ -145,9 +145,7 @@ impl Policy {
             (PolicyType::LEAST_USED_DEGRADATION, &[load, degradation]) => {
                 Self::LeastUsedDegradation { load, degradation }
             }
-            (PolicyType::PRIORITY_LEAST_USED, &[load, degradation]) => {
-                Self::PriorityLeastUsed { load, degradation }
-            }
+            (PolicyType::PRIORITY_LEAST_USED, &[load, degradation]) => Self::PriorityLeastUsed { load, degradation },
             (PolicyType::RANDOMIZED_LEAST_USED, &[load]) => Self::RandomizedLeastUsed { load },
             _ => return None,
         })
@@ -157,13 +155,12 @@ impl Policy {
     pub fn values(&self) -> PolicyValues {
         let (v, n) = match *self {
             Self::RoundRobin | Self::Random => ([0, 0], 0),
-            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => {
-                ([weight, 0], 1)
-            }
+            Self::WeightedRoundRobin { weight } | Self::WeightedRandom { weight } => ([weight, 0], 1),
             Self::Priority { priority } => ([priority, 0], 1),
             Self::LeastUsed { load } | Self::RandomizedLeastUsed { load } => ([load, 0], 1),
-            Self::LeastUsedDegradation { load, degradation }
-            | Self::PriorityLeastUsed { load, degradation } => ([load, degradation], 2),
+            Self::LeastUsedDegradation { load, degradation } | Self::PriorityLeastUsed { load, degradation } => {
+                ([load, degradation], 2)
+            }
         };
         PolicyValues { v, n }
     }
@@ -211,13 +208,7 @@ impl PolicyParam<'_> {
     pub fn to_repr(&self) -> PolicyRepr {
         match *self {
             Self::Known(p) => PolicyRepr::Known(p),
-            Self::Unknown {
-                policy_type,
-                values,
-            } => PolicyRepr::Unknown {
-                policy_type,
-                values: values.to_vec(),
-            },
+            Self::Unknown { policy_type, values } => PolicyRepr::Unknown { policy_type, values: values.to_vec() },
         }
     }
 }
@@ -243,62 +234,76 @@ impl From<Policy> for PolicyRepr {
 }
 
 /// Validates a policy parameter: at least the type; a known type with exactly its values.
-#[inline]
-pub(crate) fn check<'a>(ctx: &Ctx, p: &Param<'a>) -> Result<PolicyParam<'a>, Error> {
+#[inline(always)]
+pub(crate) fn check(ctx: &Ctx, p: &Param<'_>) -> Result<(), Error> {
     ctx.expect_min(p, 8)?;
-    let v = p.value();
-    let policy_type = PolicyType(u32_at(v, 0));
-    let values = &v[4..];
-    match policy_type.value_count() {
-        Some(n) if values.len() == 4 * n => {
-            let mut vals = [0u32; 2];
-            for (i, slot) in vals.iter_mut().take(n).enumerate() {
-                *slot = u32_at(values, 4 * i);
-            }
-            match Policy::from_values(policy_type, &vals[..n]) {
-                Some(policy) => Ok(PolicyParam::Known(policy)),
-                None => Err(ctx.fault(
-                    p,
-                    ErrorKind::PolicyValueCount {
-                        policy_type: policy_type.0,
-                        values: values.len(),
-                    },
-                )),
-            }
+    let values = p.value().len() - 4;
+    let policy_type = u32_at(p.value(), 0);
+    match PolicyType(policy_type).value_count() {
+        Some(n) if values != 4 * n => {
+            Err(ctx.fault(p, ErrorKind::PolicyValueCount { policy_type, values: values as u16 }))
         }
-        Some(_) => Err(ctx.fault(
-            p,
-            ErrorKind::PolicyValueCount {
-                policy_type: policy_type.0,
-                values: values.len(),
-            },
-        )),
-        None => Ok(PolicyParam::Unknown {
-            policy_type,
-            values,
-        }),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes a policy parameter that [`check`] accepted.
+#[inline]
+pub(crate) fn decode<'a>(p: &Param<'a>) -> PolicyParam<'a> {
+    let v = p.value();
+    let policy_type = PolicyType(super::field::get_u32(v, 0).unwrap_or(0));
+    let values = v.get(4..).unwrap_or(&[]);
+    let word = |i: usize| super::field::get_u32(values, 4 * i).unwrap_or(0);
+    let known = match policy_type.value_count() {
+        Some(0) => Policy::from_values(policy_type, &[]),
+        Some(1) => Policy::from_values(policy_type, &[word(0)]),
+        Some(2) => Policy::from_values(policy_type, &[word(0), word(1)]),
+        _ => None,
+    };
+    match known {
+        Some(policy) => PolicyParam::Known(policy),
+        None => PolicyParam::Unknown { policy_type, values },
+    }
+}
+
+impl Policy {
+    /// Encoded length of the policy parameter.
+    #[inline]
+    pub fn encoded_len(&self) -> usize {
+        8 + 4 * self.values().len()
+    }
+}
+
+impl PolicyRepr {
+    /// Encoded length of the policy parameter, padding included.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Known(p) => p.encoded_len(),
+            Self::Unknown { values, .. } => super::field::padded(8 + values.len()),
+        }
     }
 }
 
 /// Emits a known policy parameter.
 #[inline]
 pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
-    w.tlv(ParamType::POLICY, |w| {
-        w.u32(policy.policy_type().0);
-        for v in policy.values().iter() {
-            w.u32(*v);
-        }
-    });
+    let values = policy.values();
+    let len = 8 + 4 * values.len();
+    let mut b = [0u8; 16];
+    b[1] = ParamType::POLICY.0 as u8;
+    b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    b[4..8].copy_from_slice(&policy.policy_type().0.to_be_bytes());
+    for (i, v) in values.iter().enumerate() {
+        b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_be_bytes());
+    }
+    w.bytes(&b[..len]);
 }
 
 /// Emits a policy parameter, known or not.
 pub fn emit_repr(w: &mut Writer<'_>, policy: &PolicyRepr) {
     match policy {
         PolicyRepr::Known(p) => emit(w, p),
-        PolicyRepr::Unknown {
-            policy_type,
-            values,
-        } => w.tlv(ParamType::POLICY, |w| {
+        PolicyRepr::Unknown { policy_type, values } => w.tlv(ParamType::POLICY, |w| {
             w.u32(policy_type.0);
             w.bytes(values);
         }),

@@ -1,23 +1,24 @@
 //! Pool Element parameter (0x000A; RFC 5354 section 3.9; WIRE.md section 3.2).
 
-use super::check::{walk, Ctx};
-use super::error::{Error, ErrorKind};
+use super::check::{Ctx, Walk};
+use super::error::{Error, ErrorKind, Invalid};
 use super::field::u32_at;
 use super::param::{Param, ParamType};
 use super::policy::{self, Policy, PolicyParam, PolicyRepr};
-use super::transport::{self, Transport, TransportProtocol, TransportRepr};
+use super::transport::{self, Transport, TransportRepr};
 use super::writer::Writer;
 
 /// Registration life meaning "until deregistered or the connection drops".
 pub const LIFE_INFINITE: i32 = -1;
 
-/// A validated view of a Pool Element parameter.
+/// A validated view of a Pool Element parameter. It keeps where its nested parameters start;
+/// their fields are decoded on access.
 #[derive(Clone, Copy, Debug)]
 pub struct PoolElement<'a> {
     param: Param<'a>,
-    user_transport: Transport<'a>,
-    policy: PolicyParam<'a>,
-    asap_transport: Option<Transport<'a>>,
+    user_at: u16,
+    policy_at: u16,
+    asap_at: u16,
 }
 
 impl<'a> PoolElement<'a> {
@@ -41,20 +42,20 @@ impl<'a> PoolElement<'a> {
 
     /// How pool users reach the PE.
     #[inline]
-    pub fn user_transport(&self) -> &Transport<'a> {
-        &self.user_transport
+    pub fn user_transport(&self) -> Transport<'a> {
+        Transport::new_unchecked(self.param.child(usize::from(self.user_at)))
     }
 
     /// The PE's selection policy and values.
     #[inline]
     pub fn policy(&self) -> PolicyParam<'a> {
-        self.policy
+        policy::decode(&self.param.child(usize::from(self.policy_at)))
     }
 
     /// How a registrar reaches the PE's ASAP endpoint, when given.
     #[inline]
-    pub fn asap_transport(&self) -> Option<&Transport<'a>> {
-        self.asap_transport.as_ref()
+    pub fn asap_transport(&self) -> Option<Transport<'a>> {
+        (self.asap_at != 0).then(|| Transport::new_unchecked(self.param.child(usize::from(self.asap_at))))
     }
 
     /// The underlying TLV.
@@ -69,9 +70,9 @@ impl<'a> PoolElement<'a> {
             pe_id: self.pe_id(),
             home_registrar: self.home_registrar(),
             registration_life: self.registration_life(),
-            user_transport: self.user_transport.to_repr(),
-            policy: self.policy.to_repr(),
-            asap_transport: self.asap_transport.map(|t| t.to_repr()),
+            user_transport: self.user_transport().to_repr(),
+            policy: self.policy().to_repr(),
+            asap_transport: self.asap_transport().map(|t| t.to_repr()),
         }
     }
 }
@@ -96,73 +97,108 @@ pub struct PoolElementRepr {
 impl PoolElementRepr {
     /// Emits this Pool Element.
     pub fn emit(&self, w: &mut Writer<'_>) {
-        emit_with(
-            w,
-            self.pe_id,
-            self.home_registrar,
-            self.registration_life,
-            &self.user_transport,
-            self.asap_transport.as_ref(),
-            |w| policy::emit_repr(w, &self.policy),
-        );
+        let fields = Fields {
+            pe_id: self.pe_id,
+            home_registrar: self.home_registrar,
+            registration_life: self.registration_life,
+            user_transport: &self.user_transport,
+            asap_transport: self.asap_transport.as_ref(),
+        };
+        fields.emit(w, self.policy.encoded_len(), |w| policy::emit_repr(w, &self.policy));
     }
 }
 
 /// Validates a Pool Element: fixed fields, then a user transport, a policy, and optionally an
 /// SCTP or TCP ASAP transport, in that order. Never recurses into a nested Pool Element.
+#[inline(always)]
 pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<PoolElement<'a>, Error> {
     ctx.expect_min(&p, 16)?;
-    let mut user: Option<Transport<'a>> = None;
-    let mut pol: Option<PolicyParam<'a>> = None;
-    let mut asap: Option<Transport<'a>> = None;
-    walk(ctx, &p.value()[12..], p.offset() + 16, |ctx, q| {
+    let (mut user_at, mut policy_at, mut asap_at) = (0u16, 0u16, 0u16);
+    let base = p.offset();
+    let mut walk = Walk::new(&p.value()[12..], base + 16);
+    while let Some(q) = walk.next() {
         let t = q.param_type();
+        let at = (q.offset() - base) as u16;
         if t.is_transport() {
-            if user.is_none() && pol.is_none() {
-                user = Some(transport::check(ctx, q)?);
-            } else if pol.is_some() && asap.is_none() {
-                let tr = transport::check(ctx, q)?;
-                if !matches!(
-                    tr.protocol(),
-                    TransportProtocol::Sctp | TransportProtocol::Tcp
-                ) {
-                    return Err(ctx.invalid(&q, "ASAP transport must be SCTP or TCP"));
+            transport::check(ctx, &q)?;
+            if user_at == 0 && policy_at == 0 {
+                user_at = at;
+            } else if policy_at != 0 && asap_at == 0 {
+                if !matches!(t, ParamType::SCTP_TRANSPORT | ParamType::TCP_TRANSPORT) {
+                    return Err(ctx.invalid(&q, Invalid::AsapTransportProtocol));
                 }
-                asap = Some(tr);
+                asap_at = at;
             } else {
                 return Err(ctx.unexpected(&q));
             }
-            Ok(())
         } else if t == ParamType::POLICY {
-            if user.is_none() {
+            if user_at == 0 {
                 return Err(ctx.fault(&q, ErrorKind::MissingTransport));
             }
-            if pol.is_some() {
+            if policy_at != 0 {
                 return Err(ctx.unexpected(&q));
             }
-            pol = Some(policy::check(ctx, &q)?);
-            Ok(())
+            policy::check(ctx, &q)?;
+            policy_at = at;
         } else if t.is_known() {
-            Err(ctx.unexpected(&q))
+            return Err(ctx.unexpected(&q));
         } else {
-            ctx.unknown(&q)
+            ctx.unknown(&q)?;
         }
-    })?;
+    }
+    walk.finish(ctx)?;
+    if user_at == 0 || policy_at == 0 {
+        return Err(missing_part(ctx, &p, user_at == 0));
+    }
+    Ok(PoolElement { param: p, user_at, policy_at, asap_at })
+}
+
+#[cold]
+fn missing_part(ctx: &Ctx, p: &Param<'_>, transport: bool) -> Error {
     let end = p.offset() + p.as_bytes().len();
-    let Some(user_transport) = user else {
+    if transport {
         let mut e = ctx.at(end, ErrorKind::MissingTransport);
         e.param_type = Some(ParamType::POOL_ELEMENT);
-        return Err(e);
-    };
-    let Some(policy) = pol else {
-        return Err(ctx.missing(end, ParamType::POLICY));
-    };
-    Ok(PoolElement {
-        param: p,
-        user_transport,
-        policy,
-        asap_transport: asap,
-    })
+        e
+    } else {
+        ctx.missing(end, ParamType::POLICY)
+    }
+}
+
+/// The parts of a Pool Element other than its policy.
+struct Fields<'t> {
+    pe_id: u32,
+    home_registrar: u32,
+    registration_life: i32,
+    user_transport: &'t TransportRepr,
+    asap_transport: Option<&'t TransportRepr>,
+}
+
+impl Fields<'_> {
+    /// Writes the whole parameter with its length computed up front (no patching).
+    #[inline]
+    fn emit(&self, w: &mut Writer<'_>, policy_len: usize, policy: impl FnOnce(&mut Writer<'_>)) {
+        let len = 16
+            + self.user_transport.encoded_len()
+            + policy_len
+            + self.asap_transport.map_or(0, TransportRepr::encoded_len);
+        let mut head = [0u8; 16];
+        head[1] = ParamType::POOL_ELEMENT.0 as u8;
+        head[2..4].copy_from_slice(&(len.min(u16::MAX as usize) as u16).to_be_bytes());
+        head[4..8].copy_from_slice(&self.pe_id.to_be_bytes());
+        head[8..12].copy_from_slice(&self.home_registrar.to_be_bytes());
+        head[12..16].copy_from_slice(&self.registration_life.to_be_bytes());
+        w.reserve(len);
+        w.bytes(&head);
+        transport::emit(w, self.user_transport);
+        policy(w);
+        if let Some(t) = self.asap_transport {
+            transport::emit(w, t);
+        }
+        if len > u16::MAX as usize {
+            w.overflowed(len);
+        }
+    }
 }
 
 /// Emits a Pool Element from its parts (the registrar's path: no owned form needed).
@@ -176,35 +212,6 @@ pub fn emit(
     policy: &Policy,
     asap_transport: Option<&TransportRepr>,
 ) {
-    emit_with(
-        w,
-        pe_id,
-        home_registrar,
-        registration_life,
-        user_transport,
-        asap_transport,
-        |w| policy::emit(w, policy),
-    );
-}
-
-#[inline]
-fn emit_with(
-    w: &mut Writer<'_>,
-    pe_id: u32,
-    home_registrar: u32,
-    registration_life: i32,
-    user_transport: &TransportRepr,
-    asap_transport: Option<&TransportRepr>,
-    policy: impl FnOnce(&mut Writer<'_>),
-) {
-    w.tlv(ParamType::POOL_ELEMENT, |w| {
-        w.u32(pe_id);
-        w.u32(home_registrar);
-        w.u32(registration_life as u32);
-        transport::emit(w, user_transport);
-        policy(w);
-        if let Some(t) = asap_transport {
-            transport::emit(w, t);
-        }
-    });
+    let fields = Fields { pe_id, home_registrar, registration_life, user_transport, asap_transport };
+    fields.emit(w, policy.encoded_len(), |w| policy::emit(w, policy));
 }

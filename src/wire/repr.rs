@@ -18,7 +18,7 @@ use super::param::{Param, ParamType};
 use super::policy::{self, PolicyRepr};
 use super::pool_element::{self, PoolElementRepr};
 use super::server_info::{self, ServerInformationRepr};
-use super::transport::{self, TransportRepr};
+use super::transport::{self, Transport, TransportRepr};
 use super::writer::{EmitError, Writer};
 use super::{address, asap, enrp};
 
@@ -60,34 +60,29 @@ impl ParamRepr {
     /// The owned form of a parameter of a validated message.
     pub fn from_param(p: Param<'_>) -> Self {
         let mut ctx = Ctx::new(Protocol::Asap, 0);
-        let raw = || Self::Raw {
-            param_type: p.param_type().0,
-            value: p.value().to_vec(),
-        };
+        let raw = || Self::Raw { param_type: p.param_type().0, value: p.value().to_vec() };
         let v = p.value();
         match p.param_type() {
-            ParamType::IPV4_ADDRESS | ParamType::IPV6_ADDRESS => {
-                address::decode(&p).map_or_else(raw, Self::Address)
-            }
-            t if t.is_transport() => transport::check(&mut ctx, p)
-                .map_or_else(|_| raw(), |t| Self::Transport(t.to_repr())),
+            ParamType::IPV4_ADDRESS | ParamType::IPV6_ADDRESS => address::decode(&p).map_or_else(raw, Self::Address),
+            t if t.is_transport() => transport::check(&mut ctx, &p)
+                .map_or_else(|_| raw(), |()| Self::Transport(Transport::new_unchecked(p).to_repr())),
             ParamType::POLICY => {
-                policy::check(&ctx, &p).map_or_else(|_| raw(), |x| Self::Policy(x.to_repr()))
+                policy::check(&ctx, &p).map_or_else(|_| raw(), |()| Self::Policy(policy::decode(&p).to_repr()))
             }
             ParamType::POOL_HANDLE => Self::PoolHandle(v.to_vec()),
-            ParamType::POOL_ELEMENT => pool_element::check(&mut ctx, p)
-                .map_or_else(|_| raw(), |x| Self::PoolElement(x.to_repr())),
-            ParamType::SERVER_INFORMATION => server_info::check(&mut ctx, p)
-                .map_or_else(|_| raw(), |x| Self::ServerInformation(x.to_repr())),
+            ParamType::POOL_ELEMENT => {
+                pool_element::check(&mut ctx, p).map_or_else(|_| raw(), |x| Self::PoolElement(x.to_repr()))
+            }
+            ParamType::SERVER_INFORMATION => {
+                server_info::check(&mut ctx, p).map_or_else(|_| raw(), |x| Self::ServerInformation(x.to_repr()))
+            }
             ParamType::OPERATION_ERROR => {
                 cause::check(&ctx, p).map_or_else(|_| raw(), |x| Self::OperationError(x.to_repr()))
             }
             ParamType::COOKIE => Self::Cookie(v.to_vec()),
             ParamType::PE_IDENTIFIER if v.len() == 4 => Self::PeIdentifier(u32_at(v, 0)),
             ParamType::PE_CHECKSUM if v.len() == 2 => Self::PeChecksum(u16_at(v, 0)),
-            ParamType::HANDLE_RESOLUTION_OPTION if v.len() == 4 => {
-                Self::HandleResolutionOption(u32_at(v, 0))
-            }
+            ParamType::HANDLE_RESOLUTION_OPTION if v.len() == 4 => Self::HandleResolutionOption(u32_at(v, 0)),
             _ => raw(),
         }
     }
@@ -105,9 +100,7 @@ impl ParamRepr {
             Self::Cookie(c) => w.tlv_bytes(ParamType::COOKIE, c),
             Self::PeIdentifier(id) => w.tlv(ParamType::PE_IDENTIFIER, |w| w.u32(*id)),
             Self::PeChecksum(c) => w.tlv(ParamType::PE_CHECKSUM, |w| w.u16(*c)),
-            Self::HandleResolutionOption(n) => {
-                w.tlv(ParamType::HANDLE_RESOLUTION_OPTION, |w| w.u32(*n))
-            }
+            Self::HandleResolutionOption(n) => w.tlv(ParamType::HANDLE_RESOLUTION_OPTION, |w| w.u32(*n)),
             Self::Raw { param_type, value } => w.tlv_bytes(ParamType(*param_type), value),
         }
     }
@@ -136,14 +129,12 @@ impl MessageRepr {
         match protocol {
             Protocol::Asap => {
                 let m = asap::parse(buf)?;
-                let fixed = asap::MessageType::from_u8(m.message_type())
-                    .map_or(0, asap::MessageType::fixed_len);
+                let fixed = asap::MessageType::from_u8(m.message_type()).map_or(0, asap::MessageType::fixed_len);
                 Ok(Self::from_message(protocol, &m, fixed))
             }
             Protocol::Enrp => {
                 let m = enrp::parse(buf)?;
-                let fixed = enrp::MessageType::from_u8(m.message_type())
-                    .map_or(8, enrp::MessageType::fixed_len);
+                let fixed = enrp::MessageType::from_u8(m.message_type()).map_or(8, enrp::MessageType::fixed_len);
                 Ok(Self::from_message(protocol, &m, fixed))
             }
         }
@@ -162,13 +153,7 @@ impl MessageRepr {
 
     /// A message with no fixed fields.
     pub fn new(protocol: Protocol, message_type: u8, flags: u8, params: Vec<ParamRepr>) -> Self {
-        Self {
-            protocol,
-            message_type,
-            flags,
-            fixed: SmallVec::new(),
-            params,
-        }
+        Self { protocol, message_type, flags, fixed: SmallVec::new(), params }
     }
 
     /// Appends the encoded message to `buf`; returns its length.

@@ -12,7 +12,7 @@ use super::writer::Writer;
 #[derive(Clone, Copy, Debug)]
 pub struct ServerInformation<'a> {
     param: Param<'a>,
-    transport: Transport<'a>,
+    transport_at: u16,
 }
 
 impl<'a> ServerInformation<'a> {
@@ -24,8 +24,8 @@ impl<'a> ServerInformation<'a> {
 
     /// The registrar's ENRP transport.
     #[inline]
-    pub fn transport(&self) -> &Transport<'a> {
-        &self.transport
+    pub fn transport(&self) -> Transport<'a> {
+        Transport::new_unchecked(self.param.child(usize::from(self.transport_at)))
     }
 
     /// The underlying TLV.
@@ -36,10 +36,7 @@ impl<'a> ServerInformation<'a> {
 
     /// The owned form.
     pub fn to_repr(&self) -> ServerInformationRepr {
-        ServerInformationRepr {
-            server_id: self.server_id(),
-            transport: self.transport.to_repr(),
-        }
+        ServerInformationRepr { server_id: self.server_id(), transport: self.transport().to_repr() }
     }
 }
 
@@ -65,10 +62,11 @@ impl ServerInformationRepr {
 /// Validates a Server Information parameter: server id, then exactly one transport.
 pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<ServerInformation<'a>, Error> {
     ctx.expect_min(&p, 8)?;
-    let mut found: Option<Transport<'a>> = None;
+    let mut found: Option<u16> = None;
     walk(ctx, &p.value()[4..], p.offset() + 8, |ctx, q| {
         if q.param_type().is_transport() && found.is_none() {
-            found = Some(transport::check(ctx, q)?);
+            transport::check(ctx, &q)?;
+            found = Some((q.offset() - p.offset()) as u16);
             Ok(())
         } else if q.param_type().is_known() {
             Err(ctx.unexpected(&q))
@@ -77,10 +75,7 @@ pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<ServerInformation
         }
     })?;
     match found {
-        Some(transport) => Ok(ServerInformation {
-            param: p,
-            transport,
-        }),
+        Some(transport_at) => Ok(ServerInformation { param: p, transport_at }),
         None => Err(ctx.fault(&p, ErrorKind::MissingTransport)),
     }
 }

@@ -6,8 +6,8 @@ use core::net::IpAddr;
 use smallvec::SmallVec;
 
 use super::address;
-use super::check::{walk, Ctx};
-use super::error::Error;
+use super::check::{Ctx, Walk};
+use super::error::{Error, ErrorKind, Invalid};
 use super::field::{u16_at, u32_at};
 use super::param::{Param, ParamType, Params};
 use super::writer::Writer;
@@ -102,13 +102,7 @@ impl TransportRepr {
     pub fn new(protocol: TransportProtocol, addr: IpAddr, port: u16) -> Self {
         let mut addresses = Addresses::new();
         addresses.push(addr);
-        Self {
-            protocol,
-            port,
-            transport_use: TransportUse::DataOnly,
-            service_code: 0,
-            addresses,
-        }
+        Self { protocol, port, transport_use: TransportUse::DataOnly, service_code: 0, addresses }
     }
 }
 
@@ -145,19 +139,23 @@ impl TransportProtocol {
     }
 }
 
-/// A validated view of a transport parameter.
+/// A validated view of a transport parameter (protocol, port, use, addresses decoded on access).
 #[derive(Clone, Copy, Debug)]
 pub struct Transport<'a> {
     param: Param<'a>,
-    protocol: TransportProtocol,
-    transport_use: TransportUse,
 }
 
 impl<'a> Transport<'a> {
+    /// Wraps a transport TLV that [`check`] accepted.
+    #[inline]
+    pub(crate) fn new_unchecked(param: Param<'a>) -> Self {
+        Self { param }
+    }
+
     /// The protocol.
     #[inline]
     pub fn protocol(&self) -> TransportProtocol {
-        self.protocol
+        TransportProtocol::from_param_type(self.param.param_type()).unwrap_or(TransportProtocol::Tcp)
     }
 
     /// The port.
@@ -169,13 +167,17 @@ impl<'a> Transport<'a> {
     /// The transport use (SCTP and TCP; `DataOnly` for the others).
     #[inline]
     pub fn transport_use(&self) -> TransportUse {
-        self.transport_use
+        if self.protocol().has_transport_use() && u16_at(self.param.value(), 2) == 1 {
+            TransportUse::DataPlusControl
+        } else {
+            TransportUse::DataOnly
+        }
     }
 
     /// The DCCP service code (0 for the others).
     #[inline]
     pub fn service_code(&self) -> u32 {
-        match self.protocol {
+        match self.protocol() {
             TransportProtocol::Dccp => u32_at(self.param.value(), 4),
             _ => 0,
         }
@@ -184,12 +186,8 @@ impl<'a> Transport<'a> {
     /// The addresses, in order.
     #[inline]
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + 'a {
-        let fixed = self.protocol.fixed_len();
-        Params::new(
-            &self.param.value()[fixed..],
-            self.param.offset() + 4 + fixed,
-        )
-        .filter_map(|p| address::decode(&p))
+        let fixed = self.protocol().fixed_len();
+        Params::new(&self.param.value()[fixed..], self.param.offset() + 4 + fixed).filter_map(|p| address::decode(&p))
     }
 
     /// The underlying TLV.
@@ -201,75 +199,78 @@ impl<'a> Transport<'a> {
     /// The owned form.
     pub fn to_repr(&self) -> TransportRepr {
         TransportRepr {
-            protocol: self.protocol,
+            protocol: self.protocol(),
             port: self.port(),
-            transport_use: self.transport_use,
+            transport_use: self.transport_use(),
             service_code: self.service_code(),
             addresses: self.addresses().collect(),
         }
     }
 }
 
-/// Validates transport parameter `p` (its type is one of the five transports).
-pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<Transport<'a>, Error> {
-    let Some(protocol) = TransportProtocol::from_param_type(p.param_type()) else {
-        return Err(ctx.unexpected(&p));
+/// Validates transport parameter `p`: fixed fields, a defined transport use, one address (one
+/// or more for SCTP), each of the right length.
+#[inline(always)]
+pub(crate) fn check(ctx: &mut Ctx, p: &Param<'_>) -> Result<(), Error> {
+    let ty = p.param_type();
+    let Some(protocol) = TransportProtocol::from_param_type(ty) else {
+        return Err(ctx.unexpected(p));
     };
     let fixed = protocol.fixed_len();
-    ctx.expect_min(&p, 4 + fixed as u16)?;
     let v = p.value();
-    let transport_use = if protocol.has_transport_use() {
-        match TransportUse::from_u16(u16_at(v, 2)) {
-            Some(u) => u,
-            None => {
-                return Err(ctx.invalid(
-                    &p,
-                    "transport use is neither 0 (data only) nor 1 (data plus control)",
-                ))
+    if v.len() < fixed {
+        return Err(ctx.fault(p, ErrorKind::ParamTooShort { length: p.as_bytes().len() as u16, min: 4 + fixed as u16 }));
+    }
+    if protocol.has_transport_use() && u16_at(v, 2) > 1 {
+        return Err(ctx.invalid(p, Invalid::TransportUse));
+    }
+    let mut walk = Walk::new(&v[fixed..], p.offset() + 4 + fixed);
+    let mut count = 0u32;
+    while let Some(a) = walk.next() {
+        match a.param_type() {
+            ParamType::IPV4_ADDRESS => ctx.expect_len(&a, 8)?,
+            ParamType::IPV6_ADDRESS => ctx.expect_len(&a, 20)?,
+            t if t.is_known() => return Err(ctx.unexpected(&a)),
+            _ => {
+                ctx.unknown(&a)?;
+                continue;
             }
         }
-    } else {
-        TransportUse::DataOnly
-    };
-    let mut count = 0usize;
-    walk(ctx, &v[fixed..], p.offset() + 4 + fixed, |ctx, a| {
-        if address::is_address(a.param_type()) {
-            address::check(ctx, &a)?;
-            count += 1;
-            Ok(())
-        } else if a.param_type().is_known() {
-            Err(ctx.unexpected(&a))
-        } else {
-            ctx.unknown(&a)
-        }
-    })?;
+        count += 1;
+    }
+    walk.finish(ctx)?;
     if count == 0 {
-        return Err(ctx.invalid(&p, "transport without an address"));
+        return Err(ctx.invalid(p, Invalid::NoAddress));
     }
     if count > 1 && !protocol.is_multihomed() {
-        return Err(ctx.invalid(&p, "more than one address in a transport that is not SCTP"));
+        return Err(ctx.invalid(p, Invalid::TooManyAddresses));
     }
-    Ok(Transport {
-        param: p,
-        protocol,
-        transport_use,
-    })
+    Ok(())
+}
+
+impl TransportRepr {
+    /// Encoded length of the parameter (always a multiple of 4: no padding).
+    #[inline]
+    pub fn encoded_len(&self) -> usize {
+        4 + self.protocol.fixed_len() + self.addresses.iter().map(|a| if a.is_ipv4() { 8 } else { 20 }).sum::<usize>()
+    }
 }
 
 /// Emits a transport parameter.
+#[inline]
 pub fn emit(w: &mut Writer<'_>, t: &TransportRepr) {
-    w.tlv(t.protocol.param_type(), |w| {
-        w.u16(t.port);
-        if t.protocol.has_transport_use() {
-            w.u16(t.transport_use.to_u16());
-        } else {
-            w.u16(0);
-        }
-        if t.protocol == TransportProtocol::Dccp {
-            w.u32(t.service_code);
-        }
-        for a in &t.addresses {
-            address::emit(w, a);
-        }
-    });
+    let len = t.encoded_len() as u16;
+    let ty = t.protocol.param_type().0;
+    let second = if t.protocol.has_transport_use() { t.transport_use.to_u16() } else { 0 };
+    let [t0, t1] = ty.to_be_bytes();
+    let [l0, l1] = len.to_be_bytes();
+    let [p0, p1] = t.port.to_be_bytes();
+    let [s0, s1] = second.to_be_bytes();
+    w.bytes(&[t0, t1, l0, l1, p0, p1, s0, s1]);
+    if t.protocol == TransportProtocol::Dccp {
+        w.u32(t.service_code);
+    }
+    for a in &t.addresses {
+        address::emit(w, a);
+    }
 }

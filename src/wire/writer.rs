@@ -29,27 +29,32 @@ impl<'a> Writer<'a> {
     /// A writer appending to `buf`; messages may be up to 65535 bytes.
     #[inline]
     pub fn new(buf: &'a mut Vec<u8>) -> Self {
-        Self {
-            buf,
-            limit: u16::MAX as usize,
-            overflow: None,
-        }
+        Self { buf, limit: u16::MAX as usize, overflow: None }
     }
 
     /// A writer whose messages may be at most `limit` bytes (capped at 65535).
     #[inline]
     pub fn with_limit(buf: &'a mut Vec<u8>, limit: usize) -> Self {
-        Self {
-            buf,
-            limit: limit.min(u16::MAX as usize),
-            overflow: None,
-        }
+        Self { buf, limit: limit.min(u16::MAX as usize), overflow: None }
     }
 
     /// Bytes in the underlying buffer.
     #[inline]
     pub fn position(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Makes room for `additional` more bytes (one capacity check instead of many).
+    #[inline]
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
+    /// Records that a parameter written without [`Writer::tlv`] exceeded the 16-bit length, so
+    /// that [`Writer::message`] refuses the message.
+    #[inline]
+    pub(crate) fn overflowed(&mut self, len: usize) {
+        self.overflow = Some(self.overflow.unwrap_or(0).max(len));
     }
 
     /// Appends one byte.
@@ -90,8 +95,7 @@ impl<'a> Writer<'a> {
     #[inline]
     pub fn tlv(&mut self, ty: ParamType, value: impl FnOnce(&mut Self)) {
         let start = self.buf.len();
-        self.buf
-            .extend_from_slice(&[(ty.0 >> 8) as u8, ty.0 as u8, 0, 0]);
+        self.buf.extend_from_slice(&[(ty.0 >> 8) as u8, ty.0 as u8, 0, 0]);
         value(self);
         let len = self.buf.len() - start;
         if len > u16::MAX as usize {
@@ -119,12 +123,7 @@ impl<'a> Writer<'a> {
     /// `body` writes. Returns the message's length, or an error (and appends nothing) when the
     /// message would exceed the limit.
     #[inline]
-    pub fn message(
-        &mut self,
-        message_type: u8,
-        flags: u8,
-        body: impl FnOnce(&mut Self),
-    ) -> Result<usize, EmitError> {
+    pub fn message(&mut self, message_type: u8, flags: u8, body: impl FnOnce(&mut Self)) -> Result<usize, EmitError> {
         let start = self.buf.len();
         self.overflow = None;
         self.buf.extend_from_slice(&[message_type, flags, 0, 0]);
@@ -132,10 +131,7 @@ impl<'a> Writer<'a> {
         let len = self.buf.len() - start;
         if len > self.limit || self.overflow.is_some() {
             self.buf.truncate(start);
-            return Err(EmitError::TooLong {
-                length: len.max(self.overflow.unwrap_or(0)),
-                limit: self.limit,
-            });
+            return Err(EmitError::TooLong { length: len.max(self.overflow.unwrap_or(0)), limit: self.limit });
         }
         self.buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
         Ok(len)

@@ -21,10 +21,7 @@ pub struct DecodeArgs {
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     let t = text.trim();
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
+    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
     let digits: Vec<u8> = t.bytes().filter(|b| !b" \t\r\n:".contains(b)).collect();
     if digits.len() % 2 != 0 {
         return Err(format!("odd number of hex digits ({})", digits.len()));
@@ -49,20 +46,10 @@ fn answer(e: &Error) -> String {
         Disposition::Close => "close the connection (the stream cannot be framed)".into(),
         Disposition::Discard => "discard silently".into(),
         Disposition::Report { cause, info: i } => {
-            format!(
-                "report in an Error message, cause 0x{:x} {}{}",
-                cause.0,
-                cause.name().unwrap_or("?"),
-                info(&i)
-            )
+            format!("report in an Error message, cause 0x{:x} {}{}", cause.0, cause.name().unwrap_or("?"), info(&i))
         }
         Disposition::Reject { cause, info: i } => {
-            format!(
-                "reject, cause 0x{:x} {}{}",
-                cause.0,
-                cause.name().unwrap_or("?"),
-                info(&i)
-            )
+            format!("reject, cause 0x{:x} {}{}", cause.0, cause.name().unwrap_or("?"), info(&i))
         }
     }
 }
@@ -90,11 +77,7 @@ pub fn run(args: DecodeArgs) -> i32 {
             return 2;
         }
     };
-    let protocol = if args.enrp {
-        Protocol::Enrp
-    } else {
-        Protocol::Asap
-    };
+    let protocol = if args.enrp { Protocol::Enrp } else { Protocol::Asap };
     let framer = Framer::new(protocol, u16::MAX as usize);
     let mut at = 0;
     let mut first = true;
@@ -122,7 +105,7 @@ pub fn run(args: DecodeArgs) -> i32 {
             }
             Err(e) => {
                 if args.json {
-                    let v = json!({ "error": e.to_string(), "offset": at + e.offset, "answer": answer(&e) });
+                    let v = json!({ "error": e.to_string(), "offset": at + e.offset as usize, "answer": answer(&e) });
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
                     eprintln!("error: {e}");
