@@ -1,1 +1,366 @@
-//! Registrar configuration: TOML with defaults that run out of the box (issue 5).
+//! Registrar configuration: TOML with defaults that run out of the box.
+//!
+//! Every command-line flag of `rserpool registrar` has a key here; flags override the file.
+//! Unknown keys are errors (a typo must not silently fall back to a default). Timers are in
+//! milliseconds with the RFC defaults (WIRE.md section 8), so tests and operators can shorten
+//! them. A tuning profile (`tuning/*.toml`, [`Profile`]) says which cores run shards and how the
+//! engine's rings and buffers are sized.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value is out of its range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which I/O engine runs the registrar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// io_uring where the kernel allows it, else epoll (with a log line saying so).
+    #[default]
+    Auto,
+    /// io_uring only; fail if unavailable.
+    Uring,
+    /// The portable epoll engine.
+    Epoll,
+}
+
+/// Protocol timers in milliseconds (WIRE.md section 8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timers {
+    /// How often the home registrar sends each PE an Endpoint Keep Alive.
+    pub keep_alive_interval: u64,
+    /// How long a PE has to answer a keep-alive before it is removed.
+    pub keep_alive_timeout: u64,
+    /// Upper bound on a PE's registration life (longer requests are capped).
+    pub max_registration_life: u64,
+    /// T6-serverannounce: Server Announce period.
+    pub server_announce: u64,
+    /// PEER-HEARTBEAT-CYCLE: ENRP Presence period.
+    pub peer_heartbeat: u64,
+    /// MAX-TIME-LAST-HEARD: silence before a peer is probed.
+    pub max_time_last_heard: u64,
+    /// MAX-TIME-NO-RESPONSE: wait for a probed peer's answer.
+    pub max_time_no_response: u64,
+    /// Wait for takeover acknowledgements.
+    pub takeover_expiry: u64,
+    /// Wait for a mentor at start.
+    pub mentor_discovery: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: 30_000,
+            keep_alive_timeout: 5_000,
+            max_registration_life: 24 * 3600 * 1000,
+            server_announce: 1_000,
+            peer_heartbeat: 30_000,
+            max_time_last_heard: 61_000,
+            max_time_no_response: 5_000,
+            takeover_expiry: 5_000,
+            mentor_discovery: 5_000,
+        }
+    }
+}
+
+/// Resource limits. Crossing one gets the protocol's error (cause 0x6, Lack of Resources) or a
+/// clean close, and affects no one else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message accepted or sent, in bytes (at most 65535).
+    pub max_message_size: usize,
+    /// Longest pool handle, in bytes.
+    pub max_pool_handle: usize,
+    /// Most addresses in one transport parameter (legs of a multi-homed PE).
+    pub max_addresses: usize,
+    /// Most PEs registered over one connection.
+    pub max_pes_per_connection: usize,
+    /// Most PEs in one pool.
+    pub max_pes_per_pool: usize,
+    /// Most PEs in the whole registrar (split evenly between shards).
+    pub max_pes: usize,
+    /// Most pools in the whole registrar (split evenly between shards).
+    pub max_pools: usize,
+    /// Most open client connections (split evenly between shards).
+    pub max_connections: usize,
+    /// Unsent bytes queued for one connection before the registrar stops reading from it.
+    pub max_send_queue: usize,
+    /// PEs in a Handle Resolution Response when the request does not say (rsplib: 3).
+    pub default_items: u32,
+    /// Most PEs in a Handle Resolution Response whatever the request says.
+    pub max_items: u32,
+    /// MAX-BAD-PE-REPORT: unreachable reports before a PE is removed.
+    pub max_bad_pe_reports: u32,
+    /// Leading PEs of a response that count as selected for rotation and degradation.
+    pub max_increment: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 32 * 1024,
+            max_pool_handle: 256,
+            max_addresses: 16,
+            max_pes_per_connection: 1024,
+            max_pes_per_pool: 1 << 20,
+            max_pes: 4 << 20,
+            max_pools: 1 << 20,
+            max_connections: 65_536,
+            max_send_queue: 1 << 20,
+            default_items: 3,
+            max_items: 128,
+            max_bad_pe_reports: 3,
+            max_increment: 1,
+        }
+    }
+}
+
+/// Optional UDP multicast Server Announce (WIRE.md section 6.1; off by default).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Announce {
+    /// Whether to send Server Announces.
+    pub enabled: bool,
+    /// Multicast group and port.
+    pub group: SocketAddr,
+    /// Multicast TTL.
+    pub ttl: u32,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self { enabled: false, group: SocketAddr::from(([239, 0, 0, 50], 3863)), ttl: 1 }
+    }
+}
+
+/// The registrar's configuration (`rserpool registrar --config FILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// ASAP listen address (PEs and PUs connect here).
+    pub asap: SocketAddr,
+    /// ENRP listen address (peer registrars connect here).
+    pub enrp: SocketAddr,
+    /// This registrar's server id as hex (random when absent).
+    pub id: Option<String>,
+    /// ENRP peers to connect to.
+    pub peers: Vec<SocketAddr>,
+    /// Tuning profile to load (cores, rings, buffers).
+    pub profile: Option<PathBuf>,
+    /// Number of shard threads (overrides the profile's core list length when set).
+    pub cores: Option<usize>,
+    /// I/O engine.
+    pub engine: EngineChoice,
+    /// Log filter (`tracing` syntax, e.g. `info` or `rserpool=debug`).
+    pub log: String,
+    /// Protocol timers.
+    pub timers: Timers,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Multicast Server Announce.
+    pub announce: Announce,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            asap: SocketAddr::from(([127, 0, 0, 1], 3863)),
+            enrp: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            id: None,
+            peers: Vec::new(),
+            profile: None,
+            cores: None,
+            engine: EngineChoice::Auto,
+            log: "info".into(),
+            timers: Timers::default(),
+            limits: Limits::default(),
+            announce: Announce::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a configuration file; keys not given keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that the types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let l = &self.limits;
+        if !(64..=65535).contains(&l.max_message_size) {
+            return bad(format!("limits.max_message_size = {} (must be 64..=65535)", l.max_message_size));
+        }
+        if l.max_pool_handle == 0 || l.max_pool_handle > l.max_message_size / 2 {
+            return bad(format!("limits.max_pool_handle = {} (must be 1..=max_message_size/2)", l.max_pool_handle));
+        }
+        if l.default_items == 0 || l.max_items == 0 || l.default_items > l.max_items {
+            return bad(format!("limits.default_items = {} must be 1..=limits.max_items ({})", l.default_items, l.max_items));
+        }
+        if l.max_bad_pe_reports == 0 {
+            return bad("limits.max_bad_pe_reports must be at least 1".into());
+        }
+        for (name, v) in [("limits.max_pes", l.max_pes), ("limits.max_pools", l.max_pools), ("limits.max_connections", l.max_connections)] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        let t = &self.timers;
+        if t.keep_alive_interval == 0 || t.keep_alive_timeout == 0 {
+            return bad("timers.keep_alive_interval and timers.keep_alive_timeout must be positive".into());
+        }
+        if let Some(id) = &self.id {
+            parse_server_id(id).map_err(ConfigError::Invalid)?;
+        }
+        if self.cores == Some(0) {
+            return bad("cores must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The configured server id, or a fresh random non-zero one.
+    pub fn server_id(&self) -> u32 {
+        self.id.as_deref().and_then(|s| parse_server_id(s).ok()).unwrap_or_else(random_server_id)
+    }
+}
+
+/// Parses a server id given as hex (`0x` optional); it must be non-zero.
+pub fn parse_server_id(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    match u32::from_str_radix(t, 16) {
+        Ok(0) => Err(format!("server id {s:?} must not be 0")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("server id {s:?} is not a 32-bit hex number")),
+    }
+}
+
+/// A random non-zero server id.
+pub fn random_server_id() -> u32 {
+    loop {
+        let v = fastrand::u32(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// A tuning profile (`tuning/*.toml`): how the engine uses the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Profile {
+    /// What the profile is for, shown in logs.
+    pub description: String,
+    /// Cores that run shards, one shard per entry. Empty = one shard per available core.
+    pub shard_cores: Vec<usize>,
+    /// Core left for a load generator on the same machine (informational; loadgen reads it).
+    pub loadgen_cores: Vec<usize>,
+    /// Submission queue entries per ring.
+    pub ring_entries: u32,
+    /// Receive buffers per shard (provided buffer ring; a power of two).
+    pub buffer_count: u16,
+    /// Size of one receive buffer in bytes.
+    pub buffer_size: u32,
+    /// Most open connections (overrides `limits.max_connections` when set).
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            description: "built-in default: one shard per core".into(),
+            shard_cores: Vec::new(),
+            loadgen_cores: Vec::new(),
+            ring_entries: 1024,
+            buffer_count: 1024,
+            buffer_size: 16 * 1024,
+            max_connections: None,
+        }
+    }
+}
+
+impl Profile {
+    /// Reads a profile file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let p: Profile = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        if !p.buffer_count.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!("{}: buffer_count {} is not a power of two", path.display(), p.buffer_count)));
+        }
+        if p.buffer_size < 512 {
+            return Err(ConfigError::Invalid(format!("{}: buffer_size {} < 512", path.display(), p.buffer_size)));
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_toml() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn partial_files_keep_defaults_and_typos_are_errors() {
+        let c: Config = toml::from_str("asap = \"0.0.0.0:3863\"\n[timers]\nkeep_alive_interval = 500\n").unwrap();
+        assert_eq!(c.asap.port(), 3863);
+        assert_eq!(c.timers.keep_alive_interval, 500);
+        assert_eq!(c.timers.keep_alive_timeout, Timers::default().keep_alive_timeout);
+        assert!(toml::from_str::<Config>("[timers]\nkeep_alive_intervall = 5\n").is_err());
+    }
+
+    #[test]
+    fn server_ids_parse_as_hex_and_zero_is_refused() {
+        assert_eq!(parse_server_id("0x11223344"), Ok(0x1122_3344));
+        assert_eq!(parse_server_id("5a6b7c8d"), Ok(0x5a6b_7c8d));
+        assert!(parse_server_id("0").is_err());
+        assert!(parse_server_id("xyz").is_err());
+        assert_ne!(random_server_id(), 0);
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused() {
+        let mut c = Config::default();
+        c.limits.max_message_size = 70_000;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.default_items = 200;
+        assert!(c.validate().is_err());
+    }
+}

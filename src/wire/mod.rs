@@ -21,6 +21,7 @@ pub mod enrp;
 pub mod error;
 mod field;
 pub mod framer;
+pub mod fuzz;
 pub mod message;
 pub mod param;
 pub mod policy;
