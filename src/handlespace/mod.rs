@@ -24,6 +24,8 @@ mod pool;
 mod selection;
 pub mod shard;
 pub mod wheel;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
