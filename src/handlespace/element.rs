@@ -7,8 +7,9 @@ use crate::wire::transport::TransportRepr;
 use super::wheel::TimerKey;
 
 /// A stable handle to a PE: slab index plus a generation, so a key kept after the PE was removed
-/// (in a timer, a queue) is recognised as stale instead of naming a newer PE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// (in a timer, a queue) is recognised as stale instead of naming a newer PE. The default key
+/// (generation 0, never handed out) names no PE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeKey {
     pub(crate) index: u32,
     pub(crate) generation: u32,
@@ -65,6 +66,9 @@ pub(crate) struct PeSlot {
     pub(crate) conn_link: Link,
     /// Its expiry timer, if its lifetime is finite.
     pub(crate) timer: Option<TimerKey>,
+    /// Length of its connection's PE list, valid only at the head of that list (uses what
+    /// would be padding).
+    pub(crate) conn_count: u32,
     /// Selection state: the ordered index's primary key (or WRR pass); unused by dense policies.
     pub(crate) sel_primary: u64,
     /// Selection state: rotation sequence number (ordered policies) or dense position.

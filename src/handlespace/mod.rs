@@ -27,8 +27,8 @@ pub mod wheel;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 
+use hashbrown::HashTable;
 use slab::Slab;
 
 use crate::service::ConnId;
@@ -132,24 +132,22 @@ pub enum Unreachable {
     Removed(PoolElement),
 }
 
-/// Per-connection index entry: head of the intrusive list of its PEs.
-#[derive(Clone, Copy, Debug)]
-struct ConnEntry {
-    head: u32,
-    count: u32,
-}
-
 /// One handlespace shard: pools, PEs and every index over them.
 #[derive(Debug)]
 pub struct Handlespace {
     config: HandlespaceConfig,
     pools: Slab<Pool>,
-    pool_index: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    /// Pool handle → pool slab index. The tables below store only slab indices (4 bytes a
+    /// bucket) and compare keys in the slabs, which saves ~24 bytes per PE over a `HashMap`.
+    pool_index: HashTable<u32>,
     pes: Slab<PeSlot>,
-    /// (pool slab index << 32 | PE id) → PE slab index.
-    pe_index: HashMap<u64, u32, ahash::RandomState>,
+    /// (pool, PE id) → PE slab index.
+    pe_index: HashTable<u32>,
     owners: Owners,
-    conns: HashMap<u64, ConnEntry, ahash::RandomState>,
+    /// Connection → slab index of the first PE of its list (whose `conn_count` is the length).
+    conns: HashTable<u32>,
+    /// Hasher of the three tables (random keys: peers cannot aim collisions).
+    hasher: ahash::RandomState,
     timers: TimerWheel<PeKey>,
     rng: fastrand::Rng,
     next_generation: u32,
@@ -167,13 +165,15 @@ impl Handlespace {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
             pools: Slab::new(),
-            pool_index: HashMap::default(),
+            pool_index: HashTable::new(),
             pes: Slab::new(),
-            pe_index: HashMap::default(),
+            pe_index: HashTable::new(),
             owners: Owners::default(),
-            conns: HashMap::default(),
+            conns: HashTable::new(),
+            hasher: ahash::RandomState::new(),
             timers: TimerWheel::new(now),
-            next_generation: 0,
+            // Generation 0 is never handed out, so `PeKey::default()` names no PE.
+            next_generation: 1,
             scratch: Vec::new(),
         }
     }
@@ -195,7 +195,7 @@ impl Handlespace {
 
     /// The pool with this handle.
     pub fn pool_by_handle(&self, handle: &[u8]) -> Option<PoolKey> {
-        let index = *self.pool_index.get(handle)?;
+        let index = self.find_pool(handle)?;
         Some(PoolKey { index, generation: self.pools[index as usize].generation })
     }
 
@@ -211,9 +211,25 @@ impl Handlespace {
 
     /// The PE with this identifier in the pool with this handle.
     pub fn lookup(&self, handle: &[u8], pe_id: u32) -> Option<PeKey> {
-        let pool = *self.pool_index.get(handle)?;
-        let index = *self.pe_index.get(&pe_index_key(pool, pe_id))?;
+        let index = self.find_pe(self.find_pool(handle)?, pe_id)?;
         Some(self.pes[index as usize].key(index))
+    }
+
+    fn find_pool(&self, handle: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(handle);
+        self.pool_index.find(hash, |&i| *self.pools[i as usize].handle == *handle).copied()
+    }
+
+    fn find_pe(&self, pool: u32, pe_id: u32) -> Option<u32> {
+        let hash = self.hasher.hash_one(pe_index_key(pool, pe_id));
+        let pes = &self.pes;
+        self.pe_index.find(hash, |&i| pes[i as usize].pool == pool && pes[i as usize].pe.id == pe_id).copied()
+    }
+
+    /// Slab index of the first PE registered over `conn`.
+    fn find_conn(&self, conn: ConnId) -> Option<u32> {
+        let hash = self.hasher.hash_one(conn.to_u64());
+        self.conns.find(hash, |&i| self.pes[i as usize].pe.conn == Some(conn)).copied()
     }
 
     /// A PE by key; `None` if stale.
@@ -243,7 +259,7 @@ impl Handlespace {
 
     fn new_generation(&mut self) -> u32 {
         let g = self.next_generation;
-        self.next_generation = g.wrapping_add(1);
+        self.next_generation = g.wrapping_add(1).max(1);
         g
     }
 
@@ -270,7 +286,7 @@ impl Handlespace {
             return Err(RegisterError::HandleTooLong { len: handle.len(), max: self.config.max_handle_len });
         }
         let policy_type = policy.policy_type();
-        let pool_index = self.pool_index.get(handle).copied();
+        let pool_index = self.find_pool(handle);
         if let Some(p) = pool_index {
             let pool = &self.pools[p as usize];
             if pool.policy_type != policy_type {
@@ -288,7 +304,7 @@ impl Handlespace {
                     found: user_transport.transport_use,
                 });
             }
-            if let Some(&index) = self.pe_index.get(&pe_index_key(p, pe_id)) {
+            if let Some(index) = self.find_pe(p, pe_id) {
                 let slot = &self.pes[index as usize];
                 let same_source = slot.pe.conn == conn && slot.pe.home == home;
                 if !same_source && !same_addresses(&slot.pe.user_transport, &user_transport) {
@@ -326,7 +342,9 @@ impl Handlespace {
                     generation,
                     selector,
                 }) as u32;
-                self.pool_index.insert(handle.into(), p);
+                let (pools, hasher) = (&self.pools, &self.hasher);
+                let hash = hasher.hash_one(handle);
+                self.pool_index.insert_unique(hash, p, |&i| hasher.hash_one(&*pools[i as usize].handle));
                 p
             }
         };
@@ -349,11 +367,16 @@ impl Handlespace {
             owner_link: Link::UNLINKED,
             conn_link: Link::UNLINKED,
             timer: None,
+            conn_count: 0,
             sel_primary: 0,
             sel_seq: 0,
         }) as u32;
         let key = PeKey { index, generation };
-        self.pe_index.insert(pe_index_key(p, pe_id), index);
+        let (pes, hasher) = (&self.pes, &self.hasher);
+        let hash = hasher.hash_one(pe_index_key(p, pe_id));
+        self.pe_index.insert_unique(hash, index, |&i| {
+            hasher.hash_one(pe_index_key(pes[i as usize].pool, pes[i as usize].pe.id))
+        });
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index);
         let words = checksum::pe_words(pool.handle_words, pe_id);
@@ -425,28 +448,39 @@ impl Handlespace {
     }
 
     fn conn_has_room(&self, conn: Option<ConnId>) -> bool {
-        conn.is_none_or(|c| {
-            self.conns.get(&c.to_u64()).is_none_or(|e| (e.count as usize) < self.config.max_pes_per_connection)
-        })
+        conn.and_then(|c| self.find_conn(c))
+            .is_none_or(|head| (self.pes[head as usize].conn_count as usize) < self.config.max_pes_per_connection)
     }
 
     fn link_conn(&mut self, index: u32, conn: Option<ConnId>) {
-        if let Some(c) = conn {
-            let entry = self.conns.entry(c.to_u64()).or_insert(ConnEntry { head: NIL, count: 0 });
-            list_push(&mut self.pes, &mut entry.head, index, List::Conn);
-            entry.count += 1;
+        let Some(c) = conn else { return };
+        let hash = self.hasher.hash_one(c.to_u64());
+        let Self { conns, pes, hasher, .. } = self;
+        if let Some(head) = conns.find_mut(hash, |&i| pes[i as usize].pe.conn == Some(c)) {
+            let count = pes[*head as usize].conn_count;
+            list_push(pes, head, index, List::Conn);
+            pes[index as usize].conn_count = count + 1;
+        } else {
+            let mut head = NIL;
+            list_push(pes, &mut head, index, List::Conn);
+            pes[index as usize].conn_count = 1;
+            conns.insert_unique(hash, index, |&i| hasher.hash_one(pes[i as usize].pe.conn.map_or(0, ConnId::to_u64)));
         }
     }
 
     fn unlink_conn(&mut self, index: u32, conn: Option<ConnId>) {
-        if let Some(c) = conn {
-            let id = c.to_u64();
-            if let Some(entry) = self.conns.get_mut(&id) {
-                list_remove(&mut self.pes, &mut entry.head, index, List::Conn);
-                entry.count -= 1;
-                if entry.count == 0 {
-                    self.conns.remove(&id);
-                }
+        let Some(c) = conn else { return };
+        let hash = self.hasher.hash_one(c.to_u64());
+        let Self { conns, pes, .. } = self;
+        if let Ok(entry) = conns.find_entry(hash, |&i| pes[i as usize].pe.conn == Some(c)) {
+            let mut head = *entry.get();
+            let count = pes[head as usize].conn_count;
+            list_remove(pes, &mut head, index, List::Conn);
+            if head == NIL {
+                entry.remove();
+            } else {
+                pes[head as usize].conn_count = count - 1;
+                *entry.into_mut() = head;
             }
         }
     }
@@ -466,7 +500,10 @@ impl Handlespace {
         let words = checksum::pe_words(pool.handle_words, pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        self.pe_index.remove(&pe_index_key(p, pe_id));
+        let hash = self.hasher.hash_one(pe_index_key(p, pe_id));
+        if let Ok(entry) = self.pe_index.find_entry(hash, |&i| i == index) {
+            entry.remove();
+        }
         (self.pes.remove(index as usize).pe, p)
     }
 
@@ -474,7 +511,10 @@ impl Handlespace {
     fn drop_pool_if_empty(&mut self, p: u32) {
         if self.pools[p as usize].selector.len() == 0 {
             let pool = self.pools.remove(p as usize);
-            self.pool_index.remove(&pool.handle);
+            let hash = self.hasher.hash_one(&*pool.handle);
+            if let Ok(entry) = self.pool_index.find_entry(hash, |&i| i == p) {
+                entry.remove();
+            }
         }
     }
 
@@ -500,8 +540,8 @@ impl Handlespace {
         pe_id: u32,
         requester: Option<ConnId>,
     ) -> Result<Option<PoolElement>, DeregisterError> {
-        let p = *self.pool_index.get(handle).ok_or(DeregisterError::UnknownPool)?;
-        let Some(&index) = self.pe_index.get(&pe_index_key(p, pe_id)) else { return Ok(None) };
+        let p = self.find_pool(handle).ok_or(DeregisterError::UnknownPool)?;
+        let Some(index) = self.find_pe(p, pe_id) else { return Ok(None) };
         if self.pes[index as usize].pe.conn != requester {
             return Err(DeregisterError::NotAuthorized);
         }
@@ -512,7 +552,7 @@ impl Handlespace {
     /// `handle` chosen by the pool's policy; the first max-increment count as selected. No
     /// allocation once `out` and the internal scratch have grown.
     pub fn resolve(&mut self, handle: &[u8], n: usize, out: &mut Vec<PeKey>) -> Result<PoolKey, UnknownPool> {
-        let p = *self.pool_index.get(handle).ok_or(UnknownPool)?;
+        let p = self.find_pool(handle).ok_or(UnknownPool)?;
         let key = PoolKey { index: p, generation: self.pools[p as usize].generation };
         self.select(p, n, out);
         Ok(key)
@@ -539,8 +579,8 @@ impl Handlespace {
     /// Endpoint Unreachable: counts a report against PE `pe_id` and removes it once the count
     /// reaches MAX-BAD-PE-REPORT.
     pub fn report_unreachable(&mut self, handle: &[u8], pe_id: u32) -> Result<Unreachable, UnknownPool> {
-        let p = *self.pool_index.get(handle).ok_or(UnknownPool)?;
-        let Some(&index) = self.pe_index.get(&pe_index_key(p, pe_id)) else { return Ok(Unreachable::UnknownPe) };
+        let p = self.find_pool(handle).ok_or(UnknownPool)?;
+        let Some(index) = self.find_pe(p, pe_id) else { return Ok(Unreachable::UnknownPe) };
         let slot = &mut self.pes[index as usize];
         slot.pe.unreachable_reports = slot.pe.unreachable_reports.saturating_add(1);
         let count = slot.pe.unreachable_reports;
@@ -578,7 +618,7 @@ impl Handlespace {
     /// handle) to `removed`; returns how many. O(PEs of that connection).
     pub fn remove_connection(&mut self, conn: ConnId, mut removed: impl FnMut(&[u8], PoolElement)) -> usize {
         let mut n = 0;
-        while let Some(head) = self.conns.get(&conn.to_u64()).map(|e| e.head) {
+        while let Some(head) = self.find_conn(conn) {
             let (pe, p) = self.unlink(head);
             removed(&self.pools[p as usize].handle, pe);
             self.drop_pool_if_empty(p);
@@ -589,12 +629,12 @@ impl Handlespace {
 
     /// Number of PEs registered over `conn`.
     pub fn connection_pe_count(&self, conn: ConnId) -> usize {
-        self.conns.get(&conn.to_u64()).map_or(0, |e| e.count as usize)
+        self.find_conn(conn).map_or(0, |head| self.pes[head as usize].conn_count as usize)
     }
 
     /// The PEs registered over `conn`. O(their number).
     pub fn connection_pes(&self, conn: ConnId) -> impl Iterator<Item = PeKey> + '_ {
-        let head = self.conns.get(&conn.to_u64()).map_or(NIL, |e| e.head);
+        let head = self.find_conn(conn).unwrap_or(NIL);
         self.list_iter(head, List::Conn)
     }
 
@@ -660,7 +700,7 @@ impl Handlespace {
             if pool.selector.len() == 0 {
                 return Err(format!("pool {p} is empty"));
             }
-            if self.pool_index.get(&pool.handle) != Some(&(p as u32)) {
+            if self.find_pool(&pool.handle) != Some(p as u32) {
                 return Err(format!("pool {p} missing from the handle index"));
             }
             for key in pool.pes() {
@@ -668,7 +708,7 @@ impl Handlespace {
                 if slot.pool != p as u32 || slot.pe.policy.policy_type() != pool.policy_type {
                     return Err(format!("PE {key:?} disagrees with pool {p}"));
                 }
-                if self.pe_index.get(&pe_index_key(p as u32, slot.pe.id)) != Some(&key.index) {
+                if self.find_pe(p as u32, slot.pe.id) != Some(key.index) {
                     return Err(format!("PE {key:?} missing from the id index"));
                 }
                 if (slot.pe.registration_life >= 0) != slot.timer.is_some_and(|t| self.timers.get(t) == Some(&key)) {
@@ -704,17 +744,20 @@ impl Handlespace {
             return Err("owner lists do not cover every PE".into());
         }
         let mut listed = 0;
-        for (&conn, e) in &self.conns {
-            let n = self.list_iter(e.head, List::Conn).inspect(|k| {
-                if self.pes[k.index as usize].pe.conn.map(ConnId::to_u64) != Some(conn) {
-                    listed = usize::MAX / 2;
-                }
-            });
-            let n = n.count();
-            if n != e.count as usize || n == 0 {
-                return Err(format!("connection {conn:#x}: count mismatch"));
+        for &head in &self.conns {
+            let conn = self.pes[head as usize].pe.conn;
+            if conn.and_then(|c| self.find_conn(c)) != Some(head) || self.pes[head as usize].conn_link.prev != NIL {
+                return Err(format!("connection list at {head} is not indexed"));
             }
-            listed += n;
+            for key in self.list_iter(head, List::Conn) {
+                if self.pes[key.index as usize].pe.conn != conn {
+                    return Err(format!("PE {key:?} listed under connection {conn:?}"));
+                }
+                listed += 1;
+            }
+            if self.list_iter(head, List::Conn).count() != self.pes[head as usize].conn_count as usize {
+                return Err(format!("connection {conn:?}: count mismatch"));
+            }
         }
         if listed != self.pes.iter().filter(|(_, s)| s.pe.conn.is_some()).count() {
             return Err("connection lists do not match the PEs".into());

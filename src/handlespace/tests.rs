@@ -583,3 +583,4 @@ fn asap_transport_is_stored() {
     hs.register(r, Time::ZERO).unwrap();
     assert_eq!(hs.pe(k).unwrap().asap_transport, None);
 }
+

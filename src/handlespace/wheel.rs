@@ -8,14 +8,13 @@
 //! first occupied slot of the lowest occupied level (found with one bit scan per level). When
 //! time reaches a slot of level *L* > 0, its timers are re-placed at lower levels ("cascade"):
 //! each timer moves at most five times in its life, hence amortized O(1). Each slot is an
-//! intrusive doubly-linked list through a slab, so cancel is O(1) and a timer costs one slab
-//! entry. Deadlines further ahead than the wheel spans are parked in the top level and re-placed
+//! intrusive doubly-linked list through one vector of entries (with a free list, and no enum tag:
+//! a free entry holds `T::default()`), so cancel is O(1) and a timer costs 32 bytes when `T` is
+//! 8 bytes. Deadlines further ahead than the wheel spans are parked in the top level and re-placed
 //! when reached.
 //!
 //! Used by the handlespace for registration lifetimes and open to other layers (the ASAP layer's
 //! keep-alive timers).
-
-use slab::Slab;
 
 use crate::time::Time;
 
@@ -28,6 +27,8 @@ const MAX_AHEAD: u64 = (1 << (LEVEL_BITS * LEVELS as u32)) - (1 << (LEVEL_BITS *
 const NIL: u32 = u32::MAX;
 /// Bucket number of the list of timers already due.
 const DUE: u16 = u16::MAX;
+/// Bucket number of a free entry.
+const FREE: u16 = u16::MAX - 1;
 
 /// A stable handle to a timer: slab index plus a generation, so a handle kept after its timer
 /// fired or was cancelled is recognised as stale.
@@ -46,9 +47,12 @@ struct Entry<T> {
     bucket: u16,
 }
 
-/// A hierarchical timing wheel holding values of type `T` until their deadlines.
+/// A hierarchical timing wheel holding values of type `T` until their deadlines. `T: Default`
+/// fills free entries, which saves the tag a slab entry would cost.
 pub struct TimerWheel<T> {
-    entries: Slab<Entry<T>>,
+    entries: Vec<Entry<T>>,
+    free: u32,
+    len: usize,
     heads: [u32; LEVELS * SLOTS],
     occupied: [u64; LEVELS],
     due: u32,
@@ -56,23 +60,25 @@ pub struct TimerWheel<T> {
     next_generation: u32,
 }
 
-impl<T> core::fmt::Debug for TimerWheel<T> {
+impl<T: Default> core::fmt::Debug for TimerWheel<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("TimerWheel").field("len", &self.len()).field("elapsed", &self.elapsed).finish()
     }
 }
 
-impl<T> Default for TimerWheel<T> {
+impl<T: Default> Default for TimerWheel<T> {
     fn default() -> Self {
         Self::new(Time::ZERO)
     }
 }
 
-impl<T> TimerWheel<T> {
+impl<T: Default> TimerWheel<T> {
     /// An empty wheel whose current time is `now`.
     pub fn new(now: Time) -> Self {
         Self {
-            entries: Slab::new(),
+            entries: Vec::new(),
+            free: NIL,
+            len: 0,
             heads: [NIL; LEVELS * SLOTS],
             occupied: [0; LEVELS],
             due: NIL,
@@ -83,12 +89,12 @@ impl<T> TimerWheel<T> {
 
     /// Number of pending timers.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether no timer is pending.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Arms a timer that fires at `deadline` (at once, on the next poll, if it is not later than
@@ -96,16 +102,18 @@ impl<T> TimerWheel<T> {
     pub fn insert(&mut self, deadline: Time, value: T) -> TimerKey {
         let generation = self.next_generation;
         self.next_generation = generation.wrapping_add(1);
-        let index = self.entries.insert(Entry {
-            deadline: deadline.as_millis(),
-            value,
-            prev: NIL,
-            next: NIL,
-            generation,
-            bucket: DUE,
-        });
-        // Slab indices fit in u32: a wheel never holds 2^32 timers (memory runs out first).
-        let index = index as u32;
+        let entry = Entry { deadline: deadline.as_millis(), value, prev: NIL, next: NIL, generation, bucket: DUE };
+        let index = if self.free != NIL {
+            let index = self.free;
+            self.free = self.entries[index as usize].next;
+            self.entries[index as usize] = entry;
+            index
+        } else {
+            // Indices fit in u32: a wheel never holds 2^32 timers (memory runs out first).
+            self.entries.push(entry);
+            (self.entries.len() - 1) as u32
+        };
+        self.len += 1;
         self.place(index);
         TimerKey { index, generation }
     }
@@ -114,7 +122,7 @@ impl<T> TimerWheel<T> {
     pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
         self.entry(key)?;
         self.unlink(key.index);
-        Some(self.entries.remove(key.index as usize).value)
+        Some(self.release(key.index).1)
     }
 
     /// Moves a pending timer to a new deadline; `false` if the key is stale.
@@ -157,8 +165,8 @@ impl<T> TimerWheel<T> {
             if self.due != NIL {
                 let index = self.due;
                 self.unlink(index);
-                let entry = self.entries.remove(index as usize);
-                return Some((Time(entry.deadline), entry.value));
+                let (deadline, value) = self.release(index);
+                return Some((Time(deadline), value));
             }
             let next = (0..LEVELS).find_map(|level| self.next_slot(level).map(|(slot, start)| (level, slot, start)));
             let Some((level, slot, start)) = next.filter(|&(_, _, start)| start <= now) else {
@@ -196,7 +204,17 @@ impl<T> TimerWheel<T> {
     }
 
     fn entry(&self, key: TimerKey) -> Option<&Entry<T>> {
-        self.entries.get(key.index as usize).filter(|e| e.generation == key.generation)
+        self.entries.get(key.index as usize).filter(|e| e.generation == key.generation && e.bucket != FREE)
+    }
+
+    /// Frees an unlinked entry and returns its deadline and value.
+    fn release(&mut self, index: u32) -> (u64, T) {
+        let entry = &mut self.entries[index as usize];
+        entry.bucket = FREE;
+        entry.next = self.free;
+        self.free = index;
+        self.len -= 1;
+        (entry.deadline, core::mem::take(&mut entry.value))
     }
 
     /// The first occupied slot of `level` at or after elapsed, and the time it starts.
