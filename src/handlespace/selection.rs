@@ -14,10 +14,12 @@
 //! - **Random** draws N distinct positions: by rejection when N is at most half the pool (the
 //!   drawn positions are kept sorted in a scratch vector), else by a partial Fisher-Yates shuffle.
 //! - **Weighted Random / Randomized Least Used** draw a unit of weight uniformly from the Fenwick
-//!   tree, take its PE, zero its weight, and repeat; the weights are restored afterwards. RLU's
+//!   tree and redraw when the PE is already in the response (rejection: exact, and no update);
+//!   after a few misses in a row they zero the drawn PEs' weights, draw exactly, and restore the
+//!   weights afterwards. RLU's
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn
 //!   while another PE has a positive weight; if all weights are 0 the pool behaves as Random.
-//! - The **ordered** policies keep a `BTreeSet` keyed by (primary, sequence): the primary is
+//! - The **ordered** policies keep a `BTreeMap` keyed by (primary, sequence) packed in a `u128`: the primary is
 //!   `u32::MAX - priority` (Priority), the load (Least Used), `load + accumulated degradation`
 //!   (LUD), `load + load degradation` (PLU), all saturating at 0xFFFFFFFF, or the stride-scheduling
 //!   *pass* (WRR). A response is the first N entries. Each selected PE gets a fresh sequence number
@@ -26,7 +28,7 @@
 //!   each PE is selected `weight` times (stride scheduling). A WRR PE of weight 0 sorts after all
 //!   others. A B-tree keeps both ends hot in cache, which is what rotation touches.
 
-use std::collections::btree_set::{self, BTreeSet};
+use std::collections::btree_map::{self, BTreeMap};
 
 use slab::Slab;
 
@@ -40,12 +42,11 @@ const STRIDE_ONE: u64 = 1 << 32;
 /// WRR pass of a PE with weight 0: after every other PE.
 const NEVER_PASS: u64 = u64::MAX;
 
-/// The key of a PE in an ordered index: primary, then rotation sequence, then the PE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct OrdKey {
-    primary: u64,
-    seq: u64,
-    pe: PeKey,
+/// The key of a PE in an ordered index: primary in the high 64 bits, rotation sequence in the
+/// low 64 (sequence numbers are unique within a pool, so keys are unique). One `u128` compares
+/// faster than a tuple.
+const fn ord_key(primary: u64, seq: u64) -> u128 {
+    (primary as u128) << 64 | seq as u128
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub(crate) enum OrderedKind {
 pub(crate) enum Selector {
     Dense { kind: DenseKind, members: Vec<PeKey>, cursor: usize },
     Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: Fenwick },
-    Ordered { kind: OrderedKind, set: BTreeSet<OrdKey>, next_seq: u64, virtual_time: u64 },
+    Ordered { kind: OrderedKind, set: BTreeMap<u128, PeKey>, next_seq: u64, virtual_time: u64 },
 }
 
 /// What a selection may use besides the pool's own index.
@@ -119,7 +120,7 @@ impl Selector {
     pub(crate) fn new(policy_type: PolicyType) -> Option<Self> {
         let dense = |kind| Self::Dense { kind, members: Vec::new(), cursor: 0 };
         let weighted = |kind| Self::Weighted { kind, members: Vec::new(), weights: Vec::new(), tree: Fenwick::default() };
-        let ordered = |kind| Self::Ordered { kind, set: BTreeSet::new(), next_seq: 0, virtual_time: 0 };
+        let ordered = |kind| Self::Ordered { kind, set: BTreeMap::new(), next_seq: 0, virtual_time: 0 };
         Some(match policy_type {
             PolicyType::ROUND_ROBIN => dense(DenseKind::RoundRobin),
             PolicyType::RANDOM => dense(DenseKind::Random),
@@ -146,7 +147,7 @@ impl Selector {
     pub(crate) fn iter(&self) -> SelectorIter<'_> {
         match self {
             Self::Dense { members, .. } | Self::Weighted { members, .. } => SelectorIter::Slice(members.iter()),
-            Self::Ordered { set, .. } => SelectorIter::Set(set.iter()),
+            Self::Ordered { set, .. } => SelectorIter::Set(set.values()),
         }
     }
 
@@ -175,7 +176,7 @@ impl Selector {
                 };
                 slot.sel_seq = *next_seq;
                 *next_seq += 1;
-                set.insert(OrdKey { primary: slot.sel_primary, seq: slot.sel_seq, pe: key });
+                set.insert(ord_key(slot.sel_primary, slot.sel_seq), key);
             }
         }
     }
@@ -208,7 +209,7 @@ impl Selector {
                 weights.pop();
             }
             Self::Ordered { set, .. } => {
-                set.remove(&OrdKey { primary: slot.sel_primary, seq: slot.sel_seq, pe: slot.key(index) });
+                set.remove(&ord_key(slot.sel_primary, slot.sel_seq));
             }
         }
     }
@@ -227,7 +228,7 @@ impl Selector {
             }
             Self::Ordered { kind, set, virtual_time, .. } => {
                 let key = slot.key(index);
-                set.remove(&OrdKey { primary: slot.sel_primary, seq: slot.sel_seq, pe: key });
+                set.remove(&ord_key(slot.sel_primary, slot.sel_seq));
                 slot.sel_primary = match kind {
                     OrderedKind::WeightedRoundRobin => match wrr_stride(&slot.pe.policy) {
                         None => NEVER_PASS,
@@ -236,7 +237,7 @@ impl Selector {
                     },
                     _ => ordered_primary(&slot.pe.policy, slot.pe.degradation),
                 };
-                set.insert(OrdKey { primary: slot.sel_primary, seq: slot.sel_seq, pe: key });
+                set.insert(ord_key(slot.sel_primary, slot.sel_seq), key);
             }
         }
     }
@@ -267,8 +268,28 @@ impl Selector {
                     sample_uniform(members, n, ctx.rng, ctx.scratch, out);
                     return;
                 }
+                // Draw from the full tree and redraw a PE already taken (exactly the distribution
+                // without replacement, and no tree update). After REJECTIONS misses in a row
+                // (a few PEs hold most of the weight), take the drawn PEs' weights out of the
+                // tree and draw exactly; restore them afterwards.
+                const REJECTIONS: usize = 4;
                 ctx.scratch.clear();
-                for _ in 0..n.min(members.len()) {
+                let mut subtracted = 0;
+                'pick: for _ in 0..n.min(members.len()) {
+                    if subtracted == 0 {
+                        for _ in 0..REJECTIONS {
+                            let p = tree.find(ctx.rng.u64(..tree.total())) as u32;
+                            if !ctx.scratch.contains(&p) {
+                                ctx.scratch.push(p);
+                                out.push(members[p as usize]);
+                                continue 'pick;
+                            }
+                        }
+                        for &p in ctx.scratch.iter() {
+                            tree.add(p as usize, u64::from(weights[p as usize]).wrapping_neg());
+                        }
+                        subtracted = ctx.scratch.len();
+                    }
                     let total = tree.total();
                     if total == 0 {
                         break;
@@ -277,25 +298,27 @@ impl Selector {
                     out.push(members[p]);
                     tree.add(p, u64::from(weights[p]).wrapping_neg());
                     ctx.scratch.push(p as u32);
+                    subtracted += 1;
                 }
-                for &p in ctx.scratch.iter() {
+                for &p in &ctx.scratch[..subtracted] {
                     tree.add(p as usize, u64::from(weights[p as usize]));
                 }
             }
             Self::Ordered { kind, set, next_seq, virtual_time } => {
                 let start = out.len();
-                out.extend(set.iter().take(n).map(|k| k.pe));
+                out.extend(set.values().take(n).copied());
                 let selected = (out.len() - start).min(ctx.max_increment);
                 // The selected ones are the first entries of the set: pop them, give each its
                 // new key, and put them back only afterwards so none is listed twice.
                 for _ in 0..selected {
-                    let Some(old) = set.pop_first() else { break };
-                    let slot = &mut ctx.pes[old.pe.index as usize];
+                    let Some((old, pe)) = set.pop_first() else { break };
+                    let old_primary = (old >> 64) as u64;
+                    let slot = &mut ctx.pes[pe.index as usize];
                     match kind {
                         OrderedKind::WeightedRoundRobin => {
                             if let Some(stride) = wrr_stride(&slot.pe.policy) {
-                                *virtual_time = old.primary;
-                                slot.sel_primary = old.primary.saturating_add(stride);
+                                *virtual_time = old_primary;
+                                slot.sel_primary = old_primary.saturating_add(stride);
                             }
                         }
                         OrderedKind::LeastUsedDegradation => {
@@ -311,7 +334,7 @@ impl Selector {
                 }
                 for pe in &out[start..start + selected] {
                     let slot = &ctx.pes[pe.index as usize];
-                    set.insert(OrdKey { primary: slot.sel_primary, seq: slot.sel_seq, pe: *pe });
+                    set.insert(ord_key(slot.sel_primary, slot.sel_seq), *pe);
                 }
             }
         }
@@ -347,7 +370,7 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
 /// Iterator over the PEs of one pool.
 pub(crate) enum SelectorIter<'a> {
     Slice(core::slice::Iter<'a, PeKey>),
-    Set(btree_set::Iter<'a, OrdKey>),
+    Set(btree_map::Values<'a, u128, PeKey>),
 }
 
 impl Iterator for SelectorIter<'_> {
@@ -355,7 +378,7 @@ impl Iterator for SelectorIter<'_> {
     fn next(&mut self) -> Option<PeKey> {
         match self {
             Self::Slice(it) => it.next().copied(),
-            Self::Set(it) => it.next().map(|k| k.pe),
+            Self::Set(it) => it.next().copied(),
         }
     }
 }
