@@ -126,10 +126,8 @@ mod tests {
         rev.reverse();
         assert_eq!(pe_checksum(rev), 0x0ef2);
         // The byte string INDEX.md gives, through a plain RFC 1071 implementation.
-        let bytes = hex(
-            "6563686f3c9e1f076563686f7d41a2b864622e73686172642d3037001f2e3d4c6f72672e6578616d70\
-             6c652e7061796d656e74732e736574746c656d656e742e65752d77657374316b1e55a2",
-        );
+        let bytes = hex("6563686f3c9e1f076563686f7d41a2b864622e73686172642d3037001f2e3d4c6f72672e6578616d70\
+             6c652e7061796d656e74732e736574746c656d656e742e65752d77657374316b1e55a2");
         assert_eq!(rfc1071(&bytes), 0x0ef2);
     }
 

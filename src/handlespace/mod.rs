@@ -18,15 +18,14 @@
 pub mod checksum;
 mod element;
 mod error;
-mod fenwick;
 mod owners;
 mod pool;
 mod selection;
+mod sumtree;
 pub mod shard;
-pub mod wheel;
 #[cfg(test)]
 mod tests;
-
+pub mod wheel;
 
 use hashbrown::HashTable;
 use slab::Slab;
@@ -277,8 +276,7 @@ impl Handlespace {
     /// the new owner and connection); otherwise the identifier collides. An update keeps the
     /// PE's place in rotations and resets its degradation and unreachable count.
     pub fn register(&mut self, reg: Registration<'_>, now: Time) -> Result<Registered, RegisterError> {
-        let Registration { handle, pe_id, home, user_transport, asap_transport, policy, registration_life, conn } =
-            reg;
+        let Registration { handle, pe_id, home, user_transport, asap_transport, policy, registration_life, conn } = reg;
         if handle.is_empty() {
             return Err(RegisterError::EmptyHandle);
         }

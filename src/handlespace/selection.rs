@@ -4,7 +4,7 @@
 //! | policies | structure | resolve cost |
 //! |---|---|---|
 //! | Round Robin, Random | dense vector of PE keys (swap-remove; each PE knows its position) | O(N) |
-//! | Weighted Random, Randomized Least Used | dense vector + Fenwick tree of weights | O(N log n) |
+//! | Weighted Random, Randomized Least Used | dense vector + 8-ary sum tree of weights | O(N log n) |
 //! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE) | O(N + M log n) |
 //!
 //! (M = max-increment, the number of PEs of a response that count as *selected*.)
@@ -13,10 +13,10 @@
 //!   cursor on, and the cursor moves by M, so each resolution starts one PE later.
 //! - **Random** draws N distinct positions: by rejection when N is at most half the pool (the
 //!   drawn positions are kept sorted in a scratch vector), else by a partial Fisher-Yates shuffle.
-//! - **Weighted Random / Randomized Least Used** draw a unit of weight uniformly from the Fenwick
-//!   tree and redraw when the PE is already in the response (rejection: exact, and no update);
+//! - **Weighted Random / Randomized Least Used** draw a unit of weight uniformly from the sum tree
+//!    and redraw when the PE is already in the response (rejection: exact, and no update);
 //!   after a few misses in a row they zero the drawn PEs' weights, draw exactly, and restore the
-//!   weights afterwards. RLU's
+//!   weights afterwards. The sum tree ([`super::sumtree`]) reads one cache line per level. RLU's
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn
 //!   while another PE has a positive weight; if all weights are 0 the pool behaves as Random.
 //! - The **ordered** policies keep a `BTreeMap` keyed by (primary, sequence) packed in a `u128`: the primary is
@@ -35,7 +35,7 @@ use slab::Slab;
 use crate::wire::policy::{Policy, PolicyType};
 
 use super::element::{PeKey, PeSlot};
-use super::fenwick::Fenwick;
+use super::sumtree::SumTree;
 
 /// One unit of WRR stride: a PE of weight w advances its pass by `STRIDE_ONE / w` when selected.
 const STRIDE_ONE: u64 = 1 << 32;
@@ -74,7 +74,7 @@ pub(crate) enum OrderedKind {
 #[derive(Debug)]
 pub(crate) enum Selector {
     Dense { kind: DenseKind, members: Vec<PeKey>, cursor: usize },
-    Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: Fenwick },
+    Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: SumTree },
     Ordered { kind: OrderedKind, set: BTreeMap<u128, PeKey>, next_seq: u64, virtual_time: u64 },
 }
 
@@ -119,7 +119,8 @@ impl Selector {
     /// implement.
     pub(crate) fn new(policy_type: PolicyType) -> Option<Self> {
         let dense = |kind| Self::Dense { kind, members: Vec::new(), cursor: 0 };
-        let weighted = |kind| Self::Weighted { kind, members: Vec::new(), weights: Vec::new(), tree: Fenwick::default() };
+        let weighted =
+            |kind| Self::Weighted { kind, members: Vec::new(), weights: Vec::new(), tree: SumTree::default() };
         let ordered = |kind| Self::Ordered { kind, set: BTreeMap::new(), next_seq: 0, virtual_time: 0 };
         Some(match policy_type {
             PolicyType::ROUND_ROBIN => dense(DenseKind::RoundRobin),
@@ -165,7 +166,7 @@ impl Selector {
                 slot.sel_seq = members.len() as u64;
                 members.push(key);
                 weights.push(w);
-                tree.push(u64::from(w));
+                tree.push(weights);
             }
             Self::Ordered { kind, set, next_seq, virtual_time } => {
                 slot.sel_primary = match kind {
@@ -204,9 +205,9 @@ impl Selector {
                     members[pos] = members[last];
                     pes[members[pos].index as usize].sel_seq = pos as u64;
                 }
-                tree.pop(u64::from(w_last));
                 members.pop();
                 weights.pop();
+                tree.pop(weights, w_last);
             }
             Self::Ordered { set, .. } => {
                 set.remove(&ord_key(slot.sel_primary, slot.sel_seq));
@@ -263,7 +264,7 @@ impl Selector {
             Self::Dense { kind: DenseKind::Random, members, .. } => {
                 sample_uniform(members, n, ctx.rng, ctx.scratch, out);
             }
-            Self::Weighted { members, weights, tree, .. } => {
+            Self::Weighted { kind, members, weights, tree } => {
                 if tree.total() == 0 {
                     sample_uniform(members, n, ctx.rng, ctx.scratch, out);
                     return;
@@ -278,7 +279,7 @@ impl Selector {
                 'pick: for _ in 0..n.min(members.len()) {
                     if subtracted == 0 {
                         for _ in 0..REJECTIONS {
-                            let p = tree.find(ctx.rng.u64(..tree.total())) as u32;
+                            let p = tree.find(weights, ctx.rng.u64(..tree.total())) as u32;
                             if !ctx.scratch.contains(&p) {
                                 ctx.scratch.push(p);
                                 out.push(members[p as usize]);
@@ -287,6 +288,7 @@ impl Selector {
                         }
                         for &p in ctx.scratch.iter() {
                             tree.add(p as usize, u64::from(weights[p as usize]).wrapping_neg());
+                            weights[p as usize] = 0;
                         }
                         subtracted = ctx.scratch.len();
                     }
@@ -294,14 +296,18 @@ impl Selector {
                     if total == 0 {
                         break;
                     }
-                    let p = tree.find(ctx.rng.u64(..total));
+                    let p = tree.find(weights, ctx.rng.u64(..total));
                     out.push(members[p]);
                     tree.add(p, u64::from(weights[p]).wrapping_neg());
+                    weights[p] = 0;
                     ctx.scratch.push(p as u32);
                     subtracted += 1;
                 }
+                // Restore the zeroed weights from the PEs' policies (rare path).
                 for &p in &ctx.scratch[..subtracted] {
-                    tree.add(p as usize, u64::from(weights[p as usize]));
+                    let w = weight_of(*kind, &ctx.pes[members[p as usize].index as usize].pe.policy);
+                    weights[p as usize] = w;
+                    tree.add(p as usize, u64::from(w));
                 }
             }
             Self::Ordered { kind, set, next_seq, virtual_time } => {

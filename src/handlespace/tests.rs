@@ -103,10 +103,7 @@ fn pool_consistency_is_enforced() {
     hs.register(reg(b"p", 1, Policy::LeastUsed { load: 0 }, conn(1)), Time::ZERO).unwrap();
 
     let e = hs.register(reg(b"p", 2, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap_err();
-    assert_eq!(
-        e,
-        RegisterError::InconsistentPolicy { pool: PolicyType::LEAST_USED, found: PolicyType::ROUND_ROBIN }
-    );
+    assert_eq!(e, RegisterError::InconsistentPolicy { pool: PolicyType::LEAST_USED, found: PolicyType::ROUND_ROBIN });
     assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_POOLING_POLICY);
 
     let mut r = reg(b"p", 2, Policy::LeastUsed { load: 0 }, conn(1));
@@ -207,12 +204,18 @@ fn resource_limits() {
     let e = hs.register(reg(b"123456789", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err();
     assert_eq!(e, RegisterError::HandleTooLong { len: 9, max: 8 });
     assert_eq!(e.cause_code(), lack);
-    assert_eq!(hs.register(reg(b"", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err().cause_code(), CauseCode::INVALID_VALUES);
+    assert_eq!(
+        hs.register(reg(b"", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err().cause_code(),
+        CauseCode::INVALID_VALUES
+    );
     hs.register(reg(b"a", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
     hs.register(reg(b"a", 2, Policy::Random, conn(1)), Time::ZERO).unwrap();
     assert_eq!(hs.register(reg(b"a", 3, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPesInPool));
     hs.register(reg(b"b", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
-    assert_eq!(hs.register(reg(b"b", 2, Policy::Random, conn(1)), Time::ZERO), Err(RegisterError::TooManyPesOnConnection));
+    assert_eq!(
+        hs.register(reg(b"b", 2, Policy::Random, conn(1)), Time::ZERO),
+        Err(RegisterError::TooManyPesOnConnection)
+    );
     assert_eq!(hs.register(reg(b"c", 1, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPools));
     hs.register(reg(b"b", 2, Policy::Random, conn(2)), Time::ZERO).unwrap();
     assert_eq!(hs.register(reg(b"b", 3, Policy::Random, conn(2)), Time::ZERO).unwrap_err().cause_code(), lack);
@@ -583,4 +586,3 @@ fn asap_transport_is_stored() {
     hs.register(r, Time::ZERO).unwrap();
     assert_eq!(hs.pe(k).unwrap().asap_transport, None);
 }
-
