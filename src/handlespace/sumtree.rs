@@ -1,0 +1,171 @@
+//! An 8-ary sum tree over a vector of `u32` weights: "which position holds the r-th unit of
+//! weight" and point updates in O(log8 n), push and pop at the end in O(log8 n). The weighted
+//! random policies draw from it.
+//!
+//! Why not a Fenwick tree: at a million PEs a Fenwick search touches ~20 nodes spread over 8 MB,
+//! most of them cache misses. Here each level stores the sums of groups of 8 entries of the level
+//! below (the leaves are the caller's weight vector itself), so a search reads one 64-byte line
+//! per level, 7 levels at a million, and only the last two or three miss the cache. The sums
+//! cost about 1.1 bytes per PE instead of a Fenwick tree's 8.
+
+const FAN_BITS: u32 = 3;
+const FAN: usize = 1 << FAN_BITS;
+
+/// Sums over groups of a leaf vector: `levels[k][i]` is the sum of leaves
+/// `i * 8^(k+1) .. (i + 1) * 8^(k+1)`. The top level (or the leaves, when there is no level)
+/// has at most 8 entries.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SumTree {
+    levels: Vec<Vec<u64>>,
+    total: u64,
+}
+
+impl SumTree {
+    /// Sum of all weights.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Accounts for the leaf just pushed at the end of `leaves`.
+    pub(crate) fn push(&mut self, leaves: &[u32]) {
+        let pos = leaves.len() - 1;
+        let w = u64::from(leaves[pos]);
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            let i = pos >> (FAN_BITS * (k as u32 + 1));
+            if i == level.len() {
+                level.push(w);
+            } else {
+                level[i] = level[i].wrapping_add(w);
+            }
+        }
+        self.total = self.total.wrapping_add(w);
+        // Grow a level on top when the top has more than FAN entries.
+        loop {
+            let top: Vec<u64> = match self.levels.last() {
+                Some(top) if top.len() > FAN => top.chunks(FAN).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).collect(),
+                Some(_) => break,
+                None if leaves.len() > FAN => leaves.chunks(FAN).map(|c| c.iter().map(|&x| u64::from(x)).sum()).collect(),
+                None => break,
+            };
+            self.levels.push(top);
+        }
+    }
+
+    /// Accounts for the leaf of weight `w` just popped from the end of `leaves`.
+    pub(crate) fn pop(&mut self, leaves: &[u32], w: u32) {
+        let pos = leaves.len();
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            let shift = FAN_BITS * (k as u32 + 1);
+            if pos & ((1 << shift) - 1) == 0 {
+                level.pop();
+            } else {
+                let i = pos >> shift;
+                level[i] = level[i].wrapping_sub(u64::from(w));
+            }
+        }
+        self.total = self.total.wrapping_sub(u64::from(w));
+        // Drop the top level when the level below it fits in FAN entries.
+        loop {
+            let below = match self.levels.len() {
+                0 => break,
+                1 => leaves.len(),
+                l => self.levels[l - 2].len(),
+            };
+            if below > FAN {
+                break;
+            }
+            self.levels.pop();
+        }
+    }
+
+    /// Adds `delta` (two's complement for a decrease) to the sums above leaf `pos`; the caller
+    /// changes the leaf itself.
+    pub(crate) fn add(&mut self, pos: usize, delta: u64) {
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            let i = pos >> (FAN_BITS * (k as u32 + 1));
+            level[i] = level[i].wrapping_add(delta);
+        }
+        self.total = self.total.wrapping_add(delta);
+    }
+
+    /// The leaf `p` with `sum(leaves[..p]) <= r < sum(leaves[..=p])`, for `r < total()`.
+    pub(crate) fn find(&self, leaves: &[u32], mut r: u64) -> usize {
+        let mut node = 0;
+        for level in self.levels.iter().rev() {
+            let start = node * FAN;
+            let end = (start + FAN).min(level.len());
+            node = start;
+            while node + 1 < end && r >= level[node] {
+                r -= level[node];
+                node += 1;
+            }
+        }
+        let start = node * FAN;
+        let end = (start + FAN).min(leaves.len());
+        node = start;
+        while node + 1 < end && r >= u64::from(leaves[node]) {
+            r -= u64::from(leaves[node]);
+            node += 1;
+        }
+        node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut t = SumTree::default();
+        let mut w: Vec<u32> = vec![];
+        for step in 0..20_000 {
+            // Grow to a few thousand leaves (4 levels), then shrink back through every boundary.
+            let grow = (step / 5000) % 2 == 0;
+            match rng.u8(0..8) {
+                0..=3 if grow => {
+                    w.push(rng.u32(0..1000));
+                    t.push(&w);
+                }
+                0..=3 if !w.is_empty() => {
+                    let x = w.pop().unwrap();
+                    t.pop(&w, x);
+                }
+                _ if !w.is_empty() => {
+                    let p = rng.usize(0..w.len());
+                    let x = rng.u32(0..1000);
+                    t.add(p, u64::from(x).wrapping_sub(u64::from(w[p])));
+                    w[p] = x;
+                }
+                _ => {}
+            }
+            assert_eq!(t.total(), w.iter().map(|&x| u64::from(x)).sum::<u64>(), "step {step}");
+            if t.total() > 0 {
+                let r = rng.u64(0..t.total());
+                let p = t.find(&w, r);
+                let before: u64 = w[..p].iter().map(|&x| u64::from(x)).sum();
+                assert!(before <= r && r < before + u64::from(w[p]), "step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn levels_track_size() {
+        let mut t = SumTree::default();
+        let mut w = vec![];
+        for n in 1..=5000u32 {
+            w.push(1);
+            t.push(&w);
+            let expect = (1..).take_while(|&k| (n as usize - 1) >> (FAN_BITS * k) > 0).count();
+            assert_eq!(t.levels.len(), expect, "n {n}");
+        }
+        while let Some(x) = w.pop() {
+            t.pop(&w, x);
+            let n = w.len();
+            let expect = (1..).take_while(|&k| n.saturating_sub(1) >> (FAN_BITS * k) > 0).count();
+            assert_eq!(t.levels.len(), expect, "n {n}");
+        }
+        assert_eq!(t.total(), 0);
+    }
+}

@@ -1,0 +1,588 @@
+//! Behaviour of the handlespace: registration rules, every policy, lifetimes, connections,
+//! unreachable reports and owners. Seeds are fixed (the config's default seed).
+
+use core::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::wire::cause::CauseCode;
+use crate::wire::policy::PolicyType;
+use crate::wire::transport::{Addresses, TransportProtocol, TransportUse};
+
+const ME: u32 = 0x11223344;
+const PEER: u32 = 0x5a6b7c8d;
+
+fn conn(slot: u32) -> Option<ConnId> {
+    Some(ConnId { shard: 0, generation: 1, slot })
+}
+
+fn sctp(a: u8, b: u8) -> TransportRepr {
+    let mut addresses = Addresses::new();
+    addresses.push(IpAddr::V4(Ipv4Addr::new(10, 0, 0, a)));
+    addresses.push(IpAddr::V4(Ipv4Addr::new(10, 0, 1, b)));
+    TransportRepr {
+        protocol: TransportProtocol::Sctp,
+        port: 8000,
+        transport_use: TransportUse::DataOnly,
+        service_code: 0,
+        addresses,
+    }
+}
+
+fn reg(handle: &[u8], pe_id: u32, policy: Policy, conn: Option<ConnId>) -> Registration<'_> {
+    Registration {
+        handle,
+        pe_id,
+        home: ME,
+        user_transport: sctp(pe_id as u8, (pe_id >> 8) as u8),
+        asap_transport: None,
+        policy,
+        registration_life: 30_000,
+        conn,
+    }
+}
+
+fn hs() -> Handlespace {
+    Handlespace::new(HandlespaceConfig::default(), Time::ZERO)
+}
+
+/// Registers PEs 1..=n over connection 1 with the policy `f(id)`.
+fn pool_of(hs: &mut Handlespace, n: u32, f: impl Fn(u32) -> Policy) {
+    for id in 1..=n {
+        hs.register(reg(b"pool", id, f(id), conn(1)), Time::ZERO).unwrap();
+    }
+}
+
+fn ids(hs: &Handlespace, keys: &[PeKey]) -> Vec<u32> {
+    keys.iter().map(|k| hs.pe(*k).unwrap().id).collect()
+}
+
+fn resolve_ids(hs: &mut Handlespace, n: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    hs.resolve(b"pool", n, &mut out).unwrap();
+    ids(hs, &out)
+}
+
+/// Counts how often each PE id is the first of a response over `rounds` resolutions of `n`.
+fn first_counts(hs: &mut Handlespace, rounds: usize, n: usize) -> std::collections::BTreeMap<u32, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..rounds {
+        let got = resolve_ids(hs, n);
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "duplicate PE in {got:?}");
+        *counts.entry(got[0]).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn register_creates_pool_and_pe() {
+    let mut hs = hs();
+    let r = hs.register(reg(b"echo", 7, Policy::RoundRobin, conn(1)), Time(5)).unwrap();
+    assert!(r.added);
+    assert_eq!((r.previous_owner, r.previous_conn), (None, None));
+    assert_eq!((hs.pool_count(), hs.pe_count()), (1, 1));
+    let pool = hs.pool(r.pool).unwrap();
+    assert_eq!(pool.handle(), b"echo");
+    assert_eq!(pool.policy_type(), PolicyType::ROUND_ROBIN);
+    assert_eq!(pool.user_transport_protocol(), TransportProtocol::Sctp);
+    assert_eq!(hs.lookup(b"echo", 7), Some(r.pe));
+    assert_eq!(hs.pe_handle(r.pe), Some(&b"echo"[..]));
+    assert_eq!(hs.pe_pool(r.pe), Some(r.pool));
+    assert_eq!(hs.pe_expiry(r.pe), Some(Time(30_005)));
+    let pe = hs.pe(r.pe).unwrap();
+    assert_eq!((pe.id, pe.home, pe.registration_life, pe.conn), (7, ME, 30_000, conn(1)));
+    assert_eq!(pe.user_transport, sctp(7, 0));
+    hs.validate().unwrap();
+}
+
+#[test]
+fn pool_consistency_is_enforced() {
+    let mut hs = hs();
+    hs.register(reg(b"p", 1, Policy::LeastUsed { load: 0 }, conn(1)), Time::ZERO).unwrap();
+
+    let e = hs.register(reg(b"p", 2, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap_err();
+    assert_eq!(e, RegisterError::InconsistentPolicy { pool: PolicyType::LEAST_USED, found: PolicyType::ROUND_ROBIN });
+    assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_POOLING_POLICY);
+
+    let mut r = reg(b"p", 2, Policy::LeastUsed { load: 0 }, conn(1));
+    r.user_transport.protocol = TransportProtocol::Tcp;
+    let e = hs.register(r, Time::ZERO).unwrap_err();
+    assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_TRANSPORT_TYPE);
+
+    let mut r = reg(b"p", 2, Policy::LeastUsed { load: 0 }, conn(1));
+    r.user_transport.transport_use = TransportUse::DataPlusControl;
+    let e = hs.register(r, Time::ZERO).unwrap_err();
+    assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_DATA_CONTROL);
+
+    // Re-registering the only PE with another policy is rejected too: the pool keeps its type.
+    let e = hs.register(reg(b"p", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err();
+    assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_POOLING_POLICY);
+    assert_eq!(hs.pe_count(), 1);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn re_registration_updates_in_place() {
+    let mut hs = hs();
+    pool_of(&mut hs, 3, |_| Policy::RoundRobin);
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    // Re-register PE 2 with a new port and lifetime: same key, same place in the rotation.
+    let before = hs.lookup(b"pool", 2).unwrap();
+    let mut r = reg(b"pool", 2, Policy::RoundRobin, conn(1));
+    r.user_transport.port = 9000;
+    r.registration_life = 60_000;
+    let out = hs.register(r, Time(1000)).unwrap();
+    assert!(!out.added);
+    assert_eq!(out.pe, before);
+    assert_eq!((out.previous_owner, out.previous_conn), (None, None));
+    assert_eq!(hs.pe(out.pe).unwrap().user_transport.port, 9000);
+    assert_eq!(hs.pe_expiry(out.pe), Some(Time(61_000)));
+    assert_eq!(resolve_ids(&mut hs, 3), [2, 3, 1]);
+    assert_eq!(hs.pe_count(), 3);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn same_pe_from_elsewhere_moves_here() {
+    let mut hs = hs();
+    // Learnt from a peer first (no connection, owner PEER).
+    let mut r = reg(b"p", 9, Policy::RoundRobin, None);
+    r.home = PEER;
+    let first = hs.register(r, Time::ZERO).unwrap();
+    // Now it registers here over connection 4 with the same addresses: moved.
+    let moved = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(4)), Time::ZERO).unwrap();
+    assert!(!moved.added);
+    assert_eq!(moved.pe, first.pe);
+    assert_eq!(moved.previous_owner, Some(PEER));
+    assert_eq!(moved.previous_conn, Some(None));
+    assert_eq!(hs.owner_pe_count(PEER), 0);
+    assert_eq!(hs.owner_pe_count(ME), 1);
+    assert_eq!(hs.connection_pe_count(conn(4).unwrap()), 1);
+    // And from connection 4 to connection 5.
+    let again = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(5)), Time::ZERO).unwrap();
+    assert_eq!(again.previous_conn, Some(conn(4)));
+    assert_eq!(again.previous_owner, None);
+    assert_eq!(hs.connection_pe_count(conn(4).unwrap()), 0);
+    assert_eq!(hs.connection_pe_count(conn(5).unwrap()), 1);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn pe_id_collision_is_rejected() {
+    let mut hs = hs();
+    hs.register(reg(b"p", 9, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap();
+    let mut r = reg(b"p", 9, Policy::RoundRobin, conn(2));
+    r.user_transport = sctp(200, 201);
+    let e = hs.register(r.clone(), Time::ZERO).unwrap_err();
+    assert_eq!(e, RegisterError::NonUniquePeIdentifier(9));
+    assert_eq!(e.cause_code(), CauseCode::NON_UNIQUE_PE_IDENTIFIER);
+    // Another owner over the same (absent) connection with other addresses collides too.
+    r.conn = conn(1);
+    r.home = PEER;
+    assert_eq!(hs.register(r, Time::ZERO).unwrap_err().cause_code(), CauseCode::NON_UNIQUE_PE_IDENTIFIER);
+    // Same addresses in another order = the same PE.
+    let mut r = reg(b"p", 9, Policy::RoundRobin, conn(2));
+    r.user_transport.addresses.reverse();
+    assert!(!hs.register(r, Time::ZERO).unwrap().added);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn resource_limits() {
+    let config = HandlespaceConfig {
+        max_pools: 2,
+        max_pes_per_pool: 2,
+        max_pes: 4,
+        max_pes_per_connection: 3,
+        max_handle_len: 8,
+        ..HandlespaceConfig::default()
+    };
+    let mut hs = Handlespace::new(config, Time::ZERO);
+    let lack = CauseCode::LACK_OF_RESOURCES;
+    let e = hs.register(reg(b"123456789", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err();
+    assert_eq!(e, RegisterError::HandleTooLong { len: 9, max: 8 });
+    assert_eq!(e.cause_code(), lack);
+    assert_eq!(
+        hs.register(reg(b"", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err().cause_code(),
+        CauseCode::INVALID_VALUES
+    );
+    hs.register(reg(b"a", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"a", 2, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    assert_eq!(hs.register(reg(b"a", 3, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPesInPool));
+    hs.register(reg(b"b", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    assert_eq!(
+        hs.register(reg(b"b", 2, Policy::Random, conn(1)), Time::ZERO),
+        Err(RegisterError::TooManyPesOnConnection)
+    );
+    assert_eq!(hs.register(reg(b"c", 1, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPools));
+    hs.register(reg(b"b", 2, Policy::Random, conn(2)), Time::ZERO).unwrap();
+    assert_eq!(hs.register(reg(b"b", 3, Policy::Random, conn(2)), Time::ZERO).unwrap_err().cause_code(), lack);
+    // Re-registration is never refused for lack of room.
+    assert!(!hs.register(reg(b"a", 1, Policy::Random, conn(1)), Time::ZERO).unwrap().added);
+    assert_eq!(hs.pe_count(), 4);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn deregistration_rules() {
+    let mut hs = hs();
+    hs.register(reg(b"p", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"p", 2, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    let e = hs.deregister(b"nope", 1, conn(1)).unwrap_err();
+    assert_eq!(e.cause_code(), CauseCode::UNKNOWN_POOL_HANDLE);
+    let e = hs.deregister(b"p", 1, conn(2)).unwrap_err();
+    assert_eq!(e, DeregisterError::NotAuthorized);
+    assert_eq!(e.cause_code(), CauseCode::REJECTED_SECURITY);
+    assert_eq!(hs.deregister(b"p", 3, conn(1)), Ok(None));
+    let key = hs.lookup(b"p", 1).unwrap();
+    let pe = hs.deregister(b"p", 1, conn(1)).unwrap().unwrap();
+    assert_eq!(pe.id, 1);
+    assert_eq!(hs.pe(key), None, "stale key must not resolve");
+    assert_eq!(hs.deregister(b"p", 1, conn(1)), Ok(None));
+    hs.deregister(b"p", 2, conn(1)).unwrap().unwrap();
+    assert_eq!((hs.pool_count(), hs.pe_count()), (0, 0));
+    assert_eq!(hs.deregister(b"p", 2, conn(1)), Err(DeregisterError::UnknownPool));
+    let mut out = vec![];
+    assert_eq!(hs.resolve(b"p", 3, &mut out), Err(UnknownPool));
+    assert_eq!(UnknownPool.cause_code(), CauseCode::UNKNOWN_POOL_HANDLE);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn round_robin_rotates_fairly() {
+    let mut hs = hs();
+    pool_of(&mut hs, 4, |_| Policy::RoundRobin);
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    assert_eq!(resolve_ids(&mut hs, 3), [2, 3, 4]);
+    assert_eq!(resolve_ids(&mut hs, 3), [3, 4, 1]);
+    assert_eq!(resolve_ids(&mut hs, 10), [4, 1, 2, 3], "at most the pool, each once");
+    let counts = first_counts(&mut hs, 400, 1);
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+}
+
+#[test]
+fn weighted_round_robin_appears_weight_times_per_round() {
+    let mut hs = hs();
+    pool_of(&mut hs, 3, |id| Policy::WeightedRoundRobin { weight: id });
+    // Every round of 6 selections holds PE 1 once, PE 2 twice, PE 3 three times.
+    for _ in 0..50 {
+        let mut round = [0; 4];
+        for _ in 0..6 {
+            round[resolve_ids(&mut hs, 1)[0] as usize] += 1;
+        }
+        assert_eq!(round[1..], [1, 2, 3]);
+    }
+    // The whole response lists distinct PEs in pass order.
+    let got = resolve_ids(&mut hs, 3);
+    assert_eq!(got.len(), 3);
+    // Equal weights rotate like round robin.
+    let mut hs = self::hs();
+    pool_of(&mut hs, 3, |_| Policy::WeightedRoundRobin { weight: 5 });
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    assert_eq!(resolve_ids(&mut hs, 3), [2, 3, 1]);
+    assert_eq!(resolve_ids(&mut hs, 3), [3, 1, 2]);
+    // Weight 0 comes last and is never selected while others exist.
+    hs.register(reg(b"pool", 4, Policy::WeightedRoundRobin { weight: 0 }, conn(1)), Time::ZERO).unwrap();
+    let counts = first_counts(&mut hs, 30, 4);
+    assert!(!counts.contains_key(&4), "{counts:?}");
+    assert_eq!(resolve_ids(&mut hs, 4)[3], 4);
+}
+
+#[test]
+fn random_is_uniform_and_distinct() {
+    let mut hs = hs();
+    pool_of(&mut hs, 5, |_| Policy::Random);
+    let counts = first_counts(&mut hs, 10_000, 3);
+    // 2000 expected each; sd ~ 40: 6 sd bounds.
+    assert!(counts.values().all(|&c| (1760..=2240).contains(&c)), "{counts:?}");
+    // n above half the pool takes the shuffle path; n above the pool returns all.
+    let mut all = resolve_ids(&mut hs, 50);
+    all.sort_unstable();
+    assert_eq!(all, [1, 2, 3, 4, 5]);
+    assert_eq!(resolve_ids(&mut hs, 4).len(), 4);
+}
+
+#[test]
+fn weighted_random_follows_weights() {
+    let mut hs = hs();
+    // Weights 1, 2, 3, 4 and one PE of weight 0.
+    pool_of(&mut hs, 5, |id| Policy::WeightedRandom { weight: id % 5 });
+    let counts = first_counts(&mut hs, 20_000, 1);
+    assert!(!counts.contains_key(&5), "weight 0 is never drawn: {counts:?}");
+    for (id, expect) in [(1, 2000.0), (2, 4000.0), (3, 6000.0), (4, 8000.0)] {
+        let got = counts[&id] as f64;
+        // Binomial sd <= 70 here; 5 sd.
+        assert!((got - expect).abs() < 350.0, "PE {id}: {got} vs {expect}");
+    }
+    // Distinct draws: asking for 5 gives the 4 PEs of positive weight.
+    let mut got = resolve_ids(&mut hs, 5);
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3, 4]);
+    // All weights 0: behaves as Random.
+    let mut hs = self::hs();
+    pool_of(&mut hs, 3, |_| Policy::WeightedRandom { weight: 0 });
+    assert_eq!(resolve_ids(&mut hs, 3).len(), 3);
+}
+
+#[test]
+fn weighted_random_update_changes_weight() {
+    let mut hs = hs();
+    pool_of(&mut hs, 3, |_| Policy::WeightedRandom { weight: 1 });
+    hs.register(reg(b"pool", 2, Policy::WeightedRandom { weight: 0 }, conn(1)), Time::ZERO).unwrap();
+    let counts = first_counts(&mut hs, 1000, 1);
+    assert!(!counts.contains_key(&2));
+    hs.deregister(b"pool", 1, conn(1)).unwrap();
+    assert_eq!(resolve_ids(&mut hs, 3), [3]);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn randomized_least_used_prefers_free_capacity() {
+    let mut hs = hs();
+    let q = u32::MAX / 4;
+    // Loads 0 %, 50 %, 75 % and 100 % (free capacity 4 : 2 : 1 : ~0, at least 1).
+    let loads = [0, 2 * q, 3 * q, u32::MAX];
+    pool_of(&mut hs, 4, |id| Policy::RandomizedLeastUsed { load: loads[id as usize - 1] });
+    let counts = first_counts(&mut hs, 14_000, 2);
+    for (id, expect) in [(1, 8000.0), (2, 4000.0), (3, 2000.0)] {
+        let got = counts[&id] as f64;
+        assert!((got - expect).abs() < 350.0, "PE {id}: {got} vs {expect}");
+    }
+    assert!(!counts.contains_key(&4), "a full PE (weight 1 in 2^32) is practically never first");
+}
+
+#[test]
+fn priority_highest_first_equals_rotate() {
+    let mut hs = hs();
+    pool_of(&mut hs, 5, |id| Policy::Priority { priority: [10, 30, 30, 20, 30][id as usize - 1] });
+    assert_eq!(resolve_ids(&mut hs, 5), [2, 3, 5, 4, 1]);
+    assert_eq!(resolve_ids(&mut hs, 5), [3, 5, 2, 4, 1]);
+    assert_eq!(resolve_ids(&mut hs, 2), [5, 2]);
+    assert_eq!(resolve_ids(&mut hs, 1), [2]);
+}
+
+#[test]
+fn least_used_picks_least_loaded() {
+    let mut hs = hs();
+    pool_of(&mut hs, 4, |id| Policy::LeastUsed { load: [500, 100, 300, 100][id as usize - 1] });
+    assert_eq!(resolve_ids(&mut hs, 4), [2, 4, 3, 1]);
+    assert_eq!(resolve_ids(&mut hs, 4), [4, 2, 3, 1], "equal loads rotate");
+    // A fresh load report (re-registration) reorders it; it keeps its rotation place.
+    hs.register(reg(b"pool", 1, Policy::LeastUsed { load: 0 }, conn(1)), Time::ZERO).unwrap();
+    assert_eq!(resolve_ids(&mut hs, 4), [1, 2, 4, 3]);
+    assert_eq!(resolve_ids(&mut hs, 4), [1, 2, 4, 3], "a unique least load stays first");
+    hs.validate().unwrap();
+}
+
+#[test]
+fn least_used_with_degradation_degrades_after_selection() {
+    let mut hs = hs();
+    let lud = |load| Policy::LeastUsedDegradation { load, degradation: 100 };
+    pool_of(&mut hs, 2, |id| lud([100, 150][id as usize - 1]));
+    // A: 100, B: 150 → A selected, A = 200 → B (150) selected, B = 250 → A (200) → A = 300 → B ...
+    assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
+    assert_eq!(resolve_ids(&mut hs, 2), [2, 1]);
+    assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
+    let a = hs.lookup(b"pool", 1).unwrap();
+    assert_eq!(hs.pe(a).unwrap().degradation, 200);
+    assert_eq!(resolve_ids(&mut hs, 1), [2]);
+    // Re-registration resets the degradation: A is back to 100 and first.
+    hs.register(reg(b"pool", 1, lud(100), conn(1)), Time::ZERO).unwrap();
+    assert_eq!(hs.pe(a).unwrap().degradation, 0);
+    assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
+    // Degradation saturates.
+    let mut hs = self::hs();
+    pool_of(&mut hs, 1, |_| Policy::LeastUsedDegradation { load: u32::MAX - 5, degradation: u32::MAX });
+    resolve_ids(&mut hs, 1);
+    resolve_ids(&mut hs, 1);
+    assert_eq!(hs.pe(hs.lookup(b"pool", 1).unwrap()).unwrap().degradation, u32::MAX);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn priority_least_used_adds_static_penalty() {
+    let mut hs = hs();
+    let plu = |load, degradation| Policy::PriorityLeastUsed { load, degradation };
+    let pol = [plu(100, 0), plu(50, 100), plu(120, 0), plu(100, 0), plu(u32::MAX, 9)];
+    pool_of(&mut hs, 5, |id| pol[id as usize - 1]);
+    // Sums: 100, 150, 120, 100, saturated.
+    assert_eq!(resolve_ids(&mut hs, 5), [1, 4, 3, 2, 5]);
+    assert_eq!(resolve_ids(&mut hs, 5), [4, 1, 3, 2, 5], "ties rotate; the penalty does not grow");
+}
+
+#[test]
+fn max_increment_counts_the_head_of_a_response() {
+    let config = HandlespaceConfig { max_increment: 2, ..HandlespaceConfig::default() };
+    let mut hs = Handlespace::new(config, Time::ZERO);
+    pool_of(&mut hs, 4, |_| Policy::RoundRobin);
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    assert_eq!(resolve_ids(&mut hs, 3), [3, 4, 1]);
+    let mut hs = Handlespace::new(HandlespaceConfig { max_increment: 2, ..HandlespaceConfig::default() }, Time::ZERO);
+    pool_of(&mut hs, 4, |_| Policy::Priority { priority: 1 });
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    assert_eq!(resolve_ids(&mut hs, 3), [3, 4, 1]);
+    let mut hs = Handlespace::new(HandlespaceConfig { max_increment: 2, ..HandlespaceConfig::default() }, Time::ZERO);
+    pool_of(&mut hs, 3, |_| Policy::LeastUsedDegradation { load: 0, degradation: 10 });
+    assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
+    let deg: Vec<u32> = (1..=3).map(|id| hs.pe(hs.lookup(b"pool", id).unwrap()).unwrap().degradation).collect();
+    assert_eq!(deg, [10, 10, 0]);
+}
+
+#[test]
+fn expiry_removes_at_the_deadline() {
+    let config = HandlespaceConfig { max_registration_life: 50_000, ..HandlespaceConfig::default() };
+    let mut hs = Handlespace::new(config, Time(1000));
+    let mut r = reg(b"p", 1, Policy::RoundRobin, None);
+    r.registration_life = 5000;
+    hs.register(r, Time(1000)).unwrap();
+    let mut r = reg(b"p", 2, Policy::RoundRobin, None);
+    r.registration_life = -1;
+    let forever = hs.register(r, Time(1000)).unwrap().pe;
+    let mut r = reg(b"q", 3, Policy::Random, None);
+    r.registration_life = i32::MAX;
+    let capped = hs.register(r, Time(1000)).unwrap().pe;
+    assert_eq!(hs.pe(capped).unwrap().registration_life, 50_000);
+    assert_eq!(hs.pe_expiry(capped), Some(Time(51_000)));
+    assert_eq!(hs.pe_expiry(forever), None);
+    assert_eq!(hs.pe(forever).unwrap().registration_life, -1);
+
+    assert!(hs.next_expiry().unwrap() <= Time(6000));
+    let mut removed = vec![];
+    assert_eq!(hs.expire(Time(5999), |h, pe| removed.push((h.to_vec(), pe.id))), 0);
+    assert_eq!(hs.expire(Time(6000), |h, pe| removed.push((h.to_vec(), pe.id))), 1);
+    assert_eq!(removed, [(b"p".to_vec(), 1)]);
+    // A re-registration pushes the deadline out.
+    let mut r = reg(b"q", 3, Policy::Random, None);
+    r.registration_life = 1000;
+    hs.register(r, Time(50_500)).unwrap();
+    assert_eq!(hs.expire(Time(51_000), |_, _| {}), 0);
+    while let Some(t) = hs.next_expiry() {
+        hs.expire(t, |h, pe| removed.push((h.to_vec(), pe.id)));
+    }
+    assert_eq!(removed, [(b"p".to_vec(), 1), (b"q".to_vec(), 3)]);
+    assert_eq!(hs.pool_count(), 1, "pool q emptied and removed");
+    assert_eq!(hs.expire(Time(u64::MAX / 2), |_, _| {}), 0, "life -1 never expires");
+    // Switching a PE to no expiry cancels its timer, and back.
+    let mut r = reg(b"p", 2, Policy::RoundRobin, None);
+    r.registration_life = 10;
+    hs.register(r, Time(100_000)).unwrap();
+    assert_eq!(hs.pe_expiry(forever), Some(Time(100_010)));
+    hs.validate().unwrap();
+}
+
+#[test]
+fn connection_loss_removes_its_pes_only() {
+    let mut hs = hs();
+    for id in 1..=5 {
+        hs.register(reg(b"a", id, Policy::RoundRobin, conn(id % 2)), Time::ZERO).unwrap();
+        hs.register(reg(b"b", id, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    }
+    assert_eq!(hs.connection_pe_count(conn(1).unwrap()), 8);
+    let listed: Vec<PeKey> = hs.connection_pes(conn(1).unwrap()).collect();
+    assert_eq!(listed.len(), 8);
+    let mut removed = vec![];
+    let n = hs.remove_connection(conn(1).unwrap(), |h, pe| removed.push((h.to_vec(), pe.id)));
+    assert_eq!(n, 8);
+    removed.sort();
+    assert_eq!(removed.iter().filter(|(h, _)| h == b"a").map(|x| x.1).collect::<Vec<_>>(), [1, 3, 5]);
+    assert_eq!((hs.pool_count(), hs.pe_count()), (1, 2));
+    assert_eq!(hs.connection_pe_count(conn(1).unwrap()), 0);
+    assert_eq!(hs.remove_connection(conn(1).unwrap(), |_, _| {}), 0);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn unreachable_reports_remove_at_the_limit() {
+    let mut hs = hs();
+    pool_of(&mut hs, 2, |_| Policy::RoundRobin);
+    assert_eq!(hs.report_unreachable(b"x", 1), Err(UnknownPool));
+    assert_eq!(hs.report_unreachable(b"pool", 9), Ok(Unreachable::UnknownPe));
+    assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(1)));
+    assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(2)));
+    // A re-registration proves it alive: the count restarts.
+    hs.register(reg(b"pool", 1, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap();
+    assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(1)));
+    hs.report_unreachable(b"pool", 1).unwrap();
+    match hs.report_unreachable(b"pool", 1) {
+        Ok(Unreachable::Removed(pe)) => assert_eq!(pe.id, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(hs.pe_count(), 1);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn owner_checksums_match_index_md() {
+    let mut hs = hs();
+    let pes: [(&[u8], u32); 4] = [
+        (b"echo", 0x3c9e1f07),
+        (b"echo", 0x7d41a2b8),
+        (b"db.shard-07", 0x1f2e3d4c),
+        (b"org.example.payments.settlement.eu-west1", 0x6b1e55a2),
+    ];
+    assert_eq!(hs.owner_checksum(PEER), 0xffff);
+    for (h, id) in pes {
+        let mut r = reg(h, id, Policy::RoundRobin, None);
+        r.home = PEER;
+        hs.register(r, Time::ZERO).unwrap();
+    }
+    assert_eq!(hs.owner_checksum(PEER), 0x0ef2);
+    assert_eq!(hs.owner_pe_count(PEER), 4);
+    // Moving one PE away: PEER keeps the other three, ME gets ("echo", 0x3c9e1f07) = 0xd687.
+    let k = hs.lookup(b"echo", 0x7d41a2b8).unwrap();
+    assert_eq!(hs.set_owner(k, ME), Some(PEER));
+    let k = hs.lookup(b"echo", 0x3c9e1f07).unwrap();
+    hs.set_owner(k, ME);
+    let k = hs.lookup(b"echo", 0x7d41a2b8).unwrap();
+    hs.set_owner(k, PEER);
+    assert_eq!(hs.owner_checksum(ME), 0xd687);
+    assert_eq!(hs.owner_pe_count(PEER), 3);
+    // Takeover: everything of PEER goes to ME.
+    assert_eq!(hs.take_over(PEER, ME), 3);
+    assert_eq!(hs.owner_checksum(ME), 0x0ef2);
+    assert_eq!(hs.owner_checksum(PEER), 0xffff);
+    assert_eq!(hs.owner_pe_count(ME), 4);
+    assert!(hs.owner_pes(ME).all(|k| hs.pe(k).unwrap().home == ME));
+    assert_eq!(hs.take_over(PEER, ME), 0);
+    assert_eq!(hs.take_over(ME, ME), 0);
+    // Removing ("db.shard-07", ...) leaves the two echo PEs plus the long one.
+    hs.remove(hs.lookup(b"db.shard-07", 0x1f2e3d4c).unwrap()).unwrap();
+    let rest = [pes[0], pes[1], pes[3]];
+    assert_eq!(hs.owner_checksum(ME), checksum::pe_checksum(rest));
+    assert_eq!(hs.owners().collect::<Vec<_>>(), [(ME, 3)]);
+    hs.validate().unwrap();
+}
+
+#[test]
+fn stale_keys_are_detected() {
+    let mut hs = hs();
+    let k = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
+    hs.remove(k.pe).unwrap();
+    let k2 = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
+    assert_eq!(k.pe.index, k2.pe.index, "slot reused");
+    assert_eq!(hs.pe(k.pe), None);
+    assert!(hs.pool(k.pool).is_none());
+    assert_eq!(hs.remove(k.pe), None);
+    assert_eq!(hs.set_owner(k.pe, PEER), None);
+    let mut out = vec![];
+    assert_eq!(hs.resolve_pool(k.pool, 1, &mut out), Err(UnknownPool));
+    hs.resolve_pool(k2.pool, 1, &mut out).unwrap();
+    assert_eq!(out, [k2.pe]);
+}
+
+#[test]
+fn asap_transport_is_stored() {
+    let mut hs = hs();
+    let mut r = reg(b"p", 1, Policy::RoundRobin, conn(1));
+    r.asap_transport = Some(TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 3863));
+    let k = hs.register(r.clone(), Time::ZERO).unwrap().pe;
+    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3863));
+    r.asap_transport.as_mut().unwrap().port = 3864;
+    hs.register(r.clone(), Time::ZERO).unwrap();
+    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3864));
+    r.asap_transport = None;
+    hs.register(r, Time::ZERO).unwrap();
+    assert_eq!(hs.pe(k).unwrap().asap_transport, None);
+}
