@@ -225,12 +225,19 @@ impl Config {
             return bad(format!("limits.max_pool_handle = {} (must be 1..=max_message_size/2)", l.max_pool_handle));
         }
         if l.default_items == 0 || l.max_items == 0 || l.default_items > l.max_items {
-            return bad(format!("limits.default_items = {} must be 1..=limits.max_items ({})", l.default_items, l.max_items));
+            return bad(format!(
+                "limits.default_items = {} must be 1..=limits.max_items ({})",
+                l.default_items, l.max_items
+            ));
         }
         if l.max_bad_pe_reports == 0 {
             return bad("limits.max_bad_pe_reports must be at least 1".into());
         }
-        for (name, v) in [("limits.max_pes", l.max_pes), ("limits.max_pools", l.max_pools), ("limits.max_connections", l.max_connections)] {
+        for (name, v) in [
+            ("limits.max_pes", l.max_pes),
+            ("limits.max_pools", l.max_pools),
+            ("limits.max_connections", l.max_connections),
+        ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
@@ -315,7 +322,11 @@ impl Profile {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let p: Profile = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         if !p.buffer_count.is_power_of_two() {
-            return Err(ConfigError::Invalid(format!("{}: buffer_count {} is not a power of two", path.display(), p.buffer_count)));
+            return Err(ConfigError::Invalid(format!(
+                "{}: buffer_count {} is not a power of two",
+                path.display(),
+                p.buffer_count
+            )));
         }
         if p.buffer_size < 512 {
             return Err(ConfigError::Invalid(format!("{}: buffer_size {} < 512", path.display(), p.buffer_size)));

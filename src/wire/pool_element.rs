@@ -52,6 +52,12 @@ impl<'a> PoolElement<'a> {
         policy::decode(&self.param.child(usize::from(self.policy_at)))
     }
 
+    /// The policy parameter's TLV (what an error cause about the policy quotes).
+    #[inline]
+    pub fn policy_param(&self) -> Param<'a> {
+        self.param.child(usize::from(self.policy_at))
+    }
+
     /// How a registrar reaches the PE's ASAP endpoint, when given.
     #[inline]
     pub fn asap_transport(&self) -> Option<Transport<'a>> {

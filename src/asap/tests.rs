@@ -1,0 +1,633 @@
+//! The registrar's ASAP procedures driven in memory: several shards, client connections as
+//! ids, posts between shards delivered by the test, time advanced by hand. No sockets, no
+//! clock: every run is the same.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::{Registrar, RegistrarConfig};
+use crate::handlespace::shard_of;
+use crate::service::{ConnId, Outbox, Service, ShardId};
+use crate::time::Time;
+use crate::wire::asap::{self, Body, MessageType, Resolution};
+use crate::wire::{
+    CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
+    TransportUse,
+};
+
+/// What one shard's service asked for during one call.
+#[derive(Default)]
+struct Out {
+    sends: Vec<(ConnId, Vec<u8>)>,
+    posts: Vec<(ShardId, ConnId, Vec<u8>)>,
+    closes: Vec<ConnId>,
+}
+
+impl Outbox for Out {
+    fn send(&mut self, conn: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        let mut buf = Vec::new();
+        write(&mut buf);
+        if !buf.is_empty() {
+            self.sends.push((conn, buf));
+        }
+    }
+    fn post(&mut self, to: ShardId, conn: ConnId, bytes: &[u8]) {
+        self.posts.push((to, conn, bytes.to_vec()));
+    }
+    fn close(&mut self, conn: ConnId) {
+        self.closes.push(conn);
+    }
+}
+
+/// A registrar of several shards in memory, and its clients.
+struct Sim {
+    shards: Vec<Registrar>,
+    now: Time,
+    received: HashMap<ConnId, VecDeque<Vec<u8>>>,
+    closed: Vec<ConnId>,
+    next_slot: u32,
+}
+
+impl Sim {
+    fn new(shards: u16) -> Self {
+        Self::with(RegistrarConfig::new(0x1122_3344, shards))
+    }
+
+    fn with(config: RegistrarConfig) -> Self {
+        let shards = (0..config.shards).map(|s| Registrar::new(&config, s, Time::ZERO)).collect();
+        Self { shards, now: Time::ZERO, received: HashMap::new(), closed: Vec::new(), next_slot: 0 }
+    }
+
+    fn connect(&mut self, shard: ShardId, peer: &str) -> ConnId {
+        self.next_slot += 1;
+        let conn = ConnId { shard, generation: 1, slot: self.next_slot };
+        let mut out = Out::default();
+        self.shards[usize::from(shard)].on_accept(conn, peer.parse().unwrap(), self.now, &mut out);
+        self.pump(out);
+        conn
+    }
+
+    /// Delivers `bytes` on `conn` (maybe several messages, maybe a partial one); returns how
+    /// many bytes the shard consumed.
+    fn send(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+        let mut out = Out::default();
+        let used = self.shards[usize::from(conn.shard)].on_data(conn, bytes, self.now, &mut out);
+        self.pump(out);
+        used
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        let mut out = Out::default();
+        self.shards[usize::from(conn.shard)].on_close(conn, self.now, &mut out);
+        self.pump(out);
+    }
+
+    /// Moves time to `ms` and runs every shard's due timers.
+    fn advance_to(&mut self, ms: u64) {
+        self.now = Time(ms);
+        for s in 0..self.shards.len() {
+            if self.shards[s].next_timer().is_some_and(|t| t <= self.now) {
+                let mut out = Out::default();
+                self.shards[s].on_timer(self.now, &mut out);
+                self.pump(out);
+            }
+        }
+    }
+
+    fn pump(&mut self, out: Out) {
+        let mut queue = VecDeque::from([out]);
+        while let Some(out) = queue.pop_front() {
+            for (conn, bytes) in out.sends {
+                self.received.entry(conn).or_default().push_back(bytes);
+            }
+            self.closed.extend(out.closes);
+            for (to, conn, bytes) in out.posts {
+                let mut next = Out::default();
+                let from = conn.shard;
+                self.shards[usize::from(to)].on_post(from, conn, &bytes, self.now, &mut next);
+                queue.push_back(next);
+            }
+        }
+    }
+
+    /// Every message `conn` received since the last call.
+    fn take(&mut self, conn: ConnId) -> Vec<Vec<u8>> {
+        self.received.remove(&conn).map(Vec::from).unwrap_or_default()
+    }
+
+    /// The one message `conn` received.
+    fn one(&mut self, conn: ConnId) -> Vec<u8> {
+        let mut all = self.take(conn);
+        assert_eq!(all.len(), 1, "expected one answer, got {}", all.len());
+        all.remove(0)
+    }
+
+    fn pe_count(&self) -> usize {
+        self.shards.iter().map(|s| s.handlespace().pe_count()).sum()
+    }
+}
+
+fn tcp(addr: &str, port: u16) -> TransportRepr {
+    TransportRepr::new(TransportProtocol::Tcp, addr.parse().unwrap(), port)
+}
+
+fn registration(handle: &str, pe_id: u32, user: TransportRepr, policy: Policy, life: i32) -> Vec<u8> {
+    MessageRepr::new(
+        Protocol::Asap,
+        MessageType::Registration as u8,
+        0,
+        vec![
+            ParamRepr::PoolHandle(handle.as_bytes().to_vec()),
+            ParamRepr::PoolElement(PoolElementRepr {
+                pe_id,
+                home_registrar: 0,
+                registration_life: life,
+                user_transport: user,
+                policy: PolicyRepr::Known(policy),
+                asap_transport: None,
+            }),
+        ],
+    )
+    .to_bytes()
+    .unwrap()
+}
+
+fn handle_and_id(t: MessageType, handle: &str, pe_id: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    asap::emit_handle_and_id(&mut crate::wire::Writer::new(&mut buf), t, 0, handle.as_bytes(), Some(pe_id), None)
+        .unwrap();
+    buf
+}
+
+fn resolution(handle: &str, items: Option<u32>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    asap::emit_handle_resolution(&mut crate::wire::Writer::new(&mut buf), handle.as_bytes(), items).unwrap();
+    buf
+}
+
+/// (rejected, cause) of a Registration Response.
+fn reg_response(bytes: &[u8]) -> (bool, Option<CauseCode>, Vec<u8>) {
+    let m = asap::parse(bytes).unwrap();
+    let Body::RegistrationResponse { rejected, error, .. } = m.body() else { panic!("not a Registration Response") };
+    let cause = error.as_ref().map(|e| e.first_code());
+    let info = error.as_ref().and_then(|e| e.causes().next()).map(|c| c.info.to_vec()).unwrap_or_default();
+    (*rejected, cause, info)
+}
+
+/// PE ids of a Handle Resolution Response, or the cause of its error.
+fn resolved(bytes: &[u8]) -> Result<Vec<u32>, CauseCode> {
+    let m = asap::parse(bytes).unwrap();
+    let Body::HandleResolutionResponse { resolution, .. } = m.body() else {
+        panic!("not a Handle Resolution Response")
+    };
+    match resolution {
+        Resolution::Found { pool_elements, .. } => Ok(pool_elements.clone().map(|pe| pe.pe_id()).collect()),
+        Resolution::Failed(e) => Err(e.first_code()),
+    }
+}
+
+/// A pool handle that hashes to `shard` of `shards`.
+fn handle_on(shard: ShardId, shards: u16) -> String {
+    (0..).map(|i| format!("pool-{i}")).find(|h| shard_of(h.as_bytes(), shards) == shard).unwrap()
+}
+
+fn vector(name: &str) -> Vec<u8> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let p = if dir.join(format!("{name}.hex")).exists() {
+        dir.join(format!("{name}.hex"))
+    } else {
+        dir.join(format!("bad/{name}.hex"))
+    };
+    let hex = std::fs::read_to_string(p).unwrap();
+    let hex = hex.trim();
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn register_resolve_reregister_deregister() {
+    let mut sim = Sim::new(1);
+    let pe = sim.connect(0, "192.0.2.1:40000");
+    let pu = sim.connect(0, "192.0.2.9:40001");
+    sim.send(pe, &registration("echo", 7, tcp("192.0.2.1", 7000), Policy::RoundRobin, 60_000));
+    let answer = sim.one(pe);
+    assert_eq!(answer, handle_and_id(MessageType::RegistrationResponse, "echo", 7));
+    assert_eq!(reg_response(&answer), (false, None, vec![]));
+
+    sim.send(pu, &resolution("echo", None));
+    let bytes = sim.one(pu);
+    assert_eq!(resolved(&bytes), Ok(vec![7]));
+    // The response carries the home registrar, the life and the user transport, no ASAP transport.
+    let m = asap::parse(&bytes).unwrap();
+    let Body::HandleResolutionResponse { resolution: Resolution::Found { pool_elements, policy }, .. } = m.body()
+    else {
+        panic!()
+    };
+    assert_eq!(*policy, crate::wire::PolicyParam::Known(Policy::RoundRobin));
+    let got = pool_elements.clone().next().unwrap();
+    assert_eq!(got.home_registrar(), 0x1122_3344);
+    assert_eq!(got.registration_life(), 60_000);
+    assert_eq!(got.user_transport().to_repr(), tcp("192.0.2.1", 7000));
+    assert!(got.asap_transport().is_none());
+
+    // Re-registration over the same connection updates the PE (new port), still one PE.
+    sim.send(pe, &registration("echo", 7, tcp("192.0.2.1", 7001), Policy::RoundRobin, 60_000));
+    assert!(!reg_response(&sim.one(pe)).0);
+    assert_eq!(sim.pe_count(), 1);
+    sim.send(pu, &resolution("echo", None));
+    let m = sim.one(pu);
+    let m = asap::parse(&m).unwrap();
+    let Body::HandleResolutionResponse { resolution: Resolution::Found { mut pool_elements, .. }, .. } = m.into_body()
+    else {
+        panic!()
+    };
+    assert_eq!(pool_elements.next().unwrap().user_transport().port(), 7001);
+
+    sim.send(pe, &handle_and_id(MessageType::Deregistration, "echo", 7));
+    assert_eq!(sim.one(pe), handle_and_id(MessageType::DeregistrationResponse, "echo", 7));
+    assert_eq!(sim.pe_count(), 0);
+    sim.send(pu, &resolution("echo", None));
+    assert_eq!(resolved(&sim.one(pu)), Err(CauseCode::UNKNOWN_POOL_HANDLE));
+}
+
+#[test]
+fn unknown_pool_is_an_error_never_an_empty_success() {
+    let mut sim = Sim::new(1);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.send(pu, &resolution("no-such-pool", Some(4)));
+    assert_eq!(sim.one(pu), vector("asap-handle-resolution-response-unknown-pool"));
+}
+
+#[test]
+fn resolution_honours_the_option_and_the_limits() {
+    let mut config = RegistrarConfig::new(1, 1);
+    config.limits.max_items = 5;
+    let mut sim = Sim::with(config);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    for id in 1..=8 {
+        sim.send(pe, &registration("p", id, tcp("192.0.2.1", 7000 + id as u16), Policy::Random, -1));
+    }
+    assert_eq!(sim.take(pe).len(), 8);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    for (items, want) in [(None, 3), (Some(0), 3), (Some(2), 2), (Some(4), 4), (Some(100), 5), (Some(u32::MAX), 5)] {
+        sim.send(pu, &resolution("p", items));
+        let ids = resolved(&sim.one(pu)).unwrap();
+        assert_eq!(ids.len(), want, "items {items:?}");
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len(), "distinct PEs");
+    }
+}
+
+#[test]
+fn responses_never_exceed_the_maximum_message_size() {
+    let mut config = RegistrarConfig::new(1, 1);
+    config.limits.max_message_size = 300;
+    let mut sim = Sim::with(config);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    for id in 1..=20 {
+        sim.send(pe, &registration("p", id, tcp("192.0.2.1", 7000 + id as u16), Policy::RoundRobin, -1));
+    }
+    sim.take(pe);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.send(pu, &resolution("p", Some(20)));
+    let bytes = sim.one(pu);
+    assert!(bytes.len() <= 300, "{} bytes", bytes.len());
+    let n = resolved(&bytes).unwrap().len();
+    assert!((1..20).contains(&n), "{n} PEs fit");
+}
+
+#[test]
+fn pool_consistency_and_collisions_are_rejected_with_their_causes() {
+    let mut sim = Sim::new(1);
+    let a = sim.connect(0, "192.0.2.1:1");
+    let b = sim.connect(0, "192.0.2.2:1");
+    sim.send(a, &registration("p", 1, tcp("192.0.2.1", 7000), Policy::LeastUsed { load: 5 }, -1));
+    assert!(!reg_response(&sim.one(a)).0);
+
+    // Another policy type: 0x5 quoting the offending policy parameter.
+    sim.send(b, &registration("p", 2, tcp("192.0.2.2", 7000), Policy::RoundRobin, -1));
+    let (rejected, cause, info) = reg_response(&sim.one(b));
+    assert!(rejected);
+    assert_eq!(cause, Some(CauseCode::INCONSISTENT_POOLING_POLICY));
+    assert_eq!(info, [0, 8, 0, 8, 0, 0, 0, 1], "the Round Robin policy TLV");
+
+    // Another transport protocol: 0x7 quoting the user transport.
+    let udp = TransportRepr::new(TransportProtocol::Udp, "192.0.2.2".parse().unwrap(), 7000);
+    sim.send(b, &registration("p", 2, udp, Policy::LeastUsed { load: 1 }, -1));
+    let (rejected, cause, info) = reg_response(&sim.one(b));
+    assert!(rejected);
+    assert_eq!(cause, Some(CauseCode::INCONSISTENT_TRANSPORT_TYPE));
+    assert_eq!(&info[..2], &[0, 6]);
+
+    // Another transport use: 0x8.
+    let mut ctl = tcp("192.0.2.2", 7000);
+    ctl.transport_use = TransportUse::DataPlusControl;
+    sim.send(b, &registration("p", 2, ctl, Policy::LeastUsed { load: 1 }, -1));
+    assert_eq!(reg_response(&sim.one(b)).1, Some(CauseCode::INCONSISTENT_DATA_CONTROL));
+
+    // Same PE id from another connection with other addresses: 0x4.
+    sim.send(b, &registration("p", 1, tcp("192.0.2.2", 7000), Policy::LeastUsed { load: 1 }, -1));
+    assert_eq!(reg_response(&sim.one(b)).1, Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER));
+
+    // PE id 0 and port 0: 0x3 quoting the offending parameter.
+    sim.send(b, &registration("p", 0, tcp("192.0.2.2", 7000), Policy::LeastUsed { load: 1 }, -1));
+    let (_, cause, info) = reg_response(&sim.one(b));
+    assert_eq!((cause, &info[..2]), (Some(CauseCode::INVALID_VALUES), &[0, 0x0a][..]));
+    sim.send(b, &registration("p", 3, tcp("192.0.2.2", 0), Policy::LeastUsed { load: 1 }, -1));
+    let (_, cause, info) = reg_response(&sim.one(b));
+    assert_eq!((cause, &info[..2]), (Some(CauseCode::INVALID_VALUES), &[0, 5][..]));
+
+    // Empty pool handle: 0x3 with the empty Pool Handle TLV.
+    sim.send(b, &registration("", 3, tcp("192.0.2.2", 7000), Policy::LeastUsed { load: 1 }, -1));
+    let (_, cause, info) = reg_response(&sim.one(b));
+    assert_eq!((cause, info), (Some(CauseCode::INVALID_VALUES), vec![0, 9, 0, 4]));
+    assert_eq!(sim.pe_count(), 1, "nothing was stored by the rejected registrations");
+}
+
+#[test]
+fn deregistration_rules() {
+    let mut sim = Sim::new(1);
+    let a = sim.connect(0, "192.0.2.1:1");
+    let b = sim.connect(0, "192.0.2.2:1");
+    sim.send(a, &registration("p", 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.take(a);
+    let error_of = |bytes: &[u8]| {
+        let m = asap::parse(bytes).unwrap();
+        let Body::DeregistrationResponse { error, .. } = m.body() else { panic!() };
+        error.as_ref().map(|e| e.first_code())
+    };
+    // Another connection may not deregister it (0xA); an unknown pool is 0x9; an unknown PE
+    // of a known pool is a success.
+    sim.send(b, &handle_and_id(MessageType::Deregistration, "p", 1));
+    assert_eq!(error_of(&sim.one(b)), Some(CauseCode::REJECTED_SECURITY));
+    sim.send(b, &handle_and_id(MessageType::Deregistration, "q", 1));
+    assert_eq!(error_of(&sim.one(b)), Some(CauseCode::UNKNOWN_POOL_HANDLE));
+    sim.send(b, &handle_and_id(MessageType::Deregistration, "p", 99));
+    assert_eq!(error_of(&sim.one(b)), None);
+    assert_eq!(sim.pe_count(), 1);
+}
+
+#[test]
+fn unspecified_addresses_are_replaced_by_the_connections_address() {
+    let mut sim = Sim::new(1);
+    let pe = sim.connect(0, "198.51.100.7:5555");
+    let mut t = tcp("0.0.0.0", 7000);
+    t.addresses.push("192.0.2.44".parse().unwrap());
+    t.protocol = TransportProtocol::Sctp;
+    sim.send(pe, &registration("p", 1, t, Policy::RoundRobin, -1));
+    sim.take(pe);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.send(pu, &resolution("p", None));
+    let bytes = sim.one(pu);
+    let m = asap::parse(&bytes).unwrap();
+    let Body::HandleResolutionResponse { resolution: Resolution::Found { mut pool_elements, .. }, .. } = m.into_body()
+    else {
+        panic!()
+    };
+    let addrs: Vec<String> =
+        pool_elements.next().unwrap().user_transport().addresses().map(|a| a.to_string()).collect();
+    assert_eq!(addrs, ["198.51.100.7", "192.0.2.44"]);
+}
+
+#[test]
+fn bad_vectors_get_the_answers_index_md_prescribes() {
+    let mut sim = Sim::new(1);
+    let c = sim.connect(0, "192.0.2.1:1");
+    // Exact answers given by INDEX.md.
+    sim.send(c, &vector("asap-bad-unknown-message-type"));
+    assert_eq!(sim.one(c), vector("asap-error-unrecognized-message"));
+    sim.send(c, &vector("asap-bad-unknown-param-stop-report"));
+    assert_eq!(sim.one(c), vector("asap-error-unrecognized-parameter"));
+    // Stop without report: silence, nothing registered.
+    sim.send(c, &vector("asap-bad-unknown-param-stop"));
+    assert!(sim.take(c).is_empty());
+    // Registrations rejected with R flag and the prescribed cause, quoting what INDEX.md says.
+    for (name, cause, info) in [
+        ("asap-bad-ipv4-length-7", CauseCode::UNSPECIFIED, vec![]),
+        ("asap-bad-pool-element-too-short", CauseCode::UNSPECIFIED, vec![]),
+        ("asap-bad-pool-element-no-policy", CauseCode::UNSPECIFIED, vec![]),
+        ("asap-bad-policy-value-count", CauseCode::UNSPECIFIED, vec![]),
+        ("asap-bad-registration-no-pool-handle", CauseCode::INVALID_VALUES, vec![0, 9, 0, 4]),
+        ("asap-bad-tcp-transport-no-address", CauseCode::INVALID_VALUES, vec![0, 5, 0, 8, 0x1f, 0x41, 0, 0]),
+    ] {
+        sim.send(c, &vector(name));
+        let answer = sim.one(c);
+        assert_eq!(reg_response(&answer), (true, Some(cause), info), "{name}");
+    }
+    sim.send(c, &vector("asap-bad-nested-pool-element"));
+    let (rejected, cause, info) = reg_response(&sim.one(c));
+    assert!(rejected && cause == Some(CauseCode::INVALID_VALUES));
+    assert_eq!(&info[..2], &[0, 0x0a], "quotes the nested Pool Element");
+    // The registration without handle echoes the PE id it could read.
+    sim.send(c, &vector("asap-bad-registration-no-pool-handle"));
+    let m = sim.one(c);
+    let Body::RegistrationResponse { pe_id, .. } = *asap::parse(&m).unwrap().body() else { panic!() };
+    assert_eq!(pe_id, 0x3c9e1f07);
+    // Deregistrations: Deregistration Response with cause 0x0.
+    for name in ["asap-bad-pe-identifier-length-10", "asap-bad-param-length-lt-4"] {
+        sim.send(c, &vector(name));
+        let m = sim.one(c);
+        let Body::DeregistrationResponse { error: Some(e), .. } = asap::parse(&m).unwrap().into_body() else {
+            panic!("{name}")
+        };
+        assert_eq!(e.first_code(), CauseCode::UNSPECIFIED, "{name}");
+    }
+    // A Handle Resolution whose handle overruns: ASAP Error cause 0x0.
+    sim.send(c, &vector("asap-bad-param-overrun"));
+    let m = sim.one(c);
+    let Body::Error { error } = asap::parse(&m).unwrap().into_body() else { panic!() };
+    assert_eq!(error.first_code(), CauseCode::UNSPECIFIED);
+    assert_eq!(sim.pe_count(), 0, "no bad registration was stored");
+    assert!(sim.closed.is_empty(), "all of these keep the connection");
+
+    // Skip-and-report: processed, then reported.
+    let pe = sim.connect(0, "192.0.2.1:2");
+    sim.send(pe, &registration("echo", 0x3c9e1f07, tcp("192.0.2.1", 7), Policy::RoundRobin, -1));
+    sim.take(pe);
+    sim.send(pe, &vector("asap-deregistration-unknown-skip-report"));
+    let answers = sim.take(pe);
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0], vector("asap-deregistration-response"));
+    let Body::Error { error } = asap::parse(&answers[1]).unwrap().into_body() else { panic!() };
+    let c0 = error.causes().next().unwrap();
+    assert_eq!(
+        (c0.code, c0.info),
+        (CauseCode::UNRECOGNIZED_PARAMETER, &[0xc0, 0xde, 0, 8, 0x0b, 0xad, 0xf0, 0x0d][..])
+    );
+    assert_eq!(sim.pe_count(), 0);
+}
+
+#[test]
+fn unframeable_streams_close_only_their_connection() {
+    let mut sim = Sim::new(1);
+    let good = sim.connect(0, "192.0.2.1:1");
+    sim.send(good, &registration("echo", 0x3c9e1f07, tcp("192.0.2.1", 7), Policy::RoundRobin, -1));
+    sim.take(good);
+
+    // Trailing garbage: the valid Deregistration is processed, then the next header claims
+    // 47806 bytes, above the maximum message size: close, answer nothing more.
+    let bad = sim.connect(0, "192.0.2.2:1");
+    let bytes = vector("asap-bad-trailing-garbage");
+    assert_eq!(sim.send(bad, &bytes), bytes.len());
+    let answers = sim.take(bad);
+    assert_eq!(answers.len(), 1, "only the Deregistration Response");
+    assert_eq!(sim.closed, vec![bad]);
+
+    // Length below 4: close without an answer.
+    let bad2 = sim.connect(0, "192.0.2.3:1");
+    sim.send(bad2, &vector("asap-bad-length-lt-4"));
+    assert!(sim.take(bad2).is_empty());
+    assert_eq!(sim.closed, vec![bad, bad2]);
+
+    // Incomplete header or message: wait for more, nothing consumed.
+    let slow = sim.connect(0, "192.0.2.4:1");
+    assert_eq!(sim.send(slow, &vector("asap-bad-truncated-header")), 0);
+    assert_eq!(sim.send(slow, &vector("asap-bad-length-exceeds-data")), 0);
+    assert!(sim.take(slow).is_empty());
+
+    // The well-behaved client is still served.
+    let pu = sim.connect(0, "192.0.2.5:1");
+    sim.send(pu, &resolution("echo", None));
+    assert_eq!(resolved(&sim.one(pu)), Ok(vec![0x3c9e1f07]));
+}
+
+#[test]
+fn pipelined_and_split_messages() {
+    let mut sim = Sim::new(1);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    let mut stream = Vec::new();
+    for id in 1..=5 {
+        stream.extend(registration("p", id, tcp("192.0.2.1", 7000 + id as u16), Policy::RoundRobin, -1));
+    }
+    // Fed in chunks of 7 bytes as a stream would arrive; the engine keeps what is not consumed.
+    let mut pending = Vec::new();
+    for chunk in stream.chunks(7) {
+        pending.extend_from_slice(chunk);
+        let used = sim.send(pe, &pending);
+        pending.drain(..used);
+    }
+    assert!(pending.is_empty());
+    assert_eq!(sim.take(pe).len(), 5);
+    assert_eq!(sim.pe_count(), 5);
+}
+
+#[test]
+fn pools_live_on_their_shard_and_answers_come_back() {
+    let mut sim = Sim::new(4);
+    for owner in 0..4u16 {
+        let handle = handle_on(owner, 4);
+        // The PE connects to shard (owner + 1) % 4, the PU to (owner + 2) % 4.
+        let pe = sim.connect((owner + 1) % 4, "192.0.2.1:1");
+        let pu = sim.connect((owner + 2) % 4, "192.0.2.2:1");
+        sim.send(pe, &registration(&handle, 10 + u32::from(owner), tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert!(!reg_response(&sim.one(pe)).0);
+        assert_eq!(sim.shards[usize::from(owner)].handlespace().pe_count(), 1, "stored on the owner shard");
+        sim.send(pu, &resolution(&handle, None));
+        assert_eq!(resolved(&sim.one(pu)), Ok(vec![10 + u32::from(owner)]));
+        // Keep-alive acks and deregistrations reach the owner too.
+        sim.send(pe, &handle_and_id(MessageType::Deregistration, &handle, 10 + u32::from(owner)));
+        assert!(sim.take(pe).len() == 1);
+        assert_eq!(sim.pe_count(), 0);
+    }
+}
+
+#[test]
+fn a_closed_connection_loses_its_pes_on_every_shard() {
+    let mut sim = Sim::new(3);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    let other = sim.connect(1, "192.0.2.2:1");
+    for owner in 0..3u16 {
+        let handle = handle_on(owner, 3);
+        sim.send(pe, &registration(&handle, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        sim.send(other, &registration(&handle, 2, tcp("192.0.2.2", 7000), Policy::RoundRobin, -1));
+    }
+    sim.take(pe);
+    sim.take(other);
+    assert_eq!(sim.pe_count(), 6);
+    sim.close(pe);
+    assert_eq!(sim.pe_count(), 3, "only the closed connection's PEs are gone");
+    for s in &sim.shards {
+        s.handlespace().validate().unwrap();
+    }
+}
+
+#[test]
+fn keep_alive_probes_and_removes_silent_pes() {
+    let mut config = RegistrarConfig::new(0x1122_3344, 2);
+    config.timers.keep_alive_interval = 1_000;
+    config.timers.keep_alive_timeout = 200;
+    let mut sim = Sim::with(config);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let answering = sim.connect(0, "192.0.2.1:1");
+    let silent = sim.connect(1, "192.0.2.2:1");
+    sim.send(answering, &registration(&h1, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.send(silent, &registration(&h0, 2, tcp("192.0.2.2", 7000), Policy::RoundRobin, -1));
+    sim.take(answering);
+    sim.take(silent);
+
+    sim.advance_to(999);
+    assert!(sim.take(answering).is_empty());
+    sim.advance_to(1_000);
+    // Each PE got an Endpoint Keep Alive with the H flag and this registrar's id.
+    for (conn, handle, id) in [(answering, &h1, 1), (silent, &h0, 2)] {
+        let m = sim.one(conn);
+        let m = asap::parse(&m).unwrap();
+        let Body::EndpointKeepAlive { home, server_id, pool_handle, pe_id } = *m.body() else { panic!() };
+        assert!(home);
+        assert_eq!((server_id, pool_handle, pe_id), (0x1122_3344, handle.as_bytes(), id));
+    }
+    sim.send(answering, &handle_and_id(MessageType::EndpointKeepAliveAck, &h1, 1));
+    sim.advance_to(1_200);
+    assert_eq!(sim.pe_count(), 1, "the silent PE was removed after the timeout");
+    assert_eq!(sim.shards[0].stats().keep_alive_failures + sim.shards[1].stats().keep_alive_failures, 1);
+    // The answering PE is probed again one interval after its ack, and stays.
+    sim.advance_to(2_000);
+    assert_eq!(sim.take(answering).len(), 1);
+    sim.send(answering, &handle_and_id(MessageType::EndpointKeepAliveAck, &h1, 1));
+    sim.advance_to(5_000);
+    assert_eq!(sim.pe_count(), 1);
+}
+
+#[test]
+fn registration_life_expires() {
+    let mut sim = Sim::new(1);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration("p", 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, 1_500));
+    sim.send(pe, &registration("p", 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    sim.take(pe);
+    sim.advance_to(1_499);
+    assert_eq!(sim.pe_count(), 2);
+    sim.advance_to(1_500);
+    assert_eq!(sim.pe_count(), 1);
+    assert_eq!(sim.shards[0].stats().expired, 1);
+}
+
+#[test]
+fn unreachable_reports_remove_a_pe_after_max_bad_pe_report() {
+    let mut sim = Sim::new(2);
+    let handle = handle_on(1, 2);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.send(pe, &registration(&handle, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.take(pe);
+    for _ in 0..2 {
+        sim.send(pu, &handle_and_id(MessageType::EndpointUnreachable, &handle, 1));
+    }
+    assert_eq!(sim.pe_count(), 1);
+    sim.send(pu, &handle_and_id(MessageType::EndpointUnreachable, &handle, 1));
+    assert_eq!(sim.pe_count(), 0);
+    assert!(sim.take(pu).is_empty(), "reports are not answered");
+}
+
+#[test]
+fn policies_select_through_the_registrar() {
+    let mut sim = Sim::new(1);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    for (id, load) in [(1, 300), (2, 100), (3, 200)] {
+        sim.send(pe, &registration("lu", id, tcp("192.0.2.1", 7000 + id as u16), Policy::LeastUsed { load }, -1));
+    }
+    sim.take(pe);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.send(pu, &resolution("lu", Some(3)));
+    assert_eq!(resolved(&sim.one(pu)), Ok(vec![2, 3, 1]), "least used first");
+}
