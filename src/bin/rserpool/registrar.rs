@@ -1,0 +1,228 @@
+//! `rserpool registrar`: runs a registrar (ENRP server) serving ASAP over TCP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rserpool::asap::{Registrar, RegistrarConfig};
+use rserpool::config::{Config, EngineChoice, Profile};
+use rserpool::runtime::{self, EngineConfig, EngineKind};
+use rserpool::time::Time;
+use tracing::{error, info, warn};
+
+mod announce;
+
+/// Arguments of `rserpool registrar`. Every flag has a key in the `--config` file; a flag
+/// given on the command line wins over the file.
+#[derive(clap::Args, Debug, Default)]
+pub struct RegistrarArgs {
+    /// ASAP listen address for pool elements and pool users [config: asap; default 127.0.0.1:3863].
+    #[arg(long, value_name = "ADDR")]
+    pub asap: Option<SocketAddr>,
+    /// ENRP listen address for peer registrars [config: enrp; default 127.0.0.1:9901]. ENRP
+    /// peering arrives with a later release; the address is reserved.
+    #[arg(long, value_name = "ADDR")]
+    pub enrp: Option<SocketAddr>,
+    /// This registrar's server id, 32-bit hex [config: id; default random].
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+    /// An ENRP peer registrar (repeatable) [config: peers].
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<SocketAddr>,
+    /// TOML configuration file (see `--print-config` for every key and its default).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Tuning profile: which cores run shards, ring and buffer sizes (`tuning/*.toml`) [config: profile].
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// Number of shard threads (default: one per core of the profile, or of the machine) [config: cores].
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// I/O engine [config: engine; default auto = io_uring where allowed, else epoll].
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineChoice>,
+    /// Log filter, e.g. `info`, `debug`, `rserpool=debug` [config: log; env RUST_LOG wins].
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The configuration after file and flags are merged.
+fn effective(args: &RegistrarArgs) -> Result<Config, String> {
+    let mut c = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(a) = args.asap {
+        c.asap = a;
+    }
+    if let Some(a) = args.enrp {
+        c.enrp = a;
+    }
+    if args.id.is_some() {
+        c.id.clone_from(&args.id);
+    }
+    if !args.peers.is_empty() {
+        c.peers.clone_from(&args.peers);
+    }
+    if args.profile.is_some() {
+        c.profile.clone_from(&args.profile);
+    }
+    if args.cores.is_some() {
+        c.cores = args.cores;
+    }
+    if let Some(e) = args.engine {
+        c.engine = e;
+    }
+    if let Some(l) = &args.log {
+        c.log.clone_from(l);
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// Which cores run shards: the profile's list (or every core), cut to `cores` when given.
+fn shard_cores(profile: &Profile, cores: Option<usize>) -> Result<Vec<Option<usize>>, String> {
+    let mut list: Vec<Option<usize>> = if profile.shard_cores.is_empty() {
+        core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| Some(c.id)).collect()).unwrap_or_default()
+    } else {
+        profile.shard_cores.iter().map(|&c| Some(c)).collect()
+    };
+    if list.is_empty() {
+        list.push(None);
+    }
+    if let Some(n) = cores {
+        if n > list.len() {
+            // More shards than listed cores: the extra ones run unpinned.
+            list.resize(n, None);
+        }
+        list.truncate(n);
+    }
+    Ok(list)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(args: RegistrarArgs) -> i32 {
+    let config = match effective(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if args.print_config {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+        return 0;
+    }
+    init_logging(&config.log);
+    let profile = match &config.profile {
+        Some(path) => match Profile::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("{e}");
+                return 2;
+            }
+        },
+        None => Profile::default(),
+    };
+    let shards = match shard_cores(&profile, config.cores) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return 2;
+        }
+    };
+    let n = shards.len();
+    let server_id = config.server_id();
+    let max_connections = profile.max_connections.unwrap_or(config.limits.max_connections);
+    if let Err(e) = runtime::raise_nofile_limit(max_connections as u64 + 64) {
+        warn!("could not raise the open-file limit for {max_connections} connections: {e}");
+    }
+    let engine_config = EngineConfig {
+        kind: match config.engine {
+            EngineChoice::Auto => EngineKind::Auto,
+            EngineChoice::Uring => EngineKind::Uring,
+            EngineChoice::Epoll => EngineKind::Epoll,
+        },
+        listen: config.asap,
+        shards,
+        ring_entries: profile.ring_entries,
+        buffer_count: profile.buffer_count,
+        buffer_size: profile.buffer_size,
+        max_connections: max_connections.div_ceil(n).max(1),
+        max_send_queue_bytes: config.limits.max_send_queue,
+        max_send_queue_hard_bytes: config.limits.max_send_queue.saturating_mul(16),
+        max_message_size: config.limits.max_message_size,
+        ..EngineConfig::default()
+    };
+    let registrar = RegistrarConfig {
+        server_id,
+        shards: n as u16,
+        limits: config.limits.clone(),
+        timers: config.timers.clone(),
+        seed: u64::from(server_id) ^ 0x5253_4552_504f_4f4c,
+    };
+    let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
+        Ok(e) => e,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return 1;
+        }
+    };
+    let kind = match engine.kind() {
+        EngineKind::Uring => "io_uring",
+        _ => "epoll",
+    };
+    info!(
+        "registrar {server_id:#010x} serving ASAP on {} with {n} shard(s), {kind} engine; profile: {}",
+        engine.local_addr(),
+        profile.description
+    );
+    if !config.peers.is_empty() {
+        warn!("ENRP peering is not implemented yet: {} configured peer(s) are ignored", config.peers.len());
+    }
+    let announcer = config.announce.enabled.then(|| {
+        announce::start(server_id, engine.local_addr(), &config.announce, config.timers.server_announce)
+    });
+    let stop = engine.shutdown_handle();
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]);
+    match signals {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    info!("signal {sig}: stopping");
+                    stop.shutdown();
+                }
+            });
+        }
+        Err(e) => warn!("cannot install signal handlers: {e}"),
+    }
+    let result = engine.join();
+    if let Some(Ok(a)) = announcer {
+        a.stop();
+    }
+    match result {
+        Ok(()) => {
+            info!("stopped");
+            0
+        }
+        Err(e) => {
+            error!("{e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `rserpool resolve`: asks a registrar for PEs of a pool and prints them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rserpool::wire::asap::{self, Body, Resolution};
+use rserpool::wire::{describe, Writer};
+use serde_json::json;
+
+use crate::client::Connection;
+
+/// Arguments of `rserpool resolve`.
+#[derive(clap::Args, Debug)]
+pub struct ResolveArgs {
+    /// The registrar's ASAP address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3863")]
+    pub registrar: SocketAddr,
+    /// How many PEs to ask for (Handle Resolution Option; 0 = as many as the registrar gives;
+    /// without it the registrar's default, 3).
+    #[arg(long, value_name = "N")]
+    pub items: Option<u32>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Pool handle.
+    pub pool: String,
+}
+
+/// Runs the command; returns the process exit code (1 when the pool is unknown).
+pub fn run(args: ResolveArgs) -> i32 {
+    let mut conn = match Connection::connect(args.registrar, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot connect to the registrar at {}: {e}", args.registrar);
+            return 2;
+        }
+    };
+    let mut req = Vec::new();
+    let _ = asap::emit_handle_resolution(&mut Writer::new(&mut req), args.pool.as_bytes(), args.items);
+    if let Err(e) = conn.send(&req) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let answer = loop {
+        match conn.recv(Some(Duration::from_secs(15))) {
+            Ok(Some(m)) if m.first() == Some(&(asap::MessageType::HandleResolutionResponse as u8)) => break m,
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                eprintln!("error: no answer within 15 s (T1)");
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        }
+    };
+    let parsed = match asap::parse(&answer) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: malformed answer: {e}");
+            return 2;
+        }
+    };
+    let Body::HandleResolutionResponse { resolution, .. } = parsed.body() else { return 2 };
+    match resolution {
+        Resolution::Found { policy, pool_elements } => {
+            let pes: Vec<_> = pool_elements.clone().map(|pe| describe::pool_element_json(&pe.to_repr())).collect();
+            let policy = match policy {
+                rserpool::wire::PolicyParam::Known(p) => describe::policy_json(p),
+                other => json!(format!("{:?}", other.policy_type())),
+            };
+            if args.json {
+                let v = json!({ "pool": args.pool, "policy": policy, "pool_elements": pes });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("pool {:?}: {} PE(s), policy {}", args.pool, pes.len(), policy["policy"].as_str().unwrap_or("?"));
+                for pe in &pes {
+                    print!("{}", describe::to_text(&json!([pe])).replacen("- -", "-", 1));
+                }
+            }
+            0
+        }
+        Resolution::Failed(e) => {
+            let c = e.first_code();
+            if args.json {
+                let v = json!({ "pool": args.pool, "error": format!("0x{:x}", c.0), "cause": c.name() });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                eprintln!("pool {:?}: cause 0x{:x} {}", args.pool, c.0, c.name().unwrap_or("?"));
+            }
+            1
+        }
+    }
+}
