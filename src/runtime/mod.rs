@@ -48,6 +48,7 @@ mod error;
 mod listener;
 mod mailbox;
 mod probe;
+mod rlimit;
 mod shard;
 mod signals;
 mod spsc;
@@ -61,6 +62,7 @@ use std::thread::JoinHandle;
 
 pub use error::EngineError;
 pub use probe::io_uring_support;
+pub use rlimit::raise_nofile_limit;
 pub use stats::ShardStats;
 pub use transport::Transport;
 

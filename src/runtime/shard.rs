@@ -516,8 +516,10 @@ pub(crate) fn run<S: Service, D: Driver>(
         if core.stopping() {
             break Ok(());
         }
-        let more = core.run_inbound();
+        let mut more = core.run_inbound();
         reconcile_touched(core, driver);
+        // Input read during reconcile (epoll) may have posted to this shard itself.
+        more |= !core.io.local_posts.is_empty();
         let spilling = core.io.out.retry_spill();
         core.io.out.take_wakes(&core.signals, &mut core.wakes);
         if !core.wakes.is_empty() {
