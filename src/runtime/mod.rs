@@ -88,6 +88,22 @@ pub enum EngineKind {
     Epoll,
 }
 
+/// How an io_uring shard wakes a peer shard that has new cross-shard records.
+///
+/// `MsgRing` is the default: the wake-up is one more SQE in the submission the sender makes at
+/// the end of its loop iteration anyway, so it costs no extra system call on either side, and
+/// the target sees it as an ordinary completion. An eventfd costs the sender a `write(2)` and
+/// the target a re-armed read. `examples/cross_shard_pingpong.rs` measures the two (see
+/// `results/runtime/`). The epoll engine always uses its mio waker (an eventfd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CrossShardWake {
+    /// `IORING_OP_MSG_RING` to the target's ring.
+    #[default]
+    MsgRing,
+    /// A write to the target's eventfd, on which its ring keeps a read armed.
+    EventFd,
+}
+
 /// How to run the engine. `Default` gives a working setup: ASAP's port on all IPv4
 /// addresses, one shard per core of this process's CPU set, each pinned.
 #[derive(Clone, Debug)]
@@ -126,6 +142,8 @@ pub struct EngineConfig {
     pub max_spill_bytes: usize,
     /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: i32,
+    /// How io_uring shards wake each other.
+    pub cross_shard_wake: CrossShardWake,
 }
 
 impl Default for EngineConfig {
@@ -149,6 +167,7 @@ impl Default for EngineConfig {
             cross_shard_queue_bytes: 256 * 1024,
             max_spill_bytes: 16 * 1024 * 1024,
             listen_backlog: 4096,
+            cross_shard_wake: CrossShardWake::MsgRing,
         }
     }
 }

@@ -22,7 +22,7 @@ use super::bufring::BufRing;
 use super::conn::ConnState;
 use super::shard::{reconcile_touched, Driver, ShardCore};
 use super::signals::{eventfd, RemoteWake, Signals};
-use super::{EngineConfig, EngineError, Transport};
+use super::{CrossShardWake, EngineConfig, EngineError, Transport};
 use crate::service::{ConnId, Service, ShardId};
 
 /// Operation codes in the top byte of `user_data`; the rest holds generation and slot.
@@ -116,6 +116,7 @@ pub(crate) struct UringDriver {
     bufs: ManuallyDrop<BufRing>,
     me: ShardId,
     transport: Transport,
+    wake_method: CrossShardWake,
     listener: TcpListener,
     accept_armed: bool,
     accept_retry_at: Option<Instant>,
@@ -164,6 +165,7 @@ impl UringDriver {
             bufs: ManuallyDrop::new(bufs),
             me,
             transport: config.transport,
+            wake_method: config.cross_shard_wake,
             listener,
             accept_armed: false,
             accept_retry_at: None,
@@ -499,7 +501,10 @@ impl Driver for UringDriver {
 
     fn wake(&mut self, signals: &Signals, targets: &[ShardId]) {
         for &t in targets {
-            match signals.ring_fd(t) {
+            match signals
+                .ring_fd(t)
+                .filter(|_| self.wake_method == CrossShardWake::MsgRing)
+            {
                 Some(fd) => {
                     let e = opcode::MsgRingData::new(types::Fd(fd), 0, ud_plain(OP_MSG_IN), None)
                         .build()
