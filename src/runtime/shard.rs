@@ -541,3 +541,187 @@ pub(crate) fn reconcile_touched<S: Service, D: Driver>(
         driver.reconcile(core, id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::runtime::mailbox::mesh;
+
+    #[derive(Default)]
+    struct Log {
+        /// (address, bytes) of every `on_data` call.
+        calls: Vec<(usize, Vec<u8>)>,
+        frames: Vec<Vec<u8>>,
+        closed: u32,
+    }
+
+    /// Frames are a length byte and that many bytes; each frame is answered with `reply` bytes.
+    struct Frames {
+        log: Rc<RefCell<Log>>,
+        reply: usize,
+    }
+
+    impl Service for Frames {
+        fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
+        fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox) -> usize {
+            let mut log = self.log.borrow_mut();
+            log.calls.push((data.as_ptr() as usize, data.to_vec()));
+            let mut off = 0;
+            while let Some(&len) = data.get(off) {
+                let end = off + 1 + len as usize;
+                if end > data.len() {
+                    break;
+                }
+                log.frames.push(data[off + 1..end].to_vec());
+                let reply = self.reply;
+                out.send(conn, &mut |b| b.resize(b.len() + reply, 0));
+                off = end;
+            }
+            off
+        }
+        fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {
+            self.log.borrow_mut().closed += 1;
+        }
+        fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
+        fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+        fn next_timer(&self) -> Option<Time> {
+            None
+        }
+    }
+
+    fn core(
+        reply: usize,
+        limits: Limits,
+    ) -> (ShardCore<Frames, ()>, Rc<RefCell<Log>>, Arc<StatsCell>) {
+        let stats: Vec<Arc<StatsCell>> = vec![Arc::default()];
+        let (out, inbox) = mesh(1, 256, 1024, &stats).pop().unwrap();
+        let log = Rc::new(RefCell::new(Log::default()));
+        let parts = CoreParts {
+            me: 0,
+            shard_count: 1,
+            out,
+            inbox,
+            signals: Arc::new(Signals::new(1)),
+            stats: Arc::clone(&stats[0]),
+            clock: Clock::start(),
+            limits,
+            max_connections: 4,
+        };
+        (
+            ShardCore::new(
+                Frames {
+                    log: Rc::clone(&log),
+                    reply,
+                },
+                parts,
+            ),
+            log,
+            Arc::clone(&stats[0]),
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            pause_above: 100,
+            resume_at: 50,
+            abort_above: 10_000,
+            max_message: 64,
+            window: 64,
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[test]
+    fn whole_messages_are_read_in_place_and_tails_reassembled() {
+        let (mut core, log, _) = core(0, limits());
+        let id = core.accept((), peer()).unwrap();
+        // Two whole frames and the start of a third, in one "receive buffer".
+        let buf = [2, b'a', b'b', 1, b'c', 3, b'd'];
+        core.received(id, &buf);
+        {
+            let l = log.borrow();
+            assert_eq!(
+                l.calls[0].0,
+                buf.as_ptr() as usize,
+                "first call reads the buffer in place"
+            );
+            assert_eq!(l.frames, vec![b"ab".to_vec(), b"c".to_vec()]);
+        }
+        assert_eq!(
+            core.io.conns.get(id).unwrap().pending,
+            [3, b'd'],
+            "only the tail is copied"
+        );
+        core.received(id, b"e");
+        core.received(id, &[b'f', 1, b'g']);
+        let l = log.borrow();
+        assert_eq!(l.frames[2..], [b"def".to_vec(), b"g".to_vec()]);
+        assert!(core.io.conns.get(id).unwrap().pending.is_empty());
+    }
+
+    #[test]
+    fn unsent_bytes_pause_and_resume_input() {
+        let (mut core, log, stats) = core(40, limits());
+        let id = core.accept((), peer()).unwrap();
+        core.received(id, &[0, 0, 0, 0]); // four frames: 160 unsent bytes
+        assert!(core.io.conns.get(id).unwrap().paused);
+        assert_eq!(stats.snapshot().read_pauses, 1);
+        // Input while paused is kept, not handed over.
+        let calls = log.borrow().calls.len();
+        core.received(id, &[0, 0]);
+        assert_eq!(log.borrow().calls.len(), calls);
+        assert_eq!(core.io.conns.get(id).unwrap().pending, [0, 0]);
+        // The engine writes 100 of 160 bytes: 60 left, above the resume mark.
+        assert!(core.io.conns.get_mut(id).unwrap().sendq.start().is_some());
+        core.sent(id, 100);
+        assert!(core.io.conns.get(id).unwrap().paused);
+        // 20 more: 40 left, resume, and the kept input is delivered; its replies (80 bytes)
+        // push the queue over the limit again.
+        assert!(core.io.conns.get_mut(id).unwrap().sendq.start().is_some());
+        core.sent(id, 20);
+        let c = core.io.conns.get(id).unwrap();
+        assert!(c.pending.is_empty());
+        assert_eq!(log.borrow().frames.len(), 6);
+        assert_eq!(c.sendq.unsent(), 120);
+        assert!(c.paused);
+        assert_eq!(stats.snapshot().read_pauses, 2);
+    }
+
+    #[test]
+    fn unframeable_input_closes_the_connection() {
+        let (mut core, _, stats) = core(0, limits());
+        let id = core.accept((), peer()).unwrap();
+        core.received(id, &[200; 40]);
+        assert_eq!(
+            core.io.conns.get(id).unwrap().state,
+            ConnState::Open,
+            "40 < 64: wait for more"
+        );
+        core.received(id, &[0; 40]);
+        assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Aborting);
+        assert_eq!(stats.snapshot().oversize_closes, 1);
+    }
+
+    #[test]
+    fn stale_ids_get_nothing() {
+        let (mut core, log, stats) = core(0, limits());
+        let old = core.accept((), peer()).unwrap();
+        core.close(old);
+        assert_eq!(log.borrow().closed, 1);
+        core.io.send(old, &mut |b| b.push(1));
+        assert!(core.release(old).is_some());
+        let new = core.accept((), peer()).unwrap();
+        assert_eq!(new.slot, old.slot);
+        core.io.send(old, &mut |b| b.push(1));
+        core.io.close(old);
+        assert_eq!(core.io.conns.get(new).unwrap().sendq.unsent(), 0);
+        assert_eq!(core.io.conns.get(new).unwrap().state, ConnState::Open);
+        assert_eq!(stats.snapshot().stale_drops, 3);
+    }
+}

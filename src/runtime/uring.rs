@@ -36,6 +36,8 @@ const OP_CANCEL: u8 = 7;
 
 /// CQEs copied out of the completion queue per batch.
 const CQE_BATCH: usize = 256;
+/// Batches handled per loop iteration.
+const MAX_BATCHES: usize = 16;
 /// Pause before re-arming accept after running out of file descriptors or memory.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// How long shutdown waits for the kernel to finish in-flight operations.
@@ -127,6 +129,8 @@ pub(crate) struct UringDriver {
     cqes: Vec<cqueue::Entry>,
     /// Entries that did not fit the submission queue; submitted first on the next poll.
     backlog: VecDeque<squeue::Entry>,
+    /// The last poll stopped with completions possibly left in the queue.
+    more_cqes: bool,
     stopping: bool,
     /// Operations may be in flight: set by the first submission, cleared only when shutdown has
     /// drained them all. If still set on drop (shutdown timed out, or a panic unwound past the
@@ -175,6 +179,7 @@ impl UringDriver {
             wake_armed: false,
             cqes: Vec::with_capacity(CQE_BATCH),
             backlog: VecDeque::new(),
+            more_cqes: false,
             stopping: false,
             kernel_busy: false,
         };
@@ -270,12 +275,15 @@ impl UringDriver {
         }
     }
 
-    /// Handles every completion available now.
+    /// Handles the completions available now (at most [`MAX_BATCHES`] batches, so that a
+    /// flood of completions cannot keep the loop from its cross-shard queues and timers).
     fn complete<S: Service>(&mut self, core: &mut ShardCore<S, UringConn>) {
-        loop {
+        self.more_cqes = false;
+        for _ in 0..MAX_BATCHES {
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
             cqes.extend(self.ring.completion().take(CQE_BATCH));
+            self.more_cqes = cqes.len() == CQE_BATCH;
             if cqes.is_empty() {
                 self.cqes = cqes;
                 break;
@@ -518,7 +526,7 @@ impl Driver for UringDriver {
     }
 
     fn busy(&self) -> bool {
-        !self.backlog.is_empty()
+        !self.backlog.is_empty() || self.more_cqes
     }
 
     fn deadline(&self) -> Option<Instant> {
