@@ -706,6 +706,15 @@ fn shutdown_stops_everything(kind: EngineKind) {
         c.write_all(&frame(&[&[ECHO]])).unwrap();
         assert_eq!(read_frame(c).unwrap(), [ECHO]);
     }
+    // A client that never reads, with megabytes of replies pending (a send stuck in flight).
+    let mut slow = connect(addr);
+    for _ in 0..256 {
+        slow.write_all(&frame(&[&[BIG], &(64u32 * 1024).to_be_bytes()]))
+            .unwrap();
+    }
+    wait_until("the slow client is paused", || {
+        total(&engine.stats(), |s| s.read_pauses) > 0
+    });
     let handle = engine.shutdown_handle();
     // From another thread, as a signal-handling thread would.
     std::thread::spawn(move || handle.shutdown())
@@ -715,10 +724,10 @@ fn shutdown_stops_everything(kind: EngineKind) {
     for c in &mut clients {
         expect_closed(c);
     }
-    assert_eq!(shared.accepted.load(SeqCst), 10);
+    assert_eq!(shared.accepted.load(SeqCst), 11);
     assert_eq!(
         shared.closed.load(SeqCst),
-        10,
+        11,
         "on_close ran for every connection"
     );
     assert!(TcpStream::connect(addr).is_err(), "listeners are closed");

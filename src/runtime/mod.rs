@@ -9,6 +9,56 @@
 //! (connection table, reassembly, send queues and backpressure, cross-shard routing, timers) is
 //! shared, in `shard.rs`, `conn.rs` and `mailbox.rs`.
 //!
+//! # How it works
+//!
+//! **Receiving.** Each io_uring shard registers a provided buffer ring (`buffer_count` buffers
+//! of `buffer_size` bytes) and keeps one multishot receive armed per connection. A completion
+//! names the buffer the kernel filled; the service's `on_data` reads it in place. Whatever it
+//! does not consume (the start of a message cut by the buffer's end) is copied into the
+//! connection's reassembly buffer, and the next input is appended there and handed on from
+//! it. Buffers go back to the ring right after each batch of completions and are republished
+//! with one store, so the ring never drains because of a slow connection; if it runs dry
+//! anyway (`ENOBUFS`), the receive is re-armed after the batch. The epoll engine reads into one
+//! per-shard buffer and uses the same path.
+//!
+//! **Sending.** `Outbox::send` appends whole messages to the connection's send queue (two
+//! alternating buffers: the kernel writes one while the service appends to the other). At the
+//! end of a loop iteration each connection with queued bytes gets one send; every operation of
+//! the iteration goes to the kernel in the single `io_uring_enter` that also waits.
+//!
+//! **Backpressure.** When a connection's unsent bytes exceed `max_send_queue_bytes`, its input
+//! stops being handed to the service and its receive is cancelled (epoll: it is not read), so
+//! the peer's TCP window closes; input already received is kept. Reading resumes when half is
+//! written. Memory per connection is therefore bounded by the limit plus the replies to one
+//! call's worth of input (one buffer, or `max(max_message_size, buffer_size)` of kept input),
+//! and a hard limit (`max_send_queue_hard_bytes`) aborts a connection whose service keeps
+//! sending unprompted to a peer that never reads. Other connections are unaffected.
+//!
+//! **Cross-shard.** Each ordered pair of shards has a bounded, lock-free SPSC byte ring
+//! (`spsc.rs`) carrying `(kind, ConnId, bytes)` records for posts and for sends and closes aimed
+//! at another shard's connection; the receiving service reads posted bytes straight out of the
+//! ring. A full queue never blocks: records spill to a per-target FIFO list retried every
+//! iteration (and at least every millisecond), bounded by `max_spill_bytes`, beyond which
+//! records are dropped and counted (see `mailbox.rs`). Wake-ups are collapsed to at most one per
+//! target per drain, and sent with `IORING_OP_MSG_RING` ([`CrossShardWake`]): it rides the
+//! submission the sender makes anyway, so it costs no system call of its own, where an eventfd
+//! costs a `write(2)` plus a re-armed read. The epoll engine uses mio's waker.
+//!
+//! **Timers.** The wait of each iteration is bounded by the service's `next_timer()`
+//! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout).
+//!
+//! **Closing.** A connection closes when the peer closes (after its queued replies are written),
+//! on an error, or when the service calls `Outbox::close` (after the bytes already queued are
+//! written). `on_close` runs on the owning shard; the slot is reused only with a new generation,
+//! so sends to a stale `ConnId` are dropped, wherever they come from.
+//!
+//! **Fallback.** [`io_uring_support`] rules io_uring out when `kernel.io_uring_disabled` is 2,
+//! when the kernel is older than 6.0, when `io_uring_setup` fails (`ENOSYS`, `EPERM`,
+//! `EACCES`: seccomp, container policies, `io_uring_disabled = 1` without privilege), or when
+//! an opcode or the provided buffer ring is missing. [`EngineKind::Auto`] then logs one warning
+//! with the reason and runs epoll. Ring setup asks for `SINGLE_ISSUER | DEFER_TASKRUN` and
+//! retries with fewer flags on `EINVAL`.
+//!
 //! ```no_run
 //! use rserpool::runtime::{self, EngineConfig};
 //! # use rserpool::service::{ConnId, Outbox, Service, ShardId};
