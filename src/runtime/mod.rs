@@ -1,3 +1,560 @@
-//! The thread-per-core engine: one pinned thread, ring and listener per core (issue 5). The only
-//! module with syscalls and `unsafe`.
+//! The thread-per-core engine: one thread per configured shard, each (optionally) pinned to a
+//! core, with its own listener on the shared address (`SO_REUSEPORT`), its own connections and
+//! its own [`Service`] instance. Shards talk only through lock-free single-producer,
+//! single-consumer queues. The only module with syscalls and `unsafe`.
+//!
+//! Two engines drive the same shard core ([`EngineKind`]): io_uring (multishot accept and
+//! receive, provided buffer ring, batched submission, `MSG_RING` wake-ups) and a portable epoll
+//! engine for hosts where io_uring is unavailable or blocked. Everything above the socket layer
+//! (connection table, reassembly, send queues and backpressure, cross-shard routing, timers) is
+//! shared, in `shard.rs`, `conn.rs` and `mailbox.rs`.
+//!
+//! # How it works
+//!
+//! **Receiving.** Each io_uring shard registers a provided buffer ring (`buffer_count` buffers
+//! of `buffer_size` bytes) and keeps one multishot receive armed per connection. A completion
+//! names the buffer the kernel filled; the service's `on_data` reads it in place. Whatever it
+//! does not consume (the start of a message cut by the buffer's end) is copied into the
+//! connection's reassembly buffer, and the next input is appended there and handed on from
+//! it. Buffers go back to the ring right after each batch of completions and are republished
+//! with one store, so the ring never drains because of a slow connection; if it runs dry
+//! anyway (`ENOBUFS`), the receive is re-armed after the batch. The epoll engine reads into one
+//! per-shard buffer and uses the same path.
+//!
+//! **Sending.** `Outbox::send` appends whole messages to the connection's send queue (two
+//! alternating buffers: the kernel writes one while the service appends to the other). At the
+//! end of a loop iteration each connection with queued bytes gets one send; every operation of
+//! the iteration goes to the kernel in the single `io_uring_enter` that also waits.
+//!
+//! **Backpressure.** When a connection's unsent bytes exceed `max_send_queue_bytes`, its input
+//! stops being handed to the service and its receive is cancelled (epoll: it is not read), so
+//! the peer's TCP window closes; input already received is kept. Reading resumes when half is
+//! written. Memory per connection is therefore bounded by the limit plus the replies to one
+//! call's worth of input (one buffer, or `max(max_message_size, buffer_size)` of kept input),
+//! and a hard limit (`max_send_queue_hard_bytes`) aborts a connection whose service keeps
+//! sending unprompted to a peer that never reads. Other connections are unaffected.
+//!
+//! **Cross-shard.** Each ordered pair of shards has a bounded, lock-free SPSC byte ring
+//! (`spsc.rs`) carrying `(kind, ConnId, bytes)` records for posts and for sends and closes aimed
+//! at another shard's connection; the receiving service reads posted bytes straight out of the
+//! ring. A full queue never blocks: records spill to a per-target FIFO list retried every
+//! iteration (and at least every millisecond), bounded by `max_spill_bytes`, beyond which
+//! records are dropped and counted (see `mailbox.rs`). Wake-ups are collapsed to at most one per
+//! target per drain, and sent with `IORING_OP_MSG_RING` ([`CrossShardWake`]): it rides the
+//! submission the sender makes anyway, so it costs no system call of its own, where an eventfd
+//! costs a `write(2)` plus a re-armed read. The epoll engine uses mio's waker.
+//!
+//! **Timers.** The wait of each iteration is bounded by the service's `next_timer()`
+//! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout).
+//!
+//! **Closing.** A connection closes when the peer closes (after its queued replies are written),
+//! on an error, or when the service calls `Outbox::close` (after the bytes already queued are
+//! written). `on_close` runs on the owning shard; the slot is reused only with a new generation,
+//! so sends to a stale `ConnId` are dropped, wherever they come from.
+//!
+//! **Fallback.** [`io_uring_support`] rules io_uring out when `kernel.io_uring_disabled` is 2,
+//! when the kernel is older than 6.0, when `io_uring_setup` fails (`ENOSYS`, `EPERM`,
+//! `EACCES`: seccomp, container policies, `io_uring_disabled = 1` without privilege), or when
+//! an opcode or the provided buffer ring is missing. [`EngineKind::Auto`] then logs one warning
+//! with the reason and runs epoll. Ring setup asks for `SINGLE_ISSUER | DEFER_TASKRUN` and
+//! retries with fewer flags on `EINVAL`.
+//!
+//! ```no_run
+//! use rserpool::runtime::{self, EngineConfig};
+//! # use rserpool::service::{ConnId, Outbox, Service, ShardId};
+//! # use rserpool::time::Time;
+//! # struct Echo;
+//! # impl Service for Echo {
+//! #     fn on_accept(&mut self, _: ConnId, _: std::net::SocketAddr, _: Time, _: &mut impl Outbox) {}
+//! #     fn on_data(&mut self, c: ConnId, d: &[u8], _: Time, o: &mut impl Outbox) -> usize {
+//! #         o.send(c, &mut |b| b.extend_from_slice(d)); d.len()
+//! #     }
+//! #     fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
+//! #     fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
+//! #     fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+//! #     fn next_timer(&self) -> Option<Time> { None }
+//! # }
+//! let config = EngineConfig { listen: "127.0.0.1:3863".parse().unwrap(), ..EngineConfig::default() };
+//! let engine = runtime::start(config, |_shard, _shards| Echo)?;
+//! let stop = engine.shutdown_handle();
+//! std::thread::spawn(move || {
+//!     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT]).unwrap();
+//!     if signals.forever().next().is_some() {
+//!         stop.shutdown();
+//!     }
+//! });
+//! engine.join()?;
+//! # Ok::<(), runtime::EngineError>(())
+//! ```
 #![allow(unsafe_code)]
+
+mod affinity;
+pub mod bare_echo;
+mod bufring;
+mod clock;
+mod conn;
+mod epoll;
+mod error;
+mod listener;
+mod mailbox;
+mod probe;
+mod rlimit;
+mod shard;
+mod signals;
+mod spsc;
+mod stats;
+mod transport;
+mod uring;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+pub use error::EngineError;
+pub use probe::io_uring_support;
+pub use rlimit::raise_nofile_limit;
+pub use stats::ShardStats;
+pub use transport::Transport;
+
+use crate::service::{Service, ShardId};
+use clock::Clock;
+use epoll::EpollDriver;
+use mailbox::{Incoming, Outgoing};
+use shard::{CoreParts, Driver, Limits, ShardCore};
+use signals::Signals;
+use stats::StatsCell;
+use uring::UringDriver;
+
+/// Which engine runs the shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// io_uring if this host allows it ([`io_uring_support`]), otherwise epoll, with a warning
+    /// in the log that says why.
+    #[default]
+    Auto,
+    /// io_uring; starting fails with [`EngineError::UringUnavailable`] if it cannot run here.
+    Uring,
+    /// epoll (through `mio`), available everywhere.
+    Epoll,
+}
+
+/// How an io_uring shard wakes a peer shard that has new cross-shard records.
+///
+/// `MsgRing` is the default: the wake-up is one more SQE in the submission the sender makes at
+/// the end of its loop iteration anyway, so it costs no extra system call on either side, and
+/// the target sees it as an ordinary completion. An eventfd costs the sender a `write(2)` and
+/// the target a re-armed read. `examples/cross_shard_pingpong.rs` measures the two (see
+/// `results/runtime/`). The epoll engine always uses its mio waker (an eventfd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CrossShardWake {
+    /// `IORING_OP_MSG_RING` to the target's ring.
+    #[default]
+    MsgRing,
+    /// A write to the target's eventfd, on which its ring keeps a read armed.
+    EventFd,
+}
+
+/// How to run the engine. `Default` gives a working setup: ASAP's port on all IPv4
+/// addresses, one shard per core of this process's CPU set, each pinned.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Which engine to use.
+    pub kind: EngineKind,
+    /// Transport protocol of the listeners.
+    pub transport: Transport,
+    /// Address every shard listens on (port 0 picks a free port, shared by all shards).
+    pub listen: SocketAddr,
+    /// One entry per shard: the core to pin its thread to, or `None` to leave it unpinned.
+    pub shards: Vec<Option<usize>>,
+    /// io_uring submission queue size per shard (the completion queue is four times larger,
+    /// because multishot operations complete many times per submission).
+    pub ring_entries: u32,
+    /// Receive buffers per shard in the provided buffer ring (a power of two, at most 32768).
+    pub buffer_count: u16,
+    /// Size of each receive buffer; the epoll engine reads in chunks of this size too.
+    pub buffer_size: u32,
+    /// Most connections per shard; further connections are accepted and closed at once.
+    pub max_connections: usize,
+    /// Unsent bytes of one connection above which the engine stops reading it until half of
+    /// them are written (backpressure).
+    pub max_send_queue_bytes: usize,
+    /// Unsent bytes of one connection above which it is aborted: a peer that never reads cannot
+    /// make the server hold unbounded memory even when the service keeps sending unprompted.
+    pub max_send_queue_hard_bytes: usize,
+    /// Largest message a service needs to see whole. A connection whose service cannot frame
+    /// a message within this many buffered bytes is closed.
+    pub max_message_size: usize,
+    /// Bytes of each cross-shard queue (one per ordered pair of shards; rounded up to a power
+    /// of two). A single post must fit in half of it.
+    pub cross_shard_queue_bytes: usize,
+    /// Bytes per target shard that may wait in the local overflow list when its queue is full;
+    /// beyond that, records are dropped and counted.
+    pub max_spill_bytes: usize,
+    /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: i32,
+    /// How io_uring shards wake each other.
+    pub cross_shard_wake: CrossShardWake,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let shards = core_affinity::get_core_ids()
+            .filter(|ids| !ids.is_empty())
+            .map(|ids| ids.into_iter().map(|c| Some(c.id)).collect())
+            .unwrap_or_else(|| vec![None]);
+        Self {
+            kind: EngineKind::Auto,
+            transport: Transport::Tcp,
+            listen: SocketAddr::from(([0, 0, 0, 0], 3863)),
+            shards,
+            ring_entries: 1024,
+            buffer_count: 1024,
+            buffer_size: 4096,
+            max_connections: 16384,
+            max_send_queue_bytes: 256 * 1024,
+            max_send_queue_hard_bytes: 16 * 1024 * 1024,
+            max_message_size: 65536,
+            cross_shard_queue_bytes: 256 * 1024,
+            max_spill_bytes: 16 * 1024 * 1024,
+            listen_backlog: 4096,
+            cross_shard_wake: CrossShardWake::MsgRing,
+        }
+    }
+}
+
+impl EngineConfig {
+    fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: &str| Err(EngineError::Config(m.to_owned()));
+        if self.shards.is_empty() || self.shards.len() > 1024 {
+            return bad("shards: between 1 and 1024 shards are supported");
+        }
+        if !(8..=16384).contains(&self.ring_entries) {
+            return bad("ring_entries: must be between 8 and 16384");
+        }
+        if !self.buffer_count.is_power_of_two() || self.buffer_count > 32768 {
+            return bad("buffer_count: must be a power of two, at most 32768");
+        }
+        if self.buffer_size < 16 {
+            return bad("buffer_size: must be at least 16 bytes");
+        }
+        if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
+            return bad("max_connections: must be between 1 and 2^32 - 1");
+        }
+        if self.max_send_queue_bytes == 0 {
+            return bad("max_send_queue_bytes: must be positive");
+        }
+        if self.max_send_queue_hard_bytes < self.max_send_queue_bytes {
+            return bad("max_send_queue_hard_bytes: must be at least max_send_queue_bytes");
+        }
+        if self.max_message_size == 0 {
+            return bad("max_message_size: must be positive");
+        }
+        if self.cross_shard_queue_bytes < 256 {
+            return bad("cross_shard_queue_bytes: must be at least 256");
+        }
+        if self.listen_backlog <= 0 {
+            return bad("listen_backlog: must be positive");
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            pause_above: self.max_send_queue_bytes,
+            resume_at: self.max_send_queue_bytes / 2,
+            abort_above: self.max_send_queue_hard_bytes,
+            max_message: self.max_message_size,
+            window: self.max_message_size.max(self.buffer_size as usize),
+        }
+    }
+}
+
+/// Stops a running engine. Cheap to clone, callable from any thread (for example a
+/// `signal_hook` iterator thread): every shard wakes up, closes its listener and connections
+/// (calling `on_close` for each), and its thread ends.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    signals: Arc<Signals>,
+}
+
+impl ShutdownHandle {
+    /// Asks all shards to stop; returns at once (use [`Engine::join`] to wait).
+    pub fn shutdown(&self) {
+        self.signals.stop();
+    }
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    local_addr: SocketAddr,
+    kind: EngineKind,
+    signals: Arc<Signals>,
+    stats: Vec<Arc<StatsCell>>,
+    threads: Vec<JoinHandle<Result<(), EngineError>>>,
+}
+
+impl Engine {
+    /// The address all shards listen on (with the actual port when 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The engine that actually runs: [`EngineKind::Uring`] or [`EngineKind::Epoll`].
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// A handle that stops the engine.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            signals: Arc::clone(&self.signals),
+        }
+    }
+
+    /// Current counters of each shard, indexed by shard id.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Waits until every shard thread has ended (after [`ShutdownHandle::shutdown`], or after a
+    /// shard failed, which stops the others). Returns the first shard's error, if any.
+    pub fn join(mut self) -> Result<(), EngineError> {
+        join_all(std::mem::take(&mut self.threads))
+    }
+}
+
+impl Drop for Engine {
+    /// Dropping an engine that was not joined stops it and waits for its threads.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.signals.stop();
+            let _ = join_all(std::mem::take(&mut self.threads));
+        }
+    }
+}
+
+fn join_all(threads: Vec<JoinHandle<Result<(), EngineError>>>) -> Result<(), EngineError> {
+    let mut first = Ok(());
+    for (i, t) in threads.into_iter().enumerate() {
+        let r = t.join().unwrap_or(Err(EngineError::Panicked {
+            shard: i as ShardId,
+        }));
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// Starts the engine: binds every shard's listener, starts one thread per shard, builds each
+/// shard's service with `factory(shard, shard_count)` inside that thread (so services need not
+/// be `Send`), and returns once every shard is ready to accept.
+pub fn start<S, F>(config: EngineConfig, factory: F) -> Result<Engine, EngineError>
+where
+    S: Service + 'static,
+    F: Fn(ShardId, u16) -> S + Send + Sync + 'static,
+{
+    config.validate()?;
+    affinity::validate(&config.shards)?;
+    let kind = match config.kind {
+        EngineKind::Epoll => EngineKind::Epoll,
+        EngineKind::Uring => {
+            io_uring_support().map_err(|reason| EngineError::UringUnavailable { reason })?;
+            EngineKind::Uring
+        }
+        EngineKind::Auto => match io_uring_support() {
+            Ok(()) => EngineKind::Uring,
+            Err(reason) => {
+                tracing::warn!(%reason, "io_uring is unavailable; falling back to the epoll engine");
+                EngineKind::Epoll
+            }
+        },
+    };
+    let n = config.shards.len();
+    let listeners = listener::bind_all(config.listen, n, config.listen_backlog, config.transport)?;
+    let local_addr = listeners[0]
+        .local_addr()
+        .map_err(|source| EngineError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let signals = Arc::new(Signals::new(n));
+    let stats: Vec<Arc<StatsCell>> = (0..n).map(|_| Arc::default()).collect();
+    let ends = mailbox::mesh(
+        n,
+        config.cross_shard_queue_bytes,
+        config.max_spill_bytes,
+        &stats,
+    );
+    let config = Arc::new(config);
+    let factory = Arc::new(factory);
+    let clock = Clock::start();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut gos = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n);
+    for (i, (listener, (out, inbox))) in listeners.into_iter().zip(ends).enumerate() {
+        let me = i as ShardId;
+        let (go_tx, go_rx) = mpsc::channel();
+        let shard = ShardThread {
+            me,
+            kind,
+            listener: Some(listener),
+            out,
+            inbox,
+            stats: Arc::clone(&stats[i]),
+            signals: Arc::clone(&signals),
+            config: Arc::clone(&config),
+            clock,
+            ready: ready_tx.clone(),
+            go: go_rx,
+        };
+        let factory = Arc::clone(&factory);
+        let spawned = std::thread::Builder::new()
+            .name(format!("rserpool-shard-{i}"))
+            .spawn(move || shard.run(&*factory));
+        match spawned {
+            Ok(t) => {
+                threads.push(t);
+                gos.push(go_tx);
+            }
+            Err(source) => {
+                drop(gos);
+                signals.stop();
+                let _ = join_all(threads);
+                return Err(EngineError::Spawn { shard: me, source });
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                // A shard thread ended without reporting (it panicked during setup).
+                failure.get_or_insert(EngineError::Panicked { shard: 0 });
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        drop(gos);
+        signals.stop();
+        let _ = join_all(threads);
+        return Err(e);
+    }
+    for go in &gos {
+        let _ = go.send(());
+    }
+    tracing::info!(engine = ?kind, shards = n, addr = %local_addr, "engine started");
+    Ok(Engine {
+        local_addr,
+        kind,
+        signals,
+        stats,
+        threads,
+    })
+}
+
+/// Everything a shard thread starts with.
+struct ShardThread {
+    me: ShardId,
+    kind: EngineKind,
+    listener: Option<TcpListener>,
+    out: Outgoing,
+    inbox: Incoming,
+    stats: Arc<StatsCell>,
+    signals: Arc<Signals>,
+    config: Arc<EngineConfig>,
+    clock: Clock,
+    ready: mpsc::Sender<Result<(), EngineError>>,
+    go: mpsc::Receiver<()>,
+}
+
+/// Stops every shard when a shard thread ends for any reason (error or panic included), so
+/// one failed shard does not leave the others serving a partial handlespace.
+struct StopOnExit(Arc<Signals>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+impl ShardThread {
+    fn run<S: Service, F: Fn(ShardId, u16) -> S>(mut self, factory: &F) -> Result<(), EngineError> {
+        let _stop = StopOnExit(Arc::clone(&self.signals));
+        affinity::pin_current(
+            self.me,
+            self.config
+                .shards
+                .get(usize::from(self.me))
+                .copied()
+                .flatten(),
+        );
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        match self.kind {
+            EngineKind::Uring => {
+                let driver = UringDriver::new(self.me, listener, &self.config, &self.signals);
+                self.serve(driver, factory)
+            }
+            _ => {
+                let driver = EpollDriver::new(self.me, listener, &self.config, &self.signals);
+                self.serve(driver, factory)
+            }
+        }
+    }
+
+    fn serve<S: Service, F: Fn(ShardId, u16) -> S, D: Driver>(
+        self,
+        driver: Result<D, EngineError>,
+        factory: &F,
+    ) -> Result<(), EngineError> {
+        let ready = self.ready;
+        let mut driver = match driver {
+            Ok(d) => {
+                let _ = ready.send(Ok(()));
+                d
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return Ok(());
+            }
+        };
+        drop(ready);
+        if self.go.recv().is_err() {
+            // Start was aborted because another shard failed.
+            return Ok(());
+        }
+        let n = self.config.shards.len();
+        let service = factory(self.me, n as u16);
+        let parts = CoreParts {
+            me: self.me,
+            shard_count: n,
+            out: self.out,
+            inbox: self.inbox,
+            signals: self.signals,
+            stats: self.stats,
+            clock: self.clock,
+            limits: self.config.limits(),
+            max_connections: self.config.max_connections,
+        };
+        let mut core: ShardCore<S, D::Conn> = ShardCore::new(service, parts);
+        let result = shard::run(&mut core, &mut driver);
+        if let Err(e) = &result {
+            tracing::error!(shard = self.me, error = %e, "shard stopped");
+        }
+        result
+    }
+}

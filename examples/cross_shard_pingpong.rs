@@ -1,0 +1,116 @@
+//! Cross-shard wake-up cost: two shards pass one message back and forth (a post, answered by a
+//! post), so every hop has to wake a sleeping shard. Compares io_uring with `MSG_RING` wake-ups,
+//! io_uring with eventfd wake-ups, and the epoll engine (mio waker, an eventfd), alternating
+//! A B C A B C so that machine noise hits all three alike.
+//!
+//! ```text
+//! cargo run --release --example cross_shard_pingpong -- [round_trips] [repeats] [core_a] [core_b]
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rserpool::runtime::{self, CrossShardWake, EngineConfig, EngineKind};
+use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::time::Time;
+
+const ANY: ConnId = ConnId {
+    shard: 0,
+    generation: 0,
+    slot: 0,
+};
+
+struct PingPong {
+    me: ShardId,
+    round_trips: u64,
+    done: u64,
+    started: Option<Instant>,
+    report: mpsc::Sender<Duration>,
+}
+
+impl Service for PingPong {
+    fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
+    fn on_data(&mut self, _: ConnId, d: &[u8], _: Time, _: &mut impl Outbox) -> usize {
+        d.len()
+    }
+    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
+    fn on_post(&mut self, _: ShardId, conn: ConnId, bytes: &[u8], _: Time, out: &mut impl Outbox) {
+        if self.me == 1 {
+            out.post(0, conn, bytes);
+            return;
+        }
+        self.done += 1;
+        if self.done < self.round_trips {
+            out.post(1, conn, bytes);
+        } else if let Some(t0) = self.started {
+            let _ = self.report.send(t0.elapsed());
+        }
+    }
+    fn on_timer(&mut self, _: Time, out: &mut impl Outbox) {
+        self.started = Some(Instant::now());
+        out.post(1, ANY, &[0u8; 16]);
+    }
+    fn next_timer(&self) -> Option<Time> {
+        (self.me == 0 && self.started.is_none()).then_some(Time::ZERO)
+    }
+}
+
+fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u64) -> f64 {
+    let (tx, rx) = mpsc::channel();
+    let config = EngineConfig {
+        kind,
+        cross_shard_wake: wake,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: vec![Some(cores[0]), Some(cores[1])],
+        buffer_count: 64,
+        ..EngineConfig::default()
+    };
+    let engine = runtime::start(config, move |me, _| PingPong {
+        me,
+        round_trips,
+        done: 0,
+        started: None,
+        report: tx.clone(),
+    })
+    .expect("engine starts");
+    let elapsed = rx
+        .recv_timeout(Duration::from_secs(300))
+        .expect("ping-pong finishes");
+    engine.shutdown_handle().shutdown();
+    engine.join().expect("engine stops");
+    round_trips as f64 / elapsed.as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let round_trips = arg(1, 200_000);
+    let repeats = arg(2, 5) as usize;
+    let cores = [arg(3, 0) as usize, arg(4, 1) as usize];
+    let modes = [
+        ("uring+msg_ring", EngineKind::Uring, CrossShardWake::MsgRing),
+        ("uring+eventfd", EngineKind::Uring, CrossShardWake::EventFd),
+        ("epoll+eventfd", EngineKind::Epoll, CrossShardWake::MsgRing),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for r in 0..repeats {
+        for (i, (name, kind, wake)) in modes.iter().enumerate() {
+            let rate = run(*kind, *wake, cores, round_trips);
+            println!("{{\"repeat\":{r},\"mode\":\"{name}\",\"round_trips\":{round_trips},\"round_trips_per_s\":{rate:.0}}}");
+            rates[i].push(rate);
+        }
+    }
+    println!("\n| mode | median round trips/s | median µs per round trip | ratio to msg_ring |");
+    println!("|---|---|---|---|");
+    let base = median(&mut rates[0].clone());
+    for (i, (name, ..)) in modes.iter().enumerate() {
+        let m = median(&mut rates[i]);
+        println!("| {name} | {m:.0} | {:.2} | {:.2} |", 1e6 / m, m / base);
+    }
+}

@@ -1,0 +1,174 @@
+//! Throughput of the engine against the bare io_uring server, same client, same sizes: the
+//! engine runs a service that answers every 48-byte request with a 256-byte reply (no protocol
+//! parsing, so the difference is the engine's own cost: connection table, reassembly, send
+//! queues, the `Service` calls). Server pinned to one core, this client to the other;
+//! closed loop with `depth` requests in flight per connection; runs alternate
+//! A B A B ... so machine noise hits both alike.
+//!
+//! ```text
+//! cargo run --release --example engine_vs_bare -- [seconds] [pairs] [server_core] [client_core] [engine: uring|epoll]
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind};
+use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::time::Time;
+
+const REQ: usize = 48;
+const REPLY: usize = 256;
+const CONNS: usize = 64;
+
+/// Answers each complete 48-byte request with 256 bytes, like the bare server.
+struct Fixed;
+
+impl Service for Fixed {
+    fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
+    fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox) -> usize {
+        let n = data.len() / REQ;
+        if n > 0 {
+            out.send(conn, &mut |b| b.resize(b.len() + n * REPLY, b'r'));
+        }
+        n * REQ
+    }
+    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
+    fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
+    fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+    fn next_timer(&self) -> Option<Time> {
+        None
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    unsent: usize,
+    partial: usize,
+}
+
+/// Closed-loop client: returns replies per second over `secs` after a short warm-up.
+fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut conns = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let mut stream = TcpStream::connect(addr)?;
+        poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        conns.push(Conn {
+            stream,
+            unsent: depth * REQ,
+            partial: 0,
+        });
+    }
+    for c in &conns {
+        c.stream.set_nodelay(true)?;
+    }
+    let reqs = vec![0u8; REQ * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    let warm = Instant::now() + Duration::from_millis(500);
+    let mut t0: Option<Instant> = None;
+    let mut done = 0u64;
+    loop {
+        match poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            if ev.is_readable() {
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => {
+                            let total = c.partial + n;
+                            c.partial = total % REPLY;
+                            let replies = total / REPLY;
+                            done += replies as u64;
+                            c.unsent += replies * REQ;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            while c.unsent > 0 {
+                match c.stream.write(&reqs[..c.unsent.min(reqs.len())]) {
+                    Ok(n) => c.unsent -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let now = Instant::now();
+        match t0 {
+            None if now >= warm => {
+                t0 = Some(now);
+                done = 0;
+            }
+            Some(t) if (now - t).as_secs_f64() >= secs => {
+                return Ok(done as f64 / (now - t).as_secs_f64())
+            }
+            _ => {}
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let pairs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let server_core: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let client_core: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let kind = match args.get(5).map(String::as_str) {
+        Some("epoll") => EngineKind::Epoll,
+        _ => EngineKind::Uring,
+    };
+    core_affinity::set_for_current(core_affinity::CoreId { id: client_core });
+    runtime::raise_nofile_limit()?;
+    for depth in [1usize, 16] {
+        let (mut eng, mut bare) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let cfg = bare_echo::BareEchoConfig {
+                core: Some(server_core),
+                ..Default::default()
+            };
+            let server = bare_echo::spawn(cfg)?;
+            let b = client(server.local_addr(), depth, secs)?;
+            server.stop_handle().stop();
+            server.join()?;
+
+            let config = EngineConfig {
+                kind,
+                listen: "127.0.0.1:0".parse()?,
+                shards: vec![Some(server_core)],
+                ..EngineConfig::default()
+            };
+            let engine = runtime::start(config, |_, _| Fixed)?;
+            let e = client(engine.local_addr(), depth, secs)?;
+            engine.shutdown_handle().shutdown();
+            engine.join()?;
+            println!("{{\"depth\":{depth},\"pair\":{pair},\"bare_req_per_s\":{b:.0},\"engine_req_per_s\":{e:.0},\"engine\":\"{kind:?}\"}}");
+            bare.push(b);
+            eng.push(e);
+        }
+        let (mb, me) = (median(&mut bare), median(&mut eng));
+        println!(
+            "depth {depth}: bare median {mb:.0} req/s, engine ({kind:?}) median {me:.0} req/s, ratio {:.3}",
+            me / mb
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Per-shard counters that other threads (tests, a status command) may read while the engine
+//! runs. Only rare events are counted (accepts, closes, pauses, drops), so the relaxed atomic
+//! increments stay off the per-request path.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of one shard's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted and handed to the service.
+    pub accepted: u64,
+    /// Connections closed (each accepted connection is closed exactly once).
+    pub closed: u64,
+    /// Connections refused because the shard's connection table was full.
+    pub rejected: u64,
+    /// Times a connection's reading was paused because its unsent bytes exceeded
+    /// `max_send_queue_bytes` (backpressure).
+    pub read_pauses: u64,
+    /// Connections aborted because their unsent bytes exceeded `max_send_queue_hard_bytes`.
+    pub send_queue_aborts: u64,
+    /// Connections closed because a message exceeded `max_message_size`.
+    pub oversize_closes: u64,
+    /// Sends or closes dropped because their connection was gone (stale [`crate::service::ConnId`]).
+    pub stale_drops: u64,
+    /// Cross-shard items that found the target queue full and were kept in the overflow list.
+    pub spilled: u64,
+    /// Cross-shard items dropped because the overflow list hit `max_spill_bytes`, or because they
+    /// could never fit the queue, or because the target shard does not exist.
+    pub cross_shard_drops: u64,
+    /// Largest number of unsent bytes seen on any one connection of this shard.
+    pub send_queue_high_water: u64,
+}
+
+/// The live counters of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct StatsCell {
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    rejected: AtomicU64,
+    read_pauses: AtomicU64,
+    send_queue_aborts: AtomicU64,
+    oversize_closes: AtomicU64,
+    stale_drops: AtomicU64,
+    spilled: AtomicU64,
+    cross_shard_drops: AtomicU64,
+    send_queue_high_water: AtomicU64,
+}
+
+/// Which counter to bump.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    Accepted,
+    Closed,
+    Rejected,
+    ReadPauses,
+    SendQueueAborts,
+    OversizeCloses,
+    StaleDrops,
+    Spilled,
+    CrossShardDrops,
+}
+
+impl StatsCell {
+    /// Adds one to `c`.
+    pub(crate) fn bump(&self, c: Counter) {
+        let cell = match c {
+            Counter::Accepted => &self.accepted,
+            Counter::Closed => &self.closed,
+            Counter::Rejected => &self.rejected,
+            Counter::ReadPauses => &self.read_pauses,
+            Counter::SendQueueAborts => &self.send_queue_aborts,
+            Counter::OversizeCloses => &self.oversize_closes,
+            Counter::StaleDrops => &self.stale_drops,
+            Counter::Spilled => &self.spilled,
+            Counter::CrossShardDrops => &self.cross_shard_drops,
+        };
+        cell.fetch_add(1, Relaxed);
+    }
+
+    /// Records a new high-water mark of unsent bytes (the caller only calls this when its own
+    /// local maximum grows, so this is rare).
+    pub(crate) fn high_water(&self, bytes: usize) {
+        self.send_queue_high_water.fetch_max(bytes as u64, Relaxed);
+    }
+
+    /// Reads all counters.
+    pub(crate) fn snapshot(&self) -> ShardStats {
+        ShardStats {
+            accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            read_pauses: self.read_pauses.load(Relaxed),
+            send_queue_aborts: self.send_queue_aborts.load(Relaxed),
+            oversize_closes: self.oversize_closes.load(Relaxed),
+            stale_drops: self.stale_drops.load(Relaxed),
+            spilled: self.spilled.load(Relaxed),
+            cross_shard_drops: self.cross_shard_drops.load(Relaxed),
+            send_queue_high_water: self.send_queue_high_water.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,806 @@
+//! Behaviour of both engines (io_uring and epoll) driving a small length-prefixed test service
+//! over real loopback sockets. Each scenario runs on both engines; the io_uring variants are
+//! skipped (with a message) where io_uring is unavailable.
+//!
+//! No test depends on timing: waits are bounded polls that only guard against deadlock.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use rserpool::runtime::{self, Engine, EngineConfig, EngineKind, ShardStats};
+use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::time::Time;
+
+// ---------------------------------------------------------------------------------------------
+// The test service. Frames are a 4-byte big-endian body length, then the body: an op byte and
+// its payload. Replies use the same framing.
+
+const ECHO: u8 = 1; // payload -> [ECHO, payload]
+const ROUTE: u8 = 2; // [target shard, rest] -> handled on target: [ROUTE, owner shard, handler shard, rest]
+const BIG: u8 = 3; // [n u32] -> [BIG, n bytes]
+const CLOSE_ME: u8 = 4; // -> [CLOSE_ME], then the service closes the connection
+const REMEMBER: u8 = 5; // remembers this ConnId -> [REMEMBER, owner shard, slot u32, generation u16]
+const SEND_STALE: u8 = 6; // [via shard] -> shard `via` sends "STALE" to the remembered id; reply [SEND_STALE, ids]
+const TIMER: u8 = 7; // [ms u32] -> after ms, the timer sends [TIMER]
+const CLOSE_VIA: u8 = 8; // [via shard] -> shard `via` closes this connection through the outbox
+const STALE: u8 = 99; // what a stale send would deliver
+
+/// Post kinds between shards (first byte of a post).
+const P_ROUTE: u8 = 1;
+const P_STALE: u8 = 2;
+const P_CLOSE: u8 = 3;
+
+#[derive(Default)]
+struct Shared {
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    big_done: AtomicU64,
+    timers_fired: AtomicU64,
+    remembered: Mutex<Option<ConnId>>,
+}
+
+struct TestService {
+    me: ShardId,
+    shared: Arc<Shared>,
+    timers: Vec<(Time, ConnId)>,
+}
+
+fn put_frame(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+}
+
+fn id_bytes(id: ConnId) -> Vec<u8> {
+    let mut v = vec![id.shard as u8];
+    v.extend_from_slice(&id.slot.to_be_bytes());
+    v.extend_from_slice(&id.generation.to_be_bytes());
+    v
+}
+
+impl TestService {
+    fn handle(&mut self, conn: ConnId, body: &[u8], now: Time, out: &mut impl Outbox) {
+        let Some((&op, p)) = body.split_first() else {
+            return;
+        };
+        match op {
+            ECHO => out.send(conn, &mut |b| put_frame(b, &[&[ECHO], p])),
+            ROUTE => {
+                let (&target, rest) = p.split_first().unwrap();
+                out.post(target as ShardId, conn, &[&[P_ROUTE], rest].concat());
+            }
+            BIG => {
+                let n = u32::from_be_bytes(p[..4].try_into().unwrap()) as usize;
+                out.send(conn, &mut |b| {
+                    b.extend_from_slice(&(n as u32 + 1).to_be_bytes());
+                    b.push(BIG);
+                    b.resize(b.len() + n, 0xAB);
+                });
+                self.shared.big_done.fetch_add(1, SeqCst);
+            }
+            CLOSE_ME => {
+                out.send(conn, &mut |b| put_frame(b, &[&[CLOSE_ME]]));
+                out.close(conn);
+            }
+            REMEMBER => {
+                *self.shared.remembered.lock().unwrap() = Some(conn);
+                out.send(conn, &mut |b| put_frame(b, &[&[REMEMBER], &id_bytes(conn)]));
+            }
+            SEND_STALE => {
+                let via = p[0] as ShardId;
+                out.post(via, conn, &[P_STALE]);
+                let stale = self
+                    .shared
+                    .remembered
+                    .lock()
+                    .unwrap()
+                    .expect("REMEMBER first");
+                out.send(conn, &mut |b| {
+                    put_frame(b, &[&[SEND_STALE], &id_bytes(stale), &id_bytes(conn)])
+                });
+            }
+            TIMER => {
+                let ms = u32::from_be_bytes(p[..4].try_into().unwrap());
+                self.timers.push((now.add_millis(u64::from(ms)), conn));
+            }
+            CLOSE_VIA => out.post(p[0] as ShardId, conn, &[P_CLOSE]),
+            _ => {}
+        }
+    }
+}
+
+impl Service for TestService {
+    fn on_accept(&mut self, _conn: ConnId, _peer: SocketAddr, _now: Time, _out: &mut impl Outbox) {
+        self.shared.accepted.fetch_add(1, SeqCst);
+    }
+
+    fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox) -> usize {
+        let mut off = 0;
+        while data.len() - off >= 4 {
+            let len = u32::from_be_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+            if data.len() - off - 4 < len {
+                break;
+            }
+            let body = &data[off + 4..off + 4 + len];
+            off += 4 + len;
+            self.handle(conn, body, now, out);
+        }
+        off
+    }
+
+    fn on_close(&mut self, _conn: ConnId, _now: Time, _out: &mut impl Outbox) {
+        self.shared.closed.fetch_add(1, SeqCst);
+    }
+
+    fn on_post(
+        &mut self,
+        _from: ShardId,
+        conn: ConnId,
+        bytes: &[u8],
+        _now: Time,
+        out: &mut impl Outbox,
+    ) {
+        let me = self.me;
+        match bytes[0] {
+            P_ROUTE => out.send(conn, &mut |b| {
+                put_frame(b, &[&[ROUTE, conn.shard as u8, me as u8], &bytes[1..]])
+            }),
+            P_STALE => {
+                let stale = self
+                    .shared
+                    .remembered
+                    .lock()
+                    .unwrap()
+                    .expect("REMEMBER first");
+                out.send(stale, &mut |b| put_frame(b, &[&[STALE]]));
+            }
+            P_CLOSE => out.close(conn),
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, now: Time, out: &mut impl Outbox) {
+        let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(t, _)| *t <= now);
+        self.timers = later;
+        for (_, conn) in due {
+            self.shared.timers_fired.fetch_add(1, SeqCst);
+            out.send(conn, &mut |b| put_frame(b, &[&[TIMER]]));
+        }
+    }
+
+    fn next_timer(&self) -> Option<Time> {
+        self.timers.iter().map(|(t, _)| *t).min()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness.
+
+/// Deadlock guard for every blocking read and every wait: far beyond what any step needs.
+const GUARD: Duration = Duration::from_secs(60);
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        runtime::raise_nofile_limit().expect("raise RLIMIT_NOFILE");
+    });
+}
+
+fn config(kind: EngineKind, shards: usize) -> EngineConfig {
+    EngineConfig {
+        kind,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: vec![None; shards],
+        buffer_count: 256,
+        ..EngineConfig::default()
+    }
+}
+
+/// Starts an engine with the test service, or `None` when io_uring is requested but unavailable.
+fn start(cfg: EngineConfig) -> Option<(Engine, Arc<Shared>)> {
+    setup();
+    if cfg.kind == EngineKind::Uring {
+        if let Err(reason) = runtime::io_uring_support() {
+            eprintln!("skipping io_uring variant: {reason}");
+            return None;
+        }
+    }
+    let shared = Arc::new(Shared::default());
+    let s = Arc::clone(&shared);
+    let kind = cfg.kind;
+    let engine = runtime::start(cfg, move |me, _n| TestService {
+        me,
+        shared: Arc::clone(&s),
+        timers: Vec::new(),
+    })
+    .expect("engine starts");
+    if kind != EngineKind::Auto {
+        assert_eq!(engine.kind(), kind, "the requested engine runs");
+    }
+    Some((engine, shared))
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(GUARD)).unwrap();
+    s.set_write_timeout(Some(GUARD)).unwrap();
+    s
+}
+
+fn frame(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = Vec::new();
+    put_frame(&mut v, parts);
+    v
+}
+
+fn read_frame(s: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// Reads until EOF (or reset); fails if any data arrives.
+fn expect_closed(s: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "expected the connection to be closed, got {n} more bytes: {:?}",
+            &b[..n]
+        ),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("expected EOF, got {e}"),
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let limit = Instant::now() + GUARD;
+    while !f() {
+        assert!(Instant::now() < limit, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn total(stats: &[ShardStats], f: impl Fn(&ShardStats) -> u64) -> u64 {
+    stats.iter().map(f).sum()
+}
+
+fn parse_id(b: &[u8]) -> ConnId {
+    ConnId {
+        shard: u16::from(b[0]),
+        slot: u32::from_be_bytes(b[1..5].try_into().unwrap()),
+        generation: u16::from_be_bytes(b[5..7].try_into().unwrap()),
+    }
+}
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn uring() {
+                super::$name(rserpool::runtime::EngineKind::Uring);
+            }
+            #[test]
+            fn epoll() {
+                super::$name(rserpool::runtime::EngineKind::Epoll);
+            }
+        }
+    )*};
+}
+
+on_both_engines!(
+    request_response,
+    pipelined_requests,
+    split_messages,
+    many_connections,
+    cross_shard_post_and_reply,
+    cross_shard_close,
+    backpressure_isolates_a_client_that_never_reads,
+    stale_conn_id_gets_nothing,
+    stale_conn_id_gets_nothing_across_shards,
+    service_close_flushes_then_closes,
+    half_close_still_gets_replies,
+    oversize_message_closes,
+    connection_limit,
+    timers_fire,
+    shutdown_stops_everything,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+fn request_response(kind: EngineKind) {
+    let Some((engine, _)) = start(config(kind, 2)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    for i in 0..50u32 {
+        let payload = format!("hello {i}");
+        c.write_all(&frame(&[&[ECHO], payload.as_bytes()])).unwrap();
+        assert_eq!(
+            read_frame(&mut c).unwrap(),
+            [&[ECHO], payload.as_bytes()].concat()
+        );
+    }
+}
+
+fn pipelined_requests(kind: EngineKind) {
+    let Some((engine, _)) = start(config(kind, 1)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    let mut batch = Vec::new();
+    for i in 0..300u32 {
+        batch.extend(frame(&[&[ECHO], &vec![i as u8; (i % 97) as usize]]));
+    }
+    c.write_all(&batch).unwrap();
+    for i in 0..300u32 {
+        assert_eq!(
+            read_frame(&mut c).unwrap(),
+            [&[ECHO][..], &vec![i as u8; (i % 97) as usize]].concat()
+        );
+    }
+}
+
+fn split_messages(kind: EngineKind) {
+    // 16-byte receive buffers: every message spans many buffers and most buffers end in the
+    // middle of a message.
+    let cfg = EngineConfig {
+        buffer_size: 16,
+        buffer_count: 64,
+        ..config(kind, 1)
+    };
+    let Some((engine, _)) = start(cfg) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    // One byte per write.
+    for b in frame(&[&[ECHO], &big]) {
+        c.write_all(&[b]).unwrap();
+    }
+    assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], &big].concat());
+    // Writes that cut messages at odd places: the end of one and the start of the next.
+    let mut stream = Vec::new();
+    for i in 0..40u32 {
+        stream.extend(frame(&[&[ECHO], &big[..(i as usize * 37) % 1000]]));
+    }
+    for piece in stream.chunks(23) {
+        c.write_all(piece).unwrap();
+    }
+    for i in 0..40u32 {
+        assert_eq!(
+            read_frame(&mut c).unwrap(),
+            [&[ECHO][..], &big[..(i as usize * 37) % 1000]].concat()
+        );
+    }
+}
+
+fn many_connections(kind: EngineKind) {
+    const N: usize = 1100;
+    let Some((engine, shared)) = start(config(kind, 2)) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let mut clients: Vec<TcpStream> = (0..N).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(&frame(&[&[ECHO], &(i as u32).to_be_bytes()]))
+            .unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            read_frame(c).unwrap(),
+            [&[ECHO][..], &(i as u32).to_be_bytes()].concat()
+        );
+    }
+    assert_eq!(shared.accepted.load(SeqCst), N as u64);
+    let stats = engine.stats();
+    assert_eq!(total(&stats, |s| s.accepted), N as u64);
+    assert_eq!(total(&stats, |s| s.rejected), 0);
+    assert_eq!(shared.closed.load(SeqCst), 0, "all connections still open");
+}
+
+fn cross_shard_post_and_reply(kind: EngineKind) {
+    let Some((engine, _)) = start(config(kind, 2)) else {
+        return;
+    };
+    let mut cross = 0;
+    let mut owners = [0; 2];
+    for n in 0..8u8 {
+        let mut c = connect(engine.local_addr());
+        // One request for each shard: whichever shard accepted the connection, one of the two
+        // is handled by the other shard and answered back across.
+        for target in [0u8, 1] {
+            c.write_all(&frame(&[&[ROUTE, target, n, target]])).unwrap();
+        }
+        // The local one may overtake the one that crosses shards: match replies by content.
+        let mut seen = [false; 2];
+        for _ in 0..2 {
+            let r = read_frame(&mut c).unwrap();
+            assert_eq!(r[0], ROUTE);
+            let (owner, handler) = (r[1], r[2]);
+            let target = r[4];
+            assert_eq!(handler, target, "handled on the shard it was routed to");
+            assert_eq!(r[3], n);
+            assert!(!seen[target as usize]);
+            seen[target as usize] = true;
+            owners[owner as usize] += 1;
+            if owner != handler {
+                cross += 1;
+            }
+        }
+    }
+    assert_eq!(
+        cross, 8,
+        "exactly one request per connection crossed shards and came back"
+    );
+    assert_eq!(owners[0] + owners[1], 16);
+}
+
+fn cross_shard_close(kind: EngineKind) {
+    let Some((engine, _)) = start(config(kind, 2)) else {
+        return;
+    };
+    for via in [0u8, 1] {
+        let mut c = connect(engine.local_addr());
+        c.write_all(&frame(&[&[CLOSE_VIA, via]])).unwrap();
+        expect_closed(&mut c);
+    }
+}
+
+fn backpressure_isolates_a_client_that_never_reads(kind: EngineKind) {
+    const REQUESTS: usize = 2048;
+    const REPLY: usize = 16 * 1024;
+    let cfg = EngineConfig {
+        max_send_queue_bytes: 64 * 1024,
+        max_send_queue_hard_bytes: 1 << 30,
+        max_message_size: 1024,
+        buffer_size: 256,
+        ..config(kind, 1)
+    };
+    let pause_above = cfg.max_send_queue_bytes;
+    let window = cfg.max_message_size.max(cfg.buffer_size as usize);
+    let Some((engine, shared)) = start(cfg) else {
+        return;
+    };
+    let addr = engine.local_addr();
+
+    // A client with a small receive buffer (so the kernel cannot absorb much) that sends many
+    // requests, each asking for a 16 KiB reply, and then does not read.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut slow: TcpStream = sock.into();
+    slow.set_read_timeout(Some(GUARD)).unwrap();
+    let mut requests = Vec::new();
+    for _ in 0..REQUESTS {
+        requests.extend(frame(&[&[BIG], &(REPLY as u32).to_be_bytes()]));
+    }
+    slow.write_all(&requests).unwrap();
+
+    wait_until("the slow connection is paused", || {
+        engine.stats()[0].read_pauses > 0
+    });
+
+    // Others are still served while the slow client holds its replies back.
+    let mut other = connect(addr);
+    for i in 0..20u8 {
+        other.write_all(&frame(&[&[ECHO, i]])).unwrap();
+        assert_eq!(read_frame(&mut other).unwrap(), [ECHO, i]);
+    }
+    // The service has not been handed all requests: the engine stopped reading the slow client
+    // (32 MiB of replies cannot fit the kernel's buffers plus the send queue limit).
+    let done = shared.big_done.load(SeqCst) as usize;
+    assert!(
+        done < REQUESTS,
+        "service processed {done} of {REQUESTS} requests without the client reading"
+    );
+    // Memory stayed bounded: at most the limit plus what one call's worth of input produces.
+    let per_call = window / 9 * (REPLY + 5);
+    let high = engine.stats()[0].send_queue_high_water as usize;
+    assert!(
+        high <= pause_above + per_call,
+        "send queue reached {high} bytes"
+    );
+
+    // Once the client reads, everything arrives, in order.
+    for _ in 0..REQUESTS {
+        let r = read_frame(&mut slow).unwrap();
+        assert_eq!(r.len(), REPLY + 1);
+        assert_eq!(r[0], BIG);
+    }
+    assert_eq!(shared.big_done.load(SeqCst) as usize, REQUESTS);
+    assert_eq!(engine.stats()[0].send_queue_aborts, 0);
+}
+
+fn stale_conn_id_gets_nothing(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 1)) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let mut a = connect(addr);
+    a.write_all(&frame(&[&[REMEMBER]])).unwrap();
+    let old = parse_id(&read_frame(&mut a).unwrap()[1..]);
+    drop(a);
+    wait_until("the first connection is closed", || {
+        shared.closed.load(SeqCst) == 1
+    });
+
+    // The next connection reuses the slot with a new generation.
+    let mut b = connect(addr);
+    b.write_all(&frame(&[&[SEND_STALE, 0]])).unwrap();
+    let r = read_frame(&mut b).unwrap();
+    assert_eq!(r[0], SEND_STALE);
+    let (stale, me) = (parse_id(&r[1..8]), parse_id(&r[8..15]));
+    assert_eq!(stale, old);
+    assert_eq!(me.slot, old.slot, "slot reused");
+    assert_ne!(me.generation, old.generation);
+    // The stale send was made after our reply was queued; an echo round trip afterwards proves
+    // it has been handled (and dropped) without reaching us.
+    b.write_all(&frame(&[&[ECHO], b"after"])).unwrap();
+    assert_eq!(
+        read_frame(&mut b).unwrap(),
+        [&[ECHO][..], b"after"].concat()
+    );
+    assert_eq!(engine.stats()[0].stale_drops, 1);
+}
+
+fn stale_conn_id_gets_nothing_across_shards(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 2)) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let mut a = connect(addr);
+    a.write_all(&frame(&[&[REMEMBER]])).unwrap();
+    let old = parse_id(&read_frame(&mut a).unwrap()[1..]);
+    drop(a);
+    wait_until("the first connection is closed", || {
+        shared.closed.load(SeqCst) == 1
+    });
+
+    // Open connections until one lands on the old connection's shard (it reuses the slot).
+    let mut others = Vec::new();
+    let (mut b, me) = loop {
+        let mut c = connect(addr);
+        c.write_all(&frame(&[&[REMEMBER]])).unwrap();
+        let id = parse_id(&read_frame(&mut c).unwrap()[1..]);
+        if id.shard == old.shard {
+            break (c, id);
+        }
+        others.push(c);
+        assert!(
+            others.len() < 200,
+            "SO_REUSEPORT never picked shard {}",
+            old.shard
+        );
+    };
+    assert_eq!(me.slot, old.slot);
+    assert_ne!(me.generation, old.generation);
+    // Restore the old id as the remembered one, then have the *other* shard send to it: the
+    // bytes cross to the owner, which must drop them.
+    *shared.remembered.lock().unwrap() = Some(old);
+    let via = 1 - old.shard as u8;
+    b.write_all(&frame(&[&[SEND_STALE, via]])).unwrap();
+    assert_eq!(read_frame(&mut b).unwrap()[0], SEND_STALE);
+    // A round trip through the same shard: its reply travels the same queue after the stale
+    // record, so once it is here, the stale record has been handled.
+    b.write_all(&frame(&[&[ROUTE, via, 7]])).unwrap();
+    let r = read_frame(&mut b).unwrap();
+    assert_eq!((r[0], r[2], r[3]), (ROUTE, via, 7));
+    assert_eq!(engine.stats()[old.shard as usize].stale_drops, 1);
+}
+
+fn service_close_flushes_then_closes(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 1)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    let mut both = frame(&[&[ECHO], b"first"]);
+    both.extend(frame(&[&[CLOSE_ME]]));
+    c.write_all(&both).unwrap();
+    assert_eq!(
+        read_frame(&mut c).unwrap(),
+        [&[ECHO][..], b"first"].concat()
+    );
+    assert_eq!(read_frame(&mut c).unwrap(), [CLOSE_ME]);
+    expect_closed(&mut c);
+    wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
+}
+
+fn half_close_still_gets_replies(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 1)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[ECHO], b"bye"])).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], b"bye"].concat());
+    expect_closed(&mut c);
+    wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
+}
+
+fn oversize_message_closes(kind: EngineKind) {
+    let cfg = EngineConfig {
+        max_message_size: 1024,
+        ..config(kind, 1)
+    };
+    let Some((engine, shared)) = start(cfg) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    // A frame announcing 100000 bytes: the service can never frame it within 1024 bytes.
+    c.write_all(&100_000u32.to_be_bytes()).unwrap();
+    let _ = c.write_all(&[0u8; 2000]);
+    expect_closed(&mut c);
+    wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
+    assert_eq!(engine.stats()[0].oversize_closes, 1);
+    // Others are unaffected.
+    let mut d = connect(engine.local_addr());
+    d.write_all(&frame(&[&[ECHO], b"ok"])).unwrap();
+    assert_eq!(read_frame(&mut d).unwrap(), [&[ECHO][..], b"ok"].concat());
+}
+
+fn connection_limit(kind: EngineKind) {
+    let cfg = EngineConfig {
+        max_connections: 2,
+        ..config(kind, 1)
+    };
+    let Some((engine, shared)) = start(cfg) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let mut kept: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    for c in &mut kept {
+        c.write_all(&frame(&[&[ECHO]])).unwrap();
+        assert_eq!(read_frame(c).unwrap(), [ECHO]);
+    }
+    let mut third = connect(addr);
+    expect_closed(&mut third);
+    assert_eq!(engine.stats()[0].rejected, 1);
+    assert_eq!(
+        shared.accepted.load(SeqCst),
+        2,
+        "the refused connection never reached the service"
+    );
+    // Closing one makes room again.
+    drop(kept.pop());
+    wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
+    let mut fourth = connect(addr);
+    fourth.write_all(&frame(&[&[ECHO]])).unwrap();
+    assert_eq!(read_frame(&mut fourth).unwrap(), [ECHO]);
+}
+
+fn timers_fire(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 2)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[TIMER], &30u32.to_be_bytes()]))
+        .unwrap();
+    c.write_all(&frame(&[&[TIMER], &5u32.to_be_bytes()]))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
+    assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
+    assert_eq!(shared.timers_fired.load(SeqCst), 2);
+}
+
+fn shutdown_stops_everything(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 2)) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| connect(addr)).collect();
+    for c in &mut clients {
+        c.write_all(&frame(&[&[ECHO]])).unwrap();
+        assert_eq!(read_frame(c).unwrap(), [ECHO]);
+    }
+    // A client that never reads, with megabytes of replies pending (a send stuck in flight).
+    let mut slow = connect(addr);
+    for _ in 0..256 {
+        slow.write_all(&frame(&[&[BIG], &(64u32 * 1024).to_be_bytes()]))
+            .unwrap();
+    }
+    wait_until("the slow client is paused", || {
+        total(&engine.stats(), |s| s.read_pauses) > 0
+    });
+    let handle = engine.shutdown_handle();
+    // From another thread, as a signal-handling thread would.
+    std::thread::spawn(move || handle.shutdown())
+        .join()
+        .unwrap();
+    engine.join().expect("shards stop cleanly");
+    for c in &mut clients {
+        expect_closed(c);
+    }
+    assert_eq!(shared.accepted.load(SeqCst), 11);
+    assert_eq!(
+        shared.closed.load(SeqCst),
+        11,
+        "on_close ran for every connection"
+    );
+    assert!(TcpStream::connect(addr).is_err(), "listeners are closed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine selection.
+
+#[test]
+fn auto_picks_io_uring_when_available() {
+    let Some((engine, _)) = start(config(EngineKind::Auto, 1)) else {
+        return;
+    };
+    let expected = match runtime::io_uring_support() {
+        Ok(()) => EngineKind::Uring,
+        Err(reason) => {
+            eprintln!("io_uring unavailable here ({reason}); Auto must pick epoll");
+            EngineKind::Epoll
+        }
+    };
+    assert_eq!(engine.kind(), expected);
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[ECHO], b"auto"])).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], b"auto"].concat());
+}
+
+#[test]
+fn forced_epoll_runs_epoll() {
+    let Some((engine, _)) = start(config(EngineKind::Epoll, 2)) else {
+        return;
+    };
+    assert_eq!(engine.kind(), EngineKind::Epoll);
+}
+
+#[test]
+fn bad_config_is_refused() {
+    setup();
+    let cfg = EngineConfig {
+        buffer_count: 100,
+        ..config(EngineKind::Epoll, 1)
+    };
+    let err = runtime::start(cfg, |me, _| TestService {
+        me,
+        shared: Arc::default(),
+        timers: Vec::new(),
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("buffer_count"), "{err}");
+    let cfg = EngineConfig {
+        shards: vec![Some(100_000)],
+        ..config(EngineKind::Epoll, 1)
+    };
+    let err = runtime::start(cfg, |me, _| TestService {
+        me,
+        shared: Arc::default(),
+        timers: Vec::new(),
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("core"), "{err}");
+}
+
+#[test]
+fn pinned_shard_serves() {
+    let Some((engine, _)) = start(EngineConfig {
+        shards: vec![Some(0)],
+        ..config(EngineKind::Auto, 1)
+    }) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[ECHO], b"pinned"])).unwrap();
+    assert_eq!(
+        read_frame(&mut c).unwrap(),
+        [&[ECHO][..], b"pinned"].concat()
+    );
+}
