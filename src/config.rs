@@ -131,7 +131,7 @@ impl Default for Limits {
             max_pes_per_pool: 1 << 20,
             max_pes: 4 << 20,
             max_pools: 1 << 20,
-            max_connections: 65_536,
+            max_connections: 10_000,
             max_send_queue: 1 << 20,
             default_items: 3,
             max_items: 128,

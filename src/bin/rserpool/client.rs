@@ -44,7 +44,15 @@ impl Connection {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the registrar closed the connection")),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(None),
+                // A timeout, or a signal (the caller checks its stop flag): nothing yet.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(None)
+                }
                 Err(e) => return Err(e),
             }
         }

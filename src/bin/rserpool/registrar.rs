@@ -149,8 +149,12 @@ pub fn run(args: RegistrarArgs) -> i32 {
     let n = shards.len();
     let server_id = config.server_id();
     let max_connections = profile.max_connections.unwrap_or(config.limits.max_connections);
-    if let Err(e) = runtime::raise_nofile_limit(max_connections as u64 + 64) {
-        warn!("could not raise the open-file limit for {max_connections} connections: {e}");
+    match runtime::raise_nofile_limit() {
+        Ok(limit) if limit < max_connections as u64 + 64 => {
+            warn!("the open-file limit is {limit}: fewer than the {max_connections} connections configured can be served")
+        }
+        Ok(_) => {}
+        Err(e) => warn!("could not raise the open-file limit: {e}"),
     }
     let engine_config = EngineConfig {
         kind: match config.engine {

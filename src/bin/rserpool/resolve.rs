@@ -75,8 +75,21 @@ pub fn run(args: ResolveArgs) -> i32 {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 println!("pool {:?}: {} PE(s), policy {}", args.pool, pes.len(), policy["policy"].as_str().unwrap_or("?"));
-                for pe in &pes {
-                    print!("{}", describe::to_text(&json!([pe])).replacen("- -", "-", 1));
+                for pe in pool_elements.clone() {
+                    let t = pe.user_transport();
+                    let addrs: Vec<String> = t.addresses().map(|a| a.to_string()).collect();
+                    let life = match pe.registration_life() {
+                        l if l < 0 => "no expiry".to_string(),
+                        l => format!("life {l} ms"),
+                    };
+                    println!("- PE {:#010x} (home registrar {:#010x}, {life})", pe.pe_id(), pe.home_registrar());
+                    println!("    {} port {} on {}", t.protocol().name(), t.port(), addrs.join(", "));
+                    let p = match pe.policy() {
+                        rserpool::wire::PolicyParam::Known(p) => describe::policy_json(&p),
+                        other => json!({ "policy": format!("unknown {:?}", other.policy_type()) }),
+                    };
+                    let text = describe::to_text(&p).lines().map(str::trim).collect::<Vec<_>>().join(", ");
+                    println!("    {text}");
                 }
             }
             0
