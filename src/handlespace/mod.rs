@@ -21,8 +21,8 @@ mod error;
 mod owners;
 mod pool;
 mod selection;
-mod sumtree;
 pub mod shard;
+mod sumtree;
 #[cfg(test)]
 mod tests;
 pub mod wheel;
@@ -332,7 +332,7 @@ impl Handlespace {
                 let selector = Selector::new(policy_type).ok_or(RegisterError::UnknownPolicy(policy_type.0))?;
                 let generation = self.new_generation();
                 let p = self.pools.insert(Pool {
-                    handle: handle.into(),
+                    handle: smallvec::SmallVec::from_slice(handle),
                     handle_words: checksum::handle_words(handle),
                     policy_type,
                     protocol: user_transport.protocol,
