@@ -81,7 +81,13 @@ fn transport(i: u32) -> TransportRepr {
     let mut addresses = Addresses::new();
     addresses.push(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)));
     addresses.push(IpAddr::V4(Ipv4Addr::from(0xac10_0000 | i)));
-    TransportRepr { protocol: TransportProtocol::Sctp, port: 9000, transport_use: TransportUse::DataOnly, service_code: 0, addresses }
+    TransportRepr {
+        protocol: TransportProtocol::Sctp,
+        port: 9000,
+        transport_use: TransportUse::DataOnly,
+        service_code: 0,
+        addresses,
+    }
 }
 
 fn handles(layout: Layout) -> Vec<Vec<u8>> {
@@ -117,7 +123,11 @@ fn build(layout: Layout, t: PolicyType, handles: &[Vec<u8>]) -> Handlespace {
 }
 
 /// Shorter runs for the big sizes keep the whole bench well under 15 minutes.
-fn configure<'a>(c: &'a mut Criterion, name: &str, layout: Layout) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn configure<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    layout: Layout,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_millis(300));
     let big = layout.pools * layout.per_pool >= 100_000;
@@ -161,7 +171,14 @@ fn batch(layout: Layout) -> u32 {
 }
 
 /// Registrations of `n` new PEs (ids above the layout's), spread over the pools.
-fn new_regs<'a>(handles: &'a [Vec<u8>], layout: Layout, t: PolicyType, n: u32, life: i32, pick: &mut usize) -> Vec<Registration<'a>> {
+fn new_regs<'a>(
+    handles: &'a [Vec<u8>],
+    layout: Layout,
+    t: PolicyType,
+    n: u32,
+    life: i32,
+    pick: &mut usize,
+) -> Vec<Registration<'a>> {
     (0..n)
         .map(|k| {
             let p = next_pool(pick, handles.len());
@@ -194,7 +211,12 @@ fn register_deregister(c: &mut Criterion) {
                         let mut undo = start;
                         for k in 0..n {
                             let p = next_pool(&mut undo, handles.len());
-                            hs.deregister(&handles[p], layout.per_pool + 1 + k, Some(ConnId { shard: 0, generation: 0, slot: 10_000_000 + k })).ok();
+                            hs.deregister(
+                                &handles[p],
+                                layout.per_pool + 1 + k,
+                                Some(ConnId { shard: 0, generation: 0, slot: 10_000_000 + k }),
+                            )
+                            .ok();
                         }
                         done += u64::from(n);
                     }
@@ -304,7 +326,9 @@ fn owners(c: &mut Criterion) {
         let total = u64::from(layout.pools * layout.per_pool);
 
         let mut g = configure(c, "owner_checksum", layout);
-        g.bench_function(BenchmarkId::new("rr", layout.name), |b| b.iter(|| black_box(hs.owner_checksum(black_box(OWNER)))));
+        g.bench_function(BenchmarkId::new("rr", layout.name), |b| {
+            b.iter(|| black_box(hs.owner_checksum(black_box(OWNER))))
+        });
         g.finish();
 
         let mut g = configure(c, "owner_iter", layout);

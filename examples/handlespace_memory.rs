@@ -45,7 +45,13 @@ fn transport(i: u32) -> TransportRepr {
     let mut addresses = Addresses::new();
     addresses.push(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)));
     addresses.push(IpAddr::V4(Ipv4Addr::from(0xac10_0000 | i)));
-    TransportRepr { protocol: TransportProtocol::Sctp, port: 9000, transport_use: TransportUse::DataOnly, service_code: 0, addresses }
+    TransportRepr {
+        protocol: TransportProtocol::Sctp,
+        port: 9000,
+        transport_use: TransportUse::DataOnly,
+        service_code: 0,
+        addresses,
+    }
 }
 
 /// Heap bytes per PE for `pools` pools of `per_pool` PEs under `policy`.
@@ -64,7 +70,8 @@ fn measure(policy: Policy, pools: u32, per_pool: u32, asap: bool) -> f64 {
                 pe_id: id,
                 home: 0x1122_3344,
                 user_transport: transport(i),
-                asap_transport: asap.then(|| TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::from(i)), 3863)),
+                asap_transport: asap
+                    .then(|| TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::from(i)), 3863)),
                 policy,
                 registration_life: 30_000,
                 conn: Some(ConnId { shard: 0, generation: 0, slot: i }),
@@ -82,7 +89,8 @@ fn measure(policy: Policy, pools: u32, per_pool: u32, asap: bool) -> f64 {
 fn main() {
     println!("| layout | policy | ASAP transport | bytes per PE |");
     println!("|---|---|---|---|");
-    let cases: [(&str, u32, u32); 2] = [("1 pool x 1,000,000 PEs", 1, 1_000_000), ("100,000 pools x 10 PEs", 100_000, 10)];
+    let cases: [(&str, u32, u32); 2] =
+        [("1 pool x 1,000,000 PEs", 1, 1_000_000), ("100,000 pools x 10 PEs", 100_000, 10)];
     let policies = [
         ("Round Robin", Policy::RoundRobin),
         ("Weighted Random", Policy::WeightedRandom { weight: 5 }),

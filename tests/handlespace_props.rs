@@ -76,7 +76,13 @@ fn transport(addr: u8) -> TransportRepr {
     let mut addresses = Addresses::new();
     addresses.push(IpAddr::V4(Ipv4Addr::new(192, 0, 2, addr)));
     addresses.push(IpAddr::V4(Ipv4Addr::new(198, 51, 100, addr)));
-    TransportRepr { protocol: TransportProtocol::Sctp, port: 7, transport_use: TransportUse::DataOnly, service_code: 0, addresses }
+    TransportRepr {
+        protocol: TransportProtocol::Sctp,
+        port: 7,
+        transport_use: TransportUse::DataOnly,
+        service_code: 0,
+        addresses,
+    }
 }
 
 /// The owner index and checksums, recomputed from the pools alone, must match the incremental ones.

@@ -17,7 +17,8 @@ pub struct PoolKey {
 /// use are set by its first PE; every later PE must match them (WIRE.md section 6.1).
 #[derive(Debug)]
 pub struct Pool {
-    pub(crate) handle: Box<[u8]>,
+    /// Inline up to 24 bytes: the handle lookup compares it without another cache miss.
+    pub(crate) handle: smallvec::SmallVec<[u8; 24]>,
     /// Sum of the handle's 16-bit words, for the PE checksum of each of its PEs.
     pub(crate) handle_words: u64,
     pub(crate) policy_type: PolicyType,

@@ -14,7 +14,7 @@
 //! - **Random** draws N distinct positions: by rejection when N is at most half the pool (the
 //!   drawn positions are kept sorted in a scratch vector), else by a partial Fisher-Yates shuffle.
 //! - **Weighted Random / Randomized Least Used** draw a unit of weight uniformly from the sum tree
-//!    and redraw when the PE is already in the response (rejection: exact, and no update);
+//!   and redraw when the PE is already in the response (rejection: exact, and no update);
 //!   after a few misses in a row they zero the drawn PEs' weights, draw exactly, and restore the
 //!   weights afterwards. The sum tree ([`super::sumtree`]) reads one cache line per level. RLU's
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn

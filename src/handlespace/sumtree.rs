@@ -42,9 +42,13 @@ impl SumTree {
         // Grow a level on top when the top has more than FAN entries.
         loop {
             let top: Vec<u64> = match self.levels.last() {
-                Some(top) if top.len() > FAN => top.chunks(FAN).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).collect(),
+                Some(top) if top.len() > FAN => {
+                    top.chunks(FAN).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).collect()
+                }
                 Some(_) => break,
-                None if leaves.len() > FAN => leaves.chunks(FAN).map(|c| c.iter().map(|&x| u64::from(x)).sum()).collect(),
+                None if leaves.len() > FAN => {
+                    leaves.chunks(FAN).map(|c| c.iter().map(|&x| u64::from(x)).sum()).collect()
+                }
                 None => break,
             };
             self.levels.push(top);
