@@ -15,11 +15,7 @@ use rserpool::runtime::{self, CrossShardWake, EngineConfig, EngineKind};
 use rserpool::service::{ConnId, Outbox, Service, ShardId};
 use rserpool::time::Time;
 
-const ANY: ConnId = ConnId {
-    shard: 0,
-    generation: 0,
-    slot: 0,
-};
+const ANY: ConnId = ConnId { shard: 0, generation: 0, slot: 0 };
 
 struct PingPong {
     me: ShardId,
@@ -66,17 +62,10 @@ fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u
         buffer_count: 64,
         ..EngineConfig::default()
     };
-    let engine = runtime::start(config, move |me, _| PingPong {
-        me,
-        round_trips,
-        done: 0,
-        started: None,
-        report: tx.clone(),
-    })
-    .expect("engine starts");
-    let elapsed = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("ping-pong finishes");
+    let engine =
+        runtime::start(config, move |me, _| PingPong { me, round_trips, done: 0, started: None, report: tx.clone() })
+            .expect("engine starts");
+    let elapsed = rx.recv_timeout(Duration::from_secs(300)).expect("ping-pong finishes");
     engine.shutdown_handle().shutdown();
     engine.join().expect("engine stops");
     round_trips as f64 / elapsed.as_secs_f64()
@@ -102,7 +91,9 @@ fn main() {
     for r in 0..repeats {
         for (i, (name, kind, wake)) in modes.iter().enumerate() {
             let rate = run(*kind, *wake, cores, round_trips);
-            println!("{{\"repeat\":{r},\"mode\":\"{name}\",\"round_trips\":{round_trips},\"round_trips_per_s\":{rate:.0}}}");
+            println!(
+                "{{\"repeat\":{r},\"mode\":\"{name}\",\"round_trips\":{round_trips},\"round_trips_per_s\":{rate:.0}}}"
+            );
             rates[i].push(rate);
         }
     }

@@ -56,16 +56,8 @@ fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
     let mut conns = Vec::with_capacity(CONNS);
     for i in 0..CONNS {
         let mut stream = TcpStream::connect(addr)?;
-        poll.registry().register(
-            &mut stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        conns.push(Conn {
-            stream,
-            unsent: depth * REQ,
-            partial: 0,
-        });
+        poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+        conns.push(Conn { stream, unsent: depth * REQ, partial: 0 });
     }
     for c in &conns {
         c.stream.set_nodelay(true)?;
@@ -113,9 +105,7 @@ fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
                 t0 = Some(now);
                 done = 0;
             }
-            Some(t) if (now - t).as_secs_f64() >= secs => {
-                return Ok(done as f64 / (now - t).as_secs_f64())
-            }
+            Some(t) if (now - t).as_secs_f64() >= secs => return Ok(done as f64 / (now - t).as_secs_f64()),
             _ => {}
         }
     }
@@ -141,10 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for depth in [1usize, 16] {
         let (mut eng, mut bare) = (Vec::new(), Vec::new());
         for pair in 0..pairs {
-            let cfg = bare_echo::BareEchoConfig {
-                core: Some(server_core),
-                ..Default::default()
-            };
+            let cfg = bare_echo::BareEchoConfig { core: Some(server_core), ..Default::default() };
             let server = bare_echo::spawn(cfg)?;
             let b = client(server.local_addr(), depth, secs)?;
             server.stop_handle().stop();

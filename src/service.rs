@@ -33,11 +33,7 @@ impl ConnId {
 
     /// Inverse of [`ConnId::to_u64`].
     pub const fn from_u64(v: u64) -> Self {
-        Self {
-            shard: (v >> 48) as u16,
-            generation: (v >> 32) as u16,
-            slot: v as u32,
-        }
+        Self { shard: (v >> 48) as u16, generation: (v >> 32) as u16, slot: v as u32 }
     }
 }
 
@@ -69,14 +65,7 @@ pub trait Service {
     fn on_close(&mut self, conn: ConnId, now: Time, out: &mut impl Outbox);
 
     /// Another shard posted `bytes` with `conn` to this shard.
-    fn on_post(
-        &mut self,
-        from: ShardId,
-        conn: ConnId,
-        bytes: &[u8],
-        now: Time,
-        out: &mut impl Outbox,
-    );
+    fn on_post(&mut self, from: ShardId, conn: ConnId, bytes: &[u8], now: Time, out: &mut impl Outbox);
 
     /// The deadline returned by [`Service::next_timer`] has passed.
     fn on_timer(&mut self, now: Time, out: &mut impl Outbox);

@@ -19,11 +19,7 @@ fn replies_per_complete_request() {
         eprintln!("skipping: {reason}");
         return;
     }
-    let cfg = bare_echo::BareEchoConfig {
-        request_size: 48,
-        reply_size: 256,
-        ..Default::default()
-    };
+    let cfg = bare_echo::BareEchoConfig { request_size: 48, reply_size: 256, ..Default::default() };
     let server = bare_echo::spawn(cfg).unwrap();
     let mut c = TcpStream::connect(server.local_addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -43,9 +39,7 @@ fn replies_per_complete_request() {
     assert_eq!(read_n(&mut c, 256 * 1000).len(), 256_000);
 
     // Several connections.
-    let mut others: Vec<TcpStream> = (0..20)
-        .map(|_| TcpStream::connect(server.local_addr()).unwrap())
-        .collect();
+    let mut others: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(server.local_addr()).unwrap()).collect();
     for o in &mut others {
         o.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         o.write_all(&[0u8; 96]).unwrap();

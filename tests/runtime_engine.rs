@@ -94,15 +94,8 @@ impl TestService {
             SEND_STALE => {
                 let via = p[0] as ShardId;
                 out.post(via, conn, &[P_STALE]);
-                let stale = self
-                    .shared
-                    .remembered
-                    .lock()
-                    .unwrap()
-                    .expect("REMEMBER first");
-                out.send(conn, &mut |b| {
-                    put_frame(b, &[&[SEND_STALE], &id_bytes(stale), &id_bytes(conn)])
-                });
+                let stale = self.shared.remembered.lock().unwrap().expect("REMEMBER first");
+                out.send(conn, &mut |b| put_frame(b, &[&[SEND_STALE], &id_bytes(stale), &id_bytes(conn)]));
             }
             TIMER => {
                 let ms = u32::from_be_bytes(p[..4].try_into().unwrap());
@@ -137,26 +130,12 @@ impl Service for TestService {
         self.shared.closed.fetch_add(1, SeqCst);
     }
 
-    fn on_post(
-        &mut self,
-        _from: ShardId,
-        conn: ConnId,
-        bytes: &[u8],
-        _now: Time,
-        out: &mut impl Outbox,
-    ) {
+    fn on_post(&mut self, _from: ShardId, conn: ConnId, bytes: &[u8], _now: Time, out: &mut impl Outbox) {
         let me = self.me;
         match bytes[0] {
-            P_ROUTE => out.send(conn, &mut |b| {
-                put_frame(b, &[&[ROUTE, conn.shard as u8, me as u8], &bytes[1..]])
-            }),
+            P_ROUTE => out.send(conn, &mut |b| put_frame(b, &[&[ROUTE, conn.shard as u8, me as u8], &bytes[1..]])),
             P_STALE => {
-                let stale = self
-                    .shared
-                    .remembered
-                    .lock()
-                    .unwrap()
-                    .expect("REMEMBER first");
+                let stale = self.shared.remembered.lock().unwrap().expect("REMEMBER first");
                 out.send(stale, &mut |b| put_frame(b, &[&[STALE]]));
             }
             P_CLOSE => out.close(conn),
@@ -217,12 +196,8 @@ fn start(cfg: EngineConfig) -> Option<(Engine, Arc<Shared>)> {
     let shared = Arc::new(Shared::default());
     let s = Arc::clone(&shared);
     let kind = cfg.kind;
-    let engine = runtime::start(cfg, move |me, _n| TestService {
-        me,
-        shared: Arc::clone(&s),
-        timers: Vec::new(),
-    })
-    .expect("engine starts");
+    let engine = runtime::start(cfg, move |me, _n| TestService { me, shared: Arc::clone(&s), timers: Vec::new() })
+        .expect("engine starts");
     if kind != EngineKind::Auto {
         assert_eq!(engine.kind(), kind, "the requested engine runs");
     }
@@ -256,10 +231,7 @@ fn expect_closed(s: &mut TcpStream) {
     let mut b = [0u8; 64];
     match s.read(&mut b) {
         Ok(0) => {}
-        Ok(n) => panic!(
-            "expected the connection to be closed, got {n} more bytes: {:?}",
-            &b[..n]
-        ),
+        Ok(n) => panic!("expected the connection to be closed, got {n} more bytes: {:?}", &b[..n]),
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         Err(e) => panic!("expected EOF, got {e}"),
     }
@@ -329,10 +301,7 @@ fn request_response(kind: EngineKind) {
     for i in 0..50u32 {
         let payload = format!("hello {i}");
         c.write_all(&frame(&[&[ECHO], payload.as_bytes()])).unwrap();
-        assert_eq!(
-            read_frame(&mut c).unwrap(),
-            [&[ECHO], payload.as_bytes()].concat()
-        );
+        assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO], payload.as_bytes()].concat());
     }
 }
 
@@ -347,21 +316,14 @@ fn pipelined_requests(kind: EngineKind) {
     }
     c.write_all(&batch).unwrap();
     for i in 0..300u32 {
-        assert_eq!(
-            read_frame(&mut c).unwrap(),
-            [&[ECHO][..], &vec![i as u8; (i % 97) as usize]].concat()
-        );
+        assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], &vec![i as u8; (i % 97) as usize]].concat());
     }
 }
 
 fn split_messages(kind: EngineKind) {
     // 16-byte receive buffers: every message spans many buffers and most buffers end in the
     // middle of a message.
-    let cfg = EngineConfig {
-        buffer_size: 16,
-        buffer_count: 64,
-        ..config(kind, 1)
-    };
+    let cfg = EngineConfig { buffer_size: 16, buffer_count: 64, ..config(kind, 1) };
     let Some((engine, _)) = start(cfg) else {
         return;
     };
@@ -381,10 +343,7 @@ fn split_messages(kind: EngineKind) {
         c.write_all(piece).unwrap();
     }
     for i in 0..40u32 {
-        assert_eq!(
-            read_frame(&mut c).unwrap(),
-            [&[ECHO][..], &big[..(i as usize * 37) % 1000]].concat()
-        );
+        assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], &big[..(i as usize * 37) % 1000]].concat());
     }
 }
 
@@ -396,14 +355,10 @@ fn many_connections(kind: EngineKind) {
     let addr = engine.local_addr();
     let mut clients: Vec<TcpStream> = (0..N).map(|_| connect(addr)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
-        c.write_all(&frame(&[&[ECHO], &(i as u32).to_be_bytes()]))
-            .unwrap();
+        c.write_all(&frame(&[&[ECHO], &(i as u32).to_be_bytes()])).unwrap();
     }
     for (i, c) in clients.iter_mut().enumerate() {
-        assert_eq!(
-            read_frame(c).unwrap(),
-            [&[ECHO][..], &(i as u32).to_be_bytes()].concat()
-        );
+        assert_eq!(read_frame(c).unwrap(), [&[ECHO][..], &(i as u32).to_be_bytes()].concat());
     }
     assert_eq!(shared.accepted.load(SeqCst), N as u64);
     let stats = engine.stats();
@@ -442,10 +397,7 @@ fn cross_shard_post_and_reply(kind: EngineKind) {
             }
         }
     }
-    assert_eq!(
-        cross, 8,
-        "exactly one request per connection crossed shards and came back"
-    );
+    assert_eq!(cross, 8, "exactly one request per connection crossed shards and came back");
     assert_eq!(owners[0] + owners[1], 16);
 }
 
@@ -490,9 +442,7 @@ fn backpressure_isolates_a_client_that_never_reads(kind: EngineKind) {
     }
     slow.write_all(&requests).unwrap();
 
-    wait_until("the slow connection is paused", || {
-        engine.stats()[0].read_pauses > 0
-    });
+    wait_until("the slow connection is paused", || engine.stats()[0].read_pauses > 0);
 
     // Others are still served while the slow client holds its replies back.
     let mut other = connect(addr);
@@ -503,17 +453,11 @@ fn backpressure_isolates_a_client_that_never_reads(kind: EngineKind) {
     // The service has not been handed all requests: the engine stopped reading the slow client
     // (32 MiB of replies cannot fit the kernel's buffers plus the send queue limit).
     let done = shared.big_done.load(SeqCst) as usize;
-    assert!(
-        done < REQUESTS,
-        "service processed {done} of {REQUESTS} requests without the client reading"
-    );
+    assert!(done < REQUESTS, "service processed {done} of {REQUESTS} requests without the client reading");
     // Memory stayed bounded: at most the limit plus what one call's worth of input produces.
     let per_call = window / 9 * (REPLY + 5);
     let high = engine.stats()[0].send_queue_high_water as usize;
-    assert!(
-        high <= pause_above + per_call,
-        "send queue reached {high} bytes"
-    );
+    assert!(high <= pause_above + per_call, "send queue reached {high} bytes");
 
     // Once the client reads, everything arrives, in order.
     for _ in 0..REQUESTS {
@@ -534,9 +478,7 @@ fn stale_conn_id_gets_nothing(kind: EngineKind) {
     a.write_all(&frame(&[&[REMEMBER]])).unwrap();
     let old = parse_id(&read_frame(&mut a).unwrap()[1..]);
     drop(a);
-    wait_until("the first connection is closed", || {
-        shared.closed.load(SeqCst) == 1
-    });
+    wait_until("the first connection is closed", || shared.closed.load(SeqCst) == 1);
 
     // The next connection reuses the slot with a new generation.
     let mut b = connect(addr);
@@ -550,10 +492,7 @@ fn stale_conn_id_gets_nothing(kind: EngineKind) {
     // The stale send was made after our reply was queued; an echo round trip afterwards proves
     // it has been handled (and dropped) without reaching us.
     b.write_all(&frame(&[&[ECHO], b"after"])).unwrap();
-    assert_eq!(
-        read_frame(&mut b).unwrap(),
-        [&[ECHO][..], b"after"].concat()
-    );
+    assert_eq!(read_frame(&mut b).unwrap(), [&[ECHO][..], b"after"].concat());
     assert_eq!(engine.stats()[0].stale_drops, 1);
 }
 
@@ -566,9 +505,7 @@ fn stale_conn_id_gets_nothing_across_shards(kind: EngineKind) {
     a.write_all(&frame(&[&[REMEMBER]])).unwrap();
     let old = parse_id(&read_frame(&mut a).unwrap()[1..]);
     drop(a);
-    wait_until("the first connection is closed", || {
-        shared.closed.load(SeqCst) == 1
-    });
+    wait_until("the first connection is closed", || shared.closed.load(SeqCst) == 1);
 
     // Open connections until one lands on the old connection's shard (it reuses the slot).
     let mut others = Vec::new();
@@ -580,11 +517,7 @@ fn stale_conn_id_gets_nothing_across_shards(kind: EngineKind) {
             break (c, id);
         }
         others.push(c);
-        assert!(
-            others.len() < 200,
-            "SO_REUSEPORT never picked shard {}",
-            old.shard
-        );
+        assert!(others.len() < 200, "SO_REUSEPORT never picked shard {}", old.shard);
     };
     assert_eq!(me.slot, old.slot);
     assert_ne!(me.generation, old.generation);
@@ -610,10 +543,7 @@ fn service_close_flushes_then_closes(kind: EngineKind) {
     let mut both = frame(&[&[ECHO], b"first"]);
     both.extend(frame(&[&[CLOSE_ME]]));
     c.write_all(&both).unwrap();
-    assert_eq!(
-        read_frame(&mut c).unwrap(),
-        [&[ECHO][..], b"first"].concat()
-    );
+    assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], b"first"].concat());
     assert_eq!(read_frame(&mut c).unwrap(), [CLOSE_ME]);
     expect_closed(&mut c);
     wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
@@ -632,10 +562,7 @@ fn half_close_still_gets_replies(kind: EngineKind) {
 }
 
 fn oversize_message_closes(kind: EngineKind) {
-    let cfg = EngineConfig {
-        max_message_size: 1024,
-        ..config(kind, 1)
-    };
+    let cfg = EngineConfig { max_message_size: 1024, ..config(kind, 1) };
     let Some((engine, shared)) = start(cfg) else {
         return;
     };
@@ -653,10 +580,7 @@ fn oversize_message_closes(kind: EngineKind) {
 }
 
 fn connection_limit(kind: EngineKind) {
-    let cfg = EngineConfig {
-        max_connections: 2,
-        ..config(kind, 1)
-    };
+    let cfg = EngineConfig { max_connections: 2, ..config(kind, 1) };
     let Some((engine, shared)) = start(cfg) else {
         return;
     };
@@ -669,11 +593,7 @@ fn connection_limit(kind: EngineKind) {
     let mut third = connect(addr);
     expect_closed(&mut third);
     assert_eq!(engine.stats()[0].rejected, 1);
-    assert_eq!(
-        shared.accepted.load(SeqCst),
-        2,
-        "the refused connection never reached the service"
-    );
+    assert_eq!(shared.accepted.load(SeqCst), 2, "the refused connection never reached the service");
     // Closing one makes room again.
     drop(kept.pop());
     wait_until("on_close ran", || shared.closed.load(SeqCst) == 1);
@@ -687,10 +607,8 @@ fn timers_fire(kind: EngineKind) {
         return;
     };
     let mut c = connect(engine.local_addr());
-    c.write_all(&frame(&[&[TIMER], &30u32.to_be_bytes()]))
-        .unwrap();
-    c.write_all(&frame(&[&[TIMER], &5u32.to_be_bytes()]))
-        .unwrap();
+    c.write_all(&frame(&[&[TIMER], &30u32.to_be_bytes()])).unwrap();
+    c.write_all(&frame(&[&[TIMER], &5u32.to_be_bytes()])).unwrap();
     assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
     assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
     assert_eq!(shared.timers_fired.load(SeqCst), 2);
@@ -709,27 +627,18 @@ fn shutdown_stops_everything(kind: EngineKind) {
     // A client that never reads, with megabytes of replies pending (a send stuck in flight).
     let mut slow = connect(addr);
     for _ in 0..256 {
-        slow.write_all(&frame(&[&[BIG], &(64u32 * 1024).to_be_bytes()]))
-            .unwrap();
+        slow.write_all(&frame(&[&[BIG], &(64u32 * 1024).to_be_bytes()])).unwrap();
     }
-    wait_until("the slow client is paused", || {
-        total(&engine.stats(), |s| s.read_pauses) > 0
-    });
+    wait_until("the slow client is paused", || total(&engine.stats(), |s| s.read_pauses) > 0);
     let handle = engine.shutdown_handle();
     // From another thread, as a signal-handling thread would.
-    std::thread::spawn(move || handle.shutdown())
-        .join()
-        .unwrap();
+    std::thread::spawn(move || handle.shutdown()).join().unwrap();
     engine.join().expect("shards stop cleanly");
     for c in &mut clients {
         expect_closed(c);
     }
     assert_eq!(shared.accepted.load(SeqCst), 11);
-    assert_eq!(
-        shared.closed.load(SeqCst),
-        11,
-        "on_close ran for every connection"
-    );
+    assert_eq!(shared.closed.load(SeqCst), 11, "on_close ran for every connection");
     assert!(TcpStream::connect(addr).is_err(), "listeners are closed");
 }
 
@@ -765,42 +674,20 @@ fn forced_epoll_runs_epoll() {
 #[test]
 fn bad_config_is_refused() {
     setup();
-    let cfg = EngineConfig {
-        buffer_count: 100,
-        ..config(EngineKind::Epoll, 1)
-    };
-    let err = runtime::start(cfg, |me, _| TestService {
-        me,
-        shared: Arc::default(),
-        timers: Vec::new(),
-    })
-    .unwrap_err();
+    let cfg = EngineConfig { buffer_count: 100, ..config(EngineKind::Epoll, 1) };
+    let err = runtime::start(cfg, |me, _| TestService { me, shared: Arc::default(), timers: Vec::new() }).unwrap_err();
     assert!(err.to_string().contains("buffer_count"), "{err}");
-    let cfg = EngineConfig {
-        shards: vec![Some(100_000)],
-        ..config(EngineKind::Epoll, 1)
-    };
-    let err = runtime::start(cfg, |me, _| TestService {
-        me,
-        shared: Arc::default(),
-        timers: Vec::new(),
-    })
-    .unwrap_err();
+    let cfg = EngineConfig { shards: vec![Some(100_000)], ..config(EngineKind::Epoll, 1) };
+    let err = runtime::start(cfg, |me, _| TestService { me, shared: Arc::default(), timers: Vec::new() }).unwrap_err();
     assert!(err.to_string().contains("core"), "{err}");
 }
 
 #[test]
 fn pinned_shard_serves() {
-    let Some((engine, _)) = start(EngineConfig {
-        shards: vec![Some(0)],
-        ..config(EngineKind::Auto, 1)
-    }) else {
+    let Some((engine, _)) = start(EngineConfig { shards: vec![Some(0)], ..config(EngineKind::Auto, 1) }) else {
         return;
     };
     let mut c = connect(engine.local_addr());
     c.write_all(&frame(&[&[ECHO], b"pinned"])).unwrap();
-    assert_eq!(
-        read_frame(&mut c).unwrap(),
-        [&[ECHO][..], b"pinned"].concat()
-    );
+    assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], b"pinned"].concat());
 }

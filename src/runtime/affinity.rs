@@ -49,11 +49,7 @@ pub(crate) fn pin_current(shard: u16, core: Option<usize>) {
         if core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::debug!(shard, core = id, "shard thread pinned");
         } else {
-            tracing::warn!(
-                shard,
-                core = id,
-                "could not pin shard thread; running unpinned"
-            );
+            tracing::warn!(shard, core = id, "could not pin shard thread; running unpinned");
         }
     }
 }
@@ -64,10 +60,7 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(
-            parse_cpu_list("0-3,8,10-11"),
-            Some(vec![0, 1, 2, 3, 8, 10, 11])
-        );
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
         assert_eq!(parse_cpu_list("0"), Some(vec![0]));
         assert_eq!(parse_cpu_list("x"), None);
     }

@@ -82,10 +82,7 @@ pub struct BareEchoStop(Arc<StopInner>);
 impl BareEchoStop {
     /// A new, unsignalled stop handle.
     pub fn new() -> io::Result<Self> {
-        Ok(Self(Arc::new(StopInner {
-            flag: AtomicBool::new(false),
-            wake: eventfd()?,
-        })))
+        Ok(Self(Arc::new(StopInner { flag: AtomicBool::new(false), wake: eventfd()? })))
     }
 
     /// Asks the server to stop; returns at once.
@@ -120,9 +117,7 @@ impl BareEcho {
 
     /// Waits for the server thread to end (after a stop).
     pub fn join(self) -> Result<(), EngineError> {
-        self.thread
-            .join()
-            .unwrap_or(Err(EngineError::Panicked { shard: 0 }))
+        self.thread.join().unwrap_or(Err(EngineError::Panicked { shard: 0 }))
     }
 }
 
@@ -130,21 +125,14 @@ impl BareEcho {
 pub fn spawn(config: BareEchoConfig) -> Result<BareEcho, EngineError> {
     check(&config)?;
     let listener = bind(config.addr)?;
-    let local_addr = listener.local_addr().map_err(|source| EngineError::Bind {
-        addr: config.addr,
-        source,
-    })?;
+    let local_addr = listener.local_addr().map_err(|source| EngineError::Bind { addr: config.addr, source })?;
     let stop = BareEchoStop::new().map_err(|source| EngineError::RingSetup { shard: 0, source })?;
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("rserpool-bare-echo".into())
         .spawn(move || run(listener, &config, &thread_stop))
         .map_err(|source| EngineError::Spawn { shard: 0, source })?;
-    Ok(BareEcho {
-        local_addr,
-        stop,
-        thread,
-    })
+    Ok(BareEcho { local_addr, stop, thread })
 }
 
 /// Binds `addr` and serves on the calling thread until `stop` is signalled.
@@ -155,35 +143,24 @@ pub fn serve(
     reply_size: usize,
     stop: &BareEchoStop,
 ) -> Result<(), EngineError> {
-    let config = BareEchoConfig {
-        addr,
-        core,
-        request_size,
-        reply_size,
-        ..BareEchoConfig::default()
-    };
+    let config = BareEchoConfig { addr, core, request_size, reply_size, ..BareEchoConfig::default() };
     check(&config)?;
     run(bind(addr)?, &config, stop)
 }
 
 fn check(c: &BareEchoConfig) -> Result<(), EngineError> {
     if c.request_size == 0 || c.reply_size == 0 {
-        return Err(EngineError::Config(
-            "request_size and reply_size must be positive".into(),
-        ));
+        return Err(EngineError::Config("request_size and reply_size must be positive".into()));
     }
     if !c.buffer_count.is_power_of_two() || c.buffer_size == 0 {
-        return Err(EngineError::Config(
-            "buffer_count must be a power of two, buffer_size positive".into(),
-        ));
+        return Err(EngineError::Config("buffer_count must be a power of two, buffer_size positive".into()));
     }
     affinity::validate(&[c.core])
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, EngineError> {
     let mut v = listener::bind_all(addr, 1, 4096, Transport::Tcp)?;
-    v.pop()
-        .ok_or_else(|| EngineError::Config("no listener".into()))
+    v.pop().ok_or_else(|| EngineError::Config("no listener".into()))
 }
 
 struct Conn {
@@ -212,18 +189,13 @@ struct Server {
     drained: bool,
 }
 
-fn run(
-    listener: TcpListener,
-    config: &BareEchoConfig,
-    stop: &BareEchoStop,
-) -> Result<(), EngineError> {
+fn run(listener: TcpListener, config: &BareEchoConfig, stop: &BareEchoStop) -> Result<(), EngineError> {
     affinity::pin_current(0, config.core);
     let setup = |source| EngineError::RingSetup { shard: 0, source };
     listener.set_nonblocking(false).map_err(setup)?;
     let (ring, _) = build_ring(config.ring_entries).map_err(setup)?;
     let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0).map_err(setup)?;
-    bufs.register(&ring.submitter())
-        .map_err(|source| EngineError::BufferRing { shard: 0, source })?;
+    bufs.register(&ring.submitter()).map_err(|source| EngineError::BufferRing { shard: 0, source })?;
     // A block of whole replies, at least 64 KiB, that every send points into.
     let per_block = (65536 / config.reply_size).max(1);
     let mut s = Server {
@@ -260,20 +232,14 @@ impl Server {
     fn arm(&mut self, listener: &TcpListener, stop: &BareEchoStop) {
         if !self.accept_armed {
             self.accept_armed = true;
-            let e = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-                .build()
-                .user_data(OP_ACCEPT);
+            let e = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build().user_data(OP_ACCEPT);
             self.push(&e);
         }
         if !self.wake_armed {
             self.wake_armed = true;
-            let e = opcode::Read::new(
-                types::Fd(stop.0.wake.as_raw_fd()),
-                self.wake_buf.as_mut_ptr(),
-                8,
-            )
-            .build()
-            .user_data(OP_WAKE);
+            let e = opcode::Read::new(types::Fd(stop.0.wake.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+                .build()
+                .user_data(OP_WAKE);
             self.push(&e);
         }
     }
@@ -284,18 +250,8 @@ impl Server {
             self.arm(listener, stop);
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EBUSY | libc::ETIME)
-                    ) => {}
-                Err(source) => {
-                    return Err(EngineError::Io {
-                        shard: 0,
-                        what: "io_uring_enter",
-                        source,
-                    })
-                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::ETIME)) => {}
+                Err(source) => return Err(EngineError::Io { shard: 0, what: "io_uring_enter", source }),
             }
             self.reap(&mut cqes);
             self.flush();
@@ -332,15 +288,7 @@ impl Server {
                     let fd = unsafe { OwnedFd::from_raw_fd(res) };
                     let _ = SockRef::from(&fd).set_tcp_nodelay(true);
                     let raw = fd.as_raw_fd();
-                    let conn = Conn {
-                        fd,
-                        partial: 0,
-                        owed: 0,
-                        sending: false,
-                        ops: 1,
-                        closing: false,
-                        shut: false,
-                    };
+                    let conn = Conn { fd, partial: 0, owed: 0, sending: false, ops: 1, closing: false, shut: false };
                     let key = self.conns.insert(conn);
                     let e = opcode::RecvMulti::new(types::Fd(raw), self.bufs.group())
                         .build()
@@ -372,10 +320,9 @@ impl Server {
                     if c.closing {
                         self.dirty.push(key);
                     } else {
-                        let e =
-                            opcode::RecvMulti::new(types::Fd(c.fd.as_raw_fd()), self.bufs.group())
-                                .build()
-                                .user_data(OP_RECV | key as u64);
+                        let e = opcode::RecvMulti::new(types::Fd(c.fd.as_raw_fd()), self.bufs.group())
+                            .build()
+                            .user_data(OP_RECV | key as u64);
                         c.ops += 1;
                         self.push(&e);
                     }
@@ -440,12 +387,7 @@ impl Server {
                 self.dirty.push(key);
             }
         }
-        let cancel = |ud| {
-            opcode::AsyncCancel::new(ud)
-                .build()
-                .user_data(OP_CANCEL)
-                .flags(squeue::Flags::SKIP_SUCCESS)
-        };
+        let cancel = |ud| opcode::AsyncCancel::new(ud).build().user_data(OP_CANCEL).flags(squeue::Flags::SKIP_SUCCESS);
         if self.accept_armed {
             self.push(&cancel(OP_ACCEPT));
         }
@@ -464,10 +406,7 @@ impl Server {
                 break;
             }
             let ts = types::Timespec::from(Duration::from_millis(20));
-            let _ = self
-                .ring
-                .submitter()
-                .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts));
+            let _ = self.ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts));
             self.reap(&mut cqes);
         }
     }

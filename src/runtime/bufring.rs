@@ -38,9 +38,7 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        NonNull::new(p.cast::<u8>())
-            .map(|ptr| Self { ptr, len })
-            .ok_or_else(|| io::Error::other("mmap returned null"))
+        NonNull::new(p.cast::<u8>()).map(|ptr| Self { ptr, len }).ok_or_else(|| io::Error::other("mmap returned null"))
     }
 }
 
@@ -73,14 +71,7 @@ impl BufRing {
         }
         let ring = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
         let bufs = Mapping::new(usize::from(count) * size as usize)?;
-        let mut this = Self {
-            ring,
-            bufs,
-            count,
-            size,
-            tail: 0,
-            group,
-        };
+        let mut this = Self { ring, bufs, count, size, tail: 0, group };
         for bid in 0..count {
             this.recycle(bid);
         }
@@ -92,14 +83,7 @@ impl BufRing {
     pub(crate) fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
         // SAFETY: the ring memory is a live mapping of `count` entries that stays mapped until
         // this `BufRing` drops; the driver unregisters it (or destroys the ring) before that.
-        unsafe {
-            submitter.register_buf_ring_with_flags(
-                self.ring.ptr.as_ptr() as u64,
-                self.count,
-                self.group,
-                0,
-            )
-        }
+        unsafe { submitter.register_buf_ring_with_flags(self.ring.ptr.as_ptr() as u64, self.count, self.group, 0) }
     }
 
     /// The buffer group id to use in receive SQEs.
@@ -117,9 +101,7 @@ impl BufRing {
         let len = len.min(self.size as usize);
         // SAFETY: the buffer lies inside the `bufs` mapping; the caller guarantees the kernel
         // does not write to it until it is recycled, which needs `&mut self`.
-        unsafe {
-            std::slice::from_raw_parts(self.bufs.ptr.as_ptr().add(bid * self.size as usize), len)
-        }
+        unsafe { std::slice::from_raw_parts(self.bufs.ptr.as_ptr().add(bid * self.size as usize), len) }
     }
 
     /// Gives buffer `bid` back (visible to the kernel after [`BufRing::publish`]).

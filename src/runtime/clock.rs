@@ -14,9 +14,7 @@ pub(crate) struct Clock {
 impl Clock {
     /// A clock whose [`Time::ZERO`] is now.
     pub(crate) fn start() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+        Self { origin: Instant::now() }
     }
 
     /// The current protocol time (whole milliseconds, rounded down).
@@ -30,8 +28,7 @@ impl Clock {
         if t == Time::NEVER {
             return None;
         }
-        self.origin
-            .checked_add(Duration::from_millis(t.as_millis()))
+        self.origin.checked_add(Duration::from_millis(t.as_millis()))
     }
 }
 

@@ -161,14 +161,7 @@ pub(crate) struct ConnTable<H> {
 impl<H> ConnTable<H> {
     /// An empty table for shard `shard` holding at most `max` connections.
     pub(crate) fn new(shard: ShardId, max: usize) -> Self {
-        Self {
-            shard,
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            max,
-            touched: Vec::new(),
-        }
+        Self { shard, slots: Vec::new(), free: Vec::new(), live: 0, max, touched: Vec::new() }
     }
 
     /// Number of connections (in any state).
@@ -195,21 +188,14 @@ impl<H> ConnTable<H> {
                 let Ok(slot) = u32::try_from(self.slots.len()) else {
                     return Err(conn.io);
                 };
-                self.slots.push(Slot {
-                    generation: 0,
-                    conn: None,
-                });
+                self.slots.push(Slot { generation: 0, conn: None });
                 slot
             }
         };
         let entry = &mut self.slots[slot as usize];
         entry.conn = Some(conn);
         self.live += 1;
-        Ok(ConnId {
-            shard: self.shard,
-            generation: entry.generation,
-            slot,
-        })
+        Ok(ConnId { shard: self.shard, generation: entry.generation, slot })
     }
 
     /// The connection `id` refers to, if it is still that connection (same shard, same
@@ -270,11 +256,7 @@ impl<H> ConnTable<H> {
             let s = &mut self.slots[slot as usize];
             if let Some(c) = s.conn.as_mut() {
                 c.touched = false;
-                return Some(ConnId {
-                    shard: self.shard,
-                    generation: s.generation,
-                    slot,
-                });
+                return Some(ConnId { shard: self.shard, generation: s.generation, slot });
             }
         }
         None
@@ -286,11 +268,7 @@ impl<H> ConnTable<H> {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.conn.is_some())
-            .map(|(slot, s)| ConnId {
-                shard: self.shard,
-                generation: s.generation,
-                slot: slot as u32,
-            })
+            .map(|(slot, s)| ConnId { shard: self.shard, generation: s.generation, slot: slot as u32 })
             .collect()
     }
 }
@@ -314,10 +292,7 @@ mod tests {
         assert!(t.get(c).is_some());
         assert!(t.get(b).is_some());
         assert!(t.remove(a).is_none());
-        assert!(
-            t.get(ConnId { shard: 4, ..c }).is_none(),
-            "other shard's id finds nothing"
-        );
+        assert!(t.get(ConnId { shard: 4, ..c }).is_none(), "other shard's id finds nothing");
     }
 
     #[test]

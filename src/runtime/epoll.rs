@@ -35,11 +35,7 @@ fn token(id: ConnId) -> Token {
 }
 
 fn token_conn(me: ShardId, t: Token) -> ConnId {
-    ConnId {
-        shard: me,
-        generation: (t.0 >> 32) as u16,
-        slot: t.0 as u32,
-    }
+    ConnId { shard: me, generation: (t.0 >> 32) as u16, slot: t.0 as u32 }
 }
 
 /// epoll's per-connection handle.
@@ -81,9 +77,7 @@ impl EpollDriver {
         signals.set_remote(me, RemoteWake::Mio(waker));
         listener.set_nonblocking(true).map_err(setup)?;
         let mut listener = mio::net::TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(setup)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(setup)?;
         Ok(Self {
             poll,
             events: Events::with_capacity(1024),
@@ -105,11 +99,7 @@ impl EpollDriver {
                     if let Err(e) = self.transport.configure_accepted(SockRef::from(&stream)) {
                         tracing::debug!(shard = self.me, error = %e, "cannot configure accepted socket");
                     }
-                    let conn = EpollConn {
-                        stream,
-                        readable: false,
-                        writable: true,
-                    };
+                    let conn = EpollConn { stream, readable: false, writable: true };
                     // Refused (table full, stopping): dropping the handle closes the socket.
                     let Ok(id) = core.accept(conn, peer) else {
                         continue;
@@ -118,11 +108,7 @@ impl EpollDriver {
                         continue;
                     };
                     let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut conn.io.stream, token(id), interest)
-                    {
+                    if let Err(e) = self.poll.registry().register(&mut conn.io.stream, token(id), interest) {
                         core.failed(id, &e);
                     }
                 }
@@ -132,10 +118,7 @@ impl EpollDriver {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
                 {
                     if self.accept_errors % 1024 == 0 {
                         tracing::warn!(shard = self.me, error = %e, "accept failed; retrying shortly");
@@ -186,12 +169,7 @@ impl EpollDriver {
                 }
             }
         }
-        if core
-            .io
-            .conns
-            .get(id)
-            .is_some_and(|c| c.io.readable && c.wants_read())
-        {
+        if core.io.conns.get(id).is_some_and(|c| c.io.readable && c.wants_read()) {
             self.again.push(id);
         }
     }
@@ -240,13 +218,7 @@ impl Driver for EpollDriver {
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(EngineError::Io {
-                    shard: self.me,
-                    what: "epoll_wait",
-                    source,
-                })
-            }
+            Err(source) => return Err(EngineError::Io { shard: self.me, what: "epoll_wait", source }),
         }
         for ev in self.events.iter() {
             match ev.token() {
@@ -278,12 +250,7 @@ impl Driver for EpollDriver {
     }
 
     fn reconcile<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>, id: ConnId) {
-        if core
-            .io
-            .conns
-            .get(id)
-            .is_some_and(|c| c.must_close() || c.state == ConnState::Dead)
-        {
+        if core.io.conns.get(id).is_some_and(|c| c.must_close() || c.state == ConnState::Dead) {
             self.close(core, id);
             return;
         }

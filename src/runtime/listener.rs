@@ -20,20 +20,14 @@ pub(crate) fn bind_all(
     for _ in 0..count {
         let listener = bind_one(addr, backlog, transport)?;
         if addr.port() == 0 {
-            addr = listener
-                .local_addr()
-                .map_err(|source| EngineError::Bind { addr, source })?;
+            addr = listener.local_addr().map_err(|source| EngineError::Bind { addr, source })?;
         }
         listeners.push(listener);
     }
     Ok(listeners)
 }
 
-fn bind_one(
-    addr: SocketAddr,
-    backlog: i32,
-    transport: Transport,
-) -> Result<TcpListener, EngineError> {
+fn bind_one(addr: SocketAddr, backlog: i32, transport: Transport) -> Result<TcpListener, EngineError> {
     let err = |source| EngineError::Bind { addr, source };
     let (ty, proto) = transport.socket_kind();
     let socket = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;

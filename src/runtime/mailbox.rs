@@ -58,16 +58,9 @@ pub(crate) struct Incoming {
 }
 
 /// Builds the queues between `n` shards: element `i` holds shard `i`'s two ends.
-pub(crate) fn mesh(
-    n: usize,
-    capacity: usize,
-    max_spill: usize,
-    stats: &[Arc<StatsCell>],
-) -> Vec<(Outgoing, Incoming)> {
-    let mut producers: Vec<Vec<Option<Producer>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<Option<Consumer>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+pub(crate) fn mesh(n: usize, capacity: usize, max_spill: usize, stats: &[Arc<StatsCell>]) -> Vec<(Outgoing, Incoming)> {
+    let mut producers: Vec<Vec<Option<Producer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<Option<Consumer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
@@ -85,14 +78,7 @@ pub(crate) fn mesh(
         .map(|(me, ((ps, cs), st))| {
             let links = ps
                 .into_iter()
-                .map(|p| {
-                    p.map(|producer| Link {
-                        producer,
-                        spill: VecDeque::new(),
-                        spill_bytes: 0,
-                        pushed: false,
-                    })
-                })
+                .map(|p| p.map(|producer| Link { producer, spill: VecDeque::new(), spill_bytes: 0, pushed: false }))
                 .collect();
             (
                 Outgoing {
@@ -149,11 +135,7 @@ impl Outgoing {
                 continue;
             }
             link.spill_bytes += chunk.len();
-            link.spill.push_back(Spilled {
-                kind,
-                tag,
-                bytes: chunk.to_vec(),
-            });
+            link.spill.push_back(Spilled { kind, tag, bytes: chunk.to_vec() });
             self.stats.bump(Counter::Spilled);
         }
         if was_empty && !link.spill.is_empty() {
@@ -172,11 +154,7 @@ impl Outgoing {
                 continue;
             }
             while let Some(front) = link.spill.front() {
-                if link
-                    .producer
-                    .try_push(front.kind, front.tag, &front.bytes)
-                    .is_err()
-                {
+                if link.producer.try_push(front.kind, front.tag, &front.bytes).is_err() {
                     break;
                 }
                 link.spill_bytes -= front.bytes.len();
@@ -207,14 +185,7 @@ impl Outgoing {
         self.stats.bump(Counter::CrossShardDrops);
         // Rate-limited: the first drop and then every 1024th, so an overload cannot flood logs.
         if self.drops % 1024 == 0 {
-            tracing::warn!(
-                from = self.me,
-                to,
-                kind,
-                why,
-                dropped = self.drops + 1,
-                "cross-shard record dropped"
-            );
+            tracing::warn!(from = self.me, to, kind, why, dropped = self.drops + 1, "cross-shard record dropped");
         }
         self.drops += 1;
     }
@@ -250,11 +221,7 @@ mod tests {
     use super::*;
 
     fn id(slot: u32) -> ConnId {
-        ConnId {
-            shard: 1,
-            generation: 0,
-            slot,
-        }
+        ConnId { shard: 1, generation: 0, slot }
     }
 
     #[test]
@@ -299,10 +266,7 @@ mod tests {
         }
         let kept = 20 - stats[0].snapshot().cross_shard_drops as usize;
         assert_eq!(seen.len(), kept);
-        assert!(
-            seen.windows(2).all(|w| w[0] < w[1]),
-            "FIFO order kept: {seen:?}"
-        );
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "FIFO order kept: {seen:?}");
     }
 
     #[test]

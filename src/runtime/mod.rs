@@ -312,9 +312,7 @@ impl Engine {
 
     /// A handle that stops the engine.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            signals: Arc::clone(&self.signals),
-        }
+        ShutdownHandle { signals: Arc::clone(&self.signals) }
     }
 
     /// Current counters of each shard, indexed by shard id.
@@ -342,9 +340,7 @@ impl Drop for Engine {
 fn join_all(threads: Vec<JoinHandle<Result<(), EngineError>>>) -> Result<(), EngineError> {
     let mut first = Ok(());
     for (i, t) in threads.into_iter().enumerate() {
-        let r = t.join().unwrap_or(Err(EngineError::Panicked {
-            shard: i as ShardId,
-        }));
+        let r = t.join().unwrap_or(Err(EngineError::Panicked { shard: i as ShardId }));
         if first.is_ok() {
             first = r;
         }
@@ -378,20 +374,10 @@ where
     };
     let n = config.shards.len();
     let listeners = listener::bind_all(config.listen, n, config.listen_backlog, config.transport)?;
-    let local_addr = listeners[0]
-        .local_addr()
-        .map_err(|source| EngineError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let local_addr = listeners[0].local_addr().map_err(|source| EngineError::Bind { addr: config.listen, source })?;
     let signals = Arc::new(Signals::new(n));
     let stats: Vec<Arc<StatsCell>> = (0..n).map(|_| Arc::default()).collect();
-    let ends = mailbox::mesh(
-        n,
-        config.cross_shard_queue_bytes,
-        config.max_spill_bytes,
-        &stats,
-    );
+    let ends = mailbox::mesh(n, config.cross_shard_queue_bytes, config.max_spill_bytes, &stats);
     let config = Arc::new(config);
     let factory = Arc::new(factory);
     let clock = Clock::start();
@@ -415,9 +401,8 @@ where
             go: go_rx,
         };
         let factory = Arc::clone(&factory);
-        let spawned = std::thread::Builder::new()
-            .name(format!("rserpool-shard-{i}"))
-            .spawn(move || shard.run(&*factory));
+        let spawned =
+            std::thread::Builder::new().name(format!("rserpool-shard-{i}")).spawn(move || shard.run(&*factory));
         match spawned {
             Ok(t) => {
                 threads.push(t);
@@ -456,13 +441,7 @@ where
         let _ = go.send(());
     }
     tracing::info!(engine = ?kind, shards = n, addr = %local_addr, "engine started");
-    Ok(Engine {
-        local_addr,
-        kind,
-        signals,
-        stats,
-        threads,
-    })
+    Ok(Engine { local_addr, kind, signals, stats, threads })
 }
 
 /// Everything a shard thread starts with.
@@ -493,14 +472,7 @@ impl Drop for StopOnExit {
 impl ShardThread {
     fn run<S: Service, F: Fn(ShardId, u16) -> S>(mut self, factory: &F) -> Result<(), EngineError> {
         let _stop = StopOnExit(Arc::clone(&self.signals));
-        affinity::pin_current(
-            self.me,
-            self.config
-                .shards
-                .get(usize::from(self.me))
-                .copied()
-                .flatten(),
-        );
+        affinity::pin_current(self.me, self.config.shards.get(usize::from(self.me)).copied().flatten());
         let Some(listener) = self.listener.take() else {
             return Ok(());
         };

@@ -24,11 +24,7 @@ pub fn io_uring_support() -> Result<(), String> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         match v.trim() {
             "0" | "1" => {}
-            other => {
-                return Err(format!(
-                    "io_uring is disabled by sysctl kernel.io_uring_disabled = {other}"
-                ))
-            }
+            other => return Err(format!("io_uring is disabled by sysctl kernel.io_uring_disabled = {other}")),
         }
     }
     if let Some(release) = kernel_release() {
@@ -41,9 +37,7 @@ pub fn io_uring_support() -> Result<(), String> {
     }
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {}", describe(&e)))?;
     let mut probe = Probe::new();
-    ring.submitter()
-        .register_probe(&mut probe)
-        .map_err(|e| format!("io_uring probe failed: {}", describe(&e)))?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("io_uring probe failed: {}", describe(&e)))?;
     for (code, name) in [
         (opcode::AcceptMulti::CODE, "ACCEPT"),
         (opcode::RecvMulti::CODE, "RECV"),
@@ -56,8 +50,7 @@ pub fn io_uring_support() -> Result<(), String> {
             return Err(format!("io_uring lacks IORING_OP_{name}"));
         }
     }
-    let bufs =
-        BufRing::new(4, 64, 0).map_err(|e| format!("cannot map a provided buffer ring: {e}"))?;
+    let bufs = BufRing::new(4, 64, 0).map_err(|e| format!("cannot map a provided buffer ring: {e}"))?;
     bufs.register(&ring.submitter())
         .map_err(|e| format!("cannot register a provided buffer ring: {}", describe(&e)))?;
     // Dropping the ring before the buffers: nothing was submitted, so nothing refers to them.

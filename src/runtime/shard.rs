@@ -108,8 +108,7 @@ impl<H> Plumbing<H> {
         if unsent > self.limits.abort_above {
             conn.state = ConnState::Aborting;
             event = Some(Counter::SendQueueAborts);
-        } else if unsent > self.limits.pause_above && !conn.paused && conn.state == ConnState::Open
-        {
+        } else if unsent > self.limits.pause_above && !conn.paused && conn.state == ConnState::Open {
             conn.paused = true;
             event = Some(Counter::ReadPauses);
         }
@@ -269,10 +268,7 @@ impl<S: Service, H> ShardCore<S, H> {
         }
         let mut rest = data;
         loop {
-            let n = self
-                .service
-                .on_data(id, rest, self.now, &mut self.io)
-                .min(rest.len());
+            let n = self.service.on_data(id, rest, self.now, &mut self.io).min(rest.len());
             rest = &rest[n..];
             if rest.is_empty() {
                 return;
@@ -311,10 +307,7 @@ impl<S: Service, H> ShardCore<S, H> {
         let mut oversize = false;
         while off < buf.len() {
             let end = buf.len().min(off + window);
-            let n = self
-                .service
-                .on_data(id, &buf[off..end], self.now, &mut self.io)
-                .min(end - off);
+            let n = self.service.on_data(id, &buf[off..end], self.now, &mut self.io).min(end - off);
             off += n;
             let Some(conn) = self.io.conns.get(id) else {
                 return;
@@ -436,17 +429,10 @@ impl<S: Service, H> ShardCore<S, H> {
                     let Some(rec) = queue.peek() else { break };
                     let conn = ConnId::from_u64(rec.tag);
                     match rec.kind {
-                        POST => self.service.on_post(
-                            from as ShardId,
-                            conn,
-                            rec.bytes,
-                            self.now,
-                            &mut self.io,
-                        ),
+                        POST => self.service.on_post(from as ShardId, conn, rec.bytes, self.now, &mut self.io),
                         SEND => {
                             let bytes = rec.bytes;
-                            self.io
-                                .queue_local(conn, &mut |buf| buf.extend_from_slice(bytes));
+                            self.io.queue_local(conn, &mut |buf| buf.extend_from_slice(bytes));
                         }
                         CLOSE => self.io.close_local(conn),
                         _ => {}
@@ -461,8 +447,7 @@ impl<S: Service, H> ShardCore<S, H> {
             let Some((conn, bytes)) = self.io.local_posts.pop_front() else {
                 break;
             };
-            self.service
-                .on_post(self.me, conn, &bytes, self.now, &mut self.io);
+            self.service.on_post(self.me, conn, &bytes, self.now, &mut self.io);
         }
         more |= !self.io.local_posts.is_empty();
         if self.service.next_timer().is_some_and(|t| t <= self.now) {
@@ -472,22 +457,13 @@ impl<S: Service, H> ShardCore<S, H> {
     }
 
     /// How long the next poll may sleep.
-    fn wait_timeout(
-        &self,
-        busy: bool,
-        spilling: bool,
-        driver_deadline: Option<Instant>,
-    ) -> Option<Duration> {
+    fn wait_timeout(&self, busy: bool, spilling: bool, driver_deadline: Option<Instant>) -> Option<Duration> {
         if busy {
             return Some(Duration::ZERO);
         }
         let mut deadline = driver_deadline;
         let mut earliest = |at: Instant| deadline = Some(deadline.map_or(at, |d| d.min(at)));
-        if let Some(at) = self
-            .service
-            .next_timer()
-            .and_then(|t| self.clock.instant(t))
-        {
+        if let Some(at) = self.service.next_timer().and_then(|t| self.clock.instant(t)) {
             earliest(at);
         }
         let now = Instant::now();
@@ -503,10 +479,7 @@ fn conn_open<H>(conns: &ConnTable<H>, id: ConnId) -> bool {
 }
 
 /// Runs a shard until the engine stops or the driver fails.
-pub(crate) fn run<S: Service, D: Driver>(
-    core: &mut ShardCore<S, D::Conn>,
-    driver: &mut D,
-) -> Result<(), EngineError> {
+pub(crate) fn run<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) -> Result<(), EngineError> {
     let mut timeout = Some(Duration::ZERO);
     let result = loop {
         if let Err(e) = driver.poll(core, timeout) {
@@ -533,10 +506,7 @@ pub(crate) fn run<S: Service, D: Driver>(
 }
 
 /// Lets the driver act on every touched connection (including ones touched while doing so).
-pub(crate) fn reconcile_touched<S: Service, D: Driver>(
-    core: &mut ShardCore<S, D::Conn>,
-    driver: &mut D,
-) {
+pub(crate) fn reconcile_touched<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) {
     while let Some(id) = core.io.conns.pop_touched() {
         driver.reconcile(core, id);
     }
@@ -592,10 +562,7 @@ mod tests {
         }
     }
 
-    fn core(
-        reply: usize,
-        limits: Limits,
-    ) -> (ShardCore<Frames, ()>, Rc<RefCell<Log>>, Arc<StatsCell>) {
+    fn core(reply: usize, limits: Limits) -> (ShardCore<Frames, ()>, Rc<RefCell<Log>>, Arc<StatsCell>) {
         let stats: Vec<Arc<StatsCell>> = vec![Arc::default()];
         let (out, inbox) = mesh(1, 256, 1024, &stats).pop().unwrap();
         let log = Rc::new(RefCell::new(Log::default()));
@@ -610,27 +577,11 @@ mod tests {
             limits,
             max_connections: 4,
         };
-        (
-            ShardCore::new(
-                Frames {
-                    log: Rc::clone(&log),
-                    reply,
-                },
-                parts,
-            ),
-            log,
-            Arc::clone(&stats[0]),
-        )
+        (ShardCore::new(Frames { log: Rc::clone(&log), reply }, parts), log, Arc::clone(&stats[0]))
     }
 
     fn limits() -> Limits {
-        Limits {
-            pause_above: 100,
-            resume_at: 50,
-            abort_above: 10_000,
-            max_message: 64,
-            window: 64,
-        }
+        Limits { pause_above: 100, resume_at: 50, abort_above: 10_000, max_message: 64, window: 64 }
     }
 
     fn peer() -> SocketAddr {
@@ -646,18 +597,10 @@ mod tests {
         core.received(id, &buf);
         {
             let l = log.borrow();
-            assert_eq!(
-                l.calls[0].0,
-                buf.as_ptr() as usize,
-                "first call reads the buffer in place"
-            );
+            assert_eq!(l.calls[0].0, buf.as_ptr() as usize, "first call reads the buffer in place");
             assert_eq!(l.frames, vec![b"ab".to_vec(), b"c".to_vec()]);
         }
-        assert_eq!(
-            core.io.conns.get(id).unwrap().pending,
-            [3, b'd'],
-            "only the tail is copied"
-        );
+        assert_eq!(core.io.conns.get(id).unwrap().pending, [3, b'd'], "only the tail is copied");
         core.received(id, b"e");
         core.received(id, &[b'f', 1, b'g']);
         let l = log.borrow();
@@ -698,11 +641,7 @@ mod tests {
         let (mut core, _, stats) = core(0, limits());
         let id = core.accept((), peer()).unwrap();
         core.received(id, &[200; 40]);
-        assert_eq!(
-            core.io.conns.get(id).unwrap().state,
-            ConnState::Open,
-            "40 < 64: wait for more"
-        );
+        assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Open, "40 < 64: wait for more");
         core.received(id, &[0; 40]);
         assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Aborting);
         assert_eq!(stats.snapshot().oversize_closes, 1);

@@ -54,10 +54,7 @@ pub(crate) struct Signals {
 impl Signals {
     /// Signals for `n` shards.
     pub(crate) fn new(n: usize) -> Self {
-        Self {
-            stop: AtomicBool::new(false),
-            shards: (0..n).map(|_| ShardSignal::default()).collect(),
-        }
+        Self { stop: AtomicBool::new(false), shards: (0..n).map(|_| ShardSignal::default()).collect() }
     }
 
     /// Asks every shard to stop, and wakes them all.
@@ -98,11 +95,7 @@ impl Signals {
 
     /// The ring fd of shard `target`, if it runs io_uring.
     pub(crate) fn ring_fd(&self, target: ShardId) -> Option<RawFd> {
-        self.shards
-            .get(target as usize)?
-            .ring
-            .get()
-            .map(AsRawFd::as_raw_fd)
+        self.shards.get(target as usize)?.ring.get().map(AsRawFd::as_raw_fd)
     }
 
     /// Producer side: records that `target` has new items. Returns `true` when the caller must
@@ -112,9 +105,7 @@ impl Signals {
     /// `false` and we wake the target; if it comes before, the target's clearing swap reads our
     /// value and so synchronizes with it, and the target's drain sees everything we pushed.
     pub(crate) fn mark_notified(&self, target: ShardId) -> bool {
-        self.shards
-            .get(target as usize)
-            .is_some_and(|s| !s.notified.swap(true, Ordering::AcqRel))
+        self.shards.get(target as usize).is_some_and(|s| !s.notified.swap(true, Ordering::AcqRel))
     }
 
     /// Consumer side: called by shard `me` right before draining its inbound queues.
@@ -126,11 +117,7 @@ impl Signals {
 
     /// Wakes shard `target` through its remote handle (eventfd or mio waker).
     pub(crate) fn wake_remote(&self, target: ShardId) {
-        if let Some(w) = self
-            .shards
-            .get(target as usize)
-            .and_then(|s| s.remote.get())
-        {
+        if let Some(w) = self.shards.get(target as usize).and_then(|s| s.remote.get()) {
             if let Err(e) = w.wake() {
                 tracing::debug!(shard = target, error = %e, "wake-up failed");
             }

@@ -100,24 +100,10 @@ pub(crate) fn channel(capacity: usize) -> (Producer, Consumer) {
     let capacity = capacity.max(256).next_power_of_two();
     let words = capacity / ALIGN;
     let buf: Box<[UnsafeCell<u128>]> = (0..words).map(|_| UnsafeCell::new(0)).collect();
-    let ring = Arc::new(Ring {
-        buf,
-        capacity,
-        head: Padded(AtomicUsize::new(0)),
-        tail: Padded(AtomicUsize::new(0)),
-    });
+    let ring = Arc::new(Ring { buf, capacity, head: Padded(AtomicUsize::new(0)), tail: Padded(AtomicUsize::new(0)) });
     (
-        Producer {
-            ring: Arc::clone(&ring),
-            tail: 0,
-            cached_head: 0,
-        },
-        Consumer {
-            ring,
-            head: 0,
-            cached_tail: 0,
-            current: 0,
-        },
+        Producer { ring: Arc::clone(&ring), tail: 0, cached_head: 0 },
+        Consumer { ring, head: 0, cached_tail: 0, current: 0 },
     )
 }
 
@@ -140,11 +126,7 @@ impl Producer {
         let need = record_size(bytes.len());
         let idx = self.tail & (cap - 1);
         let till_end = cap - idx;
-        let total = if need <= till_end {
-            need
-        } else {
-            till_end + need
-        };
+        let total = if need <= till_end { need } else { till_end + need };
         if cap - (self.tail - self.cached_head) < total {
             // Acquire: the consumer's reads of the space it released happen before our writes.
             self.cached_head = self.ring.head.0.load(Ordering::Acquire);
@@ -206,9 +188,7 @@ impl Consumer {
             // SAFETY: [head, cached_tail) is published by the producer and not written again
             // until we advance `head`; a header starts at every record position, fully inside the
             // buffer (see the module comment).
-            unsafe {
-                std::ptr::copy_nonoverlapping(self.ring.base().add(idx), h.as_mut_ptr(), HEADER)
-            };
+            unsafe { std::ptr::copy_nonoverlapping(self.ring.base().add(idx), h.as_mut_ptr(), HEADER) };
             let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]);
             if len == PAD {
                 self.head += cap - idx;
@@ -221,13 +201,8 @@ impl Consumer {
             // SAFETY: the payload lies in the published region right after the header, inside
             // the buffer; the producer does not touch it until `pop` releases it, and the
             // returned borrow of `self` prevents `pop` while the slice is alive.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(self.ring.base().add(idx + HEADER), len) };
-            return Some(Record {
-                kind: h[4],
-                tag: u64::from_ne_bytes(tag),
-                bytes,
-            });
+            let bytes = unsafe { std::slice::from_raw_parts(self.ring.base().add(idx + HEADER), len) };
+            return Some(Record { kind: h[4], tag: u64::from_ne_bytes(tag), bytes });
         }
     }
 

@@ -52,11 +52,7 @@ fn ud_op(ud: u64) -> u8 {
 }
 
 fn ud_conn(me: ShardId, ud: u64) -> ConnId {
-    ConnId {
-        shard: me,
-        generation: (ud >> 32) as u16,
-        slot: ud as u32,
-    }
+    ConnId { shard: me, generation: (ud >> 32) as u16, slot: ud as u32 }
 }
 
 const fn ud_plain(op: u8) -> u64 {
@@ -87,19 +83,14 @@ pub(crate) struct UringConn {
 pub(crate) fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
     let cq = entries.saturating_mul(4).min(65536);
     let mut b = IoUring::builder();
-    b.setup_cqsize(cq)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_submit_all();
+    b.setup_cqsize(cq).setup_single_issuer().setup_defer_taskrun().setup_submit_all();
     match b.build(entries) {
         Ok(r) => return Ok((r, "SINGLE_ISSUER|DEFER_TASKRUN")),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
         Err(e) => return Err(e),
     }
     let mut b = IoUring::builder();
-    b.setup_cqsize(cq)
-        .setup_single_issuer()
-        .setup_coop_taskrun();
+    b.setup_cqsize(cq).setup_single_issuer().setup_coop_taskrun();
     match b.build(entries) {
         Ok(r) => return Ok((r, "SINGLE_ISSUER|COOP_TASKRUN")),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
@@ -149,15 +140,9 @@ impl UringDriver {
     ) -> Result<Self, EngineError> {
         let setup = |source| EngineError::RingSetup { shard: me, source };
         let (ring, flags) = build_ring(config.ring_entries).map_err(setup)?;
-        tracing::debug!(
-            shard = me,
-            flags,
-            entries = config.ring_entries,
-            "io_uring ring created"
-        );
+        tracing::debug!(shard = me, flags, entries = config.ring_entries, "io_uring ring created");
         let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0).map_err(setup)?;
-        bufs.register(&ring.submitter())
-            .map_err(|source| EngineError::BufferRing { shard: me, source })?;
+        bufs.register(&ring.submitter()).map_err(|source| EngineError::BufferRing { shard: me, source })?;
         let waker = eventfd().map_err(setup)?;
         signals.set_remote(me, RemoteWake::EventFd(waker.try_clone().map_err(setup)?));
         signals.set_ring(me, ring.as_raw_fd()).map_err(setup)?;
@@ -233,13 +218,9 @@ impl UringDriver {
         }
         if !self.wake_armed {
             self.wake_armed = true;
-            let e = opcode::Read::new(
-                types::Fd(self.waker.as_raw_fd()),
-                self.wake_buf.as_mut_ptr(),
-                8,
-            )
-            .build()
-            .user_data(ud_plain(OP_WAKE));
+            let e = opcode::Read::new(types::Fd(self.waker.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+                .build()
+                .user_data(ud_plain(OP_WAKE));
             self.push(e);
         }
     }
@@ -263,12 +244,7 @@ impl UringDriver {
         };
         match r {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -315,13 +291,7 @@ impl UringDriver {
         }
     }
 
-    fn on_recv<S: Service>(
-        &mut self,
-        core: &mut ShardCore<S, UringConn>,
-        id: ConnId,
-        res: i32,
-        flags: u32,
-    ) {
+    fn on_recv<S: Service>(&mut self, core: &mut ShardCore<S, UringConn>, id: ConnId, res: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
         let Some(conn) = core.io.conns.get_mut(id) else {
             debug_assert!(false, "receive completion for a freed slot");
@@ -381,19 +351,10 @@ impl UringDriver {
             tracing::debug!(shard = self.me, error = %e, "cannot configure accepted socket");
         }
         // A connection reset before we got here has no peer address; drop it quietly.
-        let Some(peer) = SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-        else {
+        let Some(peer) = SockRef::from(&fd).peer_addr().ok().and_then(|a| a.as_socket()) else {
             return;
         };
-        let conn = UringConn {
-            fd,
-            recv: Recv::Idle,
-            ops: 0,
-            shut: false,
-        };
+        let conn = UringConn { fd, recv: Recv::Idle, ops: 0, shut: false };
         // On success the core touched the connection, and `reconcile` arms its receive; on
         // refusal (table full, stopping) dropping the handle closes the socket.
         let _ = core.accept(conn, peer);
@@ -408,12 +369,10 @@ impl UringDriver {
         // Wakes a send blocked on a peer that never reads, and ends the multishot receive.
         let _ = SockRef::from(&conn.fd).shutdown(Shutdown::Both);
         if conn.ops > 0 {
-            let e = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(conn.fd.as_raw_fd())).all(),
-            )
-            .build()
-            .user_data(ud_plain(OP_CANCEL))
-            .flags(squeue::Flags::SKIP_SUCCESS);
+            let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(conn.fd.as_raw_fd())).all())
+                .build()
+                .user_data(ud_plain(OP_CANCEL))
+                .flags(squeue::Flags::SKIP_SUCCESS);
             self.push(e);
         }
     }
@@ -428,11 +387,7 @@ fn on_send<S: Service>(core: &mut ShardCore<S, UringConn>, id: ConnId, res: i32)
     if res > 0 {
         core.sent(id, res as usize);
     } else {
-        let err = if res == 0 {
-            io::Error::from(io::ErrorKind::WriteZero)
-        } else {
-            io::Error::from_raw_os_error(-res)
-        };
+        let err = if res == 0 { io::Error::from(io::ErrorKind::WriteZero) } else { io::Error::from_raw_os_error(-res) };
         core.send_failed(id, &err);
     }
 }
@@ -447,17 +402,12 @@ impl Driver for UringDriver {
     ) -> Result<(), EngineError> {
         self.flush_backlog();
         self.kernel_busy = true;
-        let timeout = if self.backlog.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        self.submit_and_wait(timeout)
-            .map_err(|source| EngineError::Io {
-                shard: self.me,
-                what: "io_uring_enter",
-                source,
-            })?;
+        let timeout = if self.backlog.is_empty() { timeout } else { Some(Duration::ZERO) };
+        self.submit_and_wait(timeout).map_err(|source| EngineError::Io {
+            shard: self.me,
+            what: "io_uring_enter",
+            source,
+        })?;
         self.complete(core);
         Ok(())
     }
@@ -483,18 +433,14 @@ impl Driver for UringDriver {
         let fd = types::Fd(conn.io.fd.as_raw_fd());
         if let Some(bytes) = conn.sendq.start() {
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            let e = opcode::Send::new(fd, bytes.as_ptr(), len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(OP_SEND, id));
+            let e =
+                opcode::Send::new(fd, bytes.as_ptr(), len).flags(libc::MSG_NOSIGNAL).build().user_data(ud(OP_SEND, id));
             conn.io.ops += 1;
             self.push(e);
         }
         match (conn.wants_read(), conn.io.recv) {
             (true, Recv::Idle) => {
-                let e = opcode::RecvMulti::new(fd, self.bufs.group())
-                    .build()
-                    .user_data(ud(OP_RECV, id));
+                let e = opcode::RecvMulti::new(fd, self.bufs.group()).build().user_data(ud(OP_RECV, id));
                 conn.io.ops += 1;
                 conn.io.recv = Recv::Armed;
                 self.push(e);
@@ -509,10 +455,7 @@ impl Driver for UringDriver {
 
     fn wake(&mut self, signals: &Signals, targets: &[ShardId]) {
         for &t in targets {
-            match signals
-                .ring_fd(t)
-                .filter(|_| self.wake_method == CrossShardWake::MsgRing)
-            {
+            match signals.ring_fd(t).filter(|_| self.wake_method == CrossShardWake::MsgRing) {
                 Some(fd) => {
                     let e = opcode::MsgRingData::new(types::Fd(fd), 0, ud_plain(OP_MSG_IN), None)
                         .build()

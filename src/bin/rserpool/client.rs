@@ -42,7 +42,12 @@ impl Connection {
             }
             let mut buf = [0u8; 16 * 1024];
             match self.stream.read(&mut buf) {
-                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the registrar closed the connection")),
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the registrar closed the connection",
+                    ))
+                }
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 // A timeout, or a signal (the caller checks its stop flag): nothing yet.
                 Err(e)

@@ -67,10 +67,17 @@ fn load(s: &str) -> Result<u32, String> {
 pub fn parse_policy(spec: &str) -> Result<Policy, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let num = |i: usize| -> Result<u32, String> {
-        parts.get(i).ok_or_else(|| format!("policy {spec:?} needs a value"))?.parse().map_err(|_| format!("bad number in {spec:?}"))
+        parts
+            .get(i)
+            .ok_or_else(|| format!("policy {spec:?} needs a value"))?
+            .parse()
+            .map_err(|_| format!("bad number in {spec:?}"))
     };
-    let ld = |i: usize| -> Result<u32, String> { load(parts.get(i).ok_or_else(|| format!("policy {spec:?} needs a value"))?) };
-    let want = |n: usize| if parts.len() == n + 1 { Ok(()) } else { Err(format!("policy {spec:?} takes {n} value(s)")) };
+    let ld = |i: usize| -> Result<u32, String> {
+        load(parts.get(i).ok_or_else(|| format!("policy {spec:?} needs a value"))?)
+    };
+    let want =
+        |n: usize| if parts.len() == n + 1 { Ok(()) } else { Err(format!("policy {spec:?} takes {n} value(s)")) };
     Ok(match parts[0] {
         "rr" | "round-robin" => want(0).map(|_| Policy::RoundRobin)?,
         "wrr" | "weighted-round-robin" => want(1).and_then(|_| Ok(Policy::WeightedRoundRobin { weight: num(1)? }))?,
@@ -100,7 +107,8 @@ pub fn parse_transports(specs: &[String], control: bool) -> Result<TransportRepr
             "dccp" => TransportProtocol::Dccp,
             _ => return Err(format!("unknown transport protocol {proto:?} (tcp, udp, sctp, udplite, dccp)")),
         };
-        let sa: SocketAddr = rest.parse().map_err(|_| format!("transport {spec:?}: {rest:?} is not IP:PORT ([v6]:PORT for IPv6)"))?;
+        let sa: SocketAddr =
+            rest.parse().map_err(|_| format!("transport {spec:?}: {rest:?} is not IP:PORT ([v6]:PORT for IPv6)"))?;
         if protocol.is_some_and(|q| q != p) || port.is_some_and(|q| q != sa.port()) {
             return Err("all --transport values of one PE must share protocol and port (they are its legs)".into());
         }
@@ -145,7 +153,10 @@ fn await_response(conn: &mut Connection, pool: &str, pe_id: u32) -> Result<(), S
                     let c = e.first_code();
                     format!("cause 0x{:x} {}", c.0, c.name().unwrap_or("?"))
                 });
-                return Err(format!("registration of {pool:?} rejected: {}", why.unwrap_or_else(|| "no cause given".into())));
+                return Err(format!(
+                    "registration of {pool:?} rejected: {}",
+                    why.unwrap_or_else(|| "no cause given".into())
+                ));
             }
             Body::EndpointKeepAlive { pool_handle, pe_id, .. } => ack(conn, pool_handle, *pe_id)?,
             _ => {}
@@ -155,13 +166,27 @@ fn await_response(conn: &mut Connection, pool: &str, pe_id: u32) -> Result<(), S
 
 fn ack(conn: &mut Connection, handle: &[u8], pe_id: u32) -> Result<(), String> {
     let mut buf = Vec::new();
-    let _ = asap::emit_handle_and_id(&mut Writer::new(&mut buf), MessageType::EndpointKeepAliveAck, 0, handle, Some(pe_id), None);
+    let _ = asap::emit_handle_and_id(
+        &mut Writer::new(&mut buf),
+        MessageType::EndpointKeepAliveAck,
+        0,
+        handle,
+        Some(pe_id),
+        None,
+    );
     conn.send(&buf).map_err(|e| e.to_string())
 }
 
 fn deregister(conn: &mut Connection, pool: &str, pe_id: u32) {
     let mut buf = Vec::new();
-    let _ = asap::emit_handle_and_id(&mut Writer::new(&mut buf), MessageType::Deregistration, 0, pool.as_bytes(), Some(pe_id), None);
+    let _ = asap::emit_handle_and_id(
+        &mut Writer::new(&mut buf),
+        MessageType::Deregistration,
+        0,
+        pool.as_bytes(),
+        Some(pe_id),
+        None,
+    );
     if conn.send(&buf).is_err() {
         return;
     }
@@ -219,7 +244,9 @@ pub fn run(args: RegisterArgs) -> i32 {
         Err(e) => return fail(format!("cannot connect to the registrar at {}: {e}", args.registrar)),
     };
     let reg = registration(&args.pool, &pe);
-    if let Err(e) = conn.send(&reg).map_err(|e| e.to_string()).and_then(|_| await_response(&mut conn, &args.pool, pe_id)) {
+    if let Err(e) =
+        conn.send(&reg).map_err(|e| e.to_string()).and_then(|_| await_response(&mut conn, &args.pool, pe_id))
+    {
         eprintln!("error: {e}");
         return 1;
     }
@@ -282,7 +309,10 @@ mod tests {
         assert_eq!(parse_policy("wrr:3"), Ok(Policy::WeightedRoundRobin { weight: 3 }));
         assert_eq!(parse_policy("lu:0"), Ok(Policy::LeastUsed { load: 0 }));
         assert_eq!(parse_policy("lu:100%"), Ok(Policy::LeastUsed { load: u32::MAX }));
-        assert_eq!(parse_policy("lud:50%:1000"), Ok(Policy::LeastUsedDegradation { load: 0x8000_0000, degradation: 1000 }));
+        assert_eq!(
+            parse_policy("lud:50%:1000"),
+            Ok(Policy::LeastUsedDegradation { load: 0x8000_0000, degradation: 1000 })
+        );
         assert!(parse_policy("wrr").is_err());
         assert!(parse_policy("rr:1").is_err());
         assert!(parse_policy("nope").is_err());

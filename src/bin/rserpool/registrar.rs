@@ -151,7 +151,9 @@ pub fn run(args: RegistrarArgs) -> i32 {
     let max_connections = profile.max_connections.unwrap_or(config.limits.max_connections);
     match runtime::raise_nofile_limit() {
         Ok(limit) if limit < max_connections as u64 + 64 => {
-            warn!("the open-file limit is {limit}: fewer than the {max_connections} connections configured can be served")
+            warn!(
+                "the open-file limit is {limit}: fewer than the {max_connections} connections configured can be served"
+            )
         }
         Ok(_) => {}
         Err(e) => warn!("could not raise the open-file limit: {e}"),
@@ -199,9 +201,10 @@ pub fn run(args: RegistrarArgs) -> i32 {
     if !config.peers.is_empty() {
         warn!("ENRP peering is not implemented yet: {} configured peer(s) are ignored", config.peers.len());
     }
-    let announcer = config.announce.enabled.then(|| {
-        announce::start(server_id, engine.local_addr(), &config.announce, config.timers.server_announce)
-    });
+    let announcer = config
+        .announce
+        .enabled
+        .then(|| announce::start(server_id, engine.local_addr(), &config.announce, config.timers.server_announce));
     let stop = engine.shutdown_handle();
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]);
     match signals {

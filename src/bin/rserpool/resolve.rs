@@ -74,7 +74,12 @@ pub fn run(args: ResolveArgs) -> i32 {
                 let v = json!({ "pool": args.pool, "policy": policy, "pool_elements": pes });
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("pool {:?}: {} PE(s), policy {}", args.pool, pes.len(), policy["policy"].as_str().unwrap_or("?"));
+                println!(
+                    "pool {:?}: {} PE(s), policy {}",
+                    args.pool,
+                    pes.len(),
+                    policy["policy"].as_str().unwrap_or("?")
+                );
                 for pe in pool_elements.clone() {
                     let t = pe.user_transport();
                     let addrs: Vec<String> = t.addresses().map(|a| a.to_string()).collect();
