@@ -6,6 +6,7 @@
 //! unreachable reports, lifetimes) to the handlespace, and answers through the engine's outbox.
 
 mod keepalive;
+mod order;
 mod post;
 mod registrar;
 mod reply;

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use tracing::{debug, info, warn};
 
 use super::keepalive::{Due, KeepAlive};
+use super::order::{Capture, Sequencer};
 use super::post::{self, Post};
 use super::reply;
 use crate::config::{Limits, Timers};
@@ -78,12 +79,14 @@ pub struct Stats {
 }
 
 /// A client connection whose socket this shard owns.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct Conn {
     peer: SocketAddr,
     /// Other shards holding PEs registered over this connection (bit per shard, up to 64;
     /// beyond that every shard is told when it closes).
     shards: u64,
+    /// Keeps answers in request order when other shards answer some requests.
+    order: Sequencer,
 }
 
 /// One registrar shard.
@@ -100,6 +103,8 @@ pub struct Registrar {
     logged: HashMap<ConnId, u32, ahash::RandomState>,
     selected: Vec<PeKey>,
     scratch: Vec<u8>,
+    /// The answer being built for a numbered request.
+    answer: Vec<u8>,
     stats: Stats,
 }
 
@@ -140,6 +145,7 @@ impl Registrar {
             logged: HashMap::default(),
             selected: Vec::with_capacity(l.max_items as usize),
             scratch: Vec::with_capacity(l.max_message_size + 32),
+            answer: Vec::with_capacity(l.max_message_size + 32),
             stats: Stats::default(),
         }
     }
@@ -180,24 +186,40 @@ impl Registrar {
         asap::salvage_ids(msg).0
     }
 
-    /// Handles one complete message from `conn`, here or at the shard owning its pool.
+    /// Handles one complete message from `conn`, here or at the shard owning its pool. Answers
+    /// leave in request order (see [`Sequencer`]).
     fn dispatch(&mut self, conn: ConnId, peer: SocketAddr, msg: &[u8], now: Time, out: &mut impl Outbox) {
-        if self.shards > 1 {
-            if let Some(handle) = Self::routing_handle(msg) {
-                let owner = shard_of(handle, self.shards);
-                if owner != self.shard {
-                    if msg[0] == MessageType::Registration as u8 {
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            c.shards |= 1u64.checked_shl(u32::from(owner)).unwrap_or(u64::MAX);
-                        }
-                    }
-                    post::request(&mut self.scratch, peer, msg);
-                    out.post(owner, conn, &self.scratch);
-                    return;
-                }
+        let owner = match Self::routing_handle(msg) {
+            Some(handle) if self.shards > 1 => shard_of(handle, self.shards),
+            _ => self.shard,
+        };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if owner != self.shard {
+            if msg[0] == MessageType::Registration as u8 {
+                c.shards |= 1u64.checked_shl(u32::from(owner)).unwrap_or(u64::MAX);
             }
+            let seq = c.order.number();
+            post::request(&mut self.scratch, seq, peer, msg);
+            out.post(owner, conn, &self.scratch);
+        } else if c.order.idle() {
+            self.handle(conn, peer, msg, now, out);
+        } else {
+            // An earlier request is out at another shard: this answer waits its turn.
+            let seq = c.order.number();
+            let mut answer = std::mem::take(&mut self.answer);
+            answer.clear();
+            self.handle(conn, peer, msg, now, &mut Capture { conn, buf: &mut answer, inner: out });
+            self.answered(conn, seq, &answer, out);
+            self.answer = answer;
         }
-        self.handle(conn, peer, msg, now, out);
+    }
+
+    /// Sends the answer to request `seq` of local connection `conn`, and any that were waiting
+    /// for it, in order.
+    fn answered(&mut self, conn: ConnId, seq: u64, bytes: &[u8], out: &mut impl Outbox) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.order.answered(seq, bytes, |answer| out.send(conn, &mut |buf| buf.extend_from_slice(answer)));
+        }
     }
 
     /// Handles one message for a pool of this shard (or about no pool).
@@ -486,7 +508,7 @@ fn with_peer_address(t: &Transport<'_>, peer: IpAddr) -> TransportRepr {
 
 impl Service for Registrar {
     fn on_accept(&mut self, conn: ConnId, peer: SocketAddr, _now: Time, _out: &mut impl Outbox) {
-        self.conns.insert(conn, Conn { peer, shards: 0 });
+        self.conns.insert(conn, Conn { peer, shards: 0, order: Sequencer::default() });
     }
 
     fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox) -> usize {
@@ -522,7 +544,15 @@ impl Service for Registrar {
 
     fn on_post(&mut self, _from: ShardId, conn: ConnId, bytes: &[u8], now: Time, out: &mut impl Outbox) {
         match post::decode(bytes) {
-            Some(Post::Request { peer, message }) => self.handle(conn, peer, message, now, out),
+            Some(Post::Request { seq, peer, message }) => {
+                // Answer through the connection's shard, which sends answers in request order.
+                let mut answer = std::mem::take(&mut self.answer);
+                post::reply_header(&mut answer, seq);
+                self.handle(conn, peer, message, now, &mut Capture { conn, buf: &mut answer, inner: out });
+                out.post(conn.shard, conn, &answer);
+                self.answer = answer;
+            }
+            Some(Post::Reply { seq, bytes }) => self.answered(conn, seq, bytes, out),
             Some(Post::Closed) => self.connection_lost(conn),
             None => warn!("undecodable post from another shard ({} bytes)", bytes.len()),
         }

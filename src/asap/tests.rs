@@ -631,3 +631,26 @@ fn policies_select_through_the_registrar() {
     sim.send(pu, &resolution("lu", Some(3)));
     assert_eq!(resolved(&sim.one(pu)), Ok(vec![2, 3, 1]), "least used first");
 }
+
+#[test]
+fn answers_keep_request_order_across_shards() {
+    let mut sim = Sim::new(2);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    sim.take(pe);
+    // Requests alternate between a pool on this shard and one on the other, with an answerless
+    // Endpoint Unreachable (for an unknown PE) in between; the answers come back in order.
+    let pu = sim.connect(0, "192.0.2.9:1");
+    let mut burst = Vec::new();
+    for k in 0..10 {
+        let h = if k % 2 == 0 { &h1 } else { &h0 };
+        burst.extend(resolution(h, None));
+        burst.extend(handle_and_id(MessageType::EndpointUnreachable, h, 999));
+    }
+    sim.send(pu, &burst);
+    let answers = sim.take(pu);
+    let ids: Vec<u32> = answers.iter().map(|a| resolved(a).unwrap()[0]).collect();
+    assert_eq!(ids, [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
+}

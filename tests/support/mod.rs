@@ -1,0 +1,272 @@
+//! Shared helpers of the integration tests: a registrar process on an ephemeral loopback port,
+//! and a blocking ASAP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rserpool::handlespace::shard_of;
+use rserpool::wire::asap::{self, Body, MessageType, Resolution};
+use rserpool::wire::framer::Frame;
+use rserpool::wire::{
+    CauseCode, Framer, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportRepr, Writer,
+};
+
+/// How long a test waits for anything before it calls the registrar stuck (a deadlock guard,
+/// not a timing assertion).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A registrar process, killed when dropped.
+pub struct Registrar {
+    child: Child,
+    /// Its ASAP address.
+    pub addr: SocketAddr,
+    /// Its log (stderr) lines so far, read by a background thread.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("rserpool-test-{tag}-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Registrar {
+    /// Starts `rserpool registrar` with `engine` ("uring" or "epoll"), `cores` shards and
+    /// `config` (TOML appended to the file) on 127.0.0.1 port 0; waits until it listens.
+    pub fn start(engine: &str, cores: usize, config: &str) -> Self {
+        let dir = TempDir::new("registrar");
+        let file = dir.0.join("registrar.toml");
+        std::fs::write(&file, format!("asap = \"127.0.0.1:0\"\nid = \"11223344\"\nlog = \"info\"\n{config}")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rserpool"))
+            .args(["registrar", "--engine", engine, "--cores", &cores.to_string(), "--config"])
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the registrar");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving ASAP on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the registrar did not start; log: {:?}", log.lock().unwrap())
+        });
+        let addr: SocketAddr = addr.parse().unwrap();
+        Self { child, addr, log, _dir: dir }
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Opens a client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the registrar did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking ASAP client.
+pub struct Client {
+    pub stream: TcpStream,
+    framer: Framer,
+    pending: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect to the registrar");
+        stream.set_nodelay(true).unwrap();
+        Self { stream, framer: Framer::new(Protocol::Asap, 65535), pending: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next message, or `None` if the connection closed or nothing came within `wait`.
+    pub fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Frame::Complete(m)) = self.framer.frame(&self.pending) {
+                let m = m.to_vec();
+                self.pending.drain(..m.len());
+                return Some(m);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            let mut buf = [0u8; 65536];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message (the test fails if none comes).
+    pub fn recv(&mut self) -> Vec<u8> {
+        self.recv_within(PATIENCE).expect("an answer from the registrar")
+    }
+
+    /// Whether the registrar closed this connection (reads until EOF or `wait`).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Registers and returns the Registration Response's (rejected, cause).
+    pub fn register(&mut self, handle: &str, pe: PoolElementRepr) -> (bool, Option<CauseCode>) {
+        self.send(&registration(handle, pe));
+        loop {
+            let m = self.recv();
+            let parsed = asap::parse(&m).unwrap();
+            match parsed.body() {
+                Body::RegistrationResponse { rejected, error, .. } => {
+                    return (*rejected, error.as_ref().map(|e| e.first_code()));
+                }
+                Body::EndpointKeepAlive { pool_handle, pe_id, .. } => {
+                    let ack = handle_and_id(MessageType::EndpointKeepAliveAck, pool_handle, *pe_id);
+                    self.send(&ack);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Resolves and returns the PEs (or the error cause).
+    pub fn resolve(&mut self, handle: &str, items: Option<u32>) -> Result<Vec<PoolElementRepr>, CauseCode> {
+        self.send(&resolution(handle, items));
+        parse_resolution(&self.recv())
+    }
+}
+
+pub fn parse_resolution(m: &[u8]) -> Result<Vec<PoolElementRepr>, CauseCode> {
+    let parsed = asap::parse(m).unwrap();
+    let Body::HandleResolutionResponse { resolution, .. } = parsed.body() else { panic!("not a resolution response") };
+    match resolution {
+        Resolution::Found { pool_elements, .. } => Ok(pool_elements.clone().map(|pe| pe.to_repr()).collect()),
+        Resolution::Failed(e) => Err(e.first_code()),
+    }
+}
+
+pub fn pe(id: u32, user: TransportRepr, policy: Policy, life: i32) -> PoolElementRepr {
+    PoolElementRepr {
+        pe_id: id,
+        home_registrar: 0,
+        registration_life: life,
+        user_transport: user,
+        policy: PolicyRepr::Known(policy),
+        asap_transport: None,
+    }
+}
+
+pub fn registration(handle: &str, pe: PoolElementRepr) -> Vec<u8> {
+    MessageRepr::new(
+        Protocol::Asap,
+        MessageType::Registration as u8,
+        0,
+        vec![ParamRepr::PoolHandle(handle.as_bytes().to_vec()), ParamRepr::PoolElement(pe)],
+    )
+    .to_bytes()
+    .unwrap()
+}
+
+pub fn handle_and_id(t: MessageType, handle: &[u8], pe_id: u32) -> Vec<u8> {
+    let mut buf = Vec::new();
+    asap::emit_handle_and_id(&mut Writer::new(&mut buf), t, 0, handle, Some(pe_id), None).unwrap();
+    buf
+}
+
+pub fn resolution(handle: &str, items: Option<u32>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    asap::emit_handle_resolution(&mut Writer::new(&mut buf), handle.as_bytes(), items).unwrap();
+    buf
+}
+
+/// A pool handle that hashes to `shard` of `shards`.
+pub fn handle_on(shard: u16, shards: u16, tag: &str) -> String {
+    (0..).map(|i| format!("{tag}-{i}")).find(|h| shard_of(h.as_bytes(), shards) == shard).unwrap()
+}
+
+pub fn vector(name: &str) -> Vec<u8> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let p = if dir.join(format!("{name}.hex")).exists() {
+        dir.join(format!("{name}.hex"))
+    } else {
+        dir.join(format!("bad/{name}.hex"))
+    };
+    let hex = std::fs::read_to_string(p).unwrap();
+    let hex = hex.trim();
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Polls `check` until it holds (deadlock guard: fails after [`PATIENCE`]).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
