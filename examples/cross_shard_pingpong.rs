@@ -52,7 +52,24 @@ impl Service for PingPong {
     }
 }
 
-fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u64) -> f64 {
+/// CPU time (ns) consumed so far by this process's shard threads (`/proc/self/task/*/schedstat`).
+fn shard_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("rserpool-shard") {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Round trips per second, and shard CPU time per round trip (ns).
+fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u64) -> (f64, f64) {
     let (tx, rx) = mpsc::channel();
     let config = EngineConfig {
         kind,
@@ -66,9 +83,11 @@ fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u
         runtime::start(config, move |me, _| PingPong { me, round_trips, done: 0, started: None, report: tx.clone() })
             .expect("engine starts");
     let elapsed = rx.recv_timeout(Duration::from_secs(300)).expect("ping-pong finishes");
+    // Idle shards use (almost) no CPU, so the total since start is the ping-pong's cost.
+    let cpu = shard_cpu_ns();
     engine.shutdown_handle().shutdown();
     engine.join().expect("engine stops");
-    round_trips as f64 / elapsed.as_secs_f64()
+    (round_trips as f64 / elapsed.as_secs_f64(), cpu as f64 / round_trips as f64)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -88,20 +107,23 @@ fn main() {
         ("epoll+eventfd", EngineKind::Epoll, CrossShardWake::MsgRing),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for r in 0..repeats {
         for (i, (name, kind, wake)) in modes.iter().enumerate() {
-            let rate = run(*kind, *wake, cores, round_trips);
+            let (rate, cpu) = run(*kind, *wake, cores, round_trips);
             println!(
-                "{{\"repeat\":{r},\"mode\":\"{name}\",\"round_trips\":{round_trips},\"round_trips_per_s\":{rate:.0}}}"
+                "{{\"repeat\":{r},\"mode\":\"{name}\",\"round_trips\":{round_trips},\"round_trips_per_s\":{rate:.0},\"shard_cpu_ns_per_round_trip\":{cpu:.0}}}"
             );
             rates[i].push(rate);
+            cpus[i].push(cpu);
         }
     }
-    println!("\n| mode | median round trips/s | median µs per round trip | ratio to msg_ring |");
-    println!("|---|---|---|---|");
+    println!("\n| mode | median round trips/s | median µs per round trip | shard CPU µs per round trip | rate ratio to msg_ring |");
+    println!("|---|---|---|---|---|");
     let base = median(&mut rates[0].clone());
     for (i, (name, ..)) in modes.iter().enumerate() {
         let m = median(&mut rates[i]);
-        println!("| {name} | {m:.0} | {:.2} | {:.2} |", 1e6 / m, m / base);
+        let c = median(&mut cpus[i]);
+        println!("| {name} | {m:.0} | {:.2} | {:.2} | {:.2} |", 1e6 / m, c / 1e3, m / base);
     }
 }

@@ -49,8 +49,31 @@ struct Conn {
     partial: usize,
 }
 
-/// Closed-loop client: returns replies per second over `secs` after a short warm-up.
-fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
+/// CPU time (ns) consumed so far by this process's threads whose name starts with `prefix`,
+/// from `/proc/self/task/*/schedstat`.
+fn thread_cpu_ns(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(prefix) {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// One measurement: replies per second, and the server thread's CPU time per reply.
+struct Sample {
+    rate: f64,
+    cpu_ns_per_req: f64,
+}
+
+/// Closed-loop client: measures over `secs` after a short warm-up.
+fn client(addr: SocketAddr, depth: usize, secs: f64, server_thread: &str) -> io::Result<Sample> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
     let mut conns = Vec::with_capacity(CONNS);
@@ -66,6 +89,7 @@ fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
     let mut buf = vec![0u8; 64 * 1024];
     let warm = Instant::now() + Duration::from_millis(500);
     let mut t0: Option<Instant> = None;
+    let mut cpu0 = 0;
     let mut done = 0u64;
     loop {
         match poll.poll(&mut events, Some(Duration::from_millis(100))) {
@@ -103,9 +127,16 @@ fn client(addr: SocketAddr, depth: usize, secs: f64) -> io::Result<f64> {
         match t0 {
             None if now >= warm => {
                 t0 = Some(now);
+                cpu0 = thread_cpu_ns(server_thread);
                 done = 0;
             }
-            Some(t) if (now - t).as_secs_f64() >= secs => return Ok(done as f64 / (now - t).as_secs_f64()),
+            Some(t) if (now - t).as_secs_f64() >= secs => {
+                let cpu = thread_cpu_ns(server_thread) - cpu0;
+                return Ok(Sample {
+                    rate: done as f64 / (now - t).as_secs_f64(),
+                    cpu_ns_per_req: cpu as f64 / done.max(1) as f64,
+                });
+            }
             _ => {}
         }
     }
@@ -129,11 +160,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     core_affinity::set_for_current(core_affinity::CoreId { id: client_core });
     runtime::raise_nofile_limit()?;
     for depth in [1usize, 16] {
-        let (mut eng, mut bare) = (Vec::new(), Vec::new());
+        let (mut eng, mut bare, mut eng_cpu, mut bare_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for pair in 0..pairs {
             let cfg = bare_echo::BareEchoConfig { core: Some(server_core), ..Default::default() };
             let server = bare_echo::spawn(cfg)?;
-            let b = client(server.local_addr(), depth, secs)?;
+            let b = client(server.local_addr(), depth, secs, "rserpool-bare")?;
             server.stop_handle().stop();
             server.join()?;
 
@@ -144,17 +175,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..EngineConfig::default()
             };
             let engine = runtime::start(config, |_, _| Fixed)?;
-            let e = client(engine.local_addr(), depth, secs)?;
+            let e = client(engine.local_addr(), depth, secs, "rserpool-shard")?;
             engine.shutdown_handle().shutdown();
             engine.join()?;
-            println!("{{\"depth\":{depth},\"pair\":{pair},\"bare_req_per_s\":{b:.0},\"engine_req_per_s\":{e:.0},\"engine\":\"{kind:?}\"}}");
-            bare.push(b);
-            eng.push(e);
+            println!(
+                "{{\"depth\":{depth},\"pair\":{pair},\"engine\":\"{kind:?}\",\"bare_req_per_s\":{:.0},\"engine_req_per_s\":{:.0},\"bare_server_cpu_ns_per_req\":{:.0},\"engine_server_cpu_ns_per_req\":{:.0}}}",
+                b.rate, e.rate, b.cpu_ns_per_req, e.cpu_ns_per_req
+            );
+            bare.push(b.rate);
+            eng.push(e.rate);
+            bare_cpu.push(b.cpu_ns_per_req);
+            eng_cpu.push(e.cpu_ns_per_req);
         }
         let (mb, me) = (median(&mut bare), median(&mut eng));
+        let (cb, ce) = (median(&mut bare_cpu), median(&mut eng_cpu));
         println!(
-            "depth {depth}: bare median {mb:.0} req/s, engine ({kind:?}) median {me:.0} req/s, ratio {:.3}",
-            me / mb
+            "depth {depth}: req/s bare {mb:.0}, engine ({kind:?}) {me:.0}, ratio {:.3}; server CPU ns/req bare {cb:.0}, engine {ce:.0}, ratio {:.3}",
+            me / mb,
+            ce / cb
         );
     }
     Ok(())
