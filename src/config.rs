@@ -151,11 +151,18 @@ pub struct Announce {
     pub group: SocketAddr,
     /// Multicast TTL.
     pub ttl: u32,
+    /// IPv4 address of the interface to send on (0.0.0.0: the system's choice).
+    pub interface: std::net::Ipv4Addr,
 }
 
 impl Default for Announce {
     fn default() -> Self {
-        Self { enabled: false, group: SocketAddr::from(([239, 0, 0, 50], 3863)), ttl: 1 }
+        Self {
+            enabled: false,
+            group: SocketAddr::from(([239, 0, 0, 50], 3863)),
+            ttl: 1,
+            interface: std::net::Ipv4Addr::UNSPECIFIED,
+        }
     }
 }
 

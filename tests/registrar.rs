@@ -270,3 +270,37 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert_eq!(parsed, rserpool::config::Config::default());
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn server_announce_is_multicast_when_enabled() {
+    use std::net::{Ipv4Addr, UdpSocket};
+    // Listen on the group on the loopback interface, then start a registrar announcing there.
+    let group = Ipv4Addr::new(239, 0, 0, 50);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into()).unwrap();
+    let sock: UdpSocket = sock.into();
+    let port = sock.local_addr().unwrap().port();
+    if sock.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST).is_err() {
+        eprintln!("multicast is not available on loopback here; skipping");
+        return;
+    }
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let r = Registrar::start(
+        "auto",
+        1,
+        &format!("[announce]\nenabled = true\ngroup = \"239.0.0.50:{port}\"\ninterface = \"127.0.0.1\"\n[timers]\nserver_announce = 50\n"),
+    );
+    let mut buf = [0u8; 1500];
+    let n = match sock.recv(&mut buf) {
+        Ok(n) => n,
+        Err(e) => panic!("no Server Announce received: {e}; log {:?}", r.log()),
+    };
+    let m = asap::parse(&buf[..n]).unwrap();
+    let Body::ServerAnnounce { server_id, transports } = m.into_body() else { panic!("not a Server Announce") };
+    assert_eq!(server_id, 0x1122_3344);
+    let t: Vec<_> = transports.map(|t| t.to_repr()).collect();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].protocol, TransportProtocol::Tcp);
+    assert_eq!(t[0].port, r.addr.port(), "announces the ASAP listener");
+}

@@ -43,6 +43,9 @@ pub fn start(id: u32, asap: SocketAddr, cfg: &Announce, period_ms: u64) -> std::
     let socket = UdpSocket::bind(bind)?;
     if cfg.group.is_ipv4() {
         socket.set_multicast_ttl_v4(cfg.ttl)?;
+        if !cfg.interface.is_unspecified() {
+            socket2::SockRef::from(&socket).set_multicast_if_v4(&cfg.interface)?;
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
