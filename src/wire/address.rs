@@ -22,11 +22,14 @@ pub fn emit(w: &mut Writer<'_>, addr: &IpAddr) {
     match addr {
         IpAddr::V4(a) => {
             let [a0, a1, a2, a3] = a.octets();
-            w.bytes(&[0, 1, 0, 8, a0, a1, a2, a3]);
+            w.array(&[0, 1, 0, 8, a0, a1, a2, a3]);
         }
         IpAddr::V6(a) => {
-            w.bytes(&[0, 2, 0, 20]);
-            w.bytes(&a.octets());
+            let o = a.octets();
+            w.array(&[
+                0, 2, 0, 20, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11], o[12], o[13],
+                o[14], o[15],
+            ]);
         }
     }
 }

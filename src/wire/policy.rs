@@ -32,16 +32,18 @@ impl PolicyType {
 
     /// Number of 32-bit values that follow this type on the wire, or `None` for a type this
     /// implementation does not know.
+    #[inline]
     pub const fn value_count(self) -> Option<usize> {
-        match self {
-            Self::ROUND_ROBIN | Self::RANDOM => Some(0),
-            Self::WEIGHTED_ROUND_ROBIN
-            | Self::WEIGHTED_RANDOM
-            | Self::PRIORITY
-            | Self::LEAST_USED
-            | Self::RANDOMIZED_LEAST_USED => Some(1),
-            Self::LEAST_USED_DEGRADATION | Self::PRIORITY_LEAST_USED => Some(2),
-            _ => None,
+        // Known types are 1..=5 and 0x40000001..=0x40000004: index a 16-entry table by the low
+        // three bits and bit 30 (one lookup instead of a chain of comparisons on the hot path).
+        const NONE: u8 = u8::MAX;
+        const COUNTS: [u8; 16] = [NONE, 0, 1, 0, 1, 1, NONE, NONE, NONE, 1, 2, 2, 1, NONE, NONE, NONE];
+        if self.0 & !0x4000_0007 != 0 {
+            return None;
+        }
+        match COUNTS[((self.0 & 7) | ((self.0 >> 27) & 8)) as usize] {
+            NONE => None,
+            n => Some(n as usize),
         }
     }
 
@@ -152,6 +154,7 @@ impl Policy {
     }
 
     /// The values that follow the type on the wire (0, 1 or 2 of them).
+    #[inline]
     pub fn values(&self) -> PolicyValues {
         let (v, n) = match *self {
             Self::RoundRobin | Self::Random => ([0, 0], 0),
@@ -175,6 +178,7 @@ pub struct PolicyValues {
 
 impl core::ops::Deref for PolicyValues {
     type Target = [u32];
+    #[inline]
     fn deref(&self) -> &[u32] {
         &self.v[..self.n]
     }
@@ -287,16 +291,22 @@ impl PolicyRepr {
 /// Emits a known policy parameter.
 #[inline]
 pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
-    let values = policy.values();
-    let len = 8 + 4 * values.len();
-    let mut b = [0u8; 16];
-    b[1] = ParamType::POLICY.0 as u8;
-    b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    b[4..8].copy_from_slice(&policy.policy_type().0.to_be_bytes());
-    for (i, v) in values.iter().enumerate() {
-        b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_be_bytes());
+    let t = policy.policy_type().0.to_be_bytes();
+    let head = |len: u8| [0, ParamType::POLICY.0 as u8, 0, len, t[0], t[1], t[2], t[3]];
+    // Fixed-size writes: no length computed at run time, no call to memcpy.
+    match policy.values()[..] {
+        [] => w.array(&head(8)),
+        [a] => {
+            let [a0, a1, a2, a3] = a.to_be_bytes();
+            let h = head(12);
+            w.array(&[h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], a0, a1, a2, a3]);
+        }
+        [a, b, ..] => {
+            let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (a.to_be_bytes(), b.to_be_bytes());
+            let h = head(16);
+            w.array(&[h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], a0, a1, a2, a3, b0, b1, b2, b3]);
+        }
     }
-    w.bytes(&b[..len]);
 }
 
 /// Emits a policy parameter, known or not.
@@ -307,5 +317,33 @@ pub fn emit_repr(w: &mut Writer<'_>, policy: &PolicyRepr) {
             w.u32(policy_type.0);
             w.bytes(values);
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_counts_of_every_type() {
+        let known = [
+            (PolicyType::ROUND_ROBIN, 0),
+            (PolicyType::WEIGHTED_ROUND_ROBIN, 1),
+            (PolicyType::RANDOM, 0),
+            (PolicyType::WEIGHTED_RANDOM, 1),
+            (PolicyType::PRIORITY, 1),
+            (PolicyType::LEAST_USED, 1),
+            (PolicyType::LEAST_USED_DEGRADATION, 2),
+            (PolicyType::PRIORITY_LEAST_USED, 2),
+            (PolicyType::RANDOMIZED_LEAST_USED, 1),
+        ];
+        for (t, n) in known {
+            assert_eq!(t.value_count(), Some(n), "{t:?}");
+            assert!(t.name().is_some());
+        }
+        for t in [0, 6, 7, 0x4000_0000, 0x4000_0005, 0x4000_0007, 0x8000_0001, 0x4000_0011, 0x0000_0101, u32::MAX] {
+            assert_eq!(PolicyType(t).value_count(), None, "{t:#x}");
+            assert!(PolicyType(t).name().is_none(), "{t:#x}");
+        }
     }
 }

@@ -118,6 +118,51 @@ impl PoolElementRepr {
 /// SCTP or TCP ASAP transport, in that order. Never recurses into a nested Pool Element.
 #[inline(always)]
 pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<PoolElement<'a>, Error> {
+    if let Some(pe) = canonical(ctx, p) {
+        return Ok(pe);
+    }
+    check_in_full(ctx, p)
+}
+
+/// The layout every sender uses (user transport, policy, optional ASAP transport; nothing
+/// else), validated in one straight pass; `None` for anything else, which [`check_in_full`]
+/// then accepts or rejects with the precise error. Both accept exactly the same canonical
+/// parameters (a property test holds them to it).
+#[inline(always)]
+fn canonical<'a>(ctx: &mut Ctx, p: Param<'a>) -> Option<PoolElement<'a>> {
+    let b = p.as_bytes();
+    let next = |at: usize| -> Option<(ParamType, Param<'a>, usize)> {
+        let len = usize::from(crate::wire::field::get_u16(b, at + 2)?);
+        if len < 4 || at + len > b.len() {
+            return None;
+        }
+        let q = Param::new(&b[at..at + len], p.offset() + at);
+        Some((q.param_type(), q, at + crate::wire::field::padded(len)))
+    };
+    let (t, user, at) = next(16)?;
+    if !t.is_transport() || transport::check(ctx, &user).is_err() {
+        return None;
+    }
+    let (t, pol, end) = next(at)?;
+    if t != ParamType::POLICY || policy::check(ctx, &pol).is_err() {
+        return None;
+    }
+    let policy_at = at as u16;
+    if end >= b.len() {
+        return Some(PoolElement { param: p, user_at: 16, policy_at, asap_at: 0 });
+    }
+    let (t, asap, last) = next(end)?;
+    if !matches!(t, ParamType::SCTP_TRANSPORT | ParamType::TCP_TRANSPORT)
+        || transport::check(ctx, &asap).is_err()
+        || last < b.len()
+    {
+        return None;
+    }
+    Some(PoolElement { param: p, user_at: 16, policy_at, asap_at: end as u16 })
+}
+
+/// The general walk: any order problem, unknown parameters by their action bits, precise errors.
+fn check_in_full<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<PoolElement<'a>, Error> {
     ctx.expect_min(&p, 16)?;
     let (mut user_at, mut policy_at, mut asap_at) = (0u16, 0u16, 0u16);
     let base = p.offset();
@@ -184,10 +229,9 @@ impl Fields<'_> {
     /// Writes the whole parameter with its length computed up front (no patching).
     #[inline]
     fn emit(&self, w: &mut Writer<'_>, policy_len: usize, policy: impl FnOnce(&mut Writer<'_>)) {
-        let len = 16
-            + self.user_transport.encoded_len()
-            + policy_len
-            + self.asap_transport.map_or(0, TransportRepr::encoded_len);
+        let user_len = self.user_transport.encoded_len();
+        let asap_len = self.asap_transport.map_or(0, TransportRepr::encoded_len);
+        let len = 16 + user_len + policy_len + asap_len;
         let mut head = [0u8; 16];
         head[1] = ParamType::POOL_ELEMENT.0 as u8;
         head[2..4].copy_from_slice(&(len.min(u16::MAX as usize) as u16).to_be_bytes());
@@ -195,11 +239,11 @@ impl Fields<'_> {
         head[8..12].copy_from_slice(&self.home_registrar.to_be_bytes());
         head[12..16].copy_from_slice(&self.registration_life.to_be_bytes());
         w.reserve(len);
-        w.bytes(&head);
-        transport::emit(w, self.user_transport);
+        w.array(&head);
+        transport::emit_sized(w, self.user_transport, user_len);
         policy(w);
         if let Some(t) = self.asap_transport {
-            transport::emit(w, t);
+            transport::emit_sized(w, t, asap_len);
         }
         if len > u16::MAX as usize {
             w.overflowed(len);
@@ -220,4 +264,94 @@ pub fn emit(
 ) {
     let fields = Fields { pe_id, home_registrar, registration_life, user_transport, asap_transport };
     fields.emit(w, policy.encoded_len(), |w| policy::emit(w, policy));
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::error::Protocol;
+    use crate::wire::transport::{Addresses, TransportUse};
+
+    fn pe_bytes(addrs: usize, v6: bool, asap: bool, policy: Policy) -> Vec<u8> {
+        let ip = |i: usize| -> core::net::IpAddr {
+            if v6 {
+                core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16).into()
+            } else {
+                core::net::Ipv4Addr::new(192, 0, 2, i as u8).into()
+            }
+        };
+        let user = TransportRepr {
+            protocol: if addrs > 1 {
+                crate::wire::TransportProtocol::Sctp
+            } else {
+                crate::wire::TransportProtocol::Tcp
+            },
+            port: 7000,
+            transport_use: TransportUse::DataOnly,
+            service_code: 0,
+            addresses: (0..addrs.max(1)).map(ip).collect::<Addresses>(),
+        };
+        let repr = PoolElementRepr {
+            pe_id: 1,
+            home_registrar: 2,
+            registration_life: 3,
+            user_transport: user.clone(),
+            policy: PolicyRepr::Known(policy),
+            asap_transport: asap.then_some(user),
+        };
+        let mut buf = Vec::new();
+        repr.emit(&mut Writer::new(&mut buf));
+        buf
+    }
+
+    /// The fast path and the full walk must agree: whatever the fast path accepts, the walk
+    /// accepts with the same offsets; whatever the walk rejects, the fast path rejects.
+    fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let len = crate::wire::field::get_u16(bytes, 2).map_or(0, usize::from);
+        if bytes.len() < 4 || len < 4 || len > bytes.len() {
+            return Ok(());
+        }
+        let p = Param::new(&bytes[..len], 0);
+        let mut c1 = Ctx::new(Protocol::Asap, 1);
+        let mut c2 = Ctx::new(Protocol::Asap, 1);
+        let fast = canonical(&mut c1, p);
+        let full = check_in_full(&mut c2, p);
+        match (fast, full) {
+            (Some(a), Ok(b)) => {
+                prop_assert_eq!((a.user_at, a.policy_at, a.asap_at), (b.user_at, b.policy_at, b.asap_at));
+                prop_assert_eq!(c1.reports, c2.reports);
+            }
+            (Some(_), Err(e)) => {
+                return Err(TestCaseError::fail(format!("fast path accepted what the walk rejects: {e}")))
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_the_full_walk(
+            addrs in 1usize..4, v6: bool, asap: bool, weight: u32,
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut bytes = pe_bytes(addrs, v6, asap, Policy::WeightedRoundRobin { weight });
+            for (at, v) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = v;
+            }
+            agree(&bytes)?;
+        }
+    }
+
+    #[test]
+    fn canonical_layouts_take_the_fast_path() {
+        for (addrs, v6, asap) in [(1, false, false), (3, true, true), (2, false, true)] {
+            let bytes = pe_bytes(addrs, v6, asap, Policy::LeastUsedDegradation { load: 1, degradation: 2 });
+            let mut ctx = Ctx::new(Protocol::Asap, 1);
+            assert!(canonical(&mut ctx, Param::new(&bytes, 0)).is_some(), "{addrs} {v6} {asap}");
+        }
+    }
 }

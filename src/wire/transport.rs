@@ -108,6 +108,7 @@ impl TransportRepr {
 
 impl TransportProtocol {
     /// The protocol of a transport parameter type, if it is one.
+    #[inline]
     pub const fn from_param_type(t: ParamType) -> Option<Self> {
         Some(match t {
             ParamType::SCTP_TRANSPORT => Self::Sctp,
@@ -120,6 +121,7 @@ impl TransportProtocol {
     }
 
     /// The parameter type carrying this protocol.
+    #[inline]
     pub const fn param_type(self) -> ParamType {
         match self {
             Self::Sctp => ParamType::SCTP_TRANSPORT,
@@ -131,6 +133,7 @@ impl TransportProtocol {
     }
 
     /// Bytes of fixed fields after the TLV header (port, use/reserved, DCCP service code).
+    #[inline]
     const fn fixed_len(self) -> usize {
         match self {
             Self::Dccp => 8,
@@ -224,6 +227,27 @@ pub(crate) fn check(ctx: &mut Ctx, p: &Param<'_>) -> Result<(), Error> {
     if protocol.has_transport_use() && u16_at(v, 2) > 1 {
         return Err(ctx.invalid(p, Invalid::TransportUse));
     }
+    // The usual content, addresses only, in one straight pass; anything else takes the walk
+    // below, which reports faults precisely and applies unknown parameters' action bits.
+    let addrs = &v[fixed..];
+    let (mut at, mut count) = (0, 0usize);
+    while let Some(&[t0, t1, l0, l1]) = addrs.get(at..at + 4) {
+        match (t0, t1, l0, l1) {
+            (0, 1, 0, 8) if at + 8 <= addrs.len() => at += 8,
+            (0, 2, 0, 20) if at + 20 <= addrs.len() => at += 20,
+            _ => break,
+        }
+        count += 1;
+    }
+    if at == addrs.len() && count >= 1 && (count == 1 || protocol.is_multihomed()) {
+        return Ok(());
+    }
+    check_in_full(ctx, p, protocol, fixed)
+}
+
+#[cold]
+fn check_in_full(ctx: &mut Ctx, p: &Param<'_>, protocol: TransportProtocol, fixed: usize) -> Result<(), Error> {
+    let v = p.value();
     let mut walk = Walk::new(&v[fixed..], p.offset() + 4 + fixed);
     let mut count = 0u32;
     while let Some(a) = walk.next() {
@@ -259,16 +283,24 @@ impl TransportRepr {
 /// Emits a transport parameter.
 #[inline]
 pub fn emit(w: &mut Writer<'_>, t: &TransportRepr) {
-    let len = t.encoded_len() as u16;
+    emit_sized(w, t, t.encoded_len());
+}
+
+/// Emits a transport parameter whose [`TransportRepr::encoded_len`] the caller computed.
+#[inline]
+pub(crate) fn emit_sized(w: &mut Writer<'_>, t: &TransportRepr, len: usize) {
+    let len = len as u16;
     let ty = t.protocol.param_type().0;
     let second = if t.protocol.has_transport_use() { t.transport_use.to_u16() } else { 0 };
     let [t0, t1] = ty.to_be_bytes();
     let [l0, l1] = len.to_be_bytes();
     let [p0, p1] = t.port.to_be_bytes();
     let [s0, s1] = second.to_be_bytes();
-    w.bytes(&[t0, t1, l0, l1, p0, p1, s0, s1]);
     if t.protocol == TransportProtocol::Dccp {
-        w.u32(t.service_code);
+        let [c0, c1, c2, c3] = t.service_code.to_be_bytes();
+        w.array(&[t0, t1, l0, l1, p0, p1, s0, s1, c0, c1, c2, c3]);
+    } else {
+        w.array(&[t0, t1, l0, l1, p0, p1, s0, s1]);
     }
     for a in &t.addresses {
         address::emit(w, a);

@@ -75,6 +75,12 @@ impl<'a> Writer<'a> {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
+    /// Appends a fixed-size array (the length is known when compiling, so no call to memcpy).
+    #[inline(always)]
+    pub fn array<const N: usize>(&mut self, v: &[u8; N]) {
+        self.buf.extend_from_slice(v);
+    }
+
     /// Appends raw bytes.
     #[inline]
     pub fn bytes(&mut self, v: &[u8]) {
