@@ -89,6 +89,38 @@ struct Conn {
     order: Sequencer,
 }
 
+/// This shard's connections, indexed by the engine's slot number (dense, small): one array
+/// access per message instead of a hash lookup. The generation tells a reused slot apart.
+#[derive(Debug, Default)]
+struct Conns {
+    slots: Vec<Option<(u16, Conn)>>,
+}
+
+impl Conns {
+    fn insert(&mut self, id: ConnId, conn: Conn) {
+        let i = id.slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some((id.generation, conn));
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(id.slot as usize) {
+            Some(Some((generation, c))) if *generation == id.generation => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let slot = self.slots.get_mut(id.slot as usize)?;
+        match slot {
+            Some((generation, _)) if *generation == id.generation => slot.take().map(|(_, c)| c),
+            _ => None,
+        }
+    }
+}
+
 /// One registrar shard.
 pub struct Registrar {
     id: u32,
@@ -98,7 +130,7 @@ pub struct Registrar {
     framer: Framer,
     hs: Handlespace,
     keep_alive: KeepAlive,
-    conns: HashMap<ConnId, Conn, ahash::RandomState>,
+    conns: Conns,
     /// Kinds of rejection already logged per connection (so each is logged once per peer).
     logged: HashMap<ConnId, u32, ahash::RandomState>,
     selected: Vec<PeKey>,
@@ -141,7 +173,7 @@ impl Registrar {
             framer: Framer::new(Protocol::Asap, l.max_message_size),
             hs,
             keep_alive: KeepAlive::new(now, config.timers.keep_alive_interval, config.timers.keep_alive_timeout),
-            conns: HashMap::default(),
+            conns: Conns::default(),
             logged: HashMap::default(),
             selected: Vec::with_capacity(l.max_items as usize),
             scratch: Vec::with_capacity(l.max_message_size + 32),
@@ -193,7 +225,7 @@ impl Registrar {
             Some(handle) if self.shards > 1 => shard_of(handle, self.shards),
             _ => self.shard,
         };
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         if owner != self.shard {
             if msg[0] == MessageType::Registration as u8 {
                 c.shards |= 1u64.checked_shl(u32::from(owner)).unwrap_or(u64::MAX);
@@ -217,7 +249,7 @@ impl Registrar {
     /// Sends the answer to request `seq` of local connection `conn`, and any that were waiting
     /// for it, in order.
     fn answered(&mut self, conn: ConnId, seq: u64, bytes: &[u8], out: &mut impl Outbox) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.order.answered(seq, bytes, |answer| out.send(conn, &mut |buf| buf.extend_from_slice(answer)));
         }
     }
@@ -512,7 +544,7 @@ impl Service for Registrar {
     }
 
     fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox) -> usize {
-        let peer = self.conns.get(&conn).map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer);
+        let peer = self.conns.get_mut(conn).map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.peer);
         let mut used = 0;
         loop {
             match self.framer.frame(&data[used..]) {
@@ -533,7 +565,7 @@ impl Service for Registrar {
     }
 
     fn on_close(&mut self, conn: ConnId, _now: Time, out: &mut impl Outbox) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(conn) else { return };
         self.connection_lost(conn);
         for s in (0..self.shards).filter(|&s| s != self.shard) {
             if s >= 64 || c.shards & (1 << s) != 0 {
