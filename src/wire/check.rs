@@ -166,6 +166,15 @@ impl<'a> Walk<'a> {
         Some(Param::new(&region[pos..pos + len], self.base + pos))
     }
 
+    /// The next TLV if it has type `t` (the cursor stays put otherwise).
+    #[inline(always)]
+    pub(crate) fn next_if(&mut self, t: ParamType) -> Option<Param<'a>> {
+        match self.region.get(self.pos..self.pos + 2) {
+            Some(&[a, b]) if u16::from_be_bytes([a, b]) == t.0 => self.next(),
+            _ => None,
+        }
+    }
+
     /// `Ok` if the walk reached the end of the region, else the fault of the TLV it stopped at.
     #[inline(always)]
     pub(crate) fn finish(&self, ctx: &Ctx) -> Result<(), Error> {

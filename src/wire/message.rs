@@ -5,7 +5,7 @@
 use core::fmt;
 
 use super::cause::{self, OperationError};
-use super::check::{walk, Ctx};
+use super::check::{Ctx, Walk};
 use super::error::{Error, ErrorKind, Protocol};
 use super::field::{u16_at, u32_at};
 use super::param::{Param, ParamType, Params};
@@ -247,11 +247,13 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
     }
     let mut s = Slots::default();
     let mut any_handle = false;
-    walk(ctx, &buf[params_at..], params_at, |ctx, p| {
+    let mut w = Walk::new(&buf[params_at..], params_at);
+    while let Some(p) = w.next() {
         let t = p.param_type();
         let bit = ParamSet::bit(t);
         if bit == 0 {
-            return ctx.unknown(&p);
+            ctx.unknown(&p)?;
+            continue;
         }
         if schema.allowed.0 & bit == 0 || (s.seen & bit != 0 && schema.repeat.0 & bit == 0) {
             return Err(ctx.unexpected(&p));
@@ -272,6 +274,12 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
                     s.pool_element = Some(pe);
                 }
                 s.pool_elements += 1;
+                // The rest of a run of Pool Elements (a resolution answer, a table chunk) is
+                // checked here, without going through the dispatch above for each.
+                while let Some(q) = w.next_if(ParamType::POOL_ELEMENT) {
+                    pool_element::check(ctx, q)?;
+                    s.pool_elements += 1;
+                }
             }
             ParamType::PE_IDENTIFIER => {
                 ctx.expect_len(&p, 8)?;
@@ -305,8 +313,8 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
             // Address parameters never appear at the top level of any message.
             _ => return Err(ctx.unexpected(&p)),
         }
-        Ok(())
-    })?;
+    }
+    w.finish(ctx)?;
     for &m in schema.mandatory {
         if !s.has(m) {
             return Err(ctx.missing(buf.len(), m));
