@@ -280,6 +280,7 @@ impl Policy {
 
 impl PolicyRepr {
     /// Encoded length of the policy parameter, padding included.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         match self {
             Self::Known(p) => p.encoded_len(),
@@ -289,7 +290,7 @@ impl PolicyRepr {
 }
 
 /// Emits a known policy parameter.
-#[inline]
+#[inline(always)]
 pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
     let t = policy.policy_type().0.to_be_bytes();
     let head = |len: u8| [0, ParamType::POLICY.0 as u8, 0, len, t[0], t[1], t[2], t[3]];
@@ -310,6 +311,7 @@ pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
 }
 
 /// Emits a policy parameter, known or not.
+#[inline]
 pub fn emit_repr(w: &mut Writer<'_>, policy: &PolicyRepr) {
     match policy {
         PolicyRepr::Known(p) => emit(w, p),

@@ -102,6 +102,7 @@ pub struct PoolElementRepr {
 
 impl PoolElementRepr {
     /// Emits this Pool Element.
+    #[inline]
     pub fn emit(&self, w: &mut Writer<'_>) {
         let fields = Fields {
             pe_id: self.pe_id,

@@ -287,7 +287,7 @@ pub fn emit(w: &mut Writer<'_>, t: &TransportRepr) {
 }
 
 /// Emits a transport parameter whose [`TransportRepr::encoded_len`] the caller computed.
-#[inline]
+#[inline(always)]
 pub(crate) fn emit_sized(w: &mut Writer<'_>, t: &TransportRepr, len: usize) {
     let len = len as u16;
     let ty = t.protocol.param_type().0;
