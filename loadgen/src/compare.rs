@@ -1,0 +1,324 @@
+//! `loadgen compare`: the registrar, Redis GET and the bare echo server side by side, same
+//! client, same connections, depths and message sizes, alternating (A B C A B C ...) for several
+//! rounds so machine noise hits all alike; medians and ratios to a JSON file and a markdown table.
+
+use std::fmt::Write as _;
+use std::io;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cli::{self, LoadArgs, ServerArgs, WorkloadArgs};
+use crate::report::{self, Machine};
+use crate::run::{self, RunResult};
+use crate::setup;
+use crate::workload::{Plan, Target};
+
+/// Arguments of `loadgen compare`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// Rounds (each runs every target at every depth once).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Depths (requests in flight per connection) to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub depths: Vec<usize>,
+    /// Targets, in the order they alternate.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "registrar,redis,echo")]
+    pub targets: Vec<Target>,
+    /// Load options (--depth is ignored: see --depths).
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Workload options.
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Server options.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// One run of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Round (0-based).
+    pub round: usize,
+    /// Depth.
+    pub depth: usize,
+    /// Target.
+    pub target: Target,
+    /// Answers per second.
+    pub throughput: f64,
+    /// Median latency, us.
+    pub p50_us: f64,
+    /// 99th percentile, us.
+    pub p99_us: f64,
+    /// Errors in the measurement.
+    pub errors: u64,
+    /// Client system calls per answer.
+    pub client_syscalls_per_answer: f64,
+}
+
+/// Medians at one depth and their ratios.
+#[derive(Clone, Debug, Serialize)]
+pub struct DepthSummary {
+    /// Depth.
+    pub depth: usize,
+    /// `(target, median throughput, median p50 us, median p99 us)`.
+    pub medians: Vec<(Target, f64, f64, f64)>,
+    /// Registrar / Redis median throughput.
+    pub registrar_over_redis: Option<f64>,
+    /// Registrar / echo median throughput.
+    pub registrar_over_echo: Option<f64>,
+    /// Redis / echo median throughput.
+    pub redis_over_echo: Option<f64>,
+}
+
+/// Median of some values (the middle one, or the mean of the two middle ones).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Medians and ratios per depth.
+pub fn summarize(samples: &[Sample], depths: &[usize], targets: &[Target]) -> Vec<DepthSummary> {
+    depths
+        .iter()
+        .map(|&depth| {
+            let med = |t: Target, f: fn(&Sample) -> f64| {
+                let v: Vec<f64> = samples.iter().filter(|s| s.depth == depth && s.target == t).map(f).collect();
+                (!v.is_empty()).then(|| median(&v))
+            };
+            let medians: Vec<(Target, f64, f64, f64)> = targets
+                .iter()
+                .filter_map(|&t| Some((t, med(t, |s| s.throughput)?, med(t, |s| s.p50_us)?, med(t, |s| s.p99_us)?)))
+                .collect();
+            let thr = |t: Target| medians.iter().find(|m| m.0 == t).map(|m| m.1);
+            let ratio = |a: Target, b: Target| Some(thr(a)? / thr(b)?.max(1e-9));
+            DepthSummary {
+                depth,
+                registrar_over_redis: ratio(Target::Registrar, Target::Redis),
+                registrar_over_echo: ratio(Target::Registrar, Target::Echo),
+                redis_over_echo: ratio(Target::Redis, Target::Echo),
+                medians,
+            }
+        })
+        .collect()
+}
+
+/// The markdown table of a comparison.
+pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{header}\n");
+    let _ = writeln!(
+        s,
+        "| depth | registrar req/s | redis req/s | echo req/s | registrar/redis | registrar/echo | redis/echo | p50 / p99 us (registrar, redis, echo) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for d in summaries {
+        let get = |t: Target| d.medians.iter().find(|m| m.0 == t);
+        let thr = |t: Target| get(t).map_or("-".to_string(), |m| format!("{:.0}", m.1));
+        let lat = |t: Target| get(t).map_or("-".to_string(), |m| format!("{:.0}/{:.0}", m.2, m.3));
+        let r = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {}, {}, {} |",
+            d.depth,
+            thr(Target::Registrar),
+            thr(Target::Redis),
+            thr(Target::Echo),
+            r(d.registrar_over_redis),
+            r(d.registrar_over_echo),
+            r(d.redis_over_echo),
+            lat(Target::Registrar),
+            lat(Target::Redis),
+            lat(Target::Echo),
+        );
+    }
+    let _ = writeln!(s, "\nEvery run (in the order they ran):\n");
+    let _ = writeln!(s, "| round | depth | target | req/s | p50 us | p99 us | errors | client syscalls/answer |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for x in samples {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.3} |",
+            x.round,
+            x.depth,
+            x.target.name(),
+            x.throughput,
+            x.p50_us,
+            x.p99_us,
+            x.errors,
+            x.client_syscalls_per_answer
+        );
+    }
+    s
+}
+
+/// `loadgen compare`.
+pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
+    let cores = cli::cores(&args.load, args.server.server_core)?;
+    if let Some(id) = cores.client.first() {
+        core_affinity::set_for_current(core_affinity::CoreId { id: *id });
+    }
+    let max_depth = args.depths.iter().copied().max().unwrap_or(1);
+    let spec = args.workload.spec(max_depth);
+    let conns = args.load.connections.max(1);
+    let any = "127.0.0.1:1".parse().map_err(io::Error::other)?;
+    // The registrar first: its real answer size sets the sizes of the references.
+    let first = Plan::new(spec.clone(), conns, None);
+    let reg = cli::prepare(Target::Registrar, true, any, &first, &args.server, &cores, true)?;
+    let sizes = setup::probe_sizes(reg.addr, &first)?;
+    eprintln!(
+        "registrar: Handle Resolution {} bytes, Response {} bytes (our encoder's estimate: {})",
+        sizes.0,
+        sizes.1,
+        first.expected_response_size()
+    );
+    let plan = Plan::new(spec, conns, Some(sizes));
+    let mut prepared = vec![(Target::Registrar, reg)];
+    for &t in &args.targets {
+        if t != Target::Registrar {
+            prepared.push((t, cli::prepare(t, true, any, &plan, &args.server, &cores, true)?));
+        }
+    }
+    let commands: Vec<(Target, String)> =
+        prepared.iter().map(|(t, p)| (*t, p.server.as_ref().map(|s| s.command.clone()).unwrap_or_default())).collect();
+    let stop = cli::stop_flag();
+    let mut samples = Vec::new();
+    let mut last: Vec<(usize, Target, RunResult)> = Vec::new();
+    'rounds: for round in 0..args.rounds {
+        for &depth in &args.depths {
+            for &t in &args.targets {
+                let Some((_, p)) = prepared.iter().find(|(pt, _)| *pt == t) else { continue };
+                let mut load: LoadArgs = args.load.clone();
+                load.depth = depth;
+                let cfg = cli::run_config(&load, &cores, t, p.addr, None);
+                let r = run::run(&cfg, &plan, &stop)?;
+                eprintln!(
+                    "round {round} depth {depth:>2} {:<9} {:>10.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}",
+                    t.name(),
+                    r.throughput,
+                    r.latency.p50_us,
+                    r.latency.p99_us,
+                    r.error_total()
+                );
+                samples.push(Sample {
+                    round,
+                    depth,
+                    target: t,
+                    throughput: r.throughput,
+                    p50_us: r.latency.p50_us,
+                    p99_us: r.latency.p99_us,
+                    errors: r.error_total(),
+                    client_syscalls_per_answer: r.client_syscalls_per_answer,
+                });
+                last.retain(|(d, tt, _)| !(*d == depth && *tt == t));
+                last.push((depth, t, r));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    drop(prepared);
+    let summaries = summarize(&samples, &args.depths, &args.targets);
+    let machine = Machine::now();
+    let header = format!(
+        "Comparison {} ({} rounds, {} connections, {:.0} s + {:.0} s warm-up per run; nproc {}, kernel {}, {}; \
+         server core {}, loadgen core(s) {:?}; request {} B, reply {} B; git {})",
+        machine.date,
+        args.rounds,
+        conns,
+        args.load.duration,
+        args.load.warmup,
+        machine.nproc,
+        machine.kernel,
+        machine.cpu,
+        cores.server,
+        cores.client,
+        sizes.0,
+        sizes.1,
+        machine.git_revision
+    );
+    let md = markdown(&summaries, &samples, &header);
+    println!("{md}");
+    let json_path = report::out_path(&args.server.out, "compare-{date}.json", &machine);
+    let doc = serde_json::json!({
+        "machine": machine,
+        "workload": plan.spec,
+        "sizes": { "request": sizes.0, "reply": sizes.1, "redis_value": plan.redis_value_size, "redis_get_request": plan.get_request(0).len() },
+        "connections": conns,
+        "depths": args.depths,
+        "rounds": args.rounds,
+        "warmup_s": args.load.warmup,
+        "duration_s": args.load.duration,
+        "client_cores": cores.client,
+        "server_core": cores.server,
+        "profile": cores.profile,
+        "io": args.load.io,
+        "servers": commands.iter().map(|(t, c)| serde_json::json!({"target": t, "command": c})).collect::<Vec<_>>(),
+        "summary": summaries,
+        "samples": samples,
+        "last_runs": last.iter().map(|(_, _, r)| r).collect::<Vec<_>>(),
+    });
+    report::write_json(&json_path, &doc)?;
+    let md_path = json_path.with_extension("md");
+    std::fs::write(&md_path, &md)?;
+    for &depth in &args.depths {
+        let series: Vec<crate::plot::Spectrum> = last
+            .iter()
+            .filter(|(d, _, _)| *d == depth)
+            .map(|(_, t, r)| (format!("{} ({:.0}/s)", t.name(), r.throughput), r.spectrum.clone()))
+            .collect();
+        let svg = json_path.with_file_name(format!("compare-{}-depth{depth}-spectrum.svg", machine.stamp()));
+        let title = format!("Latency spectrum, {conns} connections x {depth} in flight (last round)");
+        crate::plot::spectrum_svg(&svg, &title, &series).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+    let errors: u64 = samples.iter().map(|s| s.errors).sum();
+    let _ = Arc::strong_count(&plan);
+    Ok(if errors > 0 { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(round: usize, depth: usize, target: Target, throughput: f64) -> Sample {
+        Sample { round, depth, target, throughput, p50_us: 1.0, p99_us: 2.0, errors: 0, client_syscalls_per_answer: 0.1 }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let samples = vec![
+            s(0, 1, Target::Registrar, 100.0),
+            s(0, 1, Target::Redis, 80.0),
+            s(0, 1, Target::Echo, 120.0),
+            s(1, 1, Target::Registrar, 300.0),
+            s(1, 1, Target::Redis, 60.0),
+            s(1, 1, Target::Echo, 100.0),
+            s(2, 1, Target::Registrar, 110.0),
+            s(2, 1, Target::Redis, 100.0),
+            s(2, 1, Target::Echo, 110.0),
+        ];
+        let targets = [Target::Registrar, Target::Redis, Target::Echo];
+        let sum = summarize(&samples, &[1, 16], &targets);
+        assert_eq!(sum[0].medians[0].1, 110.0);
+        assert_eq!(sum[0].registrar_over_redis, Some(110.0 / 80.0));
+        assert_eq!(sum[0].registrar_over_echo, Some(1.0));
+        assert!(sum[1].medians.is_empty() && sum[1].registrar_over_redis.is_none());
+        let md = markdown(&sum, &samples, "# x");
+        assert!(md.contains("| 1 | 110 | 80 | 110 | 1.38 | 1.00 | 0.73 |"), "{md}");
+    }
+}
