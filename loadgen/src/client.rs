@@ -191,7 +191,8 @@ impl Driver {
             .map(|i| {
                 let global = cfg.conn_base + i;
                 let slots = if churn { plan.spec.churn_slots } else { 0 };
-                let reg = (0..slots).map(|s| plan.registration(plan.churn_pool(global, s), plan.churn_pe_id(global, s)));
+                let reg =
+                    (0..slots).map(|s| plan.registration(plan.churn_pool(global, s), plan.churn_pe_id(global, s)));
                 let dereg =
                     (0..slots).map(|s| plan.deregistration(plan.churn_pool(global, s), plan.churn_pe_id(global, s)));
                 ConnState {
@@ -224,10 +225,11 @@ impl Driver {
             cfg,
         }
     }
+}
 
-    /// Picks the next churn slot of `c` that has nothing in flight.
-    fn churn_slot(&mut self, c: usize) -> usize {
-        let conn = &mut self.conns[c];
+/// Picks the next churn slot of `conn` that has nothing in flight.
+fn churn_slot(conn: &mut ConnState) -> usize {
+    {
         let n = conn.slots.len();
         for i in 0..n {
             let s = (conn.next_slot + i) % n;
@@ -240,10 +242,12 @@ impl Driver {
         conn.next_slot = (s + 1) % n;
         s
     }
+}
 
+impl Driver {
     /// Queues one request on connection `c`, intended at `intended`.
     fn issue(&mut self, c: usize, out: &mut Vec<u8>, intended: Nanos) {
-        let plan = Arc::clone(&self.cfg.plan);
+        let plan = &*self.cfg.plan;
         let (op, key) = match self.cfg.target {
             Target::Redis => {
                 let k = plan.sampler.sample(&mut self.rng);
@@ -265,9 +269,9 @@ impl Driver {
                     out.extend_from_slice(plan.resolve_request(k));
                     (OpKind::Resolve, k as u32)
                 } else {
-                    let s = self.churn_slot(c);
                     let rereg = plan.spec.reregistrations;
                     let conn = &mut self.conns[c];
+                    let s = churn_slot(conn);
                     let (op, next) = match conn.slots[s].0 {
                         Slot::Free => (OpKind::Register, Slot::Registered(0)),
                         Slot::Registered(k) if k < rereg => (OpKind::Reregister, Slot::Registered(k + 1)),
@@ -485,7 +489,13 @@ impl Driver {
 }
 
 /// Runs one client thread over `io` until its measurement and drain are over (or `stop`).
-pub fn drive<I: Io>(io: &mut I, cfg: ThreadConfig, clock: Clock, live: &Live, stop: &AtomicBool) -> io::Result<ThreadResult> {
+pub fn drive<I: Io>(
+    io: &mut I,
+    cfg: ThreadConfig,
+    clock: Clock,
+    live: &Live,
+    stop: &AtomicBool,
+) -> io::Result<ThreadResult> {
     let n = io.connections();
     let depth = cfg.depth.max(1);
     let start = cfg.start;
@@ -594,10 +604,12 @@ mod tests {
     use super::*;
     use crate::workload::WorkloadSpec;
 
+    type Answerer = Box<dyn FnMut(usize, &[u8]) -> Vec<u8>>;
+
     /// An in-memory transport that answers through a closure, for testing the driver logic.
     struct Loopback {
         out: Vec<Vec<u8>>,
-        answer: Box<dyn FnMut(usize, &[u8]) -> Vec<u8>>,
+        answer: Answerer,
         inbox: Vec<Vec<u8>>,
         calls: u64,
     }
@@ -676,8 +688,9 @@ mod tests {
                 v
             }),
         };
-        let r = drive(&mut io, config(Target::Echo, plan, 1000), Clock::new(), &Live::default(), &AtomicBool::new(false))
-            .unwrap();
+        let r =
+            drive(&mut io, config(Target::Echo, plan, 1000), Clock::new(), &Live::default(), &AtomicBool::new(false))
+                .unwrap();
         assert_eq!(r.record.issued, 1000);
         // Every issued request is answered (valid or counted as an error), none left over.
         assert_eq!(r.record.completed() + r.record.errors.total(), 1000);
@@ -703,12 +716,20 @@ mod tests {
                     asap::Body::Registration { pool_handle, pool_element } => {
                         assert_eq!(p2.pool_of_pe(pool_element.pe_id()), p2.pool_of_handle(pool_handle));
                         let t = MessageType::RegistrationResponse;
-                        asap::emit_handle_and_id(&mut Writer::new(&mut v), t, 0, pool_handle, Some(pool_element.pe_id()), None)
-                            .unwrap();
+                        asap::emit_handle_and_id(
+                            &mut Writer::new(&mut v),
+                            t,
+                            0,
+                            pool_handle,
+                            Some(pool_element.pe_id()),
+                            None,
+                        )
+                        .unwrap();
                     }
                     asap::Body::Deregistration { pool_handle, pe_id } => {
                         let t = MessageType::DeregistrationResponse;
-                        asap::emit_handle_and_id(&mut Writer::new(&mut v), t, 0, pool_handle, Some(*pe_id), None).unwrap();
+                        asap::emit_handle_and_id(&mut Writer::new(&mut v), t, 0, pool_handle, Some(*pe_id), None)
+                            .unwrap();
                     }
                     other => panic!("{other:?}"),
                 }
@@ -718,9 +739,14 @@ mod tests {
             answers.concat()
         };
         let mut io = Loopback { out: vec![Vec::new()], inbox: vec![Vec::new()], calls: 0, answer: Box::new(answer) };
-        let r =
-            drive(&mut io, config(Target::Registrar, plan, 300), Clock::new(), &Live::default(), &AtomicBool::new(false))
-                .unwrap();
+        let r = drive(
+            &mut io,
+            config(Target::Registrar, plan, 300),
+            Clock::new(),
+            &Live::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(r.record.errors.total(), 0, "{:?}", r.record.errors.nonzero());
         let ops = r.record.ops;
         let (reg, rereg, dereg) =
@@ -776,9 +802,14 @@ mod tests {
             out
         };
         let mut io = Loopback { out: vec![Vec::new()], inbox: vec![Vec::new()], calls: 0, answer: Box::new(answer) };
-        let r =
-            drive(&mut io, config(Target::Registrar, plan, 300), Clock::new(), &Live::default(), &AtomicBool::new(false))
-                .unwrap();
+        let r = drive(
+            &mut io,
+            config(Target::Registrar, plan, 300),
+            Clock::new(),
+            &Live::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         let foreign = r.record.errors.get(ErrorKind::ForeignPoolElement);
         assert_eq!(foreign + r.record.completed(), 300);
         assert!((95..=105).contains(&foreign), "{foreign}");

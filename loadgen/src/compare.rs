@@ -294,7 +294,16 @@ mod tests {
     use super::*;
 
     fn s(round: usize, depth: usize, target: Target, throughput: f64) -> Sample {
-        Sample { round, depth, target, throughput, p50_us: 1.0, p99_us: 2.0, errors: 0, client_syscalls_per_answer: 0.1 }
+        Sample {
+            round,
+            depth,
+            target,
+            throughput,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            errors: 0,
+            client_syscalls_per_answer: 0.1,
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub type Spectrum = (String, Vec<(f64, f64)>);
 /// decade past the last finite point.
 pub fn spectrum_svg(path: &Path, title: &str, series: &[Spectrum]) -> Res {
     let to_xy = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        let finite: Vec<(f64, f64)> = pts.iter().filter(|p| p.0 < 1.0).map(|&(q, v)| (1.0 / (1.0 - q), v.max(0.1))).collect();
+        let finite: Vec<(f64, f64)> =
+            pts.iter().filter(|p| p.0 < 1.0).map(|&(q, v)| (1.0 / (1.0 - q), v.max(0.1))).collect();
         let mut out = finite.clone();
         if let (Some(last), Some(max)) = (finite.last(), pts.iter().find(|p| p.0 >= 1.0)) {
             out.push((last.0 * 10.0, max.1.max(0.1)));
@@ -94,7 +95,8 @@ pub fn latency_vs_throughput_svg(path: &Path, title: &str, points: &[SweepPoint]
         .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    let lines: [(&str, fn(&SweepPoint) -> f64); 3] = [("p50", |p| p.p50), ("p99", |p| p.p99), ("p99.9", |p| p.p999)];
+    type Line = (&'static str, fn(&SweepPoint) -> f64);
+    let lines: [Line; 3] = [("p50", |p| p.p50), ("p99", |p| p.p99), ("p99.9", |p| p.p999)];
     for (i, (name, f)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = points.iter().map(|p| (p.throughput, f(p).max(ymin))).collect();

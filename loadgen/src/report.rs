@@ -38,11 +38,16 @@ impl Machine {
     pub fn now() -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         Self {
             date: cmd("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            // Online CPUs of the machine, not of this (pinned) thread's affinity mask.
+            nproc: cmd("nproc", &["--all"]).parse().unwrap_or(0),
             kernel: cmd("uname", &["-r"]),
             cpu,
             git_revision: cmd("git", &["describe", "--always", "--dirty"]),

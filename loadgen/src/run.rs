@@ -138,21 +138,22 @@ pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Res
         let live = Arc::clone(&lives[t]);
         let stop = Arc::clone(stop);
         let (io_kind, rbuf) = (cfg.io, cfg.recv_buffer);
-        let h = std::thread::Builder::new().name(format!("loadgen-{t}")).spawn(move || -> io::Result<ThreadResult> {
-            if let Some(id) = core {
-                core_affinity::set_for_current(core_affinity::CoreId { id });
-            }
-            match io_kind {
-                IoKind::Uring => {
-                    let mut io = UringIo::new(streams, rbuf)?;
-                    drive(&mut io, tc, clock, &live, &stop)
+        let h =
+            std::thread::Builder::new().name(format!("loadgen-{t}")).spawn(move || -> io::Result<ThreadResult> {
+                if let Some(id) = core {
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
                 }
-                IoKind::Epoll => {
-                    let mut io = EpollIo::new(streams, rbuf)?;
-                    drive(&mut io, tc, clock, &live, &stop)
+                match io_kind {
+                    IoKind::Uring => {
+                        let mut io = UringIo::new(streams, rbuf)?;
+                        drive(&mut io, tc, clock, &live, &stop)
+                    }
+                    IoKind::Epoll => {
+                        let mut io = EpollIo::new(streams, rbuf)?;
+                        drive(&mut io, tc, clock, &live, &stop)
+                    }
                 }
-            }
-        })?;
+            })?;
         handles.push(h);
     }
     let total = cfg.warmup_s + cfg.duration_s;

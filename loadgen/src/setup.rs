@@ -28,7 +28,9 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(err(format!("{addr} does not accept connections: {e}"))),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(err(format!("{addr} does not accept connections: {e}")))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -150,8 +152,14 @@ fn hold(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: &AtomicBool) {
                 if let Ok(parsed) = asap::parse(m) {
                     if let asap::Body::EndpointKeepAlive { pool_handle, pe_id, .. } = parsed.body() {
                         let t = MessageType::EndpointKeepAliveAck;
-                        let _ =
-                            asap::emit_handle_and_id(&mut Writer::new(&mut acks), t, 0, pool_handle, Some(*pe_id), None);
+                        let _ = asap::emit_handle_and_id(
+                            &mut Writer::new(&mut acks),
+                            t,
+                            0,
+                            pool_handle,
+                            Some(*pe_id),
+                            None,
+                        );
                     }
                 }
             }

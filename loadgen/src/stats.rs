@@ -126,7 +126,8 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every kind, in report order.
-    pub const ALL: [Self; 6] = [Self::Resolve, Self::Register, Self::Reregister, Self::Deregister, Self::Get, Self::Echo];
+    pub const ALL: [Self; 6] =
+        [Self::Resolve, Self::Register, Self::Reregister, Self::Deregister, Self::Get, Self::Echo];
 
     /// Name used in reports.
     pub const fn name(self) -> &'static str {

@@ -155,8 +155,10 @@ mod tests {
     }
 
     fn response(plan: &Plan, pool: usize, ids: &[u32]) -> Vec<u8> {
-        let mut params =
-            vec![ParamRepr::PoolHandle(plan.handle(pool).to_vec()), ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin))];
+        let mut params = vec![
+            ParamRepr::PoolHandle(plan.handle(pool).to_vec()),
+            ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin)),
+        ];
         params.extend(ids.iter().map(|&i| pe(i)));
         MessageRepr::new(Protocol::Asap, MessageType::HandleResolutionResponse as u8, 0, params).to_bytes().unwrap()
     }
@@ -171,9 +173,15 @@ mod tests {
         let ok = response(&p, 5, &[p.static_pe_id(5, 0), p.static_pe_id(5, 9)]);
         assert_eq!(check_asap(&p, &ok), Answer::Resolution { pool: Some(5), result: Ok(()) });
         let foreign = response(&p, 5, &[p.static_pe_id(5, 0), p.static_pe_id(6, 0)]);
-        assert_eq!(check_asap(&p, &foreign), Answer::Resolution { pool: Some(5), result: Err(ErrorKind::ForeignPoolElement) });
+        assert_eq!(
+            check_asap(&p, &foreign),
+            Answer::Resolution { pool: Some(5), result: Err(ErrorKind::ForeignPoolElement) }
+        );
         let twice = response(&p, 5, &[p.static_pe_id(5, 1), p.static_pe_id(5, 1)]);
-        assert_eq!(check_asap(&p, &twice), Answer::Resolution { pool: Some(5), result: Err(ErrorKind::DuplicatePoolElement) });
+        assert_eq!(
+            check_asap(&p, &twice),
+            Answer::Resolution { pool: Some(5), result: Err(ErrorKind::DuplicatePoolElement) }
+        );
         let empty = response(&p, 5, &[]);
         assert_eq!(check_asap(&p, &empty), Answer::Resolution { pool: Some(5), result: Err(ErrorKind::NoPoolElement) });
         let failed = MessageRepr::new(
@@ -187,7 +195,10 @@ mod tests {
         )
         .to_bytes()
         .unwrap();
-        assert_eq!(check_asap(&p, &failed), Answer::Resolution { pool: Some(5), result: Err(ErrorKind::ResolutionFailed) });
+        assert_eq!(
+            check_asap(&p, &failed),
+            Answer::Resolution { pool: Some(5), result: Err(ErrorKind::ResolutionFailed) }
+        );
         let mut stranger = response(&p, 5, &[p.static_pe_id(5, 0)]);
         stranger[12] = b'x'; // "xool-00005"
         assert_eq!(check_asap(&p, &stranger), Answer::Resolution { pool: None, result: Err(ErrorKind::Unexpected) });

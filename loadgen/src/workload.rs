@@ -175,7 +175,7 @@ impl Plan {
             None => Sampler::uniform(pools),
         };
         let slots = spec.churn_slots.clamp(1, MAX_CHURN_SLOTS);
-        let mut rng = fastrand::Rng::with_seed(spec.seed ^ 0x5eed_c4u64);
+        let mut rng = fastrand::Rng::with_seed(spec.seed ^ 0x005e_edc4_u64);
         let churn_pool = (0..connections * slots).map(|_| sampler.sample(&mut rng) as u32).collect();
         let mut plan = Self {
             spec: WorkloadSpec { pools, churn_slots: slots, ..spec },
