@@ -71,6 +71,21 @@ pub struct DepthSummary {
     pub registrar_over_echo: Option<f64>,
     /// Redis / echo median throughput.
     pub redis_over_echo: Option<f64>,
+    /// Median over rounds of the registrar / Redis ratio within each round (paired: robust to
+    /// noise that drifts between rounds).
+    pub paired_registrar_over_redis: Option<f64>,
+    /// Median over rounds of the registrar / echo ratio within each round.
+    pub paired_registrar_over_echo: Option<f64>,
+}
+
+/// Median over rounds of `a / b` measured in the same round at `depth`.
+pub fn paired_ratio(samples: &[Sample], depth: usize, a: Target, b: Target) -> Option<f64> {
+    let rounds: std::collections::BTreeSet<usize> = samples.iter().map(|s| s.round).collect();
+    let thr = |r: usize, t: Target| {
+        samples.iter().find(|s| s.round == r && s.depth == depth && s.target == t).map(|s| s.throughput)
+    };
+    let v: Vec<f64> = rounds.into_iter().filter_map(|r| Some(thr(r, a)? / thr(r, b)?.max(1e-9))).collect();
+    (!v.is_empty()).then(|| median(&v))
 }
 
 /// Median of some values (the middle one, or the mean of the two middle ones).
@@ -108,6 +123,8 @@ pub fn summarize(samples: &[Sample], depths: &[usize], targets: &[Target]) -> Ve
                 registrar_over_redis: ratio(Target::Registrar, Target::Redis),
                 registrar_over_echo: ratio(Target::Registrar, Target::Echo),
                 redis_over_echo: ratio(Target::Redis, Target::Echo),
+                paired_registrar_over_redis: paired_ratio(samples, depth, Target::Registrar, Target::Redis),
+                paired_registrar_over_echo: paired_ratio(samples, depth, Target::Registrar, Target::Echo),
                 medians,
             }
         })
@@ -120,9 +137,14 @@ pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) ->
     let _ = writeln!(s, "{header}\n");
     let _ = writeln!(
         s,
-        "| depth | registrar req/s | redis req/s | echo req/s | registrar/redis | registrar/echo | redis/echo | p50 / p99 us (registrar, redis, echo) |"
+        "Medians of the runs of each target; ratios of those medians, and the median of the ratios \
+         measured within each round.\n"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| depth | registrar req/s | redis req/s | echo req/s | registrar/redis | registrar/echo | redis/echo | registrar/redis, registrar/echo (median of per-round ratios) | p50 / p99 us (registrar, redis, echo) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for d in summaries {
         let get = |t: Target| d.medians.iter().find(|m| m.0 == t);
         let thr = |t: Target| get(t).map_or("-".to_string(), |m| format!("{:.0}", m.1));
@@ -130,7 +152,7 @@ pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) ->
         let r = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {}, {}, {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}, {} | {}, {}, {} |",
             d.depth,
             thr(Target::Registrar),
             thr(Target::Redis),
@@ -138,9 +160,29 @@ pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) ->
             r(d.registrar_over_redis),
             r(d.registrar_over_echo),
             r(d.redis_over_echo),
+            r(d.paired_registrar_over_redis),
+            r(d.paired_registrar_over_echo),
             lat(Target::Registrar),
             lat(Target::Redis),
             lat(Target::Echo),
+        );
+    }
+    let _ = writeln!(s, "\nTargets (issue: >= 1.2x Redis at depth 1, >= 1.5x at depth 16, >= 0.85x echo at both):\n");
+    for d in summaries {
+        let want = if d.depth <= 1 { 1.2 } else { 1.5 };
+        let verdict = |v: Option<f64>, min: f64| match v {
+            Some(v) if v >= min => format!("{v:.2} (met, >= {min})"),
+            Some(v) => format!("{v:.2} (NOT met, >= {min})"),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "- depth {}: registrar/redis {} by medians, {} paired; registrar/echo {} by medians, {} paired",
+            d.depth,
+            verdict(d.registrar_over_redis, want),
+            verdict(d.paired_registrar_over_redis, want),
+            verdict(d.registrar_over_echo, 0.85),
+            verdict(d.paired_registrar_over_echo, 0.85),
         );
     }
     let _ = writeln!(s, "\nEvery run (in the order they ran):\n");
@@ -328,6 +370,9 @@ mod tests {
         assert_eq!(sum[0].registrar_over_echo, Some(1.0));
         assert!(sum[1].medians.is_empty() && sum[1].registrar_over_redis.is_none());
         let md = markdown(&sum, &samples, "# x");
-        assert!(md.contains("| 1 | 110 | 80 | 110 | 1.38 | 1.00 | 0.73 |"), "{md}");
+        assert!(md.contains("| 1 | 110 | 80 | 110 | 1.38 | 1.00 | 0.73 | 1.25, 1.00 |"), "{md}");
+        // Per round: 100/80, 300/60, 110/100 -> median 1.25; 100/120, 300/100, 110/110 -> 1.0.
+        assert_eq!(paired_ratio(&samples, 1, Target::Registrar, Target::Redis), Some(1.25));
+        assert_eq!(paired_ratio(&samples, 16, Target::Registrar, Target::Redis), None);
     }
 }
