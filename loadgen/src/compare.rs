@@ -1,6 +1,9 @@
 //! `loadgen compare`: the registrar, Redis GET and the bare echo server side by side, same
 //! client, same connections, depths and message sizes, alternating (A B C A B C ...) for several
 //! rounds so machine noise hits all alike; medians and ratios to a JSON file and a markdown table.
+//!
+//! With `--workload churn --targets registrar,echo` the same alternation measures registration
+//! churn against an echo of the Registration's and its Response's sizes.
 
 use std::fmt::Write as _;
 use std::io;
@@ -12,7 +15,7 @@ use crate::cli::{self, LoadArgs, ServerArgs, WorkloadArgs};
 use crate::report::{self, Machine};
 use crate::run::{self, RunResult};
 use crate::setup;
-use crate::workload::{Plan, Target};
+use crate::workload::{Plan, Target, WorkloadKind};
 
 /// Arguments of `loadgen compare`.
 #[derive(clap::Args, Clone, Debug)]
@@ -218,13 +221,20 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
     // The registrar first: its real answer size sets the sizes of the references.
     let first = Plan::new(spec.clone(), conns, None);
     let reg = cli::prepare(Target::Registrar, true, any, &first, &args.server, &cores, true)?;
-    let sizes = setup::probe_sizes(reg.addr, &first)?;
-    eprintln!(
-        "registrar: Handle Resolution {} bytes, Response {} bytes (our encoder's estimate: {})",
-        sizes.0,
-        sizes.1,
-        first.expected_response_size()
-    );
+    let sizes = if first.spec.workload == WorkloadKind::Churn {
+        let sizes = setup::probe_churn_sizes(reg.addr, &first)?;
+        eprintln!("registrar: Registration {} bytes, Registration Response {} bytes", sizes.0, sizes.1);
+        sizes
+    } else {
+        let sizes = setup::probe_sizes(reg.addr, &first)?;
+        eprintln!(
+            "registrar: Handle Resolution {} bytes, Response {} bytes (our encoder's estimate: {})",
+            sizes.0,
+            sizes.1,
+            first.expected_response_size()
+        );
+        sizes
+    };
     let plan = Plan::new(spec, conns, Some(sizes));
     let mut prepared = vec![(Target::Registrar, reg)];
     for &t in &args.targets {
@@ -275,8 +285,9 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
     let summaries = summarize(&samples, &args.depths, &args.targets);
     let machine = Machine::now();
     let header = format!(
-        "Comparison {} ({} rounds, {} connections, {:.0} s + {:.0} s warm-up per run; nproc {}, kernel {}, {}; \
+        "Comparison, workload {:?}, {} ({} rounds, {} connections, {:.0} s + {:.0} s warm-up per run; nproc {}, kernel {}, {}; \
          server core {}, loadgen core(s) {:?}; request {} B, reply {} B; git {})",
+        plan.spec.workload,
         machine.date,
         args.rounds,
         conns,
@@ -293,7 +304,12 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
     );
     let md = markdown(&summaries, &samples, &header);
     println!("{md}");
-    let json_path = report::out_path(&args.server.out, "compare-{date}.json", &machine);
+    let kind = match plan.spec.workload {
+        WorkloadKind::Resolve => "",
+        WorkloadKind::Churn => "churn-",
+        WorkloadKind::Mix => "mix-",
+    };
+    let json_path = report::out_path(&args.server.out, &format!("compare-{kind}{{date}}.json"), &machine);
     let doc = serde_json::json!({
         "machine": machine,
         "workload": plan.spec,
@@ -321,7 +337,7 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
             .filter(|(d, _, _)| *d == depth)
             .map(|(_, t, r)| (format!("{} ({:.0}/s)", t.name(), r.throughput), r.spectrum.clone()))
             .collect();
-        let svg = json_path.with_file_name(format!("compare-{}-depth{depth}-spectrum.svg", machine.stamp()));
+        let svg = json_path.with_file_name(format!("compare-{kind}{}-depth{depth}-spectrum.svg", machine.stamp()));
         let title = format!("Latency spectrum, {conns} connections x {depth} in flight (last round)");
         crate::plot::spectrum_svg(&svg, &title, &series).map_err(|e| io::Error::other(e.to_string()))?;
     }

@@ -192,6 +192,28 @@ pub fn probe_sizes(addr: SocketAddr, plan: &Plan) -> io::Result<(usize, usize)> 
     Ok((req.len(), size))
 }
 
+/// Registers and deregisters one churn PE; returns the sizes of the Registration and of its
+/// Response (the churn workload's request and answer).
+pub fn probe_churn_sizes(addr: SocketAddr, plan: &Plan) -> io::Result<(usize, usize)> {
+    let mut s = TcpStream::connect(addr)?;
+    let (pool, pe) = (plan.churn_pool(0, 0), plan.churn_pe_id(0, 0));
+    let req = plan.registration(pool, pe);
+    s.write_all(&req)?;
+    let mut size = 0;
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    read_until(&mut s, &mut buf, deadline, |m| match check_asap(plan, m) {
+        Answer::Registration { result: Ok(()), .. } => {
+            size = m.len();
+            Ok(true)
+        }
+        a => Err(err(format!("probe registration failed: {a:?}"))),
+    })?;
+    s.write_all(&plan.deregistration(pool, pe))?;
+    read_until(&mut s, &mut buf, deadline, |m| Ok(matches!(check_asap(plan, m), Answer::Deregistration { .. })))?;
+    Ok((req.len(), size))
+}
+
 /// Sets every key of the plan in Redis to a value of the plan's value size.
 pub fn redis_fill(addr: SocketAddr, plan: &Plan) -> io::Result<()> {
     let mut s = TcpStream::connect(addr)?;
