@@ -541,13 +541,19 @@ pub fn drive<I: Io>(
         if draining && (d.inflight == 0 || now >= drain_deadline) {
             break;
         }
+        // Open loop: a request is due but every connection is at its limit; wait for an answer
+        // rather than spin (the request keeps its intended time).
+        let mut starved = false;
         if open && !draining {
             loop {
                 let intended = sched.intended(k);
                 if intended > now || intended >= d.acc.measure_end {
                     break;
                 }
-                let Some(c) = d.next_token() else { break };
+                let Some(c) = d.next_token() else {
+                    starved = true;
+                    break;
+                };
                 d.issue(c, io.out(c), intended);
                 k += 1;
                 if requests.is_some_and(|r| d.rec.issued >= r) {
@@ -558,7 +564,7 @@ pub fn drive<I: Io>(
         if !d.stamp.is_empty() {
             d.stamp(clock.now());
         }
-        let timeout = if open && !draining {
+        let timeout = if open && !draining && !starved {
             Duration::from_nanos(sched.intended(k).saturating_sub(clock.now()).min(10_000_000))
         } else {
             Duration::from_millis(10)
