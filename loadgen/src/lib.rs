@@ -12,6 +12,7 @@
 //! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod client;
