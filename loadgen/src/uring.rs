@@ -11,6 +11,7 @@
 //! This is the only module of loadgen with `unsafe`: pushing submission entries.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![allow(unsafe_code)]
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
