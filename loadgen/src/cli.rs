@@ -174,6 +174,7 @@ pub fn run_config(load: &LoadArgs, cores: &Cores, target: Target, addr: SocketAd
         io: load.io,
         recv_buffer: load.recv_buffer,
         progress: !load.quiet,
+        server_pid: None,
     }
 }
 
@@ -307,7 +308,8 @@ pub fn cmd_run(args: &RunArgs) -> io::Result<i32> {
     let sizes = args.sizes.as_ref().map(|v| (v[0], v[1]));
     let plan = Plan::new(spec, args.load.connections.max(1), sizes);
     let prepared = prepare(args.target, args.spawn, args.addr, &plan, &args.server, &cores, !args.no_setup)?;
-    let cfg = run_config(&args.load, &cores, args.target, prepared.addr, args.rate);
+    let mut cfg = run_config(&args.load, &cores, args.target, prepared.addr, args.rate);
+    cfg.server_pid = prepared.server.as_ref().map(Server::pid);
     let stop = stop_flag();
     if let Some(id) = cores.client.first() {
         // Setup threads and the progress display stay off the server's core too.

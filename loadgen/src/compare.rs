@@ -59,7 +59,22 @@ pub struct Sample {
     pub errors: u64,
     /// Client system calls per answer.
     pub client_syscalls_per_answer: f64,
+    /// Cores the server used during the measurement.
+    pub server_cpu: Option<f64>,
+    /// Cores the client used during the measurement.
+    pub client_cpu: Option<f64>,
 }
+
+impl Sample {
+    /// Throughput per core of server CPU: what the server would do with its core to itself,
+    /// when the client (or noise) kept it from being saturated.
+    pub fn capacity(&self) -> Option<f64> {
+        self.server_cpu.filter(|&c| c > 0.05).map(|c| self.throughput / c)
+    }
+}
+
+/// `(target, server CPU, client CPU, capacity)` medians at one depth.
+pub type CpuRow = (Target, Option<f64>, Option<f64>, Option<f64>);
 
 /// Medians at one depth and their ratios.
 #[derive(Clone, Debug, Serialize)]
@@ -79,6 +94,13 @@ pub struct DepthSummary {
     pub paired_registrar_over_redis: Option<f64>,
     /// Median over rounds of the registrar / echo ratio within each round.
     pub paired_registrar_over_echo: Option<f64>,
+    /// `(target, median server CPU in cores, median client CPU, median capacity = answers/s
+    /// per core of server CPU)`.
+    pub cpu: Vec<CpuRow>,
+    /// Registrar / Redis capacity (answers per second per server core).
+    pub capacity_registrar_over_redis: Option<f64>,
+    /// Registrar / echo capacity.
+    pub capacity_registrar_over_echo: Option<f64>,
 }
 
 /// Median over rounds of `a / b` measured in the same round at `depth`.
@@ -121,8 +143,23 @@ pub fn summarize(samples: &[Sample], depths: &[usize], targets: &[Target]) -> Ve
                 .collect();
             let thr = |t: Target| medians.iter().find(|m| m.0 == t).map(|m| m.1);
             let ratio = |a: Target, b: Target| Some(thr(a)? / thr(b)?.max(1e-9));
+            let med_opt = |t: Target, f: &dyn Fn(&Sample) -> Option<f64>| {
+                let v: Vec<f64> = samples.iter().filter(|s| s.depth == depth && s.target == t).filter_map(f).collect();
+                (!v.is_empty()).then(|| median(&v))
+            };
+            let cpu: Vec<CpuRow> = targets
+                .iter()
+                .map(|&t| {
+                    (t, med_opt(t, &|s| s.server_cpu), med_opt(t, &|s| s.client_cpu), med_opt(t, &|s| s.capacity()))
+                })
+                .collect();
+            let cap = |t: Target| cpu.iter().find(|c| c.0 == t).and_then(|c| c.3);
+            let cap_ratio = |a: Target, b: Target| Some(cap(a)? / cap(b)?);
             DepthSummary {
                 depth,
+                capacity_registrar_over_redis: cap_ratio(Target::Registrar, Target::Redis),
+                capacity_registrar_over_echo: cap_ratio(Target::Registrar, Target::Echo),
+                cpu,
                 registrar_over_redis: ratio(Target::Registrar, Target::Redis),
                 registrar_over_echo: ratio(Target::Registrar, Target::Echo),
                 redis_over_echo: ratio(Target::Redis, Target::Echo),
@@ -188,13 +225,36 @@ pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) ->
             verdict(d.paired_registrar_over_echo, 0.85),
         );
     }
+    let _ = writeln!(
+        s,
+        "\nCPU during the measurement (cores, median; 1.00 = one core busy) and capacity = answers/s per \
+         core of server CPU, which corrects for runs where the client, not the server, was the limit:\n"
+    );
+    let _ = writeln!(s, "| depth | target | server CPU | client CPU | capacity (answers/s per server core) |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    for d in summaries {
+        for c in &d.cpu {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", d.depth, c.0.name(), f(c.1, 2), f(c.2, 2), f(c.3, 0));
+        }
+        let _ = writeln!(
+            s,
+            "| {} | capacity ratios | registrar/redis {} | registrar/echo {} | |",
+            d.depth,
+            f(d.capacity_registrar_over_redis, 2),
+            f(d.capacity_registrar_over_echo, 2)
+        );
+    }
     let _ = writeln!(s, "\nEvery run (in the order they ran):\n");
-    let _ = writeln!(s, "| round | depth | target | req/s | p50 us | p99 us | errors | client syscalls/answer |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| round | depth | target | req/s | p50 us | p99 us | errors | client syscalls/answer | server CPU | client CPU |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for x in samples {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.3} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.3} | {} | {} |",
             x.round,
             x.depth,
             x.target.name(),
@@ -202,7 +262,9 @@ pub fn markdown(summaries: &[DepthSummary], samples: &[Sample], header: &str) ->
             x.p50_us,
             x.p99_us,
             x.errors,
-            x.client_syscalls_per_answer
+            x.client_syscalls_per_answer,
+            f(x.server_cpu, 2),
+            f(x.client_cpu, 2)
         );
     }
     s
@@ -253,7 +315,8 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
                 let Some((_, p)) = prepared.iter().find(|(pt, _)| *pt == t) else { continue };
                 let mut load: LoadArgs = args.load.clone();
                 load.depth = depth;
-                let cfg = cli::run_config(&load, &cores, t, p.addr, None);
+                let mut cfg = cli::run_config(&load, &cores, t, p.addr, None);
+                cfg.server_pid = p.server.as_ref().map(crate::servers::Server::pid);
                 let r = run::run(&cfg, &plan, &stop)?;
                 eprintln!(
                     "round {round} depth {depth:>2} {:<9} {:>10.0} req/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}",
@@ -272,6 +335,8 @@ pub fn cmd_compare(args: &CompareArgs) -> io::Result<i32> {
                     p99_us: r.latency.p99_us,
                     errors: r.error_total(),
                     client_syscalls_per_answer: r.client_syscalls_per_answer,
+                    server_cpu: r.server_cpu,
+                    client_cpu: r.client_cpu,
                 });
                 last.retain(|(d, tt, _)| !(*d == depth && *tt == t));
                 last.push((depth, t, r));
@@ -361,6 +426,8 @@ mod tests {
             p99_us: 2.0,
             errors: 0,
             client_syscalls_per_answer: 0.1,
+            server_cpu: Some(if target == Target::Echo { 0.5 } else { 1.0 }),
+            client_cpu: Some(1.0),
         }
     }
 
@@ -390,5 +457,8 @@ mod tests {
         // Per round: 100/80, 300/60, 110/100 -> median 1.25; 100/120, 300/100, 110/110 -> 1.0.
         assert_eq!(paired_ratio(&samples, 1, Target::Registrar, Target::Redis), Some(1.25));
         assert_eq!(paired_ratio(&samples, 16, Target::Registrar, Target::Redis), None);
+        // The echo server used half a core: its capacity is twice its throughput.
+        assert_eq!(sum[0].capacity_registrar_over_echo, Some(110.0 / 220.0));
+        assert_eq!(sum[0].capacity_registrar_over_redis, Some(110.0 / 80.0));
     }
 }

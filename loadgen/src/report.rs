@@ -126,6 +126,12 @@ pub fn summary_table(r: &RunResult) -> String {
         s += &format!("{:<28}{:>14}\n", "due but never sent", r.not_sent);
     }
     s += &format!("{:<28}{:>14.3}\n", "client syscalls / answer", r.client_syscalls_per_answer);
+    if let Some(c) = r.client_cpu {
+        s += &format!("{:<28}{:>14.2}\n", "client CPU (cores)", c);
+    }
+    if let Some(c) = r.server_cpu {
+        s += &format!("{:<28}{:>14.2}\n", "server CPU (cores)", c);
+    }
     s
 }
 

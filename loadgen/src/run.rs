@@ -56,6 +56,51 @@ pub struct RunConfig {
     pub recv_buffer: usize,
     /// Progress display: bar on a terminal, lines otherwise; false: quiet.
     pub progress: bool,
+    /// The server's process id, to measure its CPU time over the measurement (when local).
+    pub server_pid: Option<u32>,
+}
+
+/// CPU time (user + system) of process `pid` (None: this process) in clock ticks of 1/100 s.
+pub fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    parse_cpu_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// utime + stime from the text of `/proc/PID/stat` (fields 14 and 15; the command name in
+/// parentheses may contain spaces).
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Linux reports process times in USER_HZ, 100 per second on every architecture it runs on.
+const TICKS_PER_S: f64 = 100.0;
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    at: u64,
+    server: Option<u64>,
+    client: Option<u64>,
+}
+
+impl CpuSample {
+    fn take(clock: &Clock, server_pid: Option<u32>) -> Self {
+        Self { at: clock.now(), server: server_pid.and_then(|p| cpu_ticks(Some(p))), client: cpu_ticks(None) }
+    }
+
+    /// Cores used by the server and by this process between `self` and `later`.
+    fn usage(&self, later: &Self) -> (Option<f64>, Option<f64>) {
+        let secs = later.at.saturating_sub(self.at) as f64 / 1e9;
+        if secs < 0.2 {
+            return (None, None);
+        }
+        let share = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / TICKS_PER_S / secs);
+        (share(self.server, later.server), share(self.client, later.client))
+    }
 }
 
 /// What a run measured.
@@ -89,6 +134,11 @@ pub struct RunResult {
     pub client_syscalls_per_answer: f64,
     /// Answers per client loop iteration (batching).
     pub answers_per_iteration: f64,
+    /// Cores the server process used during the measurement (1.0 = one core busy), when its
+    /// process id is known.
+    pub server_cpu: Option<f64>,
+    /// Cores this process (the client) used during the measurement.
+    pub client_cpu: Option<f64>,
     /// The merged latency histogram (not serialized).
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -158,12 +208,26 @@ pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Res
     }
     let total = cfg.warmup_s + cfg.duration_s;
     let mut progress = cfg.progress.then(|| Progress::new(cfg, total));
+    let warm_end = start + (cfg.warmup_s * 1e9) as u64;
+    let measure_end = warm_end + (cfg.duration_s * 1e9) as u64;
+    let (mut first, mut last) = (None, None);
     while handles.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(100));
+        let now = clock.now();
+        let next = if first.is_none() { warm_end } else { measure_end };
+        let nap = Duration::from_nanos(next.saturating_sub(now).clamp(1_000_000, 100_000_000));
+        std::thread::sleep(nap);
+        let now = clock.now();
+        if first.is_none() && now >= warm_end {
+            first = Some(CpuSample::take(&clock, cfg.server_pid));
+        } else if last.is_none() && now >= measure_end {
+            last = Some(CpuSample::take(&clock, cfg.server_pid));
+        }
         if let Some(p) = progress.as_mut() {
-            p.update(&lives, clock.now().saturating_sub(start));
+            p.update(&lives, now.saturating_sub(start));
         }
     }
+    let last = last.unwrap_or_else(|| CpuSample::take(&clock, cfg.server_pid));
+    let (server_cpu, client_cpu) = first.map_or((None, None), |f| f.usage(&last));
     if let Some(p) = progress.take() {
         p.finish();
     }
@@ -171,7 +235,10 @@ pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Res
     for h in handles {
         results.push(h.join().map_err(|_| io::Error::other("client thread panicked"))??);
     }
-    Ok(merge(cfg, &results))
+    let mut r = merge(cfg, &results);
+    r.server_cpu = server_cpu;
+    r.client_cpu = client_cpu;
+    Ok(r)
 }
 
 /// Merges the threads' results into one.
@@ -215,6 +282,21 @@ pub fn merge(cfg: &RunConfig, results: &[ThreadResult]) -> RunResult {
         spectrum: stats::spectrum(&rec.latency),
         client_syscalls_per_answer: syscalls as f64 / answers.max(1) as f64,
         answers_per_iteration: answers as f64 / iterations.max(1) as f64,
+        server_cpu: None,
+        client_cpu: None,
         histogram: rec.latency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_from_proc_stat() {
+        let stat = "1234 (my (odd) prog) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 3 0 500 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert!(cpu_ticks(None).is_some());
     }
 }

@@ -20,6 +20,13 @@ pub struct Server {
     child: Child,
 }
 
+impl Server {
+    /// The server's process id (`taskset` execs it, so this is the server itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // Our own child, by its pid: TERM first so it shuts down cleanly, then reap it.

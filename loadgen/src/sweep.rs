@@ -52,7 +52,7 @@ fn csv_row(label: &str, r: &RunResult) -> String {
     let l = &r.latency;
     let s = r.service_latency.clone().unwrap_or_default();
     format!(
-        "{label},{:.0},{:.0},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{}\n",
+        "{label},{:.0},{:.0},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{}\n",
         r.offered.unwrap_or(0.0),
         r.throughput,
         l.p50_us,
@@ -63,7 +63,9 @@ fn csv_row(label: &str, r: &RunResult) -> String {
         s.p50_us,
         s.p99_us,
         r.error_total(),
-        r.not_sent
+        r.not_sent,
+        r.server_cpu.map_or(String::new(), |c| format!("{c:.3}")),
+        r.client_cpu.map_or(String::new(), |c| format!("{c:.3}")),
     )
 }
 
@@ -89,11 +91,13 @@ pub fn cmd_sweep(args: &SweepArgs) -> io::Result<i32> {
     let stop = cli::stop_flag();
     let mut load: LoadArgs = args.load.clone();
     load.depth = args.max_depth.max(1);
-    let cfg = cli::run_config(&load, &cores, args.target, prepared.addr, None);
+    let pid = prepared.server.as_ref().map(crate::servers::Server::pid);
+    let mut cfg = cli::run_config(&load, &cores, args.target, prepared.addr, None);
+    cfg.server_pid = pid;
     let max = run::run(&cfg, &plan, &stop)?;
     eprintln!("maximum (closed loop, depth {}): {:.0} answers/s", load.depth, max.throughput);
     let mut csv = String::from(
-        "point,offered_per_s,achieved_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p50_us,service_p99_us,errors,not_sent\n",
+        "point,offered_per_s,achieved_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p50_us,service_p99_us,errors,not_sent,server_cpu,client_cpu\n",
     );
     csv += &csv_row("max_closed_loop", &max);
     let mut runs = vec![("max_closed_loop".to_string(), max.clone())];
@@ -101,7 +105,8 @@ pub fn cmd_sweep(args: &SweepArgs) -> io::Result<i32> {
     let mut rates = vec![("unloaded".to_string(), args.unloaded_rate)];
     rates.extend(args.fractions.iter().map(|f| (format!("{:.0}%", f * 100.0), f * max.throughput)));
     for (label, rate) in rates {
-        let cfg = cli::run_config(&load, &cores, args.target, prepared.addr, Some(rate.max(1.0)));
+        let mut cfg = cli::run_config(&load, &cores, args.target, prepared.addr, Some(rate.max(1.0)));
+        cfg.server_pid = pid;
         let r = run::run(&cfg, &plan, &stop)?;
         eprintln!(
             "{label:>9}: offered {:>9.0}/s achieved {:>9.0}/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  errors {}",

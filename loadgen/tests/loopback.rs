@@ -37,6 +37,7 @@ fn config(target: Target, addr: std::net::SocketAddr, io: IoKind, rate: Option<f
         io,
         recv_buffer: 64 * 1024,
         progress: false,
+        server_pid: None,
     }
 }
 
