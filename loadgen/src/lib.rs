@@ -1,0 +1,37 @@
+//! loadgen: measures a registrar's handle resolution latency and throughput and its
+//! registration churn, side by side with Redis GET and a bare io_uring echo server.
+//!
+//! The pieces, each testable without a network:
+//! - [`pacing`]: the open-loop schedule (intended send times) and how it is split across threads;
+//! - [`sampler`]: uniform and Zipf choice of pool handles with a fixed seed;
+//! - [`workload`]: the pre-encoded requests of a run (pools, PEs, churn slots, Redis keys);
+//! - [`validate`]: checks of every response (type, pool, PEs of that pool, RESP replies);
+//! - [`stats`]: histograms, error counts, merging across threads, percentiles;
+//! - [`client`]: the per-thread driver (closed or open loop) over [`uring`] (io_uring) or
+//!   [`epoll`] (portable);
+//! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod compare;
+pub mod epoll;
+pub mod pacing;
+pub mod plot;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod sampler;
+pub mod servers;
+pub mod setup;
+pub mod stats;
+pub mod sweep;
+pub mod uring;
+pub mod validate;
+pub mod workload;
+
+/// Monotonic nanoseconds since a fixed base; the time unit of every schedule and latency here.
+pub type Nanos = u64;
