@@ -476,20 +476,12 @@ impl Registrar {
                         w.tlv_bytes(ParamType::POOL_HANDLE, handle);
                         policy::emit(w, &policy);
                         for pe in selected.iter().filter_map(|k| hs.pe(*k)) {
-                            let size = 16 + pe.user_transport.encoded_len() + pe.policy.encoded_len();
-                            if size > budget {
+                            let body = pe.wire_body();
+                            if 16 + body.len() > budget {
                                 break;
                             }
-                            budget -= size;
-                            pool_element::emit(
-                                w,
-                                pe.id,
-                                pe.home,
-                                pe.registration_life,
-                                &pe.user_transport,
-                                &pe.policy,
-                                None,
-                            );
+                            budget -= 16 + body.len();
+                            pool_element::emit_encoded(w, pe.id, pe.home, pe.registration_life, body, None);
                         }
                     });
                 });

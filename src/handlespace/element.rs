@@ -25,8 +25,10 @@ pub struct PoolElement {
     /// Registration life in milliseconds as stored (capped); negative = no expiry (until
     /// deregistered or its connection drops).
     pub registration_life: i32,
-    /// How pool users reach the PE: protocol, port and every address (multi-homed legs).
-    pub user_transport: TransportRepr,
+    /// The user transport and policy parameters as sent on the wire, encoded once per
+    /// (re-)registration: answers copy these bytes instead of encoding them again. Inline up to
+    /// 48 bytes (a TCP or UDP transport with any policy, SCTP with up to three IPv4 legs).
+    pub(crate) wire: smallvec::SmallVec<[u8; 48]>,
     /// How a registrar reaches the PE's ASAP endpoint, when known. Boxed: rsplib PEs never send
     /// one, and inline it would cost every PE ~56 bytes.
     pub asap_transport: Option<Box<TransportRepr>>,
@@ -39,6 +41,32 @@ pub struct PoolElement {
     pub unreachable_reports: u16,
     /// The ASAP connection it registered over; `None` for a PE learnt from a peer registrar.
     pub conn: Option<ConnId>,
+}
+
+impl PoolElement {
+    /// How pool users reach the PE: protocol, port and every address (multi-homed legs).
+    pub fn user_transport(&self) -> TransportRepr {
+        // The bytes were encoded from a valid transport; the fallback is never taken.
+        crate::wire::pool_element::decode_body_transport(&self.wire)
+            .unwrap_or_else(|| TransportRepr::new(crate::wire::TransportProtocol::Tcp, [0u8; 4].into(), 0))
+    }
+
+    /// The user transport and policy parameters exactly as a Pool Element parameter carries
+    /// them (for [`crate::wire::pool_element::emit_encoded`]).
+    pub fn wire_body(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// Encodes the wire body of a PE with these values (`scratch` avoids an allocation).
+    pub(crate) fn encode(
+        scratch: &mut Vec<u8>,
+        user_transport: &TransportRepr,
+        policy: &Policy,
+    ) -> smallvec::SmallVec<[u8; 48]> {
+        scratch.clear();
+        crate::wire::pool_element::encode_body(scratch, user_transport, policy);
+        smallvec::SmallVec::from_slice(scratch)
+    }
 }
 
 /// Index meaning "none" in the intrusive lists.

@@ -154,6 +154,8 @@ pub struct Handlespace {
     rng: fastrand::Rng,
     next_generation: u32,
     scratch: Vec<u32>,
+    /// Where a PE's wire body is encoded before it is stored.
+    wire_scratch: Vec<u8>,
 }
 
 const fn pe_index_key(pool: u32, pe_id: u32) -> u64 {
@@ -177,6 +179,7 @@ impl Handlespace {
             // Generation 0 is never handed out, so `PeKey::default()` names no PE.
             next_generation: 1,
             scratch: Vec::new(),
+            wire_scratch: Vec::with_capacity(128),
         }
     }
 
@@ -308,7 +311,7 @@ impl Handlespace {
             if let Some(index) = self.find_pe(p, pe_id) {
                 let slot = &self.pes[index as usize];
                 let same_source = slot.pe.conn == conn && slot.pe.home == home;
-                if !same_source && !same_addresses(&slot.pe.user_transport, &user_transport) {
+                if !same_source && !same_addresses(&slot.pe.user_transport(), &user_transport) {
                     return Err(RegisterError::NonUniquePeIdentifier(pe_id));
                 }
                 if slot.pe.conn != conn && !self.conn_has_room(conn) {
@@ -356,7 +359,7 @@ impl Handlespace {
                 id: pe_id,
                 home,
                 registration_life: life,
-                user_transport,
+                wire: PoolElement::encode(&mut self.wire_scratch, &user_transport, &policy),
                 asap_transport: asap_transport.map(Box::new),
                 policy,
                 degradation: 0,
@@ -408,7 +411,7 @@ impl Handlespace {
         let key = slot.key(index);
         let old_home = slot.pe.home;
         let old_conn = slot.pe.conn;
-        slot.pe.user_transport = user_transport;
+        slot.pe.wire = PoolElement::encode(&mut self.wire_scratch, &user_transport, &policy);
         match (&mut slot.pe.asap_transport, asap_transport) {
             (Some(stored), Some(new)) => **stored = new,
             (stored, new) => *stored = new.map(Box::new),

@@ -93,7 +93,7 @@ fn register_creates_pool_and_pe() {
     assert_eq!(hs.pe_expiry(r.pe), Some(Time(30_005)));
     let pe = hs.pe(r.pe).unwrap();
     assert_eq!((pe.id, pe.home, pe.registration_life, pe.conn), (7, ME, 30_000, conn(1)));
-    assert_eq!(pe.user_transport, sctp(7, 0));
+    assert_eq!(pe.user_transport(), sctp(7, 0));
     hs.validate().unwrap();
 }
 
@@ -137,7 +137,7 @@ fn re_registration_updates_in_place() {
     assert!(!out.added);
     assert_eq!(out.pe, before);
     assert_eq!((out.previous_owner, out.previous_conn), (None, None));
-    assert_eq!(hs.pe(out.pe).unwrap().user_transport.port, 9000);
+    assert_eq!(hs.pe(out.pe).unwrap().user_transport().port, 9000);
     assert_eq!(hs.pe_expiry(out.pe), Some(Time(61_000)));
     assert_eq!(resolve_ids(&mut hs, 3), [2, 3, 1]);
     assert_eq!(hs.pe_count(), 3);

@@ -252,6 +252,53 @@ impl Fields<'_> {
     }
 }
 
+/// Encodes the part of a Pool Element that changes only with a re-registration: the user
+/// transport and policy parameters, as they appear on the wire. A registrar stores this once
+/// and copies it into every answer ([`emit_encoded`]).
+pub fn encode_body(buf: &mut Vec<u8>, user_transport: &TransportRepr, policy: &Policy) {
+    let mut w = Writer::new(buf);
+    transport::emit(&mut w, user_transport);
+    policy::emit(&mut w, policy);
+}
+
+/// Emits a Pool Element from its fixed fields and a body made by [`encode_body`] (the
+/// registrar's answer path: one copy, nothing encoded again).
+#[inline]
+pub fn emit_encoded(
+    w: &mut Writer<'_>,
+    pe_id: u32,
+    home_registrar: u32,
+    registration_life: i32,
+    body: &[u8],
+    asap_transport: Option<&TransportRepr>,
+) {
+    let asap_len = asap_transport.map_or(0, TransportRepr::encoded_len);
+    let len = 16 + body.len() + asap_len;
+    let [l0, l1] = (len.min(u16::MAX as usize) as u16).to_be_bytes();
+    let [i0, i1, i2, i3] = pe_id.to_be_bytes();
+    let [h0, h1, h2, h3] = home_registrar.to_be_bytes();
+    let [r0, r1, r2, r3] = registration_life.to_be_bytes();
+    w.reserve(len);
+    w.array(&[0, ParamType::POOL_ELEMENT.0 as u8, l0, l1, i0, i1, i2, i3, h0, h1, h2, h3, r0, r1, r2, r3]);
+    w.bytes(body);
+    if let Some(t) = asap_transport {
+        transport::emit_sized(w, t, asap_len);
+    }
+    if len > u16::MAX as usize {
+        w.overflowed(len);
+    }
+}
+
+/// The user transport of a body made by [`encode_body`]; `None` if the bytes are not one.
+pub fn decode_body_transport(body: &[u8]) -> Option<TransportRepr> {
+    let len = usize::from(crate::wire::field::get_u16(body, 2)?);
+    let tlv = body.get(..len)?;
+    let mut ctx = Ctx::new(crate::wire::Protocol::Asap, 0);
+    let p = Param::new(tlv, 0);
+    transport::check(&mut ctx, &p).ok()?;
+    Some(Transport::new_unchecked(p).to_repr())
+}
+
 /// Emits a Pool Element from its parts (the registrar's path: no owned form needed).
 #[inline]
 pub fn emit(
