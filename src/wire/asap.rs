@@ -282,6 +282,9 @@ impl<'a> Iterator for Transports<'a> {
 
 /// Validates `buf` as exactly one ASAP message and returns its typed view. No allocation.
 pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
+    if let Some(m) = handle_resolution(buf) {
+        return Ok(m);
+    }
     let (code, flags) = check_header(buf, Protocol::Asap)?;
     let Some(mt) = MessageType::from_u8(code) else {
         let mut e = Error::new(Protocol::Asap, Some(code), 0, ErrorKind::UnrecognizedMessage);
@@ -342,6 +345,27 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
         },
     };
     Ok(Message::new(buf, params_at, ctx.reports, body))
+}
+
+/// The registrar's most frequent request in the form every client sends it (a Pool Handle, then
+/// optionally a Handle Resolution Option, nothing else), read in one straight pass. Anything
+/// else, valid or not, returns `None` and goes through the general parse, which accepts exactly
+/// the same canonical messages.
+#[inline]
+fn handle_resolution(buf: &[u8]) -> Option<AsapMessage<'_>> {
+    let [0x05, _, l0, l1, 0x00, 0x09, h0, h1, ..] = *buf else { return None };
+    let (len, handle_len) = (usize::from(u16::from_be_bytes([l0, l1])), usize::from(u16::from_be_bytes([h0, h1])));
+    if len != buf.len() || handle_len < 4 {
+        return None;
+    }
+    let end = 4 + super::field::padded(handle_len);
+    let pool_handle = buf.get(8..4 + handle_len)?;
+    let items = match buf.get(end..)? {
+        [] => None,
+        [0x80, 0x3f, 0x00, 0x08, a, b, c, d] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => return None,
+    };
+    Some(Message::new(buf, 4, false, Body::HandleResolution { pool_handle, items }))
 }
 
 /// Best-effort read of the Pool Handle and PE identifier of a message that failed to parse, so
@@ -429,4 +453,52 @@ pub fn emit_unrecognized_params<'a>(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn general(buf: &[u8]) -> Option<(Vec<u8>, Option<u32>)> {
+        let (code, _) = check_header(buf, Protocol::Asap).ok()?;
+        if code != MessageType::HandleResolution as u8 {
+            return None;
+        }
+        let mut ctx = Ctx::new(Protocol::Asap, code);
+        let (_, s) = check_params(&mut ctx, buf, &MessageType::HandleResolution.schema()).ok()?;
+        Some((s.pool_handle.to_vec(), s.hr_option))
+    }
+
+    proptest! {
+        /// The Handle Resolution fast path accepts only what the general parse accepts, with
+        /// the same fields.
+        #[test]
+        fn handle_resolution_fast_path_agrees(
+            handle in proptest::collection::vec(any::<u8>(), 0..20),
+            items in proptest::option::of(any::<u32>()),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        ) {
+            let mut buf = Vec::new();
+            emit_handle_resolution(&mut Writer::new(&mut buf), &handle, items).unwrap();
+            for (at, v) in flips {
+                let i = at.index(buf.len());
+                buf[i] = v;
+            }
+            if let Some(m) = handle_resolution(&buf) {
+                let Body::HandleResolution { pool_handle, items } = m.into_body() else { panic!() };
+                prop_assert_eq!(general(&buf), Some((pool_handle.to_vec(), items)));
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_handle_resolutions_take_the_fast_path() {
+        for items in [None, Some(0), Some(4)] {
+            let mut buf = Vec::new();
+            emit_handle_resolution(&mut Writer::new(&mut buf), b"db.shard-07", items).unwrap();
+            assert!(handle_resolution(&buf).is_some());
+        }
+    }
 }
