@@ -256,6 +256,10 @@ impl Registrar {
 
     /// Handles one message for a pool of this shard (or about no pool).
     fn handle(&mut self, conn: ConnId, peer: SocketAddr, msg: &[u8], now: Time, out: &mut impl Outbox) {
+        // The hot path: a resolution as every client sends it, straight to the answer.
+        if let Some((pool_handle, items)) = asap::canonical_handle_resolution(msg) {
+            return self.resolve(conn, pool_handle, items, out);
+        }
         let m = match asap::parse(msg) {
             Ok(m) => m,
             Err(e) => {

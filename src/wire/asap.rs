@@ -348,11 +348,11 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
 }
 
 /// The registrar's most frequent request in the form every client sends it (a Pool Handle, then
-/// optionally a Handle Resolution Option, nothing else), read in one straight pass. Anything
-/// else, valid or not, returns `None` and goes through the general parse, which accepts exactly
-/// the same canonical messages.
+/// optionally a Handle Resolution Option, nothing else), read in one straight pass: its pool
+/// handle and option. Anything else, valid or not, gives `None`; [`parse`] accepts exactly the
+/// same canonical messages (and everything else that is valid).
 #[inline]
-fn handle_resolution(buf: &[u8]) -> Option<AsapMessage<'_>> {
+pub fn canonical_handle_resolution(buf: &[u8]) -> Option<(&[u8], Option<u32>)> {
     let [0x05, _, l0, l1, 0x00, 0x09, h0, h1, ..] = *buf else { return None };
     let (len, handle_len) = (usize::from(u16::from_be_bytes([l0, l1])), usize::from(u16::from_be_bytes([h0, h1])));
     if len != buf.len() || handle_len < 4 {
@@ -365,6 +365,12 @@ fn handle_resolution(buf: &[u8]) -> Option<AsapMessage<'_>> {
         [0x80, 0x3f, 0x00, 0x08, a, b, c, d] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => return None,
     };
+    Some((pool_handle, items))
+}
+
+#[inline]
+fn handle_resolution(buf: &[u8]) -> Option<AsapMessage<'_>> {
+    let (pool_handle, items) = canonical_handle_resolution(buf)?;
     Some(Message::new(buf, 4, false, Body::HandleResolution { pool_handle, items }))
 }
 
