@@ -295,7 +295,7 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
     let schema = mt.schema();
     let (params_at, s) = check_params(&mut ctx, buf, &schema)?;
     let fixed_u32 = || u32_at(buf, 4);
-    let pes = || PoolElements::new(buf, s.first_pool_element, s.pool_elements, Protocol::Asap, false);
+    let pes = || PoolElements::new(buf, s.first_pool_element, s.pool_elements, false);
     let body = match mt {
         MessageType::Registration => match s.pool_element {
             Some(pool_element) => Body::Registration { pool_handle: s.pool_handle, pool_element },

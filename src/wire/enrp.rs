@@ -232,7 +232,7 @@ impl<'a> Iterator for TableEntries<'a> {
             let p = self.params.next()?;
             if p.param_type() == ParamType::POOL_HANDLE {
                 let from = p.offset() + super::field::padded(p.as_bytes().len());
-                return Some((p.value(), PoolElements::new(self.buf, from, u32::MAX, Protocol::Enrp, true)));
+                return Some((p.value(), PoolElements::new(self.buf, from, u32::MAX, true)));
             }
         }
     }

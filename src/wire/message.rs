@@ -329,21 +329,13 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
 pub struct PoolElements<'a> {
     params: Params<'a>,
     remaining: u32,
-    protocol: Protocol,
-    message_type: u8,
     grouped: bool,
 }
 
 impl<'a> PoolElements<'a> {
-    pub(crate) fn new(buf: &'a [u8], from: usize, count: u32, protocol: Protocol, grouped: bool) -> Self {
+    pub(crate) fn new(buf: &'a [u8], from: usize, count: u32, grouped: bool) -> Self {
         let from = from.min(buf.len());
-        Self {
-            params: Params::new(&buf[from..], from),
-            remaining: count,
-            protocol,
-            message_type: buf.first().copied().unwrap_or(0),
-            grouped,
-        }
+        Self { params: Params::new(&buf[from..], from), remaining: count, grouped }
     }
 
     /// How many Pool Elements are left.
@@ -367,11 +359,9 @@ impl<'a> Iterator for PoolElements<'a> {
             let p = self.params.next()?;
             match p.param_type() {
                 ParamType::POOL_ELEMENT => {
-                    let mut ctx = Ctx::new(self.protocol, self.message_type);
-                    if let Ok(pe) = pool_element::check(&mut ctx, p) {
-                        self.remaining -= 1;
-                        return Some(pe);
-                    }
+                    // The message was validated whole: only find where the parts are.
+                    self.remaining -= 1;
+                    return Some(pool_element::locate(p));
                 }
                 // The next group of a Handle Table Response starts: this group is done.
                 ParamType::POOL_HANDLE if self.grouped => {

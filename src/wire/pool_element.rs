@@ -162,6 +162,29 @@ fn canonical<'a>(ctx: &mut Ctx, p: Param<'a>) -> Option<PoolElement<'a>> {
     Some(PoolElement { param: p, user_at: 16, policy_at, asap_at: end as u16 })
 }
 
+/// The view of a Pool Element that [`check`] accepted earlier (as part of its message): finds
+/// where its parts are by their headers alone, without checking their contents again.
+#[inline]
+pub(crate) fn locate(p: Param<'_>) -> PoolElement<'_> {
+    let (mut user_at, mut policy_at, mut asap_at) = (0u16, 0u16, 0u16);
+    let b = p.as_bytes();
+    let mut at = 16;
+    while let (Some(t), Some(len)) = (crate::wire::field::get_u16(b, at), crate::wire::field::get_u16(b, at + 2)) {
+        let t = ParamType(t);
+        if t.is_transport() {
+            if policy_at == 0 {
+                user_at = at as u16;
+            } else {
+                asap_at = at as u16;
+            }
+        } else if t == ParamType::POLICY {
+            policy_at = at as u16;
+        }
+        at += crate::wire::field::padded(usize::from(len).max(4));
+    }
+    PoolElement { param: p, user_at, policy_at, asap_at }
+}
+
 /// The general walk: any order problem, unknown parameters by their action bits, precise errors.
 fn check_in_full<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<PoolElement<'a>, Error> {
     ctx.expect_min(&p, 16)?;
@@ -366,6 +389,11 @@ mod tests {
         let mut c2 = Ctx::new(Protocol::Asap, 1);
         let fast = canonical(&mut c1, p);
         let full = check_in_full(&mut c2, p);
+        if let Ok(b) = &full {
+            // A view found again by headers alone (iterating a validated message) is the same.
+            let l = locate(p);
+            prop_assert_eq!((l.user_at, l.policy_at, l.asap_at), (b.user_at, b.policy_at, b.asap_at));
+        }
         match (fast, full) {
             (Some(a), Ok(b)) => {
                 prop_assert_eq!((a.user_at, a.policy_at, a.asap_at), (b.user_at, b.policy_at, b.asap_at));
