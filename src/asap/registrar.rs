@@ -221,9 +221,9 @@ impl Registrar {
     /// Handles one complete message from `conn`, here or at the shard owning its pool. Answers
     /// leave in request order (see [`Sequencer`]).
     fn dispatch(&mut self, conn: ConnId, peer: SocketAddr, msg: &[u8], now: Time, out: &mut impl Outbox) {
-        let owner = match Self::routing_handle(msg) {
-            Some(handle) if self.shards > 1 => shard_of(handle, self.shards),
-            _ => self.shard,
+        let owner = match self.shards {
+            1 => self.shard,
+            n => Self::routing_handle(msg).map_or(self.shard, |handle| shard_of(handle, n)),
         };
         let Some(c) = self.conns.get_mut(conn) else { return };
         if owner != self.shard {
