@@ -145,6 +145,8 @@ impl Client {
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                // A signal interrupted the read (e.g. io_uring task work of this thread): retry.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     return None
                 }
@@ -171,6 +173,7 @@ impl Client {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     return false
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return true,
             }
         }
