@@ -58,6 +58,9 @@ pub struct Timers {
     pub keep_alive_timeout: u64,
     /// Upper bound on a PE's registration life (longer requests are capped).
     pub max_registration_life: u64,
+    /// An Endpoint Unreachable report from one pool user about one PE counts at most once per
+    /// this many milliseconds (0: every report counts).
+    pub unreachable_report_interval: u64,
     /// T6-serverannounce: Server Announce period.
     pub server_announce: u64,
     /// PEER-HEARTBEAT-CYCLE: ENRP Presence period.
@@ -78,6 +81,7 @@ impl Default for Timers {
             keep_alive_interval: 30_000,
             keep_alive_timeout: 5_000,
             max_registration_life: 24 * 3600 * 1000,
+            unreachable_report_interval: 1_000,
             server_announce: 1_000,
             peer_heartbeat: 30_000,
             max_time_last_heard: 61_000,

@@ -138,11 +138,20 @@ both_engines! {
         let mut pu = r.client();
         pe.register("u", support::pe(1, tcp("127.0.0.1", 7000), Policy::RoundRobin, -1));
         pe.register("u", support::pe(2, tcp("127.0.0.1", 7001), Policy::RoundRobin, -1));
-        for _ in 0..3 {
+        // Repeated reports of one pool user count once per interval (1 s by default) ...
+        for _ in 0..5 {
             pu.send(&handle_and_id(MessageType::EndpointUnreachable, b"u", 1));
         }
+        assert_eq!(pu.resolve("u", Some(5)).unwrap().len(), 2, "one pool user alone does not remove a PE at once");
+        // ... and MAX-BAD-PE-REPORT (3) reports of different pool users remove it.
+        for _ in 0..2 {
+            let mut other = r.client();
+            other.send(&handle_and_id(MessageType::EndpointUnreachable, b"u", 1));
+            // Answers leave in request order: once this one is in, the report was handled.
+            assert!(other.resolve("u", Some(5)).is_ok());
+        }
         let ids: Vec<u32> = pu.resolve("u", Some(5)).unwrap().iter().map(|p| p.pe_id).collect();
-        assert_eq!(ids, [2], "MAX-BAD-PE-REPORT (3) reports removed PE 1");
+        assert_eq!(ids, [2], "three reports from three pool users removed PE 1");
     }
 
     malformed_input_is_answered_and_others_are_served(engine) {

@@ -10,6 +10,7 @@ mod order;
 mod post;
 mod registrar;
 mod reply;
+mod reports;
 #[cfg(test)]
 mod tests;
 

@@ -16,6 +16,7 @@ use super::keepalive::{Due, KeepAlive};
 use super::order::{Capture, Sequencer};
 use super::post::{self, Post};
 use super::reply;
+use super::reports::ReportLimiter;
 use crate::config::{Limits, Timers};
 use crate::handlespace::{shard_of, Handlespace, HandlespaceConfig, PeKey, Registration, Unreachable};
 use crate::service::{ConnId, Outbox, Service, ShardId};
@@ -130,6 +131,7 @@ pub struct Registrar {
     framer: Framer,
     hs: Handlespace,
     keep_alive: KeepAlive,
+    reports: ReportLimiter,
     conns: Conns,
     /// Kinds of rejection already logged per connection (so each is logged once per peer).
     logged: HashMap<ConnId, u32, ahash::RandomState>,
@@ -173,6 +175,7 @@ impl Registrar {
             framer: Framer::new(Protocol::Asap, l.max_message_size),
             hs,
             keep_alive: KeepAlive::new(now, config.timers.keep_alive_interval, config.timers.keep_alive_timeout),
+            reports: ReportLimiter::new(config.timers.unreachable_report_interval),
             conns: Conns::default(),
             logged: HashMap::default(),
             selected: Vec::with_capacity(l.max_items as usize),
@@ -285,7 +288,7 @@ impl Registrar {
                     }
                 }
             }
-            Body::EndpointUnreachable { pool_handle, pe_id } => self.unreachable(pool_handle, pe_id),
+            Body::EndpointUnreachable { pool_handle, pe_id } => self.unreachable(conn, pool_handle, pe_id, now),
             _ => debug!(%peer, kind = ?MessageType::from_u8(msg[0]), "ASAP message not for a registrar; ignored"),
         }
         if m.has_reports() {
@@ -445,8 +448,11 @@ impl Registrar {
         });
     }
 
-    fn unreachable(&mut self, handle: &[u8], pe_id: u32) {
+    fn unreachable(&mut self, reporter: ConnId, handle: &[u8], pe_id: u32, now: Time) {
         let key = self.hs.lookup(handle, pe_id);
+        if key.is_some_and(|k| !self.reports.allow(k, reporter, now)) {
+            return;
+        }
         if let Ok(Unreachable::Removed(pe)) = self.hs.report_unreachable(handle, pe_id) {
             self.stats.unreachable_removed += 1;
             if let Some(key) = key {

@@ -607,16 +607,22 @@ fn unreachable_reports_remove_a_pe_after_max_bad_pe_report() {
     let mut sim = Sim::new(2);
     let handle = handle_on(1, 2);
     let pe = sim.connect(0, "192.0.2.1:1");
-    let pu = sim.connect(0, "192.0.2.9:1");
     sim.send(pe, &registration(&handle, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
     sim.take(pe);
-    for _ in 0..2 {
+    // One pool user repeating itself counts once per interval (1 s by default).
+    let pu = sim.connect(0, "192.0.2.9:1");
+    for _ in 0..5 {
         sim.send(pu, &handle_and_id(MessageType::EndpointUnreachable, &handle, 1));
     }
-    assert_eq!(sim.pe_count(), 1);
+    assert_eq!(sim.pe_count(), 1, "one report counted");
+    sim.advance_to(1_000);
     sim.send(pu, &handle_and_id(MessageType::EndpointUnreachable, &handle, 1));
+    assert_eq!(sim.pe_count(), 1, "two reports counted");
+    // A third pool user's report reaches MAX-BAD-PE-REPORT (3).
+    let other = sim.connect(1, "192.0.2.10:1");
+    sim.send(other, &handle_and_id(MessageType::EndpointUnreachable, &handle, 1));
     assert_eq!(sim.pe_count(), 0);
-    assert!(sim.take(pu).is_empty(), "reports are not answered");
+    assert!(sim.take(pu).is_empty() && sim.take(other).is_empty(), "reports are not answered");
 }
 
 #[test]
