@@ -49,6 +49,15 @@ pub trait Outbox {
 
     /// Closes `conn` once the bytes already queued for it are written.
     fn close(&mut self, conn: ConnId);
+
+    /// Holds local connection `conn` open (`true`) while the service still owes it answers that
+    /// other shards are preparing, or releases it (`false`). A held connection whose peer has
+    /// closed its sending side is not closed when its queue runs empty, but when it is released
+    /// (and its queue is empty), so that a client that sends its requests and then shuts down
+    /// its side still receives every answer.
+    fn hold(&mut self, conn: ConnId, held: bool) {
+        let _ = (conn, held);
+    }
 }
 
 /// Protocol logic for one shard, driven by an engine.

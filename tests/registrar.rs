@@ -225,6 +225,28 @@ both_engines! {
         });
     }
 
+    every_answer_arrives_after_the_client_shuts_down_its_side(engine) {
+        // Requests for pools on both shards, then the client's FIN: the answers owed by the other
+        // shard still arrive before the registrar closes the connection.
+        let r = Registrar::start(engine, 2, "");
+        let (h0, h1) = (handle_on(0, 2, "fin"), handle_on(1, 2, "fin"));
+        let mut pe = r.client();
+        pe.register(&h0, support::pe(1, tcp("127.0.0.1", 7000), Policy::RoundRobin, -1));
+        pe.register(&h1, support::pe(2, tcp("127.0.0.1", 7001), Policy::RoundRobin, -1));
+        let mut pu = r.client();
+        let mut burst = Vec::new();
+        for k in 0..100 {
+            burst.extend(resolution(if k % 2 == 0 { &h0 } else { &h1 }, None));
+        }
+        pu.send(&burst);
+        pu.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        for k in 0..100u32 {
+            let got = parse_resolution(&pu.recv()).unwrap();
+            assert_eq!(got[0].pe_id, k % 2 + 1, "answer {k}");
+        }
+        assert!(pu.closed_within(PATIENCE), "then the registrar closes");
+    }
+
     sigterm_stops_cleanly(engine) {
         let r = Registrar::start(engine, 2, "");
         let mut c = r.client();

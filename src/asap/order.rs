@@ -78,6 +78,10 @@ impl<O: Outbox> Outbox for Capture<'_, O> {
     fn close(&mut self, conn: ConnId) {
         self.inner.close(conn);
     }
+
+    fn hold(&mut self, conn: ConnId, held: bool) {
+        self.inner.hold(conn, held);
+    }
 }
 
 #[cfg(test)]

@@ -233,6 +233,11 @@ impl Registrar {
             if msg[0] == MessageType::Registration as u8 {
                 c.shards |= 1u64.checked_shl(u32::from(owner)).unwrap_or(u64::MAX);
             }
+            if c.order.idle() {
+                // Answers are now owed from another shard: keep the connection open for them
+                // even if the client shuts down its side meanwhile.
+                out.hold(conn, true);
+            }
             let seq = c.order.number();
             post::request(&mut self.scratch, seq, peer, msg);
             out.post(owner, conn, &self.scratch);
@@ -254,6 +259,9 @@ impl Registrar {
     fn answered(&mut self, conn: ConnId, seq: u64, bytes: &[u8], out: &mut impl Outbox) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.order.answered(seq, bytes, |answer| out.send(conn, &mut |buf| buf.extend_from_slice(answer)));
+            if c.order.idle() {
+                out.hold(conn, false);
+            }
         }
     }
 

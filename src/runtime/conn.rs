@@ -118,6 +118,8 @@ pub(crate) struct Conn<H> {
     pub(crate) sendq: SendQueue,
     /// Listed in the table's touched list.
     touched: bool,
+    /// The service still owes answers (see `Outbox::hold`): a draining connection waits.
+    pub(crate) held: bool,
 }
 
 impl<H> Conn<H> {
@@ -130,7 +132,7 @@ impl<H> Conn<H> {
     pub(crate) fn must_close(&self) -> bool {
         match self.state {
             ConnState::Aborting => true,
-            ConnState::Draining => self.sendq.unsent() == 0 && !self.sendq.busy(),
+            ConnState::Draining => self.sendq.unsent() == 0 && !self.sendq.busy() && !self.held,
             ConnState::Open | ConnState::Dead => false,
         }
     }
@@ -181,6 +183,7 @@ impl<H> ConnTable<H> {
             pending: Vec::new(),
             sendq: SendQueue::default(),
             touched: false,
+            held: false,
         };
         let slot = match self.free.pop() {
             Some(slot) => slot,

@@ -162,6 +162,19 @@ impl<H> Outbox for Plumbing<H> {
         }
     }
 
+    fn hold(&mut self, conn: ConnId, held: bool) {
+        if conn.shard != self.me {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(conn) {
+            if c.held != held {
+                c.held = held;
+                // A released, draining connection may be due to close now.
+                self.conns.touch(conn);
+            }
+        }
+    }
+
     fn close(&mut self, conn: ConnId) {
         if conn.shard == self.me {
             self.close_local(conn);
