@@ -13,9 +13,15 @@ pub(crate) struct Sequencer {
     next_request: u64,
     next_answer: u64,
     held: BTreeMap<u64, Vec<u8>>,
+    held_bytes: usize,
 }
 
 impl Sequencer {
+    /// Bytes of answers waiting for earlier ones (the caller bounds it).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
     /// Whether every numbered request has been answered (answers may go straight out).
     pub(crate) fn idle(&self) -> bool {
         self.next_request == self.next_answer
@@ -33,6 +39,7 @@ impl Sequencer {
     pub(crate) fn answered(&mut self, seq: u64, bytes: &[u8], mut send: impl FnMut(&[u8])) {
         if seq != self.next_answer {
             if seq > self.next_answer && seq < self.next_request {
+                self.held_bytes += bytes.len();
                 self.held.insert(seq, bytes.to_vec());
             }
             return;
@@ -46,6 +53,7 @@ impl Sequencer {
                 break;
             }
             let held = entry.remove();
+            self.held_bytes -= held.len();
             if !held.is_empty() {
                 send(&held);
             }
@@ -97,6 +105,7 @@ mod tests {
         s.answered(c, b"C", |x| sent.push(x.to_vec()));
         s.answered(b, b"", |x| sent.push(x.to_vec()));
         assert!(sent.is_empty(), "a is still out");
+        assert_eq!(s.held_bytes(), 1, "C waits");
         s.answered(a, b"A", |x| sent.push(x.to_vec()));
         assert_eq!(sent, [b"A".to_vec(), b"C".to_vec()], "b had no answer");
         assert!(!s.idle());
@@ -108,5 +117,6 @@ mod tests {
         s.answered(99, b"never asked", |x| sent.push(x.to_vec()));
         assert_eq!(sent.len(), 3);
         assert!(s.held.is_empty());
+        assert_eq!(s.held_bytes(), 0);
     }
 }

@@ -261,6 +261,12 @@ impl Registrar {
             c.order.answered(seq, bytes, |answer| out.send(conn, &mut |buf| buf.extend_from_slice(answer)));
             if c.order.idle() {
                 out.hold(conn, false);
+            } else if c.order.held_bytes() > self.limits.max_send_queue {
+                // An earlier answer is not coming (a cross-shard queue dropped it) while the
+                // client keeps asking: close rather than hold its answers without bound.
+                warn!(peer = %c.peer, "closing connection: answers held for request order exceed the send queue limit");
+                out.hold(conn, false);
+                out.close(conn);
             }
         }
     }

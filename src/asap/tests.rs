@@ -45,6 +45,8 @@ struct Sim {
     received: HashMap<ConnId, VecDeque<Vec<u8>>>,
     closed: Vec<ConnId>,
     next_slot: u32,
+    /// Drop every post between shards (a lost cross-shard record).
+    lose_posts: bool,
 }
 
 impl Sim {
@@ -54,7 +56,7 @@ impl Sim {
 
     fn with(config: RegistrarConfig) -> Self {
         let shards = (0..config.shards).map(|s| Registrar::new(&config, s, Time::ZERO)).collect();
-        Self { shards, now: Time::ZERO, received: HashMap::new(), closed: Vec::new(), next_slot: 0 }
+        Self { shards, now: Time::ZERO, received: HashMap::new(), closed: Vec::new(), next_slot: 0, lose_posts: false }
     }
 
     fn connect(&mut self, shard: ShardId, peer: &str) -> ConnId {
@@ -101,6 +103,9 @@ impl Sim {
             }
             self.closed.extend(out.closes);
             for (to, conn, bytes) in out.posts {
+                if self.lose_posts {
+                    continue;
+                }
                 let mut next = Out::default();
                 let from = conn.shard;
                 self.shards[usize::from(to)].on_post(from, conn, &bytes, self.now, &mut next);
@@ -659,4 +664,33 @@ fn answers_keep_request_order_across_shards() {
     let answers = sim.take(pu);
     let ids: Vec<u32> = answers.iter().map(|a| resolved(a).unwrap()[0]).collect();
     assert_eq!(ids, [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
+}
+
+#[test]
+fn answers_held_for_a_lost_one_are_bounded() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.max_send_queue = 2_000;
+    let mut sim = Sim::with(config);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.take(pe);
+    // The request for the other shard's pool is lost on the way: the local answers after it
+    // wait for it, up to the limit, and then the connection is closed.
+    let pu = sim.connect(0, "192.0.2.9:1");
+    sim.lose_posts = true;
+    sim.send(pu, &resolution(&h1, None));
+    for _ in 0..10 {
+        sim.send(pu, &resolution(&h0, None));
+    }
+    assert!(sim.take(pu).is_empty(), "everything waits for the lost answer");
+    assert!(sim.closed.is_empty());
+    // Each answer is 60-odd bytes: the 2,000-byte limit is passed within 40 more requests.
+    let mut sent = 0;
+    while sim.closed.is_empty() && sent < 40 {
+        sim.send(pu, &resolution(&h0, None));
+        sent += 1;
+    }
+    assert_eq!(sim.closed, vec![pu], "closed once the held answers pass the send queue limit");
+    assert!(sent > 10, "not before the limit");
 }
