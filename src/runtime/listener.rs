@@ -15,6 +15,9 @@ pub(crate) fn bind_all(
     backlog: i32,
     transport: Transport,
 ) -> Result<Vec<TcpListener>, EngineError> {
+    if addr.port() != 0 {
+        ensure_free(addr, transport)?;
+    }
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
@@ -25,6 +28,21 @@ pub(crate) fn bind_all(
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// `SO_REUSEPORT` lets any process of the same user join a port that is already served, which
+/// would silently split clients between two servers. A bind without it fails if anyone listens
+/// on the address, so a probe tells "in use" before the shards' group binds.
+fn ensure_free(addr: SocketAddr, transport: Transport) -> Result<(), EngineError> {
+    let err = |source| EngineError::Bind { addr, source };
+    let (ty, proto) = transport.socket_kind();
+    let probe = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+    // Connections in TIME_WAIT from an earlier run do not count as "in use".
+    probe.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(err)?;
+    }
+    probe.bind(&addr.into()).map_err(err)
 }
 
 fn bind_one(addr: SocketAddr, backlog: i32, transport: Transport) -> Result<TcpListener, EngineError> {
@@ -46,6 +64,16 @@ fn bind_one(addr: SocketAddr, backlog: i32, transport: Transport) -> Result<TcpL
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_already_served_is_refused() {
+        let first = bind_all("127.0.0.1:0".parse().unwrap(), 2, 128, Transport::Tcp).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let second = bind_all(addr, 2, 128, Transport::Tcp);
+        assert!(matches!(second, Err(EngineError::Bind { .. })), "{second:?}");
+        drop(first);
+        assert!(bind_all(addr, 2, 128, Transport::Tcp).is_ok(), "free again once the first is gone");
+    }
 
     #[test]
     fn port_zero_binds_all_to_one_port() {
