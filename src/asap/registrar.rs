@@ -489,10 +489,14 @@ impl Registrar {
                 self.stats.resolutions += 1;
                 let hs = &self.hs;
                 let selected = &self.selected;
-                let pool_policy = hs.pool(pool).map_or(PolicyType::ROUND_ROBIN, |p| p.policy_type());
                 out.send(conn, &mut |buf| {
                     let first = selected.first().and_then(|k| hs.pe(*k));
-                    let policy = first.map_or_else(|| zero_policy(pool_policy), |pe| pe.policy);
+                    // The first PE's values; the pool's type with zero values only when none was
+                    // selected (the pool lookup is not needed on the usual path).
+                    let policy = first.map_or_else(
+                        || zero_policy(hs.pool(pool).map_or(PolicyType::ROUND_ROBIN, |p| p.policy_type())),
+                        |pe| pe.policy,
+                    );
                     let mut budget =
                         max.saturating_sub(4 + 4 + handle.len().next_multiple_of(4) + policy.encoded_len());
                     let mut w = Writer::with_limit(buf, max);
