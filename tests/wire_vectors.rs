@@ -4,29 +4,15 @@
 
 use std::path::PathBuf;
 
+#[path = "support/vectors.rs"]
+mod vectors;
+
+use vectors::{hex, read_hex, vector, vectors_dir};
+
 use rserpool::wire::framer::Frame;
 use rserpool::wire::{
     self, asap, enrp, CauseCode, CauseInfo, Disposition, ErrorKind, Framer, MessageRepr, ParamType, Protocol,
 };
-
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
-}
-
-fn read_hex(path: &std::path::Path) -> Vec<u8> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
-}
-
-fn vector(name: &str) -> Vec<u8> {
-    let p = vectors_dir().join(format!("{name}.hex"));
-    if p.exists() {
-        read_hex(&p)
-    } else {
-        read_hex(&vectors_dir().join("bad").join(format!("{name}.hex")))
-    }
-}
 
 fn protocol_of(name: &str) -> Protocol {
     if name.starts_with("enrp-") {
@@ -113,10 +99,6 @@ enum Expect {
     RejectQuoting(&'static str),
     RejectEmpty(ParamType),
     Report(CauseCode, &'static str),
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]

@@ -4,6 +4,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+#[path = "../../tests/support/vectors.rs"]
+mod vectors;
+
+use self::vectors::vector;
 use super::{Registrar, RegistrarConfig};
 use crate::handlespace::shard_of;
 use crate::service::{ConnId, Outbox, Service, ShardId};
@@ -193,18 +197,6 @@ fn resolved(bytes: &[u8]) -> Result<Vec<u32>, CauseCode> {
 /// A pool handle that hashes to `shard` of `shards`.
 fn handle_on(shard: ShardId, shards: u16) -> String {
     (0..).map(|i| format!("pool-{i}")).find(|h| shard_of(h.as_bytes(), shards) == shard).unwrap()
-}
-
-fn vector(name: &str) -> Vec<u8> {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let p = if dir.join(format!("{name}.hex")).exists() {
-        dir.join(format!("{name}.hex"))
-    } else {
-        dir.join(format!("bad/{name}.hex"))
-    };
-    let hex = std::fs::read_to_string(p).unwrap();
-    let hex = hex.trim();
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]

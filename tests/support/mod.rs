@@ -8,6 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rserpool::handlespace::shard_of;
+
+#[path = "vectors.rs"]
+mod vectors;
+pub use vectors::vector;
+
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
 use rserpool::wire::framer::Frame;
 use rserpool::wire::{
@@ -251,18 +256,6 @@ pub fn resolution(handle: &str, items: Option<u32>) -> Vec<u8> {
 /// A pool handle that hashes to `shard` of `shards`.
 pub fn handle_on(shard: u16, shards: u16, tag: &str) -> String {
     (0..).map(|i| format!("{tag}-{i}")).find(|h| shard_of(h.as_bytes(), shards) == shard).unwrap()
-}
-
-pub fn vector(name: &str) -> Vec<u8> {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let p = if dir.join(format!("{name}.hex")).exists() {
-        dir.join(format!("{name}.hex"))
-    } else {
-        dir.join(format!("bad/{name}.hex"))
-    };
-    let hex = std::fs::read_to_string(p).unwrap();
-    let hex = hex.trim();
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 /// Polls `check` until it holds (deadlock guard: fails after [`PATIENCE`]).
