@@ -672,31 +672,32 @@ mod tests {
         }
     }
 
+    /// Drives `requests` requests of `target` over `connections` in-memory connections whose
+    /// server is `answer`.
+    fn run(target: Target, plan: Arc<Plan>, requests: u64, connections: usize, answer: Answerer) -> ThreadResult {
+        let mut io =
+            Loopback { out: vec![Vec::new(); connections], inbox: vec![Vec::new(); connections], calls: 0, answer };
+        drive(&mut io, config(target, plan, requests), Clock::new(), &Live::default(), &AtomicBool::new(false)).unwrap()
+    }
+
     #[test]
     fn closed_loop_against_an_echo_checks_every_reply() {
         let plan = Plan::new(WorkloadSpec::default(), 2, Some((20, 150)));
         let mut replies = 0u64;
-        let mut io = Loopback {
-            out: vec![Vec::new(); 2],
-            inbox: vec![Vec::new(); 2],
-            calls: 0,
-            answer: Box::new(move |_, req| {
-                // Every 7th reply is corrupt.
-                let mut v = Vec::new();
-                for _ in 0..req.len() / 20 {
-                    replies += 1;
-                    let mut r = [b'r'; 150];
-                    if replies % 7 == 0 {
-                        r[3] = b'x';
-                    }
-                    v.extend_from_slice(&r);
+        let answer: Answerer = Box::new(move |_, req| {
+            // Every 7th reply is corrupt.
+            let mut v = Vec::new();
+            for _ in 0..req.len() / 20 {
+                replies += 1;
+                let mut r = [b'r'; 150];
+                if replies % 7 == 0 {
+                    r[3] = b'x';
                 }
-                v
-            }),
-        };
-        let r =
-            drive(&mut io, config(Target::Echo, plan, 1000), Clock::new(), &Live::default(), &AtomicBool::new(false))
-                .unwrap();
+                v.extend_from_slice(&r);
+            }
+            v
+        });
+        let r = run(Target::Echo, plan, 1000, 2, answer);
         assert_eq!(r.record.issued, 1000);
         // Every issued request is answered (valid or counted as an error), none left over.
         assert_eq!(r.record.completed() + r.record.errors.total(), 1000);
@@ -744,15 +745,7 @@ mod tests {
             answers.reverse();
             answers.concat()
         };
-        let mut io = Loopback { out: vec![Vec::new()], inbox: vec![Vec::new()], calls: 0, answer: Box::new(answer) };
-        let r = drive(
-            &mut io,
-            config(Target::Registrar, plan, 300),
-            Clock::new(),
-            &Live::default(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let r = run(Target::Registrar, plan, 300, 1, Box::new(answer));
         assert_eq!(r.record.errors.total(), 0, "{:?}", r.record.errors.nonzero());
         let ops = r.record.ops;
         let (reg, rereg, dereg) =
@@ -807,15 +800,7 @@ mod tests {
             }
             out
         };
-        let mut io = Loopback { out: vec![Vec::new()], inbox: vec![Vec::new()], calls: 0, answer: Box::new(answer) };
-        let r = drive(
-            &mut io,
-            config(Target::Registrar, plan, 300),
-            Clock::new(),
-            &Live::default(),
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let r = run(Target::Registrar, plan, 300, 1, Box::new(answer));
         let foreign = r.record.errors.get(ErrorKind::ForeignPoolElement);
         assert_eq!(foreign + r.record.completed(), 300);
         assert!((95..=105).contains(&foreign), "{foreign}");
