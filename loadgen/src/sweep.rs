@@ -78,12 +78,8 @@ pub fn cmd_sweep(args: &SweepArgs) -> io::Result<i32> {
     let spec = args.workload.spec(args.max_depth);
     let conns = args.load.connections.max(1);
     let mut plan = Plan::new(spec.clone(), conns, None);
-    let prepared = if args.target == Target::Registrar {
-        cli::prepare(args.target, args.spawn, args.addr, &plan, &args.server, &cores, true)?
-    } else {
-        // The references take the registrar's sizes from our encoder's estimate.
-        cli::prepare(args.target, args.spawn, args.addr, &plan, &args.server, &cores, true)?
-    };
+    let prepared = cli::prepare(args.target, args.spawn, args.addr, &plan, &args.server, &cores, true)?;
+    // The registrar's real sizes are probed; the references keep our encoder's estimate of them.
     if args.target == Target::Registrar {
         let sizes = setup::probe_sizes(prepared.addr, &plan)?;
         plan = Plan::new(spec, conns, Some(sizes));
