@@ -305,7 +305,7 @@ fn expiry(c: &mut Criterion) {
                     }
                     now = now.add_millis(1);
                     let t0 = Instant::now();
-                    let removed = hs.expire(now, |h, pe| {
+                    let removed = hs.expire(now, usize::MAX, |_, h, pe| {
                         black_box((h, pe));
                     });
                     total += t0.elapsed();

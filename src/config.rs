@@ -103,18 +103,24 @@ pub struct Limits {
     pub max_pool_handle: usize,
     /// Most addresses in one transport parameter (legs of a multi-homed PE).
     pub max_addresses: usize,
-    /// Most PEs registered over one connection.
+    /// Most PEs registered over one connection (counted across every shard).
     pub max_pes_per_connection: usize,
     /// Most PEs in one pool.
     pub max_pes_per_pool: usize,
-    /// Most PEs in the whole registrar (split evenly between shards).
+    /// Most PEs in the whole registrar.
     pub max_pes: usize,
-    /// Most pools in the whole registrar (split evenly between shards).
+    /// Most pools in the whole registrar.
     pub max_pools: usize,
     /// Most open client connections (split evenly between shards).
     pub max_connections: usize,
     /// Unsent bytes queued for one connection before the registrar stops reading from it.
     pub max_send_queue: usize,
+    /// Requests of one connection waiting for answers from other shards before the registrar
+    /// stops reading from it (answers leave in request order, so later ones wait too).
+    pub max_pending_requests: u32,
+    /// Registrations refused for a resource limit (cause 0x6) one connection may receive in a
+    /// row before it is closed (WIRE.md section 9: "cause 0x6, then close if it goes on").
+    pub max_refusals: u32,
     /// PEs in a Handle Resolution Response when the request does not say (rsplib: 3).
     pub default_items: u32,
     /// Most PEs in a Handle Resolution Response whatever the request says.
@@ -137,6 +143,8 @@ impl Default for Limits {
             max_pools: 1 << 20,
             max_connections: 10_000,
             max_send_queue: 1 << 20,
+            max_pending_requests: 1024,
+            max_refusals: 16,
             default_items: 3,
             max_items: 128,
             max_bad_pe_reports: 3,
@@ -248,6 +256,8 @@ impl Config {
             ("limits.max_pes", l.max_pes),
             ("limits.max_pools", l.max_pools),
             ("limits.max_connections", l.max_connections),
+            ("limits.max_pending_requests", l.max_pending_requests as usize),
+            ("limits.max_refusals", l.max_refusals as usize),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));

@@ -2,7 +2,8 @@
 //!
 //! - [`wire`]: zero-copy views and emitters for every ASAP and ENRP message and parameter.
 //! - [`handlespace`]: pools, pool elements, selection policies, lifetimes, per-owner checksums.
-//! - [`asap`]: the registrar's sans-IO ASAP state machine.
+//! - [`asap`]: the registrar's sans-IO ASAP procedures on one shard.
+//! - [`registrar`]: one registrar shard as a service: routing across shards, answer order.
 //! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
 //! - [`service`]: the seam between protocol code and engines.
 //!
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod asap;
+pub mod registrar;
 pub mod config;
 pub mod handlespace;
 pub mod runtime;

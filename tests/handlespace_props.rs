@@ -153,7 +153,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Advance { ms } => {
                 now = now.add_millis(ms);
-                hs.expire(now, |_, _| {});
+                hs.expire(now, usize::MAX, |_, _, _| {});
                 for (_, pool) in hs.pools() {
                     for key in pool.pes() {
                         if let Some(t) = hs.pe_expiry(key) {

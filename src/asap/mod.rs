@@ -1,17 +1,21 @@
-//! The registrar's ASAP side, sans-IO: messages and time in, actions out (WIRE.md section 6).
+//! The registrar's ASAP procedures, sans-IO: messages and time in; answers, keep-alive probes
+//! and PE changes out (WIRE.md section 6.1).
 //!
-//! [`Registrar`] is one shard of a registrar as a [`crate::service::Service`]: it frames the
-//! bytes of client connections, routes each request to the shard that owns its pool, applies
-//! the procedures (registration, deregistration, handle resolution, keep-alive supervision,
-//! unreachable reports, lifetimes) to the handlespace, and answers through the engine's outbox.
+//! [`Procedures`] holds one shard's part of the handlespace and applies registration,
+//! deregistration, handle resolution, keep-alive supervision, unreachable reports and
+//! lifetimes to it. It does not know about other shards: [`crate::registrar`] frames the bytes
+//! of client connections, hands each message to the shard owning its pool and keeps answers
+//! in request order. Every PE added, updated or removed is reported to a [`ChangeSink`] with
+//! its [`Reason`] (ENRP's hook for Handle Updates).
 
+mod budget;
+mod change;
 mod keepalive;
-mod order;
-mod post;
-mod registrar;
+mod loglimit;
+mod procedures;
 mod reply;
 mod reports;
-#[cfg(test)]
-mod tests;
 
-pub use registrar::{Registrar, RegistrarConfig, Stats};
+pub use budget::{Budget, Budgets};
+pub use change::{Change, ChangeSink, PeChange, Reason};
+pub use procedures::{Handled, Procedures, ProceduresConfig, Request, Stats};

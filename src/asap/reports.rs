@@ -1,21 +1,21 @@
 //! Rate limit of Endpoint Unreachable reports (WIRE.md section 6.1: "count reports per PE,
-//! rate-limit per PU"): a pool user's report about a PE counts at most once per interval, so one
-//! client cannot remove a PE by repeating itself; MAX-BAD-PE-REPORT reports need several
-//! clients or several intervals.
+//! rate-limit per PU"): reports from one address about a PE count at most once per interval,
+//! so one client cannot remove a PE by repeating itself, nor by opening more connections;
+//! MAX-BAD-PE-REPORT reports need several clients or several intervals.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use crate::handlespace::PeKey;
-use crate::service::ConnId;
 use crate::time::Time;
 
 /// Most (PE, reporter) pairs remembered; older ones are forgotten first when it fills up.
 const MAX_ENTRIES: usize = 1 << 16;
 
-/// When each pool user last had a report about each PE counted.
+/// When each reporting address last had a report about each PE counted.
 #[derive(Debug)]
 pub(crate) struct ReportLimiter {
-    last: HashMap<(PeKey, ConnId), Time, ahash::RandomState>,
+    last: HashMap<(PeKey, IpAddr), Time, ahash::RandomState>,
     interval: u64,
 }
 
@@ -25,7 +25,7 @@ impl ReportLimiter {
     }
 
     /// Whether a report from `reporter` about `pe` at `now` counts (and records it if so).
-    pub(crate) fn allow(&mut self, pe: PeKey, reporter: ConnId, now: Time) -> bool {
+    pub(crate) fn allow(&mut self, pe: PeKey, reporter: IpAddr, now: Time) -> bool {
         if self.interval == 0 {
             return true;
         }
@@ -54,7 +54,7 @@ mod tests {
     fn one_report_per_reporter_and_interval() {
         let mut l = ReportLimiter::new(1000);
         let pe = PeKey::default();
-        let (a, b) = (ConnId { shard: 0, generation: 1, slot: 1 }, ConnId { shard: 0, generation: 1, slot: 2 });
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "2001:db8::2".parse().unwrap());
         assert!(l.allow(pe, a, Time(0)));
         assert!(!l.allow(pe, a, Time(999)), "the same reporter within the interval");
         assert!(l.allow(pe, b, Time(999)), "another reporter counts");

@@ -66,13 +66,12 @@ impl RegisterError {
     /// The error cause to send in the Registration Response (with the R flag).
     pub const fn cause_code(&self) -> CauseCode {
         match self {
-            Self::EmptyHandle | Self::UnknownPolicy(_) => CauseCode::INVALID_VALUES,
+            Self::EmptyHandle | Self::HandleTooLong { .. } | Self::UnknownPolicy(_) => CauseCode::INVALID_VALUES,
             Self::InconsistentPolicy { .. } => CauseCode::INCONSISTENT_POOLING_POLICY,
             Self::InconsistentTransport { .. } => CauseCode::INCONSISTENT_TRANSPORT_TYPE,
             Self::InconsistentTransportUse { .. } => CauseCode::INCONSISTENT_DATA_CONTROL,
             Self::NonUniquePeIdentifier(_) => CauseCode::NON_UNIQUE_PE_IDENTIFIER,
-            Self::HandleTooLong { .. }
-            | Self::TooManyPools
+            Self::TooManyPools
             | Self::TooManyPesInPool
             | Self::TooManyPes
             | Self::TooManyPesOnConnection => CauseCode::LACK_OF_RESOURCES,

@@ -601,17 +601,20 @@ impl Handlespace {
         self.timers.next_expiry()
     }
 
-    /// Removes every PE whose registration life ended at or before `now`, passing each (with
-    /// its pool handle) to `removed`; returns how many. Amortized O(1) per PE.
-    pub fn expire(&mut self, now: Time, mut removed: impl FnMut(&[u8], PoolElement)) -> usize {
+    /// Removes up to `max` PEs whose registration life ended at or before `now`, passing each
+    /// (with its key, now stale, and its pool handle) to `removed`; returns how many. A caller
+    /// that bounds the work per call calls again while [`next_expiry`](Self::next_expiry) is
+    /// due. Amortized O(1) per PE.
+    pub fn expire(&mut self, now: Time, max: usize, mut removed: impl FnMut(PeKey, &[u8], PoolElement)) -> usize {
         let mut n = 0;
-        while let Some((_, key)) = self.timers.poll(now) {
+        while n < max {
+            let Some((_, key)) = self.timers.poll(now) else { break };
             if self.slot(key).is_none() {
                 continue;
             }
             self.pes[key.index as usize].timer = None;
             let (pe, p) = self.unlink(key.index);
-            removed(&self.pools[p as usize].handle, pe);
+            removed(key, &self.pools[p as usize].handle, pe);
             self.drop_pool_if_empty(p);
             n += 1;
         }

@@ -450,20 +450,20 @@ fn expiry_removes_at_the_deadline() {
 
     assert!(hs.next_expiry().unwrap() <= Time(6000));
     let mut removed = vec![];
-    assert_eq!(hs.expire(Time(5999), |h, pe| removed.push((h.to_vec(), pe.id))), 0);
-    assert_eq!(hs.expire(Time(6000), |h, pe| removed.push((h.to_vec(), pe.id))), 1);
+    assert_eq!(hs.expire(Time(5999), usize::MAX, |_, h, pe| removed.push((h.to_vec(), pe.id))), 0);
+    assert_eq!(hs.expire(Time(6000), usize::MAX, |_, h, pe| removed.push((h.to_vec(), pe.id))), 1);
     assert_eq!(removed, [(b"p".to_vec(), 1)]);
     // A re-registration pushes the deadline out.
     let mut r = reg(b"q", 3, Policy::Random, None);
     r.registration_life = 1000;
     hs.register(r, Time(50_500)).unwrap();
-    assert_eq!(hs.expire(Time(51_000), |_, _| {}), 0);
+    assert_eq!(hs.expire(Time(51_000), usize::MAX, |_, _, _| {}), 0);
     while let Some(t) = hs.next_expiry() {
-        hs.expire(t, |h, pe| removed.push((h.to_vec(), pe.id)));
+        hs.expire(t, usize::MAX, |_, h, pe| removed.push((h.to_vec(), pe.id)));
     }
     assert_eq!(removed, [(b"p".to_vec(), 1), (b"q".to_vec(), 3)]);
     assert_eq!(hs.pool_count(), 1, "pool q emptied and removed");
-    assert_eq!(hs.expire(Time(u64::MAX / 2), |_, _| {}), 0, "life -1 never expires");
+    assert_eq!(hs.expire(Time(u64::MAX / 2), usize::MAX, |_, _, _| {}), 0, "life -1 never expires");
     // Switching a PE to no expiry cancels its timer, and back.
     let mut r = reg(b"p", 2, Policy::RoundRobin, None);
     r.registration_life = 10;

@@ -14,6 +14,9 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// Lifecycle of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConnState {
+    /// An outbound connection waiting for the connect to finish; bytes sent meanwhile are
+    /// queued.
+    Connecting,
     /// Reading and writing.
     Open,
     /// Closing once the queued bytes are written (the service asked, or the peer sent EOF);
@@ -102,6 +105,16 @@ impl Drop for SendQueue {
     }
 }
 
+/// Reasons to stop handing a connection's input to the service (bits of [`Conn::paused`]).
+pub(crate) mod pause {
+    /// Too many bytes are unsent (backpressure from the peer).
+    pub(crate) const SEND_QUEUE: u8 = 1;
+    /// A cross-shard queue this connection's input fed is full.
+    pub(crate) const LINK: u8 = 2;
+    /// The service asked (`Outbox::pause`).
+    pub(crate) const SERVICE: u8 = 4;
+}
+
 /// One connection.
 #[derive(Debug)]
 pub(crate) struct Conn<H> {
@@ -109,8 +122,8 @@ pub(crate) struct Conn<H> {
     pub(crate) io: H,
     /// Lifecycle state.
     pub(crate) state: ConnState,
-    /// Reading is paused because too many bytes are unsent (backpressure).
-    pub(crate) paused: bool,
+    /// Why input is not handed to the service now (bits of [`pause`]; 0: it is).
+    pub(crate) paused: u8,
     /// Received bytes not yet consumed by the service: the tail of a partial message, or input
     /// that arrived while reading was paused.
     pub(crate) pending: Vec<u8>,
@@ -120,12 +133,16 @@ pub(crate) struct Conn<H> {
     touched: bool,
     /// The service still owes answers (see `Outbox::hold`): a draining connection waits.
     pub(crate) held: bool,
+    /// When a held, draining connection is closed anyway.
+    pub(crate) hold_deadline: Option<crate::time::Time>,
+    /// The peer has closed its sending side: nothing more will arrive.
+    pub(crate) eof: bool,
 }
 
 impl<H> Conn<H> {
     /// Whether the engine should be reading this connection.
     pub(crate) fn wants_read(&self) -> bool {
-        self.state == ConnState::Open && !self.paused
+        self.state == ConnState::Open && self.paused == 0 && !self.eof
     }
 
     /// Whether the engine should close this connection now.
@@ -133,7 +150,7 @@ impl<H> Conn<H> {
         match self.state {
             ConnState::Aborting => true,
             ConnState::Draining => self.sendq.unsent() == 0 && !self.sendq.busy() && !self.held,
-            ConnState::Open | ConnState::Dead => false,
+            ConnState::Connecting | ConnState::Open | ConnState::Dead => false,
         }
     }
 
@@ -171,19 +188,22 @@ impl<H> ConnTable<H> {
         self.live
     }
 
-    /// Adds a connection, or gives the handle back when the table is full.
-    pub(crate) fn insert(&mut self, io: H) -> Result<ConnId, H> {
+    /// Adds a connection in `state` (`Open` when accepted, `Connecting` when dialled), or gives
+    /// the handle back when the table is full.
+    pub(crate) fn insert(&mut self, io: H, state: ConnState) -> Result<ConnId, H> {
         if self.live >= self.max {
             return Err(io);
         }
         let conn = Conn {
             io,
-            state: ConnState::Open,
-            paused: false,
+            state,
+            paused: 0,
             pending: Vec::new(),
             sendq: SendQueue::default(),
             touched: false,
             held: false,
+            hold_deadline: None,
+            eof: false,
         };
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -283,13 +303,14 @@ mod tests {
     #[test]
     fn generations_protect_reused_slots() {
         let mut t: ConnTable<()> = ConnTable::new(3, 2);
-        let a = t.insert(()).unwrap();
-        let b = t.insert(()).unwrap();
-        assert!(t.insert(()).is_err(), "table is full");
+        let a = t.insert((), ConnState::Open).unwrap();
+        let b = t.insert((), ConnState::Open).unwrap();
+        assert!(t.insert((), ConnState::Open).is_err(), "table is full");
         assert_eq!(a.shard, 3);
         t.remove(a).unwrap();
-        let c = t.insert(()).unwrap();
+        let c = t.insert((), ConnState::Connecting).unwrap();
         assert_eq!(c.slot, a.slot, "slot reused");
+        assert_eq!(t.get(c).unwrap().state, ConnState::Connecting);
         assert_ne!(c.generation, a.generation);
         assert!(t.get(a).is_none(), "stale id finds nothing");
         assert!(t.get(c).is_some());
@@ -301,7 +322,7 @@ mod tests {
     #[test]
     fn touched_is_deduplicated() {
         let mut t: ConnTable<()> = ConnTable::new(0, 8);
-        let a = t.insert(()).unwrap();
+        let a = t.insert((), ConnState::Open).unwrap();
         t.touch(a);
         t.touch(a);
         assert_eq!(t.pop_touched(), Some(a));

@@ -8,7 +8,7 @@
 //! announced the pending input has already been consumed.
 
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -16,13 +16,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::SockRef;
 
 use super::conn::ConnState;
-use super::shard::{Driver, ShardCore};
+use super::shard::{ConnHandle, Driver, ShardCore};
 use super::signals::{RemoteWake, Signals};
 use super::{EngineConfig, EngineError, Transport};
-use crate::service::{ConnId, Service, ShardId};
+use crate::service::{ConnId, Service, ShardId, Tag};
 
-const LISTENER: Token = Token(usize::MAX);
-const WAKER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 1;
 /// Reads per connection per loop iteration, so one busy peer cannot starve the others.
 const READ_BUDGET: usize = 16;
 /// Accepts per loop iteration.
@@ -44,21 +45,39 @@ pub(crate) struct EpollConn {
     stream: TcpStream,
     /// An edge said readable and no read has hit `WouldBlock` since.
     readable: bool,
-    /// Writable, as far as we know (a fresh connection is).
+    /// Writable, as far as we know (a fresh accepted connection is; a dialled one once its
+    /// connect has finished).
     writable: bool,
+    /// Registered with the poller (a dialled connection is, from its first reconcile).
+    registered: bool,
+}
+
+impl ConnHandle for EpollConn {
+    fn dial(addr: SocketAddr, transport: Transport) -> io::Result<Self> {
+        // Starts a non-blocking connect; writability reports its end.
+        let stream = TcpStream::connect(addr)?;
+        transport.configure_connected(SockRef::from(&stream))?;
+        Ok(Self { stream, readable: false, writable: false, registered: false })
+    }
+}
+
+/// One listening socket of a shard.
+struct Listener {
+    socket: mio::net::TcpListener,
+    tag: Tag,
+    ready: bool,
 }
 
 /// One shard's epoll driver.
 pub(crate) struct EpollDriver {
     poll: Poll,
     events: Events,
-    listener: mio::net::TcpListener,
+    listeners: Vec<Listener>,
     me: ShardId,
     transport: Transport,
     scratch: Box<[u8]>,
     /// Connections that still had input when their read budget ran out.
     again: Vec<ConnId>,
-    accept_ready: bool,
     accept_retry_at: Option<Instant>,
     accept_errors: u64,
 }
@@ -67,7 +86,7 @@ impl EpollDriver {
     /// Sets up shard `me`'s poller, waker and listener.
     pub(crate) fn new(
         me: ShardId,
-        listener: TcpListener,
+        listeners: Vec<(TcpListener, Tag)>,
         config: &EngineConfig,
         signals: &Signals,
     ) -> Result<Self, EngineError> {
@@ -75,33 +94,37 @@ impl EpollDriver {
         let poll = Poll::new().map_err(setup)?;
         let waker = Waker::new(poll.registry(), WAKER).map_err(setup)?;
         signals.set_remote(me, RemoteWake::Mio(waker));
-        listener.set_nonblocking(true).map_err(setup)?;
-        let mut listener = mio::net::TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(setup)?;
+        let mut socks = Vec::with_capacity(listeners.len());
+        for (i, (listener, tag)) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true).map_err(setup)?;
+            let mut socket = mio::net::TcpListener::from_std(listener);
+            poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE).map_err(setup)?;
+            socks.push(Listener { socket, tag, ready: true });
+        }
         Ok(Self {
             poll,
             events: Events::with_capacity(1024),
-            listener,
+            listeners: socks,
             me,
             transport: config.transport,
             scratch: vec![0; config.buffer_size as usize].into_boxed_slice(),
             again: Vec::new(),
-            accept_ready: true,
             accept_retry_at: None,
             accept_errors: 0,
         })
     }
 
-    fn accept<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>) {
+    fn accept<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>, index: usize) {
+        let tag = self.listeners[index].tag;
         for _ in 0..ACCEPT_BUDGET {
-            match self.listener.accept() {
+            match self.listeners[index].socket.accept() {
                 Ok((stream, peer)) => {
                     if let Err(e) = self.transport.configure_accepted(SockRef::from(&stream)) {
                         tracing::debug!(shard = self.me, error = %e, "cannot configure accepted socket");
                     }
-                    let conn = EpollConn { stream, readable: false, writable: true };
+                    let conn = EpollConn { stream, readable: false, writable: true, registered: true };
                     // Refused (table full, stopping): dropping the handle closes the socket.
-                    let Ok(id) = core.accept(conn, peer) else {
+                    let Ok(id) = core.accept(conn, peer, tag) else {
                         continue;
                     };
                     let Some(conn) = core.io.conns.get_mut(id) else {
@@ -113,7 +136,7 @@ impl EpollDriver {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_ready = false;
+                    self.listeners[index].ready = false;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -137,7 +160,39 @@ impl EpollDriver {
         if let Some(mut conn) = core.release(id) {
             // Closing the fd removes it from epoll too; deregistering first keeps mio's view
             // consistent. Dropping the stream closes the socket.
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            if conn.registered {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+        }
+    }
+
+    /// Moves a dialled connection on: registers it, and once it is writable (or failed) tells
+    /// the core how the connect ended.
+    fn connecting<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>, id: ConnId) {
+        let Some(conn) = core.io.conns.get_mut(id) else { return };
+        if !conn.io.registered {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut conn.io.stream, token(id), interest) {
+                core.connect_failed(id, e);
+                return;
+            }
+            conn.io.registered = true;
+        }
+        if !(conn.io.writable || conn.io.readable) {
+            return;
+        }
+        match conn.io.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => return core.connect_failed(id, e),
+        }
+        match conn.io.stream.peer_addr() {
+            Ok(peer) => core.connected(id, peer),
+            // Not connected yet: a spurious wake-up; wait for the next edge.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                conn.io.writable = false;
+                conn.io.readable = false;
+            }
+            Err(e) => core.connect_failed(id, e),
         }
     }
 
@@ -222,8 +277,10 @@ impl Driver for EpollDriver {
         }
         for ev in self.events.iter() {
             match ev.token() {
-                LISTENER => self.accept_ready = true,
                 WAKER => {}
+                Token(t) if t > LISTENER_BASE - self.listeners.len() => {
+                    self.listeners[LISTENER_BASE - t].ready = true;
+                }
                 t => {
                     let id = token_conn(self.me, t);
                     let Some(conn) = core.io.conns.get_mut(id) else {
@@ -242,9 +299,13 @@ impl Driver for EpollDriver {
         for id in self.again.drain(..) {
             core.io.conns.touch(id);
         }
-        if self.accept_ready && self.accept_retry_at.is_none_or(|t| Instant::now() >= t) {
+        if self.accept_retry_at.is_none_or(|t| Instant::now() >= t) {
             self.accept_retry_at = None;
-            self.accept(core);
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].ready && self.accept_retry_at.is_none() {
+                    self.accept(core, i);
+                }
+            }
         }
         Ok(())
     }
@@ -253,6 +314,15 @@ impl Driver for EpollDriver {
         if core.io.conns.get(id).is_some_and(|c| c.must_close() || c.state == ConnState::Dead) {
             self.close(core, id);
             return;
+        }
+        if core.io.conns.get(id).is_some_and(|c| c.state == ConnState::Connecting) {
+            self.connecting(core, id);
+            if core.io.conns.get(id).is_some_and(|c| c.state != ConnState::Open) {
+                if core.io.conns.get(id).is_some_and(|c| c.must_close()) {
+                    self.close(core, id);
+                }
+                return;
+            }
         }
         self.read(core, id);
         Self::write(core, id);
@@ -268,7 +338,7 @@ impl Driver for EpollDriver {
     }
 
     fn busy(&self) -> bool {
-        !self.again.is_empty() || (self.accept_ready && self.accept_retry_at.is_none())
+        !self.again.is_empty() || (self.accept_retry_at.is_none() && self.listeners.iter().any(|l| l.ready))
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -278,7 +348,9 @@ impl Driver for EpollDriver {
     fn shutdown<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>) {
         for id in core.close_all() {
             if let Some(mut conn) = core.release(id) {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
+                if conn.registered {
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                }
             }
         }
     }

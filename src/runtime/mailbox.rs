@@ -1,70 +1,70 @@
-//! Cross-shard routing: one SPSC queue per ordered pair of shards, carrying
-//! `(kind, ConnId, bytes)` records for [`crate::service::Outbox::post`], and for sends and closes
-//! aimed at a connection owned by another shard.
+//! Cross-shard queues: one bounded, wait-free single-producer/single-consumer queue (`rtrb`)
+//! per ordered pair of shards, carrying [`Envelope`]s: the service's typed messages, and the
+//! engine's own sends to and closes of connections owned by the target shard.
 //!
-//! Queue-full policy: a shard never blocks on a full queue. A record that does not fit goes to a
-//! local FIFO overflow list for that target (later records follow it there, so order is kept),
-//! and the list is retried every loop iteration; while it is non-empty the shard wakes at least
-//! every millisecond to retry. The list is bounded by `max_spill_bytes` per target: beyond that
-//! (the target is wedged or hopelessly overloaded) new records are dropped and counted, a
-//! whole send at a time so a connection's byte stream never gets a hole in the middle of a
-//! message. A send larger than one queue record is split into consecutive records (they land in
-//! the same send queue in order); a post or close must fit one record.
+//! Nothing is ever dropped. A record that finds its queue full goes to a FIFO overflow list for
+//! that target (later records follow it there, so order per pair is kept), retried every loop
+//! iteration. The overflow is kept bounded by its causes, not by a limit that would have to
+//! drop: the shard core stops reading a connection whose input overflowed a queue and holds
+//! back timer work while anything overflows (see `shard.rs`), and everything else a shard posts
+//! answers something posted to it, which its peers' own bounds limit. Consumers never wait on
+//! anything, so the overflows always drain.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
+
 use super::signals::Signals;
-use super::spsc::{self, Consumer, Producer, PushError};
 use super::stats::{Counter, StatsCell};
-use crate::service::{ConnId, ShardId};
+use crate::service::{ConnId, Payload, ShardId};
 
-/// Record kind: hand the bytes to the target's `Service::on_post`.
-pub(crate) const POST: u8 = 1;
-/// Record kind: append the bytes to the send queue of the target's connection.
-pub(crate) const SEND: u8 = 2;
-/// Record kind: close the target's connection after its queued bytes are written.
-pub(crate) const CLOSE: u8 = 3;
-
-struct Spilled {
-    kind: u8,
-    tag: u64,
-    bytes: Vec<u8>,
+/// What travels between two shards.
+#[derive(Debug)]
+pub(crate) enum Envelope<M> {
+    /// A service message for the target's `Service::on_message`.
+    Msg(M),
+    /// Bytes to append to the send queue of the target's connection.
+    Send(ConnId, Payload),
+    /// Close the target's connection after its queued bytes are written.
+    Close(ConnId),
 }
 
 /// The producing end towards one other shard.
-struct Link {
-    producer: Producer,
-    spill: VecDeque<Spilled>,
-    spill_bytes: usize,
+struct Link<M> {
+    producer: Producer<Envelope<M>>,
+    overflow: VecDeque<Envelope<M>>,
     /// Something was pushed since the last wake-up decision.
     pushed: bool,
 }
 
 /// A shard's outgoing queues, one per other shard.
-pub(crate) struct Outgoing {
-    me: ShardId,
-    links: Vec<Option<Link>>,
+pub(crate) struct Outgoing<M> {
+    links: Vec<Option<Link<M>>>,
     pushed: Vec<ShardId>,
+    /// Number of links with a non-empty overflow.
     spilling: usize,
-    max_spill: usize,
+    /// Records in all overflow lists.
+    overflow_len: usize,
     stats: Arc<StatsCell>,
-    drops: u64,
 }
 
 /// A shard's incoming queues, one per other shard.
-pub(crate) struct Incoming {
-    links: Vec<Option<Consumer>>,
+pub(crate) struct Incoming<M> {
+    links: Vec<Option<Consumer<Envelope<M>>>>,
 }
 
-/// Builds the queues between `n` shards: element `i` holds shard `i`'s two ends.
-pub(crate) fn mesh(n: usize, capacity: usize, max_spill: usize, stats: &[Arc<StatsCell>]) -> Vec<(Outgoing, Incoming)> {
-    let mut producers: Vec<Vec<Option<Producer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<Option<Consumer>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+/// Builds the queues between `n` shards, each holding `capacity` records: element `i` holds
+/// shard `i`'s two ends.
+pub(crate) fn mesh<M>(n: usize, capacity: usize, stats: &[Arc<StatsCell>]) -> Vec<(Outgoing<M>, Incoming<M>)> {
+    let mut producers: Vec<Vec<Option<Producer<Envelope<M>>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut consumers: Vec<Vec<Option<Consumer<Envelope<M>>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
-                let (p, c) = spsc::channel(capacity);
+                let (p, c) = RingBuffer::new(capacity.max(1));
                 producers[from][to] = Some(p);
                 consumers[to][from] = Some(c);
             }
@@ -74,21 +74,16 @@ pub(crate) fn mesh(n: usize, capacity: usize, max_spill: usize, stats: &[Arc<Sta
         .into_iter()
         .zip(consumers)
         .zip(stats)
-        .enumerate()
-        .map(|(me, ((ps, cs), st))| {
-            let links = ps
-                .into_iter()
-                .map(|p| p.map(|producer| Link { producer, spill: VecDeque::new(), spill_bytes: 0, pushed: false }))
-                .collect();
+        .map(|((ps, cs), st)| {
+            let links =
+                ps.into_iter().map(|p| p.map(|producer| Link { producer, overflow: VecDeque::new(), pushed: false }));
             (
                 Outgoing {
-                    me: me as ShardId,
-                    links,
+                    links: links.collect(),
                     pushed: Vec::new(),
                     spilling: 0,
-                    max_spill,
+                    overflow_len: 0,
                     stats: Arc::clone(st),
-                    drops: 0,
                 },
                 Incoming { links: cs },
             )
@@ -96,75 +91,72 @@ pub(crate) fn mesh(n: usize, capacity: usize, max_spill: usize, stats: &[Arc<Sta
         .collect()
 }
 
-impl Outgoing {
-    /// Queues a record for shard `to`. Never blocks; see the module comment for what happens
-    /// when the queue is full.
-    pub(crate) fn push(&mut self, to: ShardId, kind: u8, conn: ConnId, bytes: &[u8]) {
-        let Some(link) = self.links.get_mut(to as usize).and_then(Option::as_mut) else {
-            self.drop_record(to, kind, "no such shard");
-            return;
+impl<M> Outgoing<M> {
+    /// Queues a record for shard `to` (which must be another shard of the mesh). Never blocks
+    /// and never drops. Returns `false` when the record had to wait in the overflow list (the
+    /// link is congested).
+    pub(crate) fn push(&mut self, to: ShardId, record: Envelope<M>) -> bool {
+        let Some(link) = self.links.get_mut(usize::from(to)).and_then(Option::as_mut) else {
+            // The shard core checks targets before pushing; an unknown one is a bug.
+            debug_assert!(false, "push to unknown shard {to}");
+            return true;
         };
-        let tag = conn.to_u64();
-        let max = link.producer.max_payload();
-        if bytes.len() > max && kind != SEND {
-            self.drop_record(to, kind, "larger than a cross-shard queue record");
-            return;
-        }
-        // Fast path: nothing spilled, and the whole thing fits now.
-        if link.spill.is_empty() && bytes.len() <= max {
-            match link.producer.try_push(kind, tag, bytes) {
+        let record = if link.overflow.is_empty() {
+            match link.producer.push(record) {
                 Ok(()) => {
                     mark(link, &mut self.pushed, to);
-                    return;
+                    return true;
                 }
-                Err(PushError::Full) => {}
-                Err(PushError::TooLarge) => {
-                    self.drop_record(to, kind, "larger than a cross-shard queue record");
-                    return;
-                }
+                Err(PushError::Full(r)) => r,
             }
-        }
-        if link.spill_bytes + bytes.len() > self.max_spill {
-            self.drop_record(to, kind, "overflow list full");
-            return;
-        }
-        let was_empty = link.spill.is_empty();
-        for chunk in chunks(bytes, max) {
-            if link.spill.is_empty() && link.producer.try_push(kind, tag, chunk).is_ok() {
-                mark(link, &mut self.pushed, to);
-                continue;
-            }
-            link.spill_bytes += chunk.len();
-            link.spill.push_back(Spilled { kind, tag, bytes: chunk.to_vec() });
-            self.stats.bump(Counter::Spilled);
-        }
-        if was_empty && !link.spill.is_empty() {
+        } else {
+            record
+        };
+        if link.overflow.is_empty() {
             self.spilling += 1;
         }
+        link.overflow.push_back(record);
+        self.overflow_len += 1;
+        self.stats.bump(Counter::Spilled);
+        self.stats.overflow_high_water(self.overflow_len);
+        false
     }
 
-    /// Moves spilled records into their queues while they fit. Returns whether some remain.
+    /// Moves overflowed records into their queues while they fit. Returns whether some remain.
     pub(crate) fn retry_spill(&mut self) -> bool {
         if self.spilling == 0 {
             return false;
         }
         for (to, link) in self.links.iter_mut().enumerate() {
             let Some(link) = link else { continue };
-            if link.spill.is_empty() {
+            if link.overflow.is_empty() {
                 continue;
             }
-            while let Some(front) = link.spill.front() {
-                if link.producer.try_push(front.kind, front.tag, &front.bytes).is_err() {
-                    break;
+            let mut moved = false;
+            while let Some(front) = link.overflow.pop_front() {
+                match link.producer.push(front) {
+                    Ok(()) => {
+                        self.overflow_len -= 1;
+                        moved = true;
+                    }
+                    Err(PushError::Full(r)) => {
+                        link.overflow.push_front(r);
+                        break;
+                    }
                 }
-                link.spill_bytes -= front.bytes.len();
-                link.spill.pop_front();
+            }
+            if moved {
                 mark(link, &mut self.pushed, to as ShardId);
             }
-            if link.spill.is_empty() {
+            if link.overflow.is_empty() {
                 self.spilling -= 1;
             }
         }
+        self.spilling > 0
+    }
+
+    /// Whether any record waits in an overflow list.
+    pub(crate) fn spilling(&self) -> bool {
         self.spilling > 0
     }
 
@@ -172,7 +164,7 @@ impl Outgoing {
     /// them to `out`. Called once per loop iteration, so many pushes cost one wake-up.
     pub(crate) fn take_wakes(&mut self, signals: &Signals, out: &mut Vec<ShardId>) {
         for to in self.pushed.drain(..) {
-            if let Some(Some(link)) = self.links.get_mut(to as usize) {
+            if let Some(Some(link)) = self.links.get_mut(usize::from(to)) {
                 link.pushed = false;
             }
             if signals.mark_notified(to) {
@@ -180,33 +172,18 @@ impl Outgoing {
             }
         }
     }
-
-    fn drop_record(&mut self, to: ShardId, kind: u8, why: &'static str) {
-        self.stats.bump(Counter::CrossShardDrops);
-        // Rate-limited: the first drop and then every 1024th, so an overload cannot flood logs.
-        if self.drops % 1024 == 0 {
-            tracing::warn!(from = self.me, to, kind, why, dropped = self.drops + 1, "cross-shard record dropped");
-        }
-        self.drops += 1;
-    }
 }
 
-fn mark(link: &mut Link, pushed: &mut Vec<ShardId>, to: ShardId) {
+fn mark<M>(link: &mut Link<M>, pushed: &mut Vec<ShardId>, to: ShardId) {
     if !link.pushed {
         link.pushed = true;
         pushed.push(to);
     }
 }
 
-/// Splits `bytes` into pieces of at most `max` bytes (one empty piece for empty input).
-fn chunks(bytes: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
-    let n = bytes.len().div_ceil(max.max(1)).max(1);
-    (0..n).map(move |i| &bytes[(i * max).min(bytes.len())..((i + 1) * max).min(bytes.len())])
-}
-
-impl Incoming {
+impl<M> Incoming<M> {
     /// The queue from shard `from`, if there is one.
-    pub(crate) fn queue_from(&mut self, from: usize) -> Option<&mut Consumer> {
+    pub(crate) fn queue_from(&mut self, from: usize) -> Option<&mut Consumer<Envelope<M>>> {
         self.links.get_mut(from).and_then(Option::as_mut)
     }
 
@@ -224,22 +201,35 @@ mod tests {
         ConnId { shard: 1, generation: 0, slot }
     }
 
-    #[test]
-    fn spill_keeps_order_and_is_bounded() {
-        let stats: Vec<Arc<StatsCell>> = (0..2).map(|_| Arc::default()).collect();
-        let mut ends = mesh(2, 256, 1000, &stats);
-        let (mut in1, mut out0) = {
-            let (_, in1) = ends.pop().unwrap();
-            let (out0, _) = ends.pop().unwrap();
-            (in1, out0)
-        };
-        // 256-byte ring: max payload 112. Push 20 records of 100 bytes; most spill.
-        for i in 0..20u32 {
-            out0.push(1, POST, id(i), &[i as u8; 100]);
+    fn drain(inc: &mut Incoming<u32>, from: usize, seen: &mut Vec<u32>) {
+        let q = inc.queue_from(from).unwrap();
+        while let Ok(r) = q.pop() {
+            match r {
+                Envelope::Msg(m) => seen.push(m),
+                Envelope::Close(c) => seen.push(1000 + c.slot),
+                Envelope::Send(c, bytes) => seen.push(2000 + c.slot + u32::from(bytes[0])),
+            }
         }
-        let s = stats[0].snapshot();
-        assert!(s.spilled > 0);
-        assert!(s.cross_shard_drops > 0, "spill bounded at 1000 bytes");
+    }
+
+    #[test]
+    fn overflow_keeps_order_and_loses_nothing() {
+        let stats: Vec<Arc<StatsCell>> = (0..2).map(|_| Arc::default()).collect();
+        let mut ends = mesh::<u32>(2, 2, &stats);
+        let (_, mut in1) = ends.pop().unwrap();
+        let (mut out0, _) = ends.pop().unwrap();
+        let mut congested = 0;
+        for i in 0..20u32 {
+            let record = match i % 5 {
+                3 => Envelope::Close(id(i)),
+                4 => Envelope::Send(id(i), Payload::from_slice(&[1])),
+                _ => Envelope::Msg(i),
+            };
+            congested += u32::from(!out0.push(1, record));
+        }
+        assert_eq!(congested, 18, "two fit the queue, the rest wait");
+        assert!(out0.spilling());
+        assert_eq!(stats[0].snapshot().overflow_high_water, 18);
         let signals = Signals::new(2);
         let mut wakes = Vec::new();
         out0.take_wakes(&signals, &mut wakes);
@@ -249,54 +239,22 @@ mod tests {
 
         let mut seen = Vec::new();
         loop {
-            let c = in1.queue_from(0).unwrap();
-            while let Some(r) = c.peek() {
-                assert_eq!(r.kind, POST);
-                seen.push(ConnId::from_u64(r.tag).slot);
-                c.pop();
-            }
+            drain(&mut in1, 0, &mut seen);
             if !out0.retry_spill() {
-                let c = in1.queue_from(0).unwrap();
-                while let Some(r) = c.peek() {
-                    seen.push(ConnId::from_u64(r.tag).slot);
-                    c.pop();
-                }
+                drain(&mut in1, 0, &mut seen);
                 break;
             }
         }
-        let kept = 20 - stats[0].snapshot().cross_shard_drops as usize;
-        assert_eq!(seen.len(), kept);
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "FIFO order kept: {seen:?}");
-    }
-
-    #[test]
-    fn large_sends_are_split_in_order() {
-        let stats: Vec<Arc<StatsCell>> = (0..2).map(|_| Arc::default()).collect();
-        let mut ends = mesh(2, 1024, 1 << 20, &stats);
-        let (_, mut in1) = ends.pop().unwrap();
-        let (mut out0, _) = ends.pop().unwrap();
-        let msg: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        out0.push(1, SEND, id(7), &msg);
-        let mut got = Vec::new();
-        loop {
-            let c = in1.queue_from(0).unwrap();
-            while let Some(r) = c.peek() {
-                assert_eq!(r.kind, SEND);
-                got.extend_from_slice(r.bytes);
-                c.pop();
-            }
-            if !out0.retry_spill() {
-                let c = in1.queue_from(0).unwrap();
-                while let Some(r) = c.peek() {
-                    got.extend_from_slice(r.bytes);
-                    c.pop();
-                }
-                break;
-            }
-        }
-        assert_eq!(got, msg);
-        // A post that can never fit is dropped, not split.
-        out0.push(1, POST, id(8), &msg);
-        assert_eq!(stats[0].snapshot().cross_shard_drops, 1);
+        let want: Vec<u32> = (0..20)
+            .map(|i| match i % 5 {
+                3 => 1000 + i,
+                4 => 2001 + i,
+                _ => i,
+            })
+            .collect();
+        assert_eq!(seen, want, "everything arrives, in order");
+        assert!(!out0.spilling());
+        // A later push goes straight into the queue again.
+        assert!(out0.push(1, Envelope::Msg(99)));
     }
 }

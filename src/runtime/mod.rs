@@ -34,23 +34,33 @@
 //! and a hard limit (`max_send_queue_hard_bytes`) aborts a connection whose service keeps
 //! sending unprompted to a peer that never reads. Other connections are unaffected.
 //!
-//! **Cross-shard.** Each ordered pair of shards has a bounded, lock-free SPSC byte ring
-//! (`spsc.rs`) carrying `(kind, ConnId, bytes)` records for posts and for sends and closes aimed
-//! at another shard's connection; the receiving service reads posted bytes straight out of the
-//! ring. A full queue never blocks: records spill to a per-target FIFO list retried every
-//! iteration (and at least every millisecond), bounded by `max_spill_bytes`, beyond which
-//! records are dropped and counted (see `mailbox.rs`). Wake-ups are collapsed to at most one per
-//! target per drain, and sent with `IORING_OP_MSG_RING` ([`CrossShardWake`]): it rides the
-//! submission the sender makes anyway, so it costs no system call of its own, where an eventfd
-//! costs a `write(2)` plus a re-armed read. The epoll engine uses mio's waker.
+//! **Cross-shard.** Each ordered pair of shards has a bounded, wait-free SPSC queue (`rtrb`)
+//! of typed records: the service's messages ([`Service::Msg`]), and sends to and closes of
+//! connections owned by the target. Nothing is ever dropped: a record that finds its queue full
+//! waits in a FIFO overflow list (retried every iteration, and at least every millisecond),
+//! and the connection whose input caused it stops being read until every overflow has drained,
+//! while timer work waits too; so the overflow stays bounded without a limit that would have
+//! to drop (`shard.rs` gives the argument). Wake-ups are collapsed to at most one per target
+//! per drain, and sent with `IORING_OP_MSG_RING` ([`CrossShardWake`]): it rides the submission
+//! the sender makes anyway, so it costs no system call of its own, where an eventfd costs a
+//! `write(2)` plus a re-armed read. The epoll engine uses mio's waker.
+//!
+//! **Listeners and outbound connections.** Each shard listens on every configured address
+//! ([`Listen`]), each tagged with what it serves ([`Tag`]); the service learns the tag of each
+//! accepted connection. A service dials out with [`crate::service::Outbox::connect`]; both
+//! engines connect without blocking and report the outcome to [`Service::on_connect`].
 //!
 //! **Timers.** The wait of each iteration is bounded by the service's `next_timer()`
-//! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout).
+//! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout). A service does a
+//! bounded amount of timer work per call and is called again, without sleeping, while work is
+//! due, so a bulk expiry cannot stall a shard's connections.
 //!
 //! **Closing.** A connection closes when the peer closes (after its queued replies are written),
 //! on an error, or when the service calls `Outbox::close` (after the bytes already queued are
-//! written). `on_close` runs on the owning shard; the slot is reused only with a new generation,
-//! so sends to a stale `ConnId` are dropped, wherever they come from.
+//! written). Input the peer sent before closing its side is still handed to the service. A
+//! connection the service holds (`Outbox::hold`) stays open after the peer's half-close until it
+//! is released or `max_hold` passes. `on_close` runs on the owning shard; the slot is reused only
+//! with a new generation, so sends to a stale `ConnId` are dropped, wherever they come from.
 //!
 //! **Fallback.** [`io_uring_support`] rules io_uring out when `kernel.io_uring_disabled` is 2,
 //! when the kernel is older than 6.0, when `io_uring_setup` fails (`ENOSYS`, `EPERM`,
@@ -61,20 +71,21 @@
 //!
 //! ```no_run
 //! use rserpool::runtime::{self, EngineConfig};
-//! # use rserpool::service::{ConnId, Outbox, Service, ShardId};
+//! # use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 //! # use rserpool::time::Time;
 //! # struct Echo;
 //! # impl Service for Echo {
-//! #     fn on_accept(&mut self, _: ConnId, _: std::net::SocketAddr, _: Time, _: &mut impl Outbox) {}
-//! #     fn on_data(&mut self, c: ConnId, d: &[u8], _: Time, o: &mut impl Outbox) -> usize {
+//! #     type Msg = ();
+//! #     fn on_accept(&mut self, _: ConnId, _: Tag, _: std::net::SocketAddr, _: Time, _: &mut impl Outbox<()>) {}
+//! #     fn on_data(&mut self, c: ConnId, d: &[u8], _: Time, o: &mut impl Outbox<()>) -> usize {
 //! #         o.send(c, &mut |b| b.extend_from_slice(d)); d.len()
 //! #     }
-//! #     fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
-//! #     fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
-//! #     fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+//! #     fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox<()>) {}
+//! #     fn on_message(&mut self, _: ShardId, _: (), _: Time, _: &mut impl Outbox<()>) {}
+//! #     fn on_timer(&mut self, _: Time, _: &mut impl Outbox<()>) {}
 //! #     fn next_timer(&self) -> Option<Time> { None }
 //! # }
-//! let config = EngineConfig { listen: "127.0.0.1:3863".parse().unwrap(), ..EngineConfig::default() };
+//! let config = EngineConfig { listeners: vec![runtime::Listen::new("127.0.0.1:3863".parse().unwrap(), Tag(0))], ..EngineConfig::default() };
 //! let engine = runtime::start(config, |_shard, _shards| Echo)?;
 //! let stop = engine.shutdown_handle();
 //! std::thread::spawn(move || {
@@ -101,7 +112,7 @@ mod probe;
 mod rlimit;
 mod shard;
 mod signals;
-mod spsc;
+
 mod stats;
 mod transport;
 mod uring;
@@ -109,6 +120,7 @@ mod uring;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use error::EngineError;
 pub use probe::io_uring_support;
@@ -116,7 +128,7 @@ pub use rlimit::raise_nofile_limit;
 pub use stats::ShardStats;
 pub use transport::Transport;
 
-use crate::service::{Service, ShardId};
+use crate::service::{Service, ShardId, Tag};
 use clock::Clock;
 use epoll::EpollDriver;
 use mailbox::{Incoming, Outgoing};
@@ -154,16 +166,32 @@ pub enum CrossShardWake {
     EventFd,
 }
 
+/// One listening address and what it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Address every shard listens on (port 0 picks a free port, shared by all shards).
+    pub addr: SocketAddr,
+    /// What connections accepted here serve, as the service knows it.
+    pub tag: Tag,
+}
+
+impl Listen {
+    /// A listener on `addr` serving `tag`.
+    pub const fn new(addr: SocketAddr, tag: Tag) -> Self {
+        Self { addr, tag }
+    }
+}
+
 /// How to run the engine. `Default` gives a working setup: ASAP's port on all IPv4
 /// addresses, one shard per core of this process's CPU set, each pinned.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Which engine to use.
     pub kind: EngineKind,
-    /// Transport protocol of the listeners.
+    /// Transport protocol of the listeners and outbound connections.
     pub transport: Transport,
-    /// Address every shard listens on (port 0 picks a free port, shared by all shards).
-    pub listen: SocketAddr,
+    /// Addresses every shard listens on, each with its tag (at least one; at most 64).
+    pub listeners: Vec<Listen>,
     /// One entry per shard: the core to pin its thread to, or `None` to leave it unpinned.
     pub shards: Vec<Option<usize>>,
     /// io_uring submission queue size per shard (the completion queue is four times larger,
@@ -173,7 +201,8 @@ pub struct EngineConfig {
     pub buffer_count: u16,
     /// Size of each receive buffer; the epoll engine reads in chunks of this size too.
     pub buffer_size: u32,
-    /// Most connections per shard; further connections are accepted and closed at once.
+    /// Most connections per shard, accepted and outbound together; further connections are
+    /// accepted and closed at once.
     pub max_connections: usize,
     /// Unsent bytes of one connection above which the engine stops reading it until half of
     /// them are written (backpressure).
@@ -184,12 +213,13 @@ pub struct EngineConfig {
     /// Largest message a service needs to see whole. A connection whose service cannot frame
     /// a message within this many buffered bytes is closed.
     pub max_message_size: usize,
-    /// Bytes of each cross-shard queue (one per ordered pair of shards; rounded up to a power
-    /// of two). A single post must fit in half of it.
-    pub cross_shard_queue_bytes: usize,
-    /// Bytes per target shard that may wait in the local overflow list when its queue is full;
-    /// beyond that, records are dropped and counted.
-    pub max_spill_bytes: usize,
+    /// Records each cross-shard queue holds (one queue per ordered pair of shards), and posts
+    /// a shard may queue to itself before the input causing them pauses. Records beyond a
+    /// full queue wait in an overflow list; none is dropped.
+    pub cross_shard_queue: usize,
+    /// How long a half-closed connection that the service holds (it still owes answers) may
+    /// stay open.
+    pub max_hold: Duration,
     /// Listen backlog (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: i32,
     /// How io_uring shards wake each other.
@@ -205,7 +235,7 @@ impl Default for EngineConfig {
         Self {
             kind: EngineKind::Auto,
             transport: Transport::Tcp,
-            listen: SocketAddr::from(([0, 0, 0, 0], 3863)),
+            listeners: vec![Listen::new(SocketAddr::from(([0, 0, 0, 0], 3863)), Tag(0))],
             shards,
             ring_entries: 1024,
             buffer_count: 1024,
@@ -214,8 +244,8 @@ impl Default for EngineConfig {
             max_send_queue_bytes: 256 * 1024,
             max_send_queue_hard_bytes: 16 * 1024 * 1024,
             max_message_size: 65536,
-            cross_shard_queue_bytes: 256 * 1024,
-            max_spill_bytes: 16 * 1024 * 1024,
+            cross_shard_queue: 1024,
+            max_hold: Duration::from_secs(30),
             listen_backlog: 4096,
             cross_shard_wake: CrossShardWake::MsgRing,
         }
@@ -249,8 +279,11 @@ impl EngineConfig {
         if self.max_message_size == 0 {
             return bad("max_message_size: must be positive");
         }
-        if self.cross_shard_queue_bytes < 256 {
-            return bad("cross_shard_queue_bytes: must be at least 256");
+        if self.cross_shard_queue == 0 || self.cross_shard_queue > 1 << 20 {
+            return bad("cross_shard_queue: must be between 1 and 2^20 records");
+        }
+        if self.listeners.is_empty() || self.listeners.len() > 64 {
+            return bad("listeners: between 1 and 64 listening addresses are supported");
         }
         if self.listen_backlog <= 0 {
             return bad("listen_backlog: must be positive");
@@ -265,6 +298,8 @@ impl EngineConfig {
             abort_above: self.max_send_queue_hard_bytes,
             max_message: self.max_message_size,
             window: self.max_message_size.max(self.buffer_size as usize),
+            queue: self.cross_shard_queue,
+            max_hold: u64::try_from(self.max_hold.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -287,7 +322,7 @@ impl ShutdownHandle {
 /// A running engine.
 #[derive(Debug)]
 pub struct Engine {
-    local_addr: SocketAddr,
+    local_addrs: Vec<(Tag, SocketAddr)>,
     kind: EngineKind,
     signals: Arc<Signals>,
     stats: Vec<Arc<StatsCell>>,
@@ -295,9 +330,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The address all shards listen on (with the actual port when 0 was configured).
+    /// The address of the first configured listener (with the actual port when 0 was
+    /// configured).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0].1
+    }
+
+    /// The address of the first listener tagged `tag`.
+    pub fn local_addr_of(&self, tag: Tag) -> Option<SocketAddr> {
+        self.local_addrs.iter().find(|(t, _)| *t == tag).map(|(_, a)| *a)
+    }
+
+    /// Every listener's tag and address, in configuration order.
+    pub fn local_addrs(&self) -> &[(Tag, SocketAddr)] {
+        &self.local_addrs
     }
 
     /// The engine that actually runs: [`EngineKind::Uring`] or [`EngineKind::Epoll`].
@@ -373,24 +419,33 @@ where
         },
     };
     let n = config.shards.len();
-    let listeners = listener::bind_all(config.listen, n, config.listen_backlog, config.transport)?;
-    let local_addr = listeners[0].local_addr().map_err(|source| EngineError::Bind { addr: config.listen, source })?;
+    // One socket per listener and shard; `per_shard[i]` holds shard i's sockets.
+    let mut per_shard: Vec<Vec<(TcpListener, Tag)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut local_addrs = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let sockets = listener::bind_all(l.addr, n, config.listen_backlog, config.transport)?;
+        let addr = sockets[0].local_addr().map_err(|source| EngineError::Bind { addr: l.addr, source })?;
+        local_addrs.push((l.tag, addr));
+        for (shard, socket) in per_shard.iter_mut().zip(sockets) {
+            shard.push((socket, l.tag));
+        }
+    }
     let signals = Arc::new(Signals::new(n));
     let stats: Vec<Arc<StatsCell>> = (0..n).map(|_| Arc::default()).collect();
-    let ends = mailbox::mesh(n, config.cross_shard_queue_bytes, config.max_spill_bytes, &stats);
+    let ends = mailbox::mesh::<S::Msg>(n, config.cross_shard_queue, &stats);
     let config = Arc::new(config);
     let factory = Arc::new(factory);
     let clock = Clock::start();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut gos = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
-    for (i, (listener, (out, inbox))) in listeners.into_iter().zip(ends).enumerate() {
+    for (i, (listeners, (out, inbox))) in per_shard.into_iter().zip(ends).enumerate() {
         let me = i as ShardId;
         let (go_tx, go_rx) = mpsc::channel();
         let shard = ShardThread {
             me,
             kind,
-            listener: Some(listener),
+            listeners,
             out,
             inbox,
             stats: Arc::clone(&stats[i]),
@@ -440,17 +495,17 @@ where
     for go in &gos {
         let _ = go.send(());
     }
-    tracing::info!(engine = ?kind, shards = n, addr = %local_addr, "engine started");
-    Ok(Engine { local_addr, kind, signals, stats, threads })
+    tracing::info!(engine = ?kind, shards = n, addrs = ?local_addrs, "engine started");
+    Ok(Engine { local_addrs, kind, signals, stats, threads })
 }
 
 /// Everything a shard thread starts with.
-struct ShardThread {
+struct ShardThread<M> {
     me: ShardId,
     kind: EngineKind,
-    listener: Option<TcpListener>,
-    out: Outgoing,
-    inbox: Incoming,
+    listeners: Vec<(TcpListener, Tag)>,
+    out: Outgoing<M>,
+    inbox: Incoming<M>,
     stats: Arc<StatsCell>,
     signals: Arc<Signals>,
     config: Arc<EngineConfig>,
@@ -469,26 +524,24 @@ impl Drop for StopOnExit {
     }
 }
 
-impl ShardThread {
-    fn run<S: Service, F: Fn(ShardId, u16) -> S>(mut self, factory: &F) -> Result<(), EngineError> {
+impl<M: Send + 'static> ShardThread<M> {
+    fn run<S: Service<Msg = M>, F: Fn(ShardId, u16) -> S>(mut self, factory: &F) -> Result<(), EngineError> {
         let _stop = StopOnExit(Arc::clone(&self.signals));
         affinity::pin_current(self.me, self.config.shards.get(usize::from(self.me)).copied().flatten());
-        let Some(listener) = self.listener.take() else {
-            return Ok(());
-        };
+        let listeners = std::mem::take(&mut self.listeners);
         match self.kind {
             EngineKind::Uring => {
-                let driver = UringDriver::new(self.me, listener, &self.config, &self.signals);
+                let driver = UringDriver::new(self.me, listeners, &self.config, &self.signals);
                 self.serve(driver, factory)
             }
             _ => {
-                let driver = EpollDriver::new(self.me, listener, &self.config, &self.signals);
+                let driver = EpollDriver::new(self.me, listeners, &self.config, &self.signals);
                 self.serve(driver, factory)
             }
         }
     }
 
-    fn serve<S: Service, F: Fn(ShardId, u16) -> S, D: Driver>(
+    fn serve<S: Service<Msg = M>, F: Fn(ShardId, u16) -> S, D: Driver>(
         self,
         driver: Result<D, EngineError>,
         factory: &F,
@@ -518,12 +571,13 @@ impl ShardThread {
             inbox: self.inbox,
             signals: self.signals,
             stats: self.stats,
-            clock: self.clock,
+            now: self.clock.now(),
             limits: self.config.limits(),
             max_connections: self.config.max_connections,
+            transport: self.config.transport,
         };
         let mut core: ShardCore<S, D::Conn> = ShardCore::new(service, parts);
-        let result = shard::run(&mut core, &mut driver);
+        let result = shard::run(&mut core, &mut driver, &self.clock);
         if let Err(e) = &result {
             tracing::error!(shard = self.me, error = %e, "shard stopped");
         }

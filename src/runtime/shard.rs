@@ -1,33 +1,45 @@
-//! Everything a shard does above the socket layer, shared by both engines: the [`Outbox`] the
-//! service writes to, handing received bytes to the service (zero copy where possible,
-//! reassembly otherwise), backpressure, cross-shard delivery, timers, and the loop that ties
-//! them to an engine's [`Driver`].
+//! Everything a shard does above the socket layer, shared by both engines (and the simulator):
+//! the [`Outbox`] the service writes to, handing received bytes to the service (zero copy where
+//! possible, reassembly otherwise), pausing input (backpressure from a peer, from a full
+//! cross-shard queue, or at the service's request), cross-shard delivery, holds, timers, and the
+//! loop that ties them to an engine's [`Driver`].
 //!
 //! An engine only moves bytes between sockets and this core: it reports what the kernel did
-//! (accepted, received, sent, failed) and, for each connection the core marks as touched, makes
-//! the socket match the connection's wanted state (start a write, pause or resume reading, close).
+//! (accepted, connected, received, sent, failed) and, for each connection the core marks as
+//! touched, makes the socket match the connection's wanted state (start a connect or a write,
+//! pause or resume reading, close).
+//!
+//! **Why nothing crossing shards is lost, and why that stays bounded.** A record for another
+//! shard goes into the pair's queue, or, when that is full, into an overflow list (see
+//! `mailbox.rs`). When the record was caused by a connection's input, that connection's input
+//! is paused until every overflow has drained, and the service stops consuming it at once
+//! ([`Outbox::input_paused`]): each connection adds at most one message's worth of records
+//! beyond the queues. Timer work, which no connection pays for, is held back while anything
+//! overflows. What remains are records a shard posts in answer to records it received, bounded
+//! by those. Posts to the shard itself are bounded the same way.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::clock::Clock;
-use super::conn::{ConnState, ConnTable};
-use super::mailbox::{Incoming, Outgoing, CLOSE, POST, SEND};
+use super::conn::{pause, ConnState, ConnTable};
+use super::mailbox::{Envelope, Incoming, Outgoing};
 use super::signals::Signals;
 use super::stats::{Counter, StatsCell};
-use super::EngineError;
-use crate::service::{ConnId, Outbox, Service, ShardId};
+use super::{EngineError, Transport};
+use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
 use crate::time::Time;
 
 /// Most records taken from one inbound queue per loop iteration, so a flood from one shard
 /// cannot starve this shard's sockets.
 const INBOUND_BUDGET: usize = 1024;
-/// How often a shard with spilled cross-shard records retries them while otherwise idle.
+/// How often a shard with overflowing cross-shard records retries them while otherwise idle.
 const SPILL_RETRY: Duration = Duration::from_millis(1);
 
-/// Per-connection limits, derived from the engine configuration.
+/// Per-connection and per-shard limits, derived from the engine configuration.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     /// Unsent bytes above which reading pauses.
@@ -42,12 +54,23 @@ pub(crate) struct Limits {
     /// Most buffered input handed to the service in one call, which bounds how much output one
     /// call can add before backpressure is checked again.
     pub(crate) window: usize,
+    /// Records of a cross-shard queue, and of the queue of posts to the shard itself.
+    pub(crate) queue: usize,
+    /// Milliseconds a half-closed connection may stay open because the service holds it.
+    pub(crate) max_hold: u64,
+}
+
+/// An engine's per-connection handle.
+pub(crate) trait ConnHandle: Sized {
+    /// A handle for an outbound connection to `addr`: the socket is created now, the engine
+    /// starts connecting when it reconciles the connection.
+    fn dial(addr: SocketAddr, transport: Transport) -> io::Result<Self>;
 }
 
 /// Engine-specific I/O for one shard.
 pub(crate) trait Driver {
     /// The engine's per-connection handle.
-    type Conn;
+    type Conn: ConnHandle;
 
     /// Submits queued operations, waits up to `timeout` (`None`: until something happens) and
     /// reports what completed to `core`.
@@ -74,27 +97,40 @@ pub(crate) trait Driver {
 }
 
 /// What the service writes to: the connection table, the cross-shard queues and local posts.
-pub(crate) struct Plumbing<H> {
+pub(crate) struct Plumbing<H, M> {
     me: ShardId,
     shard_count: usize,
     /// The shard's connections.
     pub(crate) conns: ConnTable<H>,
-    out: Outgoing,
-    local_posts: VecDeque<(ConnId, Vec<u8>)>,
+    out: Outgoing<M>,
+    /// Posts to this shard itself, delivered next iteration.
+    local: VecDeque<M>,
     scratch: Vec<u8>,
     limits: Limits,
     stats: Arc<StatsCell>,
     high_water: usize,
+    transport: Transport,
+    signals: Arc<Signals>,
+    /// The time of this loop iteration.
+    pub(crate) now: Time,
+    /// The connection whose input the service is handling right now.
+    current: Option<ConnId>,
+    /// Connections paused because their input overflowed a queue.
+    link_blocked: Vec<ConnId>,
+    /// Connections whose input may be handed on again.
+    resumed: Vec<ConnId>,
+    /// Half-closed connections the service holds open, by deadline.
+    holds: VecDeque<(Time, ConnId)>,
 }
 
-impl<H> Plumbing<H> {
+impl<H: ConnHandle, M> Plumbing<H, M> {
     /// Appends bytes produced by `write` to local connection `id`'s send queue.
     fn queue_local(&mut self, id: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
         let Some(conn) = self.conns.get_mut(id) else {
             self.stats.bump(Counter::StaleDrops);
             return;
         };
-        if !matches!(conn.state, ConnState::Open | ConnState::Draining) {
+        if !matches!(conn.state, ConnState::Connecting | ConnState::Open | ConnState::Draining) {
             self.stats.bump(Counter::StaleDrops);
             return;
         }
@@ -108,8 +144,11 @@ impl<H> Plumbing<H> {
         if unsent > self.limits.abort_above {
             conn.state = ConnState::Aborting;
             event = Some(Counter::SendQueueAborts);
-        } else if unsent > self.limits.pause_above && !conn.paused && conn.state == ConnState::Open {
-            conn.paused = true;
+        } else if unsent > self.limits.pause_above
+            && conn.paused & pause::SEND_QUEUE == 0
+            && conn.state == ConnState::Open
+        {
+            conn.paused |= pause::SEND_QUEUE;
             event = Some(Counter::ReadPauses);
         }
         if unsent > self.high_water {
@@ -125,21 +164,94 @@ impl<H> Plumbing<H> {
         self.conns.touch(id);
     }
 
-    /// Local connection `id` is to close once its queued bytes are written.
+    /// Local connection `id` is to close once its queued bytes are written (a connection still
+    /// connecting closes at once).
     fn close_local(&mut self, id: ConnId) {
-        match self.conns.get_mut(id) {
-            Some(conn) if conn.state == ConnState::Open => {
+        let Some(conn) = self.conns.get_mut(id) else {
+            self.stats.bump(Counter::StaleDrops);
+            return;
+        };
+        match conn.state {
+            ConnState::Open => {
                 conn.state = ConnState::Draining;
                 conn.pending = Vec::new();
+                if conn.held {
+                    self.arm_hold(id);
+                }
                 self.conns.touch(id);
             }
-            Some(_) => {}
-            None => self.stats.bump(Counter::StaleDrops),
+            ConnState::Connecting => {
+                conn.state = ConnState::Aborting;
+                self.conns.touch(id);
+            }
+            _ => {}
         }
+    }
+
+    /// Starts the hold limit of a held, draining connection.
+    fn arm_hold(&mut self, id: ConnId) {
+        let deadline = self.now.add_millis(self.limits.max_hold);
+        if let Some(conn) = self.conns.get_mut(id) {
+            conn.hold_deadline = Some(deadline);
+            self.holds.push_back((deadline, id));
+        }
+    }
+
+    /// Hands a record to another shard; pauses the connection being served if it overflowed.
+    fn push_remote(&mut self, to: ShardId, record: Envelope<M>) {
+        if !self.out.push(to, record) {
+            self.block_current();
+        }
+    }
+
+    /// The connection whose input is being handled pauses until every overflow has drained.
+    fn block_current(&mut self) {
+        let Some(id) = self.current else { return };
+        if let Some(conn) = self.conns.get_mut(id) {
+            if conn.paused & pause::LINK == 0 {
+                conn.paused |= pause::LINK;
+                self.link_blocked.push(id);
+                self.stats.bump(Counter::LinkPauses);
+                self.conns.touch(id);
+            }
+        }
+    }
+
+    /// Clears one pause reason of `id`; input flows again once none is left.
+    fn unpause(&mut self, id: ConnId, reason: u8) {
+        if let Some(conn) = self.conns.get_mut(id) {
+            if conn.paused & reason != 0 {
+                conn.paused &= !reason;
+                if conn.paused == 0 && conn.state == ConnState::Open {
+                    self.resumed.push(id);
+                }
+                self.conns.touch(id);
+            }
+        }
+    }
+
+    /// Whether anything waits to cross to another shard, or too much waits for this one.
+    fn congested(&self) -> bool {
+        self.out.spilling() || self.local.len() > self.limits.queue
+    }
+
+    /// Moves overflowed records on, and resumes the connections paused for them once all have
+    /// gone. Returns whether records still overflow.
+    fn retry_spill(&mut self) -> bool {
+        let spilling = self.out.retry_spill();
+        if !self.congested() && !self.link_blocked.is_empty() {
+            let blocked = std::mem::take(&mut self.link_blocked);
+            for id in &blocked {
+                self.unpause(*id, pause::LINK);
+            }
+            self.link_blocked = blocked;
+            self.link_blocked.clear();
+        }
+        spilling
     }
 }
 
-impl<H> Outbox for Plumbing<H> {
+impl<H: ConnHandle, M> Outbox<M> for Plumbing<H, M> {
     fn send(&mut self, conn: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
         if conn.shard == self.me {
             self.queue_local(conn, write);
@@ -147,31 +259,24 @@ impl<H> Outbox for Plumbing<H> {
             self.scratch.clear();
             write(&mut self.scratch);
             if !self.scratch.is_empty() {
-                self.out.push(conn.shard, SEND, conn, &self.scratch);
+                let bytes = Payload::from_slice(&self.scratch);
+                self.push_remote(conn.shard, Envelope::Send(conn, bytes));
             }
         } else {
             self.stats.bump(Counter::StaleDrops);
         }
     }
 
-    fn post(&mut self, to: ShardId, conn: ConnId, bytes: &[u8]) {
+    fn post(&mut self, to: ShardId, msg: M) {
         if to == self.me {
-            self.local_posts.push_back((conn, bytes.to_vec()));
-        } else {
-            self.out.push(to, POST, conn, bytes);
-        }
-    }
-
-    fn hold(&mut self, conn: ConnId, held: bool) {
-        if conn.shard != self.me {
-            return;
-        }
-        if let Some(c) = self.conns.get_mut(conn) {
-            if c.held != held {
-                c.held = held;
-                // A released, draining connection may be due to close now.
-                self.conns.touch(conn);
+            self.local.push_back(msg);
+            if self.local.len() > self.limits.queue {
+                self.block_current();
             }
+        } else if usize::from(to) < self.shard_count {
+            self.push_remote(to, Envelope::Msg(msg));
+        } else {
+            tracing::error!(from = self.me, to, "message posted to a shard that does not exist; dropped");
         }
     }
 
@@ -179,42 +284,92 @@ impl<H> Outbox for Plumbing<H> {
         if conn.shard == self.me {
             self.close_local(conn);
         } else if usize::from(conn.shard) < self.shard_count {
-            self.out.push(conn.shard, CLOSE, conn, &[]);
+            self.push_remote(conn.shard, Envelope::Close(conn));
         } else {
             self.stats.bump(Counter::StaleDrops);
         }
     }
+
+    fn hold(&mut self, conn: ConnId, held: bool) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        if c.held == held {
+            return;
+        }
+        c.held = held;
+        if !held {
+            c.hold_deadline = None;
+        } else if c.state == ConnState::Draining {
+            self.arm_hold(conn);
+        }
+        // A released, draining connection may be due to close now.
+        self.conns.touch(conn);
+    }
+
+    fn pause(&mut self, conn: ConnId, paused: bool) {
+        if paused {
+            if let Some(c) = self.conns.get_mut(conn) {
+                if c.paused & pause::SERVICE == 0 {
+                    c.paused |= pause::SERVICE;
+                    self.conns.touch(conn);
+                }
+            }
+        } else {
+            self.unpause(conn, pause::SERVICE);
+        }
+    }
+
+    fn input_paused(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.paused != 0 || c.state != ConnState::Open)
+    }
+
+    fn connect(&mut self, addr: SocketAddr, tag: Tag) -> Option<ConnId> {
+        if self.signals.stopping() {
+            return None;
+        }
+        let handle = match H::dial(addr, self.transport) {
+            Ok(h) => h,
+            Err(error) => {
+                tracing::debug!(shard = self.me, %addr, %error, "cannot create a socket to connect");
+                self.stats.bump(Counter::ConnectFailures);
+                return None;
+            }
+        };
+        // A full table gives the handle back; dropping it closes the socket.
+        let id = self.conns.insert(handle, ConnState::Connecting).ok()?;
+        self.stats.bump(Counter::Connects);
+        self.conns.touch(id);
+        Some(id)
+    }
 }
 
 /// One shard's service and everything around it that is not socket I/O.
-pub(crate) struct ShardCore<S, H> {
+pub(crate) struct ShardCore<S: Service, H> {
     me: ShardId,
     service: S,
     /// The outbox state (connections, queues).
-    pub(crate) io: Plumbing<H>,
-    inbox: Incoming,
+    pub(crate) io: Plumbing<H, S::Msg>,
+    inbox: Incoming<S::Msg>,
     signals: Arc<Signals>,
-    clock: Clock,
-    now: Time,
     wakes: Vec<ShardId>,
 }
 
 /// What a shard needs besides its service and driver.
-pub(crate) struct CoreParts {
+pub(crate) struct CoreParts<M> {
     pub(crate) me: ShardId,
     pub(crate) shard_count: usize,
-    pub(crate) out: Outgoing,
-    pub(crate) inbox: Incoming,
+    pub(crate) out: Outgoing<M>,
+    pub(crate) inbox: Incoming<M>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) stats: Arc<StatsCell>,
-    pub(crate) clock: Clock,
+    pub(crate) now: Time,
     pub(crate) limits: Limits,
     pub(crate) max_connections: usize,
+    pub(crate) transport: Transport,
 }
 
-impl<S: Service, H> ShardCore<S, H> {
+impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     /// Assembles a shard core.
-    pub(crate) fn new(service: S, p: CoreParts) -> Self {
+    pub(crate) fn new(service: S, p: CoreParts<S::Msg>) -> Self {
         Self {
             me: p.me,
             service,
@@ -223,18 +378,28 @@ impl<S: Service, H> ShardCore<S, H> {
                 shard_count: p.shard_count,
                 conns: ConnTable::new(p.me, p.max_connections),
                 out: p.out,
-                local_posts: VecDeque::new(),
+                local: VecDeque::new(),
                 scratch: Vec::new(),
                 limits: p.limits,
                 stats: p.stats,
                 high_water: 0,
+                transport: p.transport,
+                signals: Arc::clone(&p.signals),
+                now: p.now,
+                current: None,
+                link_blocked: Vec::new(),
+                resumed: Vec::new(),
+                holds: VecDeque::new(),
             },
             inbox: p.inbox,
             signals: p.signals,
-            now: p.clock.now(),
-            clock: p.clock,
             wakes: Vec::new(),
         }
+    }
+
+    /// The service (for the simulator's invariant checks).
+    pub(crate) fn service(&self) -> &S {
+        &self.service
     }
 
     /// Whether the engine is stopping.
@@ -242,16 +407,16 @@ impl<S: Service, H> ShardCore<S, H> {
         self.signals.stopping()
     }
 
-    /// A new connection. Gives the handle back if the shard is full or stopping; the engine
-    /// then closes the socket.
-    pub(crate) fn accept(&mut self, handle: H, peer: SocketAddr) -> Result<ConnId, H> {
+    /// A new connection on a listener tagged `tag`. Gives the handle back if the shard is full
+    /// or stopping; the engine then closes the socket.
+    pub(crate) fn accept(&mut self, handle: H, peer: SocketAddr, tag: Tag) -> Result<ConnId, H> {
         if self.stopping() {
             return Err(handle);
         }
-        match self.io.conns.insert(handle) {
+        match self.io.conns.insert(handle, ConnState::Open) {
             Ok(id) => {
                 self.io.stats.bump(Counter::Accepted);
-                self.service.on_accept(id, peer, self.now, &mut self.io);
+                self.service.on_accept(id, tag, peer, self.io.now, &mut self.io);
                 self.io.conns.touch(id);
                 Ok(id)
             }
@@ -262,6 +427,26 @@ impl<S: Service, H> ShardCore<S, H> {
         }
     }
 
+    /// Outbound connection `id` is connected to `peer`.
+    pub(crate) fn connected(&mut self, id: ConnId, peer: SocketAddr) {
+        match self.io.conns.get_mut(id) {
+            Some(conn) if conn.state == ConnState::Connecting => conn.state = ConnState::Open,
+            _ => return,
+        }
+        self.io.conns.touch(id);
+        self.service.on_connect(id, Ok(peer), self.io.now, &mut self.io);
+    }
+
+    /// Outbound connection `id` could not connect: the service hears why, then it closes.
+    pub(crate) fn connect_failed(&mut self, id: ConnId, error: io::Error) {
+        if !self.io.conns.get(id).is_some_and(|c| c.state == ConnState::Connecting) {
+            return;
+        }
+        self.io.stats.bump(Counter::ConnectFailures);
+        self.abort(id);
+        self.service.on_connect(id, Err(error), self.io.now, &mut self.io);
+    }
+
     /// Bytes arrived on `id`. When nothing is buffered for the connection, the service reads
     /// them in place (straight out of the engine's receive buffer); only an unconsumed tail (a
     /// partial message, or input that arrives while reading is paused) is copied.
@@ -269,47 +454,51 @@ impl<S: Service, H> ShardCore<S, H> {
         let Some(conn) = self.io.conns.get_mut(id) else {
             return;
         };
-        if conn.state != ConnState::Open {
+        if conn.state != ConnState::Open || conn.eof {
             return;
         }
-        if conn.paused || !conn.pending.is_empty() {
+        if conn.paused != 0 || !conn.pending.is_empty() {
             conn.pending.extend_from_slice(data);
-            if !conn.paused {
+            if conn.paused == 0 {
                 self.deliver_pending(id);
             }
             return;
         }
+        self.io.current = Some(id);
         let mut rest = data;
         loop {
-            let n = self.service.on_data(id, rest, self.now, &mut self.io).min(rest.len());
+            let n = self.service.on_data(id, rest, self.io.now, &mut self.io).min(rest.len());
             rest = &rest[n..];
             if rest.is_empty() {
-                return;
+                break;
             }
             let Some(conn) = self.io.conns.get(id) else {
-                return;
+                break;
             };
             if conn.state != ConnState::Open {
-                return;
+                rest = &[];
+                break;
             }
             if n == 0 {
                 if rest.len() >= self.io.limits.max_message {
                     self.oversize(id);
-                    return;
+                    rest = &[];
                 }
                 break;
             }
-            if conn.paused {
+            if conn.paused != 0 {
                 break;
             }
         }
+        self.io.current = None;
         if let Some(conn) = self.io.conns.get_mut(id) {
             conn.pending.extend_from_slice(rest);
         }
     }
 
     /// Hands buffered input to the service, a window at a time, until it stops consuming or the
-    /// connection pauses.
+    /// connection pauses. A connection whose peer has finished sending closes once nothing more
+    /// can be consumed.
     fn deliver_pending(&mut self, id: ConnId) {
         let Some(conn) = self.io.conns.get_mut(id) else {
             return;
@@ -318,11 +507,13 @@ impl<S: Service, H> ShardCore<S, H> {
         let window = self.io.limits.window;
         let mut off = 0;
         let mut oversize = false;
+        self.io.current = Some(id);
         while off < buf.len() {
             let end = buf.len().min(off + window);
-            let n = self.service.on_data(id, &buf[off..end], self.now, &mut self.io).min(end - off);
+            let n = self.service.on_data(id, &buf[off..end], self.io.now, &mut self.io).min(end - off);
             off += n;
             let Some(conn) = self.io.conns.get(id) else {
+                self.io.current = None;
                 return;
             };
             if conn.state != ConnState::Open {
@@ -333,17 +524,20 @@ impl<S: Service, H> ShardCore<S, H> {
                 oversize = end - off >= self.io.limits.max_message;
                 break;
             }
-            if conn.paused {
+            if conn.paused != 0 {
                 break;
             }
         }
+        self.io.current = None;
         buf.drain(..off);
-        if let Some(conn) = self.io.conns.get_mut(id) {
-            conn.pending = buf;
-            conn.trim_pending();
-        }
+        let Some(conn) = self.io.conns.get_mut(id) else { return };
+        conn.pending = buf;
+        conn.trim_pending();
         if oversize {
             self.oversize(id);
+        } else if conn.eof && conn.paused == 0 && conn.state == ConnState::Open {
+            // The peer has sent all it will: what is left is at most a message cut short.
+            self.io.close_local(id);
         }
     }
 
@@ -353,9 +547,19 @@ impl<S: Service, H> ShardCore<S, H> {
         self.abort(id);
     }
 
-    /// The peer closed its side: flush what is queued, then close.
+    /// The peer closed its sending side. Input it sent before is still handed on (a paused
+    /// connection keeps it until it resumes); then queued replies are written and it closes.
     pub(crate) fn eof(&mut self, id: ConnId) {
-        self.io.close_local(id);
+        let Some(conn) = self.io.conns.get_mut(id) else { return };
+        if conn.state != ConnState::Open || conn.eof {
+            return;
+        }
+        conn.eof = true;
+        let paused = conn.paused != 0;
+        self.io.conns.touch(id);
+        if !paused {
+            self.deliver_pending(id);
+        }
     }
 
     /// The connection failed (reset, error): close it now.
@@ -380,13 +584,10 @@ impl<S: Service, H> ShardCore<S, H> {
             return;
         };
         conn.sendq.complete(n);
-        let resume = conn.paused && conn.sendq.unsent() <= self.io.limits.resume_at;
-        if resume {
-            conn.paused = false;
-        }
+        let resume = conn.paused & pause::SEND_QUEUE != 0 && conn.sendq.unsent() <= self.io.limits.resume_at;
         self.io.conns.touch(id);
-        if resume && conn_open(&self.io.conns, id) {
-            self.deliver_pending(id);
+        if resume {
+            self.io.unpause(id, pause::SEND_QUEUE);
         }
     }
 
@@ -410,7 +611,7 @@ impl<S: Service, H> ShardCore<S, H> {
         conn.state = ConnState::Dead;
         conn.pending = Vec::new();
         self.io.stats.bump(Counter::Closed);
-        self.service.on_close(id, self.now, &mut self.io);
+        self.service.on_close(id, self.io.now, &mut self.io);
     }
 
     /// Frees `id`'s slot (a later connection there gets a new generation).
@@ -427,56 +628,103 @@ impl<S: Service, H> ShardCore<S, H> {
         ids
     }
 
-    /// Delivers cross-shard records and local posts, and runs the service's timer. Returns
-    /// whether work was left for the next iteration.
-    fn run_inbound(&mut self) -> bool {
+    /// Delivers cross-shard records and local posts, and runs the service's timer unless
+    /// records overflow. Returns whether work was left for the next iteration.
+    pub(crate) fn run_inbound(&mut self) -> bool {
         let mut more = false;
+        let now = self.io.now;
         if self.inbox.shards() > 1 {
             self.signals.clear_notified(self.me);
             for from in 0..self.inbox.shards() {
-                let Some(queue) = self.inbox.queue_from(from) else {
-                    continue;
-                };
                 let mut budget = INBOUND_BUDGET;
                 while budget > 0 {
-                    let Some(rec) = queue.peek() else { break };
-                    let conn = ConnId::from_u64(rec.tag);
-                    match rec.kind {
-                        POST => self.service.on_post(from as ShardId, conn, rec.bytes, self.now, &mut self.io),
-                        SEND => {
-                            let bytes = rec.bytes;
-                            self.io.queue_local(conn, &mut |buf| buf.extend_from_slice(bytes));
+                    let Some(record) = self.inbox.queue_from(from).and_then(|q| q.pop().ok()) else { break };
+                    match record {
+                        Envelope::Msg(msg) => self.service.on_message(from as ShardId, msg, now, &mut self.io),
+                        Envelope::Send(conn, bytes) => {
+                            self.io.queue_local(conn, &mut |buf| buf.extend_from_slice(&bytes))
                         }
-                        CLOSE => self.io.close_local(conn),
-                        _ => {}
+                        Envelope::Close(conn) => self.io.close_local(conn),
                     }
-                    queue.pop();
                     budget -= 1;
                 }
                 more |= budget == 0;
             }
         }
-        for _ in 0..self.io.local_posts.len() {
-            let Some((conn, bytes)) = self.io.local_posts.pop_front() else {
+        for _ in 0..self.io.local.len() {
+            let Some(msg) = self.io.local.pop_front() else {
                 break;
             };
-            self.service.on_post(self.me, conn, &bytes, self.now, &mut self.io);
+            self.service.on_message(self.me, msg, now, &mut self.io);
         }
-        more |= !self.io.local_posts.is_empty();
-        if self.service.next_timer().is_some_and(|t| t <= self.now) {
-            self.service.on_timer(self.now, &mut self.io);
+        more |= !self.io.local.is_empty();
+        if !self.io.congested() && self.service.next_timer().is_some_and(|t| t <= now) {
+            self.service.on_timer(now, &mut self.io);
         }
         more
     }
 
+    /// Releases held, half-closed connections whose hold limit has passed.
+    pub(crate) fn expire_holds(&mut self) {
+        while let Some(&(deadline, id)) = self.io.holds.front() {
+            if deadline > self.io.now {
+                break;
+            }
+            self.io.holds.pop_front();
+            let Some(conn) = self.io.conns.get_mut(id) else { continue };
+            if conn.hold_deadline.is_some_and(|d| d <= self.io.now) && conn.held {
+                conn.held = false;
+                conn.hold_deadline = None;
+                self.io.stats.bump(Counter::HoldExpiries);
+                tracing::debug!(conn = ?id, "half-closed connection held past the hold limit; closing");
+                self.io.conns.touch(id);
+            }
+        }
+    }
+
+    /// Hands input on to connections that resumed.
+    fn deliver_resumed(&mut self) {
+        while let Some(id) = self.io.resumed.pop() {
+            if self.io.conns.get(id).is_some_and(|c| c.state == ConnState::Open && c.paused == 0) {
+                self.deliver_pending(id);
+            }
+        }
+    }
+
+    /// Moves overflowed records on (resuming connections paused for them), and tells the driver
+    /// which peers to wake. Returns whether records still overflow.
+    pub(crate) fn flush_outgoing<D: Driver<Conn = H>>(&mut self, driver: &mut D) -> bool {
+        let spilling = self.io.retry_spill();
+        self.io.out.take_wakes(&self.signals, &mut self.wakes);
+        if !self.wakes.is_empty() {
+            driver.wake(&self.signals, &self.wakes);
+            self.wakes.clear();
+        }
+        spilling
+    }
+
+    /// Whether work is ready without waiting.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.io.local.is_empty() || !self.io.resumed.is_empty()
+    }
+
+    /// The earliest protocol time something is due here (service timer, hold limit).
+    pub(crate) fn next_due(&self) -> Option<Time> {
+        let timer = if self.io.congested() { None } else { self.service.next_timer() };
+        match (timer, self.io.holds.front().map(|h| h.0)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// How long the next poll may sleep.
-    fn wait_timeout(&self, busy: bool, spilling: bool, driver_deadline: Option<Instant>) -> Option<Duration> {
+    fn wait_timeout(&self, clock: &Clock, busy: bool, spilling: bool, driver_deadline: Option<Instant>) -> Option<Duration> {
         if busy {
             return Some(Duration::ZERO);
         }
         let mut deadline = driver_deadline;
         let mut earliest = |at: Instant| deadline = Some(deadline.map_or(at, |d| d.min(at)));
-        if let Some(at) = self.service.next_timer().and_then(|t| self.clock.instant(t)) {
+        if let Some(at) = self.next_due().and_then(|t| clock.instant(t)) {
             earliest(at);
         }
         let now = Instant::now();
@@ -487,41 +735,49 @@ impl<S: Service, H> ShardCore<S, H> {
     }
 }
 
-fn conn_open<H>(conns: &ConnTable<H>, id: ConnId) -> bool {
-    conns.get(id).is_some_and(|c| c.state == ConnState::Open)
-}
-
 /// Runs a shard until the engine stops or the driver fails.
-pub(crate) fn run<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) -> Result<(), EngineError> {
+pub(crate) fn run<S: Service, D: Driver>(
+    core: &mut ShardCore<S, D::Conn>,
+    driver: &mut D,
+    clock: &Clock,
+) -> Result<(), EngineError> {
     let mut timeout = Some(Duration::ZERO);
     let result = loop {
         if let Err(e) = driver.poll(core, timeout) {
             break Err(e);
         }
-        core.now = core.clock.now();
+        core.io.now = clock.now();
         if core.stopping() {
             break Ok(());
         }
-        let mut more = core.run_inbound();
-        reconcile_touched(core, driver);
-        // Input read during reconcile (epoll) may have posted to this shard itself.
-        more |= !core.io.local_posts.is_empty();
-        let spilling = core.io.out.retry_spill();
-        core.io.out.take_wakes(&core.signals, &mut core.wakes);
-        if !core.wakes.is_empty() {
-            driver.wake(&core.signals, &core.wakes);
-            core.wakes.clear();
-        }
-        timeout = core.wait_timeout(more || driver.busy(), spilling, driver.deadline());
+        let more = step(core, driver);
+        let spilling = core.flush_outgoing(driver);
+        timeout = core.wait_timeout(clock, more || core.has_work() || driver.busy(), spilling, driver.deadline());
     };
     driver.shutdown(core);
     result
 }
 
-/// Lets the driver act on every touched connection (including ones touched while doing so).
+/// One loop iteration's work after the driver's poll: inbound records, timers, holds, resumed
+/// input, and the sockets of every touched connection. Returns whether work was left.
+pub(crate) fn step<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) -> bool {
+    let more = core.run_inbound();
+    core.expire_holds();
+    core.io.retry_spill();
+    reconcile_touched(core, driver);
+    more
+}
+
+/// Hands on resumed input and lets the driver act on every touched connection (including ones
+/// touched while doing so).
 pub(crate) fn reconcile_touched<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) {
-    while let Some(id) = core.io.conns.pop_touched() {
-        driver.reconcile(core, id);
+    loop {
+        core.deliver_resumed();
+        match core.io.conns.pop_touched() {
+            Some(id) => driver.reconcile(core, id),
+            None if core.io.resumed.is_empty() => break,
+            None => {}
+        }
     }
 }
 
@@ -548,14 +804,15 @@ mod tests {
     }
 
     impl Service for Frames {
-        fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
-        fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox) -> usize {
+        type Msg = ();
+        fn on_accept(&mut self, _: ConnId, _: Tag, _: SocketAddr, _: Time, _: &mut impl Outbox<()>) {}
+        fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox<()>) -> usize {
             let mut log = self.log.borrow_mut();
             log.calls.push((data.as_ptr() as usize, data.to_vec()));
             let mut off = 0;
             while let Some(&len) = data.get(off) {
                 let end = off + 1 + len as usize;
-                if end > data.len() {
+                if end > data.len() || out.input_paused(conn) {
                     break;
                 }
                 log.frames.push(data[off + 1..end].to_vec());
@@ -565,19 +822,25 @@ mod tests {
             }
             off
         }
-        fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {
+        fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox<()>) {
             self.log.borrow_mut().closed += 1;
         }
-        fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
-        fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+        fn on_message(&mut self, _: ShardId, _: (), _: Time, _: &mut impl Outbox<()>) {}
+        fn on_timer(&mut self, _: Time, _: &mut impl Outbox<()>) {}
         fn next_timer(&self) -> Option<Time> {
             None
         }
     }
 
+    impl ConnHandle for () {
+        fn dial(_: SocketAddr, _: Transport) -> io::Result<Self> {
+            Ok(())
+        }
+    }
+
     fn core(reply: usize, limits: Limits) -> (ShardCore<Frames, ()>, Rc<RefCell<Log>>, Arc<StatsCell>) {
         let stats: Vec<Arc<StatsCell>> = vec![Arc::default()];
-        let (out, inbox) = mesh(1, 256, 1024, &stats).pop().unwrap();
+        let (out, inbox) = mesh(1, 4, &stats).pop().unwrap();
         let log = Rc::new(RefCell::new(Log::default()));
         let parts = CoreParts {
             me: 0,
@@ -586,25 +849,40 @@ mod tests {
             inbox,
             signals: Arc::new(Signals::new(1)),
             stats: Arc::clone(&stats[0]),
-            clock: Clock::start(),
+            now: Time::ZERO,
             limits,
             max_connections: 4,
+            transport: Transport::Tcp,
         };
         (ShardCore::new(Frames { log: Rc::clone(&log), reply }, parts), log, Arc::clone(&stats[0]))
     }
 
     fn limits() -> Limits {
-        Limits { pause_above: 100, resume_at: 50, abort_above: 10_000, max_message: 64, window: 64 }
+        Limits {
+            pause_above: 100,
+            resume_at: 50,
+            abort_above: 10_000,
+            max_message: 64,
+            window: 64,
+            queue: 4,
+            max_hold: 1000,
+        }
     }
 
     fn peer() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1))
     }
 
+    /// Hands resumed input on, as the loop does after each poll.
+    fn settle(core: &mut ShardCore<Frames, ()>) {
+        core.deliver_resumed();
+        while core.io.conns.pop_touched().is_some() {}
+    }
+
     #[test]
     fn whole_messages_are_read_in_place_and_tails_reassembled() {
         let (mut core, log, _) = core(0, limits());
-        let id = core.accept((), peer()).unwrap();
+        let id = core.accept((), peer(), Tag(0)).unwrap();
         // Two whole frames and the start of a third, in one "receive buffer".
         let buf = [2, b'a', b'b', 1, b'c', 3, b'd'];
         core.received(id, &buf);
@@ -624,35 +902,77 @@ mod tests {
     #[test]
     fn unsent_bytes_pause_and_resume_input() {
         let (mut core, log, stats) = core(40, limits());
-        let id = core.accept((), peer()).unwrap();
-        core.received(id, &[0, 0, 0, 0]); // four frames: 160 unsent bytes
-        assert!(core.io.conns.get(id).unwrap().paused);
+        let id = core.accept((), peer(), Tag(0)).unwrap();
+        core.received(id, &[0, 0, 0, 0]); // 160 unsent bytes after the third frame: paused
+        assert_eq!(core.io.conns.get(id).unwrap().paused, pause::SEND_QUEUE);
         assert_eq!(stats.snapshot().read_pauses, 1);
+        assert_eq!(log.borrow().frames.len(), 3, "the service stops consuming once paused");
         // Input while paused is kept, not handed over.
         let calls = log.borrow().calls.len();
         core.received(id, &[0, 0]);
         assert_eq!(log.borrow().calls.len(), calls);
-        assert_eq!(core.io.conns.get(id).unwrap().pending, [0, 0]);
-        // The engine writes 100 of 160 bytes: 60 left, above the resume mark.
+        assert_eq!(core.io.conns.get(id).unwrap().pending, [0, 0, 0]);
+        // The engine writes 100 of 120 bytes: 20 left, below the resume mark.
         assert!(core.io.conns.get_mut(id).unwrap().sendq.start().is_some());
         core.sent(id, 100);
-        assert!(core.io.conns.get(id).unwrap().paused);
-        // 20 more: 40 left, resume, and the kept input is delivered; its replies (80 bytes)
-        // push the queue over the limit again.
-        assert!(core.io.conns.get_mut(id).unwrap().sendq.start().is_some());
-        core.sent(id, 20);
+        settle(&mut core);
         let c = core.io.conns.get(id).unwrap();
         assert!(c.pending.is_empty());
         assert_eq!(log.borrow().frames.len(), 6);
-        assert_eq!(c.sendq.unsent(), 120);
-        assert!(c.paused);
+        assert_eq!(c.sendq.unsent(), 140);
+        assert_eq!(c.paused, pause::SEND_QUEUE, "the kept input's replies pause it again");
         assert_eq!(stats.snapshot().read_pauses, 2);
+    }
+
+    #[test]
+    fn the_service_pauses_and_resumes_input() {
+        let (mut core, log, _) = core(0, limits());
+        let id = core.accept((), peer(), Tag(0)).unwrap();
+        core.io.pause(id, true);
+        assert!(core.io.input_paused(id));
+        core.received(id, &[1, b'a']);
+        assert!(log.borrow().frames.is_empty());
+        core.io.pause(id, false);
+        settle(&mut core);
+        assert_eq!(log.borrow().frames, vec![b"a".to_vec()]);
+    }
+
+    #[test]
+    fn input_sent_before_the_peer_closed_is_still_served() {
+        let (mut core, log, _) = core(0, limits());
+        let id = core.accept((), peer(), Tag(0)).unwrap();
+        core.io.pause(id, true);
+        core.received(id, &[1, b'a', 1, b'b', 5, b'c']);
+        core.eof(id);
+        assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Open, "open while input waits");
+        core.io.pause(id, false);
+        settle(&mut core);
+        assert_eq!(log.borrow().frames, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Draining, "the cut message is dropped");
+    }
+
+    #[test]
+    fn a_held_half_closed_connection_closes_at_the_hold_limit() {
+        let (mut core, _, stats) = core(0, limits());
+        let id = core.accept((), peer(), Tag(0)).unwrap();
+        core.io.hold(id, true);
+        core.eof(id);
+        let c = core.io.conns.get(id).unwrap();
+        assert_eq!(c.state, ConnState::Draining);
+        assert!(!c.must_close(), "held");
+        core.io.now = Time(999);
+        core.expire_holds();
+        assert!(!core.io.conns.get(id).unwrap().must_close());
+        core.io.now = Time(1000);
+        core.expire_holds();
+        assert!(core.io.conns.get(id).unwrap().must_close(), "released at the limit");
+        assert_eq!(stats.snapshot().hold_expiries, 1);
     }
 
     #[test]
     fn unframeable_input_closes_the_connection() {
         let (mut core, _, stats) = core(0, limits());
-        let id = core.accept((), peer()).unwrap();
+        let id = core.accept((), peer(), Tag(0)).unwrap();
         core.received(id, &[200; 40]);
         assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Open, "40 < 64: wait for more");
         core.received(id, &[0; 40]);
@@ -663,12 +983,12 @@ mod tests {
     #[test]
     fn stale_ids_get_nothing() {
         let (mut core, log, stats) = core(0, limits());
-        let old = core.accept((), peer()).unwrap();
+        let old = core.accept((), peer(), Tag(0)).unwrap();
         core.close(old);
         assert_eq!(log.borrow().closed, 1);
         core.io.send(old, &mut |b| b.push(1));
         assert!(core.release(old).is_some());
-        let new = core.accept((), peer()).unwrap();
+        let new = core.accept((), peer(), Tag(0)).unwrap();
         assert_eq!(new.slot, old.slot);
         core.io.send(old, &mut |b| b.push(1));
         core.io.close(old);

@@ -1,5 +1,5 @@
 //! Per-shard counters that other threads (tests, a status command) may read while the engine
-//! runs. Only rare events are counted (accepts, closes, pauses, drops), so the relaxed atomic
+//! runs. Only rare events are counted (accepts, closes, pauses, overflows), so the relaxed atomic
 //! increments stay off the per-request path.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,11 +22,19 @@ pub struct ShardStats {
     pub oversize_closes: u64,
     /// Sends or closes dropped because their connection was gone (stale [`crate::service::ConnId`]).
     pub stale_drops: u64,
-    /// Cross-shard items that found the target queue full and were kept in the overflow list.
+    /// Cross-shard records that found the target queue full and waited in the overflow list
+    /// (none is ever dropped).
     pub spilled: u64,
-    /// Cross-shard items dropped because the overflow list hit `max_spill_bytes`, or because they
-    /// could never fit the queue, or because the target shard does not exist.
-    pub cross_shard_drops: u64,
+    /// Largest number of records waiting in this shard's overflow lists at once.
+    pub overflow_high_water: u64,
+    /// Times a connection's input was paused because a cross-shard queue it fed was full.
+    pub link_pauses: u64,
+    /// Half-closed connections closed because the service held them past the hold limit.
+    pub hold_expiries: u64,
+    /// Outbound connections started ([`crate::service::Outbox::connect`]).
+    pub connects: u64,
+    /// Outbound connections that failed to connect.
+    pub connect_failures: u64,
     /// Largest number of unsent bytes seen on any one connection of this shard.
     pub send_queue_high_water: u64,
 }
@@ -42,7 +50,11 @@ pub(crate) struct StatsCell {
     oversize_closes: AtomicU64,
     stale_drops: AtomicU64,
     spilled: AtomicU64,
-    cross_shard_drops: AtomicU64,
+    overflow_high_water: AtomicU64,
+    link_pauses: AtomicU64,
+    hold_expiries: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
     send_queue_high_water: AtomicU64,
 }
 
@@ -57,7 +69,10 @@ pub(crate) enum Counter {
     OversizeCloses,
     StaleDrops,
     Spilled,
-    CrossShardDrops,
+    LinkPauses,
+    HoldExpiries,
+    Connects,
+    ConnectFailures,
 }
 
 impl StatsCell {
@@ -72,7 +87,10 @@ impl StatsCell {
             Counter::OversizeCloses => &self.oversize_closes,
             Counter::StaleDrops => &self.stale_drops,
             Counter::Spilled => &self.spilled,
-            Counter::CrossShardDrops => &self.cross_shard_drops,
+            Counter::LinkPauses => &self.link_pauses,
+            Counter::HoldExpiries => &self.hold_expiries,
+            Counter::Connects => &self.connects,
+            Counter::ConnectFailures => &self.connect_failures,
         };
         cell.fetch_add(1, Relaxed);
     }
@@ -81,6 +99,11 @@ impl StatsCell {
     /// local maximum grows, so this is rare).
     pub(crate) fn high_water(&self, bytes: usize) {
         self.send_queue_high_water.fetch_max(bytes as u64, Relaxed);
+    }
+
+    /// Records a new high-water mark of overflowed cross-shard records.
+    pub(crate) fn overflow_high_water(&self, records: usize) {
+        self.overflow_high_water.fetch_max(records as u64, Relaxed);
     }
 
     /// Reads all counters.
@@ -94,7 +117,11 @@ impl StatsCell {
             oversize_closes: self.oversize_closes.load(Relaxed),
             stale_drops: self.stale_drops.load(Relaxed),
             spilled: self.spilled.load(Relaxed),
-            cross_shard_drops: self.cross_shard_drops.load(Relaxed),
+            overflow_high_water: self.overflow_high_water.load(Relaxed),
+            link_pauses: self.link_pauses.load(Relaxed),
+            hold_expiries: self.hold_expiries.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
             send_queue_high_water: self.send_queue_high_water.load(Relaxed),
         }
     }

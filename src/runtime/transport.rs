@@ -39,4 +39,9 @@ impl Transport {
             Transport::Tcp => sock.set_tcp_nodelay(true),
         }
     }
+
+    /// Configures a socket created to connect out, as [`Transport::configure_accepted`] does.
+    pub(crate) fn configure_connected(self, sock: SockRef<'_>) -> std::io::Result<()> {
+        self.configure_accepted(sock)
+    }
 }

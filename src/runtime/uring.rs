@@ -3,27 +3,29 @@
 //! every operation of a loop iteration submitted by one `io_uring_enter` that also waits (with
 //! the timer deadline as its timeout), and `IORING_OP_MSG_RING` to wake peer shards.
 //!
-//! Per connection there is at most one receive (multishot) and one send in flight; the
-//! connection's slot is freed only when both have completed, so every pointer handed to the
-//! kernel stays valid for as long as the kernel may use it.
+//! Per connection there is at most one receive (multishot), one send and one connect in flight,
+//! and at most one cancellation; the connection's slot is freed only when all have completed, so
+//! every pointer handed to the kernel stays valid for as long as the kernel may use it. The same
+//! bound limits the backlog of entries that did not fit the submission queue: a few per
+//! connection and listener, plus one wake-up per peer shard.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::net::{Shutdown, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use socket2::SockRef;
+use socket2::{Domain, SockAddr, SockRef, Socket};
 
 use super::bufring::BufRing;
 use super::conn::ConnState;
-use super::shard::{reconcile_touched, Driver, ShardCore};
+use super::shard::{reconcile_touched, ConnHandle, Driver, ShardCore};
 use super::signals::{eventfd, RemoteWake, Signals};
 use super::{CrossShardWake, EngineConfig, EngineError, Transport};
-use crate::service::{ConnId, Service, ShardId};
+use crate::service::{ConnId, Service, ShardId, Tag};
 
 /// Operation codes in the top byte of `user_data`; the rest holds generation and slot.
 const OP_ACCEPT: u8 = 1;
@@ -33,6 +35,7 @@ const OP_WAKE: u8 = 4;
 const OP_MSG_IN: u8 = 5;
 const OP_MSG_OUT: u8 = 6;
 const OP_CANCEL: u8 = 7;
+const OP_CONNECT: u8 = 8;
 
 /// CQEs copied out of the completion queue per batch.
 const CQE_BATCH: usize = 256;
@@ -76,6 +79,35 @@ pub(crate) struct UringConn {
     ops: u32,
     /// `shutdown(2)` has been called and in-flight operations cancelled.
     shut: bool,
+    /// An outbound connection's destination (the connect operation points at it) and whether
+    /// the connect was submitted.
+    dial: Option<(Box<SockAddr>, bool)>,
+}
+
+impl UringConn {
+    fn accepted(fd: OwnedFd) -> Self {
+        Self { fd, recv: Recv::Idle, ops: 0, shut: false, dial: None }
+    }
+}
+
+impl ConnHandle for UringConn {
+    fn dial(addr: SocketAddr, transport: Transport) -> io::Result<Self> {
+        let (ty, proto) = transport.socket_kind();
+        // Blocking, like accepted sockets: io_uring waits for the connect itself.
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+        transport.configure_connected(SockRef::from(&socket))?;
+        let mut conn = Self::accepted(OwnedFd::from(socket));
+        conn.dial = Some((Box::new(SockAddr::from(addr)), false));
+        Ok(conn)
+    }
+}
+
+/// One listening socket of a shard.
+struct Listener {
+    socket: TcpListener,
+    tag: Tag,
+    armed: bool,
+    retry_at: Option<Instant>,
 }
 
 /// Creates a ring, asking for the flags that measured best and retrying without them on
@@ -110,9 +142,7 @@ pub(crate) struct UringDriver {
     me: ShardId,
     transport: Transport,
     wake_method: CrossShardWake,
-    listener: TcpListener,
-    accept_armed: bool,
-    accept_retry_at: Option<Instant>,
+    listeners: Vec<Listener>,
     accept_errors: u64,
     waker: File,
     wake_buf: Box<[u8; 8]>,
@@ -134,7 +164,7 @@ impl UringDriver {
     /// (`SINGLE_ISSUER` binds the ring to the thread that creates it).
     pub(crate) fn new(
         me: ShardId,
-        listener: TcpListener,
+        listeners: Vec<(TcpListener, Tag)>,
         config: &EngineConfig,
         signals: &Signals,
     ) -> Result<Self, EngineError> {
@@ -146,18 +176,20 @@ impl UringDriver {
         let waker = eventfd().map_err(setup)?;
         signals.set_remote(me, RemoteWake::EventFd(waker.try_clone().map_err(setup)?));
         signals.set_ring(me, ring.as_raw_fd()).map_err(setup)?;
-        // The listener stays blocking: io_uring arms a poll itself, and some kernels answer an
+        // The listeners stay blocking: io_uring arms a poll itself, and some kernels answer an
         // accept on an O_NONBLOCK socket with EAGAIN instead.
-        listener.set_nonblocking(false).map_err(setup)?;
+        let mut socks = Vec::with_capacity(listeners.len());
+        for (socket, tag) in listeners {
+            socket.set_nonblocking(false).map_err(setup)?;
+            socks.push(Listener { socket, tag, armed: false, retry_at: None });
+        }
         let mut this = Self {
             ring,
             bufs: ManuallyDrop::new(bufs),
             me,
             transport: config.transport,
             wake_method: config.cross_shard_wake,
-            listener,
-            accept_armed: false,
-            accept_retry_at: None,
+            listeners: socks,
             accept_errors: 0,
             waker,
             wake_buf: Box::new([0; 8]),
@@ -202,19 +234,22 @@ impl UringDriver {
         }
     }
 
-    /// Re-arms the multishot accept and the wake-up read when they have ended.
+    /// Re-arms the multishot accepts and the wake-up read when they have ended.
     fn rearm(&mut self) {
         if self.stopping {
             return;
         }
-        if !self.accept_armed && self.accept_retry_at.is_none_or(|t| Instant::now() >= t) {
-            self.accept_retry_at = None;
-            self.accept_armed = true;
-            let e = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(ud_plain(OP_ACCEPT));
-            self.push(e);
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if !l.armed && l.retry_at.is_none_or(|t| Instant::now() >= t) {
+                l.retry_at = None;
+                l.armed = true;
+                let e = opcode::AcceptMulti::new(types::Fd(l.socket.as_raw_fd()))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(ud_plain(OP_ACCEPT) | i as u64);
+                self.push(e);
+            }
         }
         if !self.wake_armed {
             self.wake_armed = true;
@@ -280,7 +315,8 @@ impl UringDriver {
         match ud_op(ud) {
             OP_RECV => self.on_recv(core, ud_conn(self.me, ud), res, cqe.flags()),
             OP_SEND => on_send(core, ud_conn(self.me, ud), res),
-            OP_ACCEPT => self.on_accept(core, res, cqe.flags()),
+            OP_CONNECT => on_connect(core, ud_conn(self.me, ud), res),
+            OP_ACCEPT => self.on_accept(core, ud as u32 as usize, res, cqe.flags()),
             OP_WAKE => self.wake_armed = false,
             // A peer shard pushed cross-shard records; the loop drains them after this poll.
             OP_MSG_IN => {}
@@ -324,10 +360,12 @@ impl UringDriver {
         }
     }
 
-    fn on_accept<S: Service>(&mut self, core: &mut ShardCore<S, UringConn>, res: i32, flags: u32) {
+    fn on_accept<S: Service>(&mut self, core: &mut ShardCore<S, UringConn>, index: usize, res: i32, flags: u32) {
+        let Some(listener) = self.listeners.get_mut(index) else { return };
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            listener.armed = false;
         }
+        let tag = listener.tag;
         if res < 0 {
             match -res {
                 libc::ECANCELED => {}
@@ -336,7 +374,7 @@ impl UringDriver {
                         tracing::warn!(shard = self.me, error = %io::Error::from_raw_os_error(errno), "accept failed; retrying shortly");
                     }
                     self.accept_errors += 1;
-                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    listener.retry_at = Some(Instant::now() + ACCEPT_RETRY);
                 }
                 errno => {
                     tracing::debug!(shard = self.me, error = %io::Error::from_raw_os_error(errno), "accept failed")
@@ -354,10 +392,9 @@ impl UringDriver {
         let Some(peer) = SockRef::from(&fd).peer_addr().ok().and_then(|a| a.as_socket()) else {
             return;
         };
-        let conn = UringConn { fd, recv: Recv::Idle, ops: 0, shut: false };
         // On success the core touched the connection, and `reconcile` arms its receive; on
         // refusal (table full, stopping) dropping the handle closes the socket.
-        let _ = core.accept(conn, peer);
+        let _ = core.accept(UringConn::accepted(fd), peer, tag);
     }
 
     /// Shuts the socket down and cancels whatever is in flight on it, so the kernel lets go.
@@ -375,6 +412,21 @@ impl UringDriver {
                 .flags(squeue::Flags::SKIP_SUCCESS);
             self.push(e);
         }
+    }
+}
+
+fn on_connect<S: Service>(core: &mut ShardCore<S, UringConn>, id: ConnId, res: i32) {
+    let Some(conn) = core.io.conns.get_mut(id) else {
+        debug_assert!(false, "connect completion for a freed slot");
+        return;
+    };
+    conn.io.ops -= 1;
+    let peer = conn.io.dial.take().and_then(|(addr, _)| addr.as_socket());
+    core.io.conns.touch(id);
+    match (res, peer) {
+        (0, Some(peer)) => core.connected(id, peer),
+        (0, None) => core.connect_failed(id, io::Error::from(io::ErrorKind::AddrNotAvailable)),
+        (res, _) => core.connect_failed(id, io::Error::from_raw_os_error(-res)),
     }
 }
 
@@ -431,6 +483,15 @@ impl Driver for UringDriver {
             return;
         }
         let fd = types::Fd(conn.io.fd.as_raw_fd());
+        if conn.state == ConnState::Connecting {
+            if let Some((addr, submitted @ false)) = conn.io.dial.as_mut() {
+                *submitted = true;
+                let e = opcode::Connect::new(fd, addr.as_ptr().cast(), addr.len()).build().user_data(ud(OP_CONNECT, id));
+                conn.io.ops += 1;
+                self.push(e);
+            }
+            return;
+        }
         if let Some(bytes) = conn.sendq.start() {
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             let e =
@@ -473,11 +534,7 @@ impl Driver for UringDriver {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        if self.accept_armed {
-            None
-        } else {
-            self.accept_retry_at
-        }
+        self.listeners.iter().filter(|l| !l.armed).filter_map(|l| l.retry_at).min()
     }
 
     fn shutdown<S: Service>(&mut self, core: &mut ShardCore<S, UringConn>) {
@@ -485,8 +542,10 @@ impl Driver for UringDriver {
         for id in core.close_all() {
             core.io.conns.touch(id);
         }
-        if self.accept_armed {
-            self.cancel(ud_plain(OP_ACCEPT));
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                self.cancel(ud_plain(OP_ACCEPT) | i as u64);
+            }
         }
         if self.wake_armed {
             self.cancel(ud_plain(OP_WAKE));
@@ -494,7 +553,7 @@ impl Driver for UringDriver {
         let limit = Instant::now() + DRAIN_LIMIT;
         loop {
             reconcile_touched(core, self);
-            let drained = core.io.conns.len() == 0 && !self.accept_armed && !self.wake_armed;
+            let drained = self.drained(core);
             if drained || Instant::now() >= limit {
                 break;
             }
@@ -503,7 +562,7 @@ impl Driver for UringDriver {
                 break;
             }
         }
-        if core.io.conns.len() == 0 && !self.accept_armed && !self.wake_armed {
+        if self.drained(core) {
             self.kernel_busy = false;
             if let Err(e) = self.ring.submitter().unregister_buf_ring(self.bufs.group()) {
                 tracing::debug!(shard = self.me, error = %e, "cannot unregister buffer ring");
@@ -515,6 +574,13 @@ impl Driver for UringDriver {
                 "kernel operations still in flight at shutdown; leaking their buffers"
             );
         }
+    }
+}
+
+impl UringDriver {
+    /// Whether no operation is in flight any more.
+    fn drained<S: Service>(&self, core: &ShardCore<S, UringConn>) -> bool {
+        core.io.conns.len() == 0 && !self.wake_armed && self.listeners.iter().all(|l| !l.armed)
     }
 }
 

@@ -5,8 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::service::{ConnId, Outbox, ShardId};
-
 /// The request/answer sequence of one connection.
 #[derive(Debug, Default)]
 pub(crate) struct Sequencer {
@@ -25,6 +23,11 @@ impl Sequencer {
     /// Whether every numbered request has been answered (answers may go straight out).
     pub(crate) fn idle(&self) -> bool {
         self.next_request == self.next_answer
+    }
+
+    /// Numbered requests not answered yet.
+    pub(crate) fn outstanding(&self) -> u64 {
+        self.next_request - self.next_answer
     }
 
     /// Numbers the next request.
@@ -59,36 +62,6 @@ impl Sequencer {
             }
             self.next_answer += 1;
         }
-    }
-}
-
-/// An outbox that keeps what is sent to one connection in a buffer (the answer to one request)
-/// and passes everything else on.
-pub(crate) struct Capture<'a, O> {
-    pub(crate) conn: ConnId,
-    pub(crate) buf: &'a mut Vec<u8>,
-    pub(crate) inner: &'a mut O,
-}
-
-impl<O: Outbox> Outbox for Capture<'_, O> {
-    fn send(&mut self, conn: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
-        if conn == self.conn {
-            write(self.buf);
-        } else {
-            self.inner.send(conn, write);
-        }
-    }
-
-    fn post(&mut self, to: ShardId, conn: ConnId, bytes: &[u8]) {
-        self.inner.post(to, conn, bytes);
-    }
-
-    fn close(&mut self, conn: ConnId) {
-        self.inner.close(conn);
-    }
-
-    fn hold(&mut self, conn: ConnId, held: bool) {
-        self.inner.hold(conn, held);
     }
 }
 

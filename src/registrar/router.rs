@@ -1,0 +1,433 @@
+//! One registrar shard as a [`Service`]: frames the bytes of the client connections it owns,
+//! hands each message to the shard owning its pool (by a fixed hash of the pool handle), and
+//! sends the answers in request order. The ASAP procedures themselves are
+//! [`crate::asap::Procedures`]; this module only moves requests and answers between
+//! connections and shards, and keeps the per-connection state that spans shards: the order of
+//! answers, the PEs a connection registered on every shard, and the shards to tell when it
+//! closes.
+
+use core::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::msg::ShardMsg;
+use super::order::Sequencer;
+use crate::asap::{Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats};
+use crate::config::{Limits, Timers};
+use crate::handlespace::{shard_of, Handlespace};
+use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
+use crate::time::Time;
+use crate::wire::asap::{self, MessageType};
+use crate::wire::framer::Frame;
+use crate::wire::{Framer, Protocol};
+
+/// The tag of ASAP listeners (pool elements and pool users).
+pub const ASAP: Tag = Tag(0);
+/// The tag of ENRP listeners (peer registrars).
+pub const ENRP: Tag = Tag(1);
+
+/// What a registrar shard needs to know.
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    /// This registrar's server id (home registrar id of the PEs it owns).
+    pub server_id: u32,
+    /// Number of shards in the process.
+    pub shards: u16,
+    /// Resource limits (registrar-wide: every shard of one registrar counts against them).
+    pub limits: Limits,
+    /// Protocol timers.
+    pub timers: Timers,
+    /// Seed of the random selection policies (each shard mixes in its index).
+    pub seed: u64,
+    /// The registrar-wide PE and pool counts, shared by the shards built from this config.
+    pub budgets: Arc<Budgets>,
+}
+
+impl RegistrarConfig {
+    /// A configuration with the defaults of [`crate::config::Config`].
+    pub fn new(server_id: u32, shards: u16) -> Self {
+        Self {
+            server_id,
+            shards,
+            limits: Limits::default(),
+            timers: Timers::default(),
+            seed: 0x5253_4552_504f_4f4c,
+            budgets: Arc::default(),
+        }
+    }
+}
+
+/// A client connection whose socket this shard owns.
+#[derive(Debug)]
+struct Conn {
+    peer: SocketAddr,
+    /// Other shards holding PEs registered over this connection (bit per shard, up to 64;
+    /// beyond that every shard is told when it closes).
+    shards: u64,
+    /// Keeps answers in request order when other shards answer some requests.
+    order: Sequencer,
+    /// PEs registered over this connection, on every shard.
+    pes: u32,
+    /// Registrations out at other shards (each may add a PE).
+    registering: u32,
+    /// Registrations refused for a resource limit in a row.
+    refusals: u32,
+    /// Input is paused because too many answers are outstanding.
+    paused: bool,
+}
+
+impl Conn {
+    /// How many more PEs it may register under a limit of `max`, counting its registrations
+    /// in flight as new ones (conservative while several are out at once).
+    fn room(&self, max: usize) -> u32 {
+        let used = self.pes as usize + self.registering as usize;
+        max.saturating_sub(used).min(u32::MAX as usize) as u32
+    }
+}
+
+/// This shard's connections, indexed by the engine's slot number (dense, small): one array
+/// access per message instead of a hash lookup. The generation tells a reused slot apart.
+#[derive(Debug, Default)]
+struct Conns {
+    slots: Vec<Option<(u16, Conn)>>,
+}
+
+impl Conns {
+    fn insert(&mut self, id: ConnId, conn: Conn) {
+        let i = id.slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some((id.generation, conn));
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.slots.get_mut(id.slot as usize) {
+            Some(Some((generation, c))) if *generation == id.generation => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let slot = self.slots.get_mut(id.slot as usize)?;
+        match slot {
+            Some((generation, _)) if *generation == id.generation => slot.take().map(|(_, c)| c),
+            _ => None,
+        }
+    }
+}
+
+/// How the PE counts of connections changed during one call of the procedures.
+#[derive(Debug, Default)]
+struct ConnDeltas(Vec<(ConnId, i32)>);
+
+impl ChangeSink for ConnDeltas {
+    fn changed(&mut self, c: &PeChange<'_>) {
+        if c.reason == Reason::ConnectionLoss {
+            return; // the connection is gone
+        }
+        match (c.change, c.pe.conn, c.moved_from) {
+            (Change::Added, Some(conn), _) => self.0.push((conn, 1)),
+            (Change::Removed, Some(conn), _) => self.0.push((conn, -1)),
+            (Change::Updated, now, Some(before)) => {
+                self.0.push((before, -1));
+                if let Some(conn) = now {
+                    self.0.push((conn, 1));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One registrar shard.
+pub struct Registrar {
+    shard: ShardId,
+    shards: u16,
+    procedures: Procedures,
+    conns: Conns,
+    framer: Framer,
+    limits: Limits,
+    deltas: ConnDeltas,
+    /// The answer being built for a request.
+    answer: Vec<u8>,
+}
+
+impl Registrar {
+    /// Shard `shard` of `config.shards`, starting at `now`.
+    pub fn new(config: &RegistrarConfig, shard: ShardId, now: Time) -> Self {
+        let procedures = ProceduresConfig {
+            server_id: config.server_id,
+            limits: config.limits.clone(),
+            timers: config.timers.clone(),
+            seed: config.seed,
+            budgets: Arc::clone(&config.budgets),
+        };
+        let l = &config.limits;
+        Self {
+            shard,
+            shards: config.shards.max(1),
+            procedures: Procedures::new(&procedures, shard, now),
+            conns: Conns::default(),
+            framer: Framer::new(Protocol::Asap, l.max_message_size),
+            limits: l.clone(),
+            deltas: ConnDeltas::default(),
+            answer: Vec::with_capacity(l.max_message_size + 32),
+        }
+    }
+
+    /// This shard's part of the handlespace.
+    pub fn handlespace(&self) -> &Handlespace {
+        self.procedures.handlespace()
+    }
+
+    /// This shard's counters.
+    pub fn stats(&self) -> &Stats {
+        self.procedures.stats()
+    }
+
+    /// PEs under keep-alive supervision on this shard.
+    pub fn supervised_pes(&self) -> usize {
+        self.procedures.supervised_pes()
+    }
+
+    /// The pool handle a message is about, read without validating the message: the routing
+    /// key. `None` for messages that are not about a pool (or whose handle is unreadable).
+    fn routing_handle(msg: &[u8]) -> Option<&[u8]> {
+        match MessageType::from_u8(msg[0])? {
+            MessageType::Registration
+            | MessageType::Deregistration
+            | MessageType::HandleResolution
+            | MessageType::EndpointKeepAliveAck
+            | MessageType::EndpointUnreachable => {}
+            _ => return None,
+        }
+        // Fast path: the handle is the first parameter, as every client sends it.
+        if let [_, _, _, _, 0, 9, l0, l1, ..] = *msg {
+            let len = usize::from(u16::from_be_bytes([l0, l1]));
+            if len >= 4 && 4 + len <= msg.len() {
+                return Some(&msg[8..4 + len]);
+            }
+        }
+        asap::salvage_ids(msg).0
+    }
+
+
+    /// Handles one complete message from `conn`, here or at the shard owning its pool.
+    fn dispatch(&mut self, conn: ConnId, msg: &[u8], now: Time, out: &mut impl Outbox<ShardMsg>) {
+        let owner = match self.shards {
+            1 => self.shard,
+            n => Self::routing_handle(msg).map_or(self.shard, |handle| shard_of(handle, n)),
+        };
+        let registration = msg[0] == MessageType::Registration as u8;
+        let max_pes = self.limits.max_pes_per_connection;
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let peer = c.peer;
+        let room = if registration { c.room(max_pes) } else { 0 };
+        if owner != self.shard {
+            if c.order.idle() {
+                // Answers are now owed from another shard: keep the connection open for them
+                // even if the client shuts down its side meanwhile.
+                out.hold(conn, true);
+            }
+            let seq = c.order.number();
+            if registration {
+                c.shards |= 1u64.checked_shl(u32::from(owner)).unwrap_or(u64::MAX);
+                c.registering += 1;
+            }
+            out.post(owner, ShardMsg::Request { conn, seq, peer, room, message: Payload::from_slice(msg) });
+            self.pace(conn, out);
+            return;
+        }
+        let mut answer = std::mem::take(&mut self.answer);
+        answer.clear();
+        let handled = self.procedures.handle(&Request { conn, peer, message: msg, room }, now, &mut answer, &mut self.deltas);
+        self.flush_deltas(out);
+        if let Some(c) = self.conns.get_mut(conn) {
+            if c.order.idle() {
+                if !answer.is_empty() {
+                    out.send(conn, &mut |buf| buf.extend_from_slice(&answer));
+                }
+            } else {
+                // An earlier request is out at another shard: this answer waits its turn.
+                let seq = c.order.number();
+                self.answered(conn, seq, &answer, out);
+            }
+        }
+        self.answer = answer;
+        self.after_request(conn, registration, handled, out);
+    }
+
+    /// Sends the answer to request `seq` of local connection `conn`, and any that were waiting
+    /// for it, in order.
+    fn answered(&mut self, conn: ConnId, seq: u64, bytes: &[u8], out: &mut impl Outbox<ShardMsg>) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        c.order.answered(seq, bytes, |answer| out.send(conn, &mut |buf| buf.extend_from_slice(answer)));
+        if c.order.idle() {
+            out.hold(conn, false);
+        }
+        self.pace(conn, out);
+    }
+
+    /// Pauses a connection's input while too many of its answers are outstanding (or waiting
+    /// for earlier ones), and resumes it at half: memory per connection stays bounded.
+    fn pace(&mut self, conn: ConnId, out: &mut impl Outbox<ShardMsg>) {
+        let (max_pending, max_held) = (u64::from(self.limits.max_pending_requests), self.limits.max_send_queue);
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let (pending, held) = (c.order.outstanding(), c.order.held_bytes());
+        if !c.paused && (pending >= max_pending || held > max_held) {
+            c.paused = true;
+            out.pause(conn, true);
+        } else if c.paused && pending <= max_pending / 2 && held <= max_held / 2 {
+            c.paused = false;
+            out.pause(conn, false);
+        }
+    }
+
+    /// WIRE.md section 9: a connection that keeps registering after resource refusals
+    /// (cause 0x6) is closed.
+    fn after_request(&mut self, conn: ConnId, registration: bool, handled: Handled, out: &mut impl Outbox<ShardMsg>) {
+        let max = self.limits.max_refusals;
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        if handled.refused {
+            c.refusals += 1;
+            if c.refusals > max {
+                warn!(peer = %c.peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
+                self.procedures.stats_mut().refusal_closes += 1;
+                out.close(conn);
+            }
+        } else if registration {
+            c.refusals = 0;
+        }
+    }
+
+    /// Hands on the PE count changes of the last procedures call: applied here for this
+    /// shard's connections, posted to their shard for the others.
+    fn flush_deltas(&mut self, out: &mut impl Outbox<ShardMsg>) {
+        if self.deltas.0.is_empty() {
+            return;
+        }
+        let mut deltas = std::mem::take(&mut self.deltas.0);
+        deltas.sort_unstable_by_key(|d| d.0);
+        let mut i = 0;
+        while i < deltas.len() {
+            let conn = deltas[i].0;
+            let mut delta = 0;
+            while i < deltas.len() && deltas[i].0 == conn {
+                delta += deltas[i].1;
+                i += 1;
+            }
+            if delta == 0 {
+                continue;
+            }
+            if conn.shard == self.shard {
+                self.add_pes(conn, delta);
+            } else {
+                out.post(conn.shard, ShardMsg::ConnectionPes { conn, delta });
+            }
+        }
+        deltas.clear();
+        self.deltas.0 = deltas;
+    }
+
+    fn add_pes(&mut self, conn: ConnId, delta: i32) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.pes = c.pes.saturating_add_signed(delta);
+        }
+    }
+}
+
+impl Service for Registrar {
+    type Msg = ShardMsg;
+
+    fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
+        if tag != ASAP {
+            warn!(%peer, ?tag, "connection to a listener this registrar does not serve yet; closing");
+            out.close(conn);
+            return;
+        }
+        let c = Conn { peer, shards: 0, order: Sequencer::default(), pes: 0, registering: 0, refusals: 0, paused: false };
+        self.conns.insert(conn, c);
+    }
+
+    fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox<ShardMsg>) -> usize {
+        let Some(c) = self.conns.get_mut(conn) else { return data.len() };
+        let peer = c.peer;
+        let mut used = 0;
+        while !out.input_paused(conn) {
+            match self.framer.frame(&data[used..]) {
+                Ok(Frame::Complete(msg)) => {
+                    self.dispatch(conn, msg, now, out);
+                    used += msg.len();
+                }
+                Ok(Frame::Incomplete { .. }) => break,
+                Err(e) => {
+                    // The stream cannot be framed any more: nothing more is sent; close.
+                    self.procedures.stats_mut().framing_errors += 1;
+                    warn!(%peer, "closing connection: {e}");
+                    out.close(conn);
+                    return data.len();
+                }
+            }
+        }
+        used
+    }
+
+    fn on_close(&mut self, conn: ConnId, now: Time, out: &mut impl Outbox<ShardMsg>) {
+        let Some(c) = self.conns.remove(conn) else { return };
+        self.procedures.connection_lost(conn, now, &mut self.deltas);
+        self.flush_deltas(out);
+        for s in (0..self.shards).filter(|&s| s != self.shard) {
+            if s >= 64 || c.shards & (1 << s) != 0 {
+                out.post(s, ShardMsg::ConnectionClosed { conn });
+            }
+        }
+    }
+
+    fn on_message(&mut self, _from: ShardId, msg: ShardMsg, now: Time, out: &mut impl Outbox<ShardMsg>) {
+        match msg {
+            ShardMsg::Request { conn, seq, peer, room, message } => {
+                let mut answer = std::mem::take(&mut self.answer);
+                answer.clear();
+                let req = Request { conn, peer, message: &message, room };
+                let handled = self.procedures.handle(&req, now, &mut answer, &mut self.deltas);
+                // Count changes first: they reach the connection's shard before the answer.
+                self.flush_deltas(out);
+                let registration = message[0] == MessageType::Registration as u8;
+                let reply = ShardMsg::Reply {
+                    conn,
+                    seq,
+                    answer: Payload::from_slice(&answer),
+                    registration,
+                    refused: handled.refused,
+                };
+                out.post(conn.shard, reply);
+                self.answer = answer;
+            }
+            ShardMsg::Reply { conn, seq, answer, registration, refused } => {
+                if registration {
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        c.registering = c.registering.saturating_sub(1);
+                    }
+                }
+                self.answered(conn, seq, &answer, out);
+                self.after_request(conn, registration, Handled { refused }, out);
+            }
+            ShardMsg::ConnectionClosed { conn } => {
+                self.procedures.connection_lost(conn, now, &mut self.deltas);
+                self.flush_deltas(out);
+            }
+            ShardMsg::ConnectionPes { conn, delta } => self.add_pes(conn, delta),
+        }
+    }
+
+    fn on_timer(&mut self, now: Time, out: &mut impl Outbox<ShardMsg>) {
+        self.procedures.on_timer(now, out, &mut self.deltas);
+        self.flush_deltas(out);
+    }
+
+    fn next_timer(&self) -> Option<Time> {
+        self.procedures.next_timer()
+    }
+}
