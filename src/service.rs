@@ -109,16 +109,18 @@ pub trait Service {
     /// A connection was accepted on this shard, on a listener tagged `tag`.
     fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, now: Time, out: &mut impl Outbox<Self::Msg>);
 
-    /// The outcome of [`Outbox::connect`]: `Ok` with the peer's address once connected, or
-    /// the error (an [`Service::on_close`] follows either way, at once on error).
+    /// The outcome of [`Outbox::connect`] for a connection to be served as `tag`: `Ok` with
+    /// the peer's address once connected, or the error (then [`Service::on_close`] follows at
+    /// once). A connection closed before its connect finished gets only `on_close`.
     fn on_connect(
         &mut self,
         conn: ConnId,
+        tag: Tag,
         result: std::io::Result<SocketAddr>,
         now: Time,
         out: &mut impl Outbox<Self::Msg>,
     ) {
-        let _ = (conn, result, now, out);
+        let _ = (conn, tag, result, now, out);
     }
 
     /// Bytes arrived on `conn` (a local connection). `data` starts with the bytes not consumed

@@ -5,7 +5,7 @@
 //! `H` is the engine's own per-connection handle (the socket and the state of its in-flight
 //! operations); everything else here is engine-independent.
 
-use crate::service::{ConnId, ShardId};
+use crate::service::{ConnId, ShardId, Tag};
 
 /// Capacity above which an emptied buffer is released instead of kept for reuse, so one burst
 /// does not pin memory on an idle connection forever.
@@ -120,6 +120,8 @@ pub(crate) mod pause {
 pub(crate) struct Conn<H> {
     /// The engine's handle (socket and in-flight operation state).
     pub(crate) io: H,
+    /// What the connection serves (its listener's tag, or the one given to `connect`).
+    pub(crate) tag: Tag,
     /// Lifecycle state.
     pub(crate) state: ConnState,
     /// Why input is not handed to the service now (bits of [`pause`]; 0: it is).
@@ -190,12 +192,13 @@ impl<H> ConnTable<H> {
 
     /// Adds a connection in `state` (`Open` when accepted, `Connecting` when dialled), or gives
     /// the handle back when the table is full.
-    pub(crate) fn insert(&mut self, io: H, state: ConnState) -> Result<ConnId, H> {
+    pub(crate) fn insert(&mut self, io: H, tag: Tag, state: ConnState) -> Result<ConnId, H> {
         if self.live >= self.max {
             return Err(io);
         }
         let conn = Conn {
             io,
+            tag,
             state,
             paused: 0,
             pending: Vec::new(),
@@ -303,14 +306,14 @@ mod tests {
     #[test]
     fn generations_protect_reused_slots() {
         let mut t: ConnTable<()> = ConnTable::new(3, 2);
-        let a = t.insert((), ConnState::Open).unwrap();
-        let b = t.insert((), ConnState::Open).unwrap();
-        assert!(t.insert((), ConnState::Open).is_err(), "table is full");
+        let a = t.insert((), Tag(0), ConnState::Open).unwrap();
+        let b = t.insert((), Tag(0), ConnState::Open).unwrap();
+        assert!(t.insert((), Tag(0), ConnState::Open).is_err(), "table is full");
         assert_eq!(a.shard, 3);
         t.remove(a).unwrap();
-        let c = t.insert((), ConnState::Connecting).unwrap();
+        let c = t.insert((), Tag(1), ConnState::Connecting).unwrap();
         assert_eq!(c.slot, a.slot, "slot reused");
-        assert_eq!(t.get(c).unwrap().state, ConnState::Connecting);
+        assert_eq!(t.get(c).unwrap().tag, Tag(1));
         assert_ne!(c.generation, a.generation);
         assert!(t.get(a).is_none(), "stale id finds nothing");
         assert!(t.get(c).is_some());
@@ -322,7 +325,7 @@ mod tests {
     #[test]
     fn touched_is_deduplicated() {
         let mut t: ConnTable<()> = ConnTable::new(0, 8);
-        let a = t.insert((), ConnState::Open).unwrap();
+        let a = t.insert((), Tag(0), ConnState::Open).unwrap();
         t.touch(a);
         t.touch(a);
         assert_eq!(t.pop_touched(), Some(a));

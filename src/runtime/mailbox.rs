@@ -187,6 +187,11 @@ impl<M> Incoming<M> {
         self.links.get_mut(from).and_then(Option::as_mut)
     }
 
+    /// Whether any queue holds a record.
+    pub(crate) fn pending(&self) -> bool {
+        self.links.iter().flatten().any(|c| !c.is_empty())
+    }
+
     /// Number of shards (including this one, which has no queue to itself).
     pub(crate) fn shards(&self) -> usize {
         self.links.len()

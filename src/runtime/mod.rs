@@ -112,7 +112,7 @@ mod probe;
 mod rlimit;
 mod shard;
 mod signals;
-
+pub mod sim;
 mod stats;
 mod transport;
 mod uring;

@@ -335,7 +335,7 @@ impl<H: ConnHandle, M> Outbox<M> for Plumbing<H, M> {
             }
         };
         // A full table gives the handle back; dropping it closes the socket.
-        let id = self.conns.insert(handle, ConnState::Connecting).ok()?;
+        let id = self.conns.insert(handle, tag, ConnState::Connecting).ok()?;
         self.stats.bump(Counter::Connects);
         self.conns.touch(id);
         Some(id)
@@ -413,7 +413,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         if self.stopping() {
             return Err(handle);
         }
-        match self.io.conns.insert(handle, ConnState::Open) {
+        match self.io.conns.insert(handle, tag, ConnState::Open) {
             Ok(id) => {
                 self.io.stats.bump(Counter::Accepted);
                 self.service.on_accept(id, tag, peer, self.io.now, &mut self.io);
@@ -429,22 +429,26 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
 
     /// Outbound connection `id` is connected to `peer`.
     pub(crate) fn connected(&mut self, id: ConnId, peer: SocketAddr) {
-        match self.io.conns.get_mut(id) {
-            Some(conn) if conn.state == ConnState::Connecting => conn.state = ConnState::Open,
+        let tag = match self.io.conns.get_mut(id) {
+            Some(conn) if conn.state == ConnState::Connecting => {
+                conn.state = ConnState::Open;
+                conn.tag
+            }
             _ => return,
-        }
+        };
         self.io.conns.touch(id);
-        self.service.on_connect(id, Ok(peer), self.io.now, &mut self.io);
+        self.service.on_connect(id, tag, Ok(peer), self.io.now, &mut self.io);
     }
 
     /// Outbound connection `id` could not connect: the service hears why, then it closes.
     pub(crate) fn connect_failed(&mut self, id: ConnId, error: io::Error) {
-        if !self.io.conns.get(id).is_some_and(|c| c.state == ConnState::Connecting) {
-            return;
-        }
+        let tag = match self.io.conns.get(id) {
+            Some(conn) if conn.state == ConnState::Connecting => conn.tag,
+            _ => return,
+        };
         self.io.stats.bump(Counter::ConnectFailures);
         self.abort(id);
-        self.service.on_connect(id, Err(error), self.io.now, &mut self.io);
+        self.service.on_connect(id, tag, Err(error), self.io.now, &mut self.io);
     }
 
     /// Bytes arrived on `id`. When nothing is buffered for the connection, the service reads
@@ -701,6 +705,16 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
             self.wakes.clear();
         }
         spilling
+    }
+
+    /// Whether records from other shards wait to be handled.
+    pub(crate) fn pending_inbound(&self) -> bool {
+        self.inbox.pending()
+    }
+
+    /// Whether records wait in this shard's overflow lists, or too many posts to itself.
+    pub(crate) fn io_spilling(&self) -> bool {
+        self.io.congested()
     }
 
     /// Whether work is ready without waiting.
