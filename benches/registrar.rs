@@ -9,8 +9,8 @@ use core::net::SocketAddr;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rserpool::asap::{Registrar, RegistrarConfig};
-use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::registrar::{Registrar, RegistrarConfig, ShardMsg, ASAP};
+use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, MessageType};
 use rserpool::wire::{
@@ -22,15 +22,23 @@ struct SendBuffer {
     buf: Vec<u8>,
 }
 
-impl Outbox for SendBuffer {
+impl Outbox<ShardMsg> for SendBuffer {
     fn send(&mut self, _conn: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
         write(&mut self.buf);
         if self.buf.len() > 1 << 16 {
             self.buf.clear();
         }
     }
-    fn post(&mut self, _to: ShardId, _conn: ConnId, _bytes: &[u8]) {}
+    fn post(&mut self, _to: ShardId, _msg: ShardMsg) {}
     fn close(&mut self, _conn: ConnId) {}
+    fn hold(&mut self, _conn: ConnId, _held: bool) {}
+    fn pause(&mut self, _conn: ConnId, _paused: bool) {}
+    fn input_paused(&self, _conn: ConnId) -> bool {
+        false
+    }
+    fn connect(&mut self, _addr: SocketAddr, _tag: Tag) -> Option<ConnId> {
+        None
+    }
 }
 
 const POOLS: u32 = 1000;
@@ -72,7 +80,7 @@ fn setup() -> (Registrar, SendBuffer) {
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     for p in 0..POOLS {
         let conn = ConnId { shard: 0, generation: 1, slot: p };
-        r.on_accept(conn, peer, Time::ZERO, &mut out);
+        r.on_accept(conn, ASAP, peer, Time::ZERO, &mut out);
         for pe in 0..PES {
             let m = registration(p, pe);
             assert_eq!(r.on_data(conn, &m, Time::ZERO, &mut out), m.len());

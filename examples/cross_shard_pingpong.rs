@@ -12,10 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rserpool::runtime::{self, CrossShardWake, EngineConfig, EngineKind};
-use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
-
-const ANY: ConnId = ConnId { shard: 0, generation: 0, slot: 0 };
 
 struct PingPong {
     me: ShardId,
@@ -25,27 +23,31 @@ struct PingPong {
     report: mpsc::Sender<Duration>,
 }
 
+/// The ball the two shards pass back and forth.
+type Ball = [u8; 16];
+
 impl Service for PingPong {
-    fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
-    fn on_data(&mut self, _: ConnId, d: &[u8], _: Time, _: &mut impl Outbox) -> usize {
+    type Msg = Ball;
+    fn on_accept(&mut self, _: ConnId, _: Tag, _: SocketAddr, _: Time, _: &mut impl Outbox<Ball>) {}
+    fn on_data(&mut self, _: ConnId, d: &[u8], _: Time, _: &mut impl Outbox<Ball>) -> usize {
         d.len()
     }
-    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
-    fn on_post(&mut self, _: ShardId, conn: ConnId, bytes: &[u8], _: Time, out: &mut impl Outbox) {
+    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox<Ball>) {}
+    fn on_message(&mut self, _: ShardId, ball: Ball, _: Time, out: &mut impl Outbox<Ball>) {
         if self.me == 1 {
-            out.post(0, conn, bytes);
+            out.post(0, ball);
             return;
         }
         self.done += 1;
         if self.done < self.round_trips {
-            out.post(1, conn, bytes);
+            out.post(1, ball);
         } else if let Some(t0) = self.started {
             let _ = self.report.send(t0.elapsed());
         }
     }
-    fn on_timer(&mut self, _: Time, out: &mut impl Outbox) {
+    fn on_timer(&mut self, _: Time, out: &mut impl Outbox<Ball>) {
         self.started = Some(Instant::now());
-        out.post(1, ANY, &[0u8; 16]);
+        out.post(1, [0u8; 16]);
     }
     fn next_timer(&self) -> Option<Time> {
         (self.me == 0 && self.started.is_none()).then_some(Time::ZERO)
@@ -74,7 +76,7 @@ fn run(kind: EngineKind, wake: CrossShardWake, cores: [usize; 2], round_trips: u
     let config = EngineConfig {
         kind,
         cross_shard_wake: wake,
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listeners: vec![runtime::Listen::new("127.0.0.1:0".parse().unwrap(), Tag(0))],
         shards: vec![Some(cores[0]), Some(cores[1])],
         buffer_count: 64,
         ..EngineConfig::default()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind};
-use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
 
 const REQ: usize = 48;
@@ -27,17 +27,18 @@ const CONNS: usize = 64;
 struct Fixed;
 
 impl Service for Fixed {
-    fn on_accept(&mut self, _: ConnId, _: SocketAddr, _: Time, _: &mut impl Outbox) {}
-    fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox) -> usize {
+    type Msg = ();
+    fn on_accept(&mut self, _: ConnId, _: Tag, _: SocketAddr, _: Time, _: &mut impl Outbox<()>) {}
+    fn on_data(&mut self, conn: ConnId, data: &[u8], _: Time, out: &mut impl Outbox<()>) -> usize {
         let n = data.len() / REQ;
         if n > 0 {
             out.send(conn, &mut |b| b.resize(b.len() + n * REPLY, b'r'));
         }
         n * REQ
     }
-    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox) {}
-    fn on_post(&mut self, _: ShardId, _: ConnId, _: &[u8], _: Time, _: &mut impl Outbox) {}
-    fn on_timer(&mut self, _: Time, _: &mut impl Outbox) {}
+    fn on_close(&mut self, _: ConnId, _: Time, _: &mut impl Outbox<()>) {}
+    fn on_message(&mut self, _: ShardId, _: (), _: Time, _: &mut impl Outbox<()>) {}
+    fn on_timer(&mut self, _: Time, _: &mut impl Outbox<()>) {}
     fn next_timer(&self) -> Option<Time> {
         None
     }
@@ -170,7 +171,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
             let config = EngineConfig {
                 kind,
-                listen: "127.0.0.1:0".parse()?,
+                listeners: vec![runtime::Listen::new("127.0.0.1:0".parse()?, Tag(0))],
                 shards: vec![Some(server_core)],
                 ..EngineConfig::default()
             };

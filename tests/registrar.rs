@@ -138,14 +138,16 @@ both_engines! {
         let mut pu = r.client();
         pe.register("u", support::pe(1, tcp("127.0.0.1", 7000), Policy::RoundRobin, -1));
         pe.register("u", support::pe(2, tcp("127.0.0.1", 7001), Policy::RoundRobin, -1));
-        // Repeated reports of one pool user count once per interval (1 s by default) ...
+        // Repeated reports from one address count once per interval (1 s by default), over
+        // however many connections ...
         for _ in 0..5 {
             pu.send(&handle_and_id(MessageType::EndpointUnreachable, b"u", 1));
+            r.client().send(&handle_and_id(MessageType::EndpointUnreachable, b"u", 1));
         }
         assert_eq!(pu.resolve("u", Some(5)).unwrap().len(), 2, "one pool user alone does not remove a PE at once");
-        // ... and MAX-BAD-PE-REPORT (3) reports of different pool users remove it.
-        for _ in 0..2 {
-            let mut other = r.client();
+        // ... and MAX-BAD-PE-REPORT (3) reports from different addresses remove it.
+        for ip in ["127.0.0.2", "127.0.0.3"] {
+            let mut other = r.client_from(ip);
             other.send(&handle_and_id(MessageType::EndpointUnreachable, b"u", 1));
             // Answers leave in request order: once this one is in, the report was handled.
             assert!(other.resolve("u", Some(5)).is_ok());

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use rserpool::runtime::{self, Engine, EngineConfig, EngineKind, ShardStats};
-use rserpool::service::{ConnId, Outbox, Service, ShardId};
+use rserpool::runtime::{self, Engine, EngineConfig, EngineKind, Listen, ShardStats};
+use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
 
 // ---------------------------------------------------------------------------------------------
@@ -28,10 +28,15 @@ const TIMER: u8 = 7; // [ms u32] -> after ms, the timer sends [TIMER]
 const CLOSE_VIA: u8 = 8; // [via shard] -> shard `via` closes this connection through the outbox
 const STALE: u8 = 99; // what a stale send would deliver
 
-/// Post kinds between shards (first byte of a post).
-const P_ROUTE: u8 = 1;
-const P_STALE: u8 = 2;
-const P_CLOSE: u8 = 3;
+/// What the test service's shards post to each other.
+enum Post {
+    /// Handle `rest` for connection `conn` here.
+    Route(ConnId, Vec<u8>),
+    /// Send "STALE" to the remembered (stale) connection id.
+    Stale,
+    /// Close connection `conn` through the outbox.
+    Close(ConnId),
+}
 
 #[derive(Default)]
 struct Shared {
@@ -64,7 +69,7 @@ fn id_bytes(id: ConnId) -> Vec<u8> {
 }
 
 impl TestService {
-    fn handle(&mut self, conn: ConnId, body: &[u8], now: Time, out: &mut impl Outbox) {
+    fn handle(&mut self, conn: ConnId, body: &[u8], now: Time, out: &mut impl Outbox<Post>) {
         let Some((&op, p)) = body.split_first() else {
             return;
         };
@@ -72,7 +77,7 @@ impl TestService {
             ECHO => out.send(conn, &mut |b| put_frame(b, &[&[ECHO], p])),
             ROUTE => {
                 let (&target, rest) = p.split_first().unwrap();
-                out.post(target as ShardId, conn, &[&[P_ROUTE], rest].concat());
+                out.post(target as ShardId, Post::Route(conn, rest.to_vec()));
             }
             BIG => {
                 let n = u32::from_be_bytes(p[..4].try_into().unwrap()) as usize;
@@ -93,7 +98,7 @@ impl TestService {
             }
             SEND_STALE => {
                 let via = p[0] as ShardId;
-                out.post(via, conn, &[P_STALE]);
+                out.post(via, Post::Stale);
                 let stale = self.shared.remembered.lock().unwrap().expect("REMEMBER first");
                 out.send(conn, &mut |b| put_frame(b, &[&[SEND_STALE], &id_bytes(stale), &id_bytes(conn)]));
             }
@@ -101,18 +106,20 @@ impl TestService {
                 let ms = u32::from_be_bytes(p[..4].try_into().unwrap());
                 self.timers.push((now.add_millis(u64::from(ms)), conn));
             }
-            CLOSE_VIA => out.post(p[0] as ShardId, conn, &[P_CLOSE]),
+            CLOSE_VIA => out.post(p[0] as ShardId, Post::Close(conn)),
             _ => {}
         }
     }
 }
 
 impl Service for TestService {
-    fn on_accept(&mut self, _conn: ConnId, _peer: SocketAddr, _now: Time, _out: &mut impl Outbox) {
+    type Msg = Post;
+
+    fn on_accept(&mut self, _conn: ConnId, _tag: Tag, _peer: SocketAddr, _now: Time, _out: &mut impl Outbox<Post>) {
         self.shared.accepted.fetch_add(1, SeqCst);
     }
 
-    fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox) -> usize {
+    fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox<Post>) -> usize {
         let mut off = 0;
         while data.len() - off >= 4 {
             let len = u32::from_be_bytes(data[off..off + 4].try_into().unwrap()) as usize;
@@ -126,24 +133,25 @@ impl Service for TestService {
         off
     }
 
-    fn on_close(&mut self, _conn: ConnId, _now: Time, _out: &mut impl Outbox) {
+    fn on_close(&mut self, _conn: ConnId, _now: Time, _out: &mut impl Outbox<Post>) {
         self.shared.closed.fetch_add(1, SeqCst);
     }
 
-    fn on_post(&mut self, _from: ShardId, conn: ConnId, bytes: &[u8], _now: Time, out: &mut impl Outbox) {
+    fn on_message(&mut self, _from: ShardId, msg: Post, _now: Time, out: &mut impl Outbox<Post>) {
         let me = self.me;
-        match bytes[0] {
-            P_ROUTE => out.send(conn, &mut |b| put_frame(b, &[&[ROUTE, conn.shard as u8, me as u8], &bytes[1..]])),
-            P_STALE => {
+        match msg {
+            Post::Route(conn, rest) => {
+                out.send(conn, &mut |b| put_frame(b, &[&[ROUTE, conn.shard as u8, me as u8], &rest]))
+            }
+            Post::Stale => {
                 let stale = self.shared.remembered.lock().unwrap().expect("REMEMBER first");
                 out.send(stale, &mut |b| put_frame(b, &[&[STALE]]));
             }
-            P_CLOSE => out.close(conn),
-            _ => {}
+            Post::Close(conn) => out.close(conn),
         }
     }
 
-    fn on_timer(&mut self, now: Time, out: &mut impl Outbox) {
+    fn on_timer(&mut self, now: Time, out: &mut impl Outbox<Post>) {
         let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(t, _)| *t <= now);
         self.timers = later;
         for (_, conn) in due {
@@ -177,7 +185,7 @@ fn setup() {
 fn config(kind: EngineKind, shards: usize) -> EngineConfig {
     EngineConfig {
         kind,
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listeners: vec![Listen::new("127.0.0.1:0".parse().unwrap(), Tag(0))],
         shards: vec![None; shards],
         buffer_count: 256,
         ..EngineConfig::default()

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use loadgen::run::{self, IoKind, RunConfig};
 use loadgen::setup;
 use loadgen::workload::{Plan, Target, WorkloadKind, WorkloadSpec};
-use rserpool::asap::{Registrar, RegistrarConfig};
-use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind};
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
+use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 
 fn transports() -> Vec<IoKind> {
@@ -45,7 +45,7 @@ fn config(target: Target, addr: std::net::SocketAddr, io: IoKind, rate: Option<f
 fn resolutions_and_churn_against_a_registrar_are_all_answered_and_right() {
     let engine_config = EngineConfig {
         kind: EngineKind::Epoll,
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listeners: vec![Listen::new("127.0.0.1:0".parse().unwrap(), ASAP)],
         shards: vec![None, None],
         ..EngineConfig::default()
     };

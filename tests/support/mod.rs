@@ -96,6 +96,11 @@ impl Registrar {
         Client::connect(self.addr)
     }
 
+    /// Opens a client connection from another loopback address (127.0.0.0/8).
+    pub fn client_from(&self, ip: &str) -> Client {
+        Client::connect_from(ip.parse().unwrap(), self.addr)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
@@ -126,7 +131,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect to the registrar");
+        Self::from_stream(TcpStream::connect(addr).expect("connect to the registrar"))
+    }
+
+    /// Connects from `ip` (any port) to `addr`.
+    pub fn connect_from(ip: std::net::IpAddr, addr: SocketAddr) -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind the client's address");
+        socket.connect(&addr.into()).expect("connect to the registrar");
+        Self::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         Self { stream, framer: Framer::new(Protocol::Asap, 65535), pending: Vec::new() }
     }

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rserpool::asap::{Registrar, RegistrarConfig};
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
 use rserpool::config::{Config, EngineChoice, Profile};
-use rserpool::runtime::{self, EngineConfig, EngineKind};
+use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 use tracing::{error, info, warn};
 
@@ -170,7 +170,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
             EngineChoice::Uring => EngineKind::Uring,
             EngineChoice::Epoll => EngineKind::Epoll,
         },
-        listen: config.asap,
+        listeners: vec![Listen::new(config.asap, ASAP)],
         shards,
         ring_entries: profile.ring_entries,
         buffer_count: profile.buffer_count,
@@ -187,6 +187,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
         limits: config.limits.clone(),
         timers: config.timers.clone(),
         seed: u64::from(server_id) ^ 0x5253_4552_504f_4f4c,
+        budgets: Default::default(),
     };
     let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
         Ok(e) => e,
