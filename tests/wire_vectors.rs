@@ -52,7 +52,7 @@ fn vendored_vectors_match_shared() {
 #[test]
 fn every_valid_vector_round_trips_byte_for_byte() {
     let all = hex_files(vectors_dir());
-    assert_eq!(all.len(), 48, "INDEX.md lists 48 valid vectors");
+    assert_eq!(all.len(), 50, "INDEX.md lists 50 valid vectors");
     for (name, bytes) in all {
         let protocol = protocol_of(&name);
         let repr = MessageRepr::parse(&bytes, protocol).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -257,4 +257,36 @@ fn typed_views_read_the_fields_index_md_lists() {
     let enrp::Kind::HandleTableResponse { more: true, rejected: false, entries } = &m.body().kind else { panic!() };
     let groups: Vec<(Vec<u8>, usize)> = entries.clone().map(|(h, pes)| (h.to_vec(), pes.count())).collect();
     assert_eq!(groups, [(b"echo".to_vec(), 2), (b"db.shard-07".to_vec(), 1)]);
+}
+
+/// The two vectors that leave an optional parameter out parse with the meaning INDEX.md gives
+/// (they round-trip byte for byte in `every_valid_vector_round_trips_byte_for_byte`).
+#[test]
+fn optional_parameters_may_be_left_out() {
+    // A Handle Resolution Response without the overall policy: the pool's policy is Round Robin.
+    let bytes = vector("asap-handle-resolution-response-no-policy");
+    let m = asap::parse(&bytes).unwrap();
+    let asap::Body::HandleResolutionResponse { pool_handle: b"echo", resolution } = m.body() else { panic!() };
+    let asap::Resolution::Found { policy: None, pool_elements } = resolution else { panic!("{resolution:?}") };
+    assert_eq!(resolution.pool_policy(), Some(wire::PolicyParam::Known(wire::Policy::RoundRobin)));
+    let pes: Vec<_> = pool_elements.clone().map(|pe| pe.to_repr()).collect();
+    assert_eq!(pes.len(), 1);
+    let pe = &pes[0];
+    assert_eq!((pe.pe_id, pe.home_registrar, pe.registration_life), (0x3c9e1f07, 0x11223344, 300000));
+    let sctp = wire::TransportRepr::new(wire::TransportProtocol::Sctp, "192.0.2.1".parse().unwrap(), 7000);
+    assert_eq!(pe.user_transport, sctp, "SCTP port 7000 (data only) on 192.0.2.1");
+    assert_eq!(pe.policy, wire::PolicyRepr::Known(wire::Policy::RoundRobin));
+    assert_eq!(pe.asap_transport, None);
+
+    // An Endpoint Keep Alive without PE Identifier: it addresses every PE of the connection.
+    let bytes = vector("asap-endpoint-keep-alive-no-pe-id");
+    let m = asap::parse(&bytes).unwrap();
+    assert!(matches!(
+        m.body(),
+        asap::Body::EndpointKeepAlive { home: false, server_id: 0x5a6b7c8d, pool_handle: b"db.shard-07", pe_id: None }
+    ));
+    // The vector with the PE Identifier differs only by it.
+    let bytes = vector("asap-endpoint-keep-alive");
+    let m = asap::parse(&bytes).unwrap();
+    assert!(matches!(m.body(), asap::Body::EndpointKeepAlive { pe_id: Some(0x1f2e3d4c), .. }));
 }

@@ -194,10 +194,11 @@ impl Client {
                 Body::RegistrationResponse { rejected, error, .. } => {
                     return (*rejected, error.as_ref().map(|e| e.first_code()));
                 }
-                Body::EndpointKeepAlive { pool_handle, pe_id, .. } => {
+                Body::EndpointKeepAlive { pool_handle, pe_id: Some(pe_id), .. } => {
                     let ack = handle_and_id(MessageType::EndpointKeepAliveAck, pool_handle, *pe_id);
                     self.send(&ack);
                 }
+                // Including a Keep Alive without PE Identifier: ours always carries one.
                 other => panic!("unexpected {other:?}"),
             }
         }
