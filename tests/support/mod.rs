@@ -126,7 +126,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect to the registrar");
+        Self::over(TcpStream::connect(addr).expect("connect to the registrar"))
+    }
+
+    /// Reads and writes whole ASAP messages on `stream` (either end of a connection).
+    pub fn over(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         Self { stream, framer: Framer::new(Protocol::Asap, 65535), pending: Vec::new() }
     }
