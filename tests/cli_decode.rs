@@ -22,6 +22,11 @@ fn vectors(sub: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The hex of valid vector `name`.
+fn valid(name: &str) -> String {
+    vectors("").into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
 fn decode(name: &str, hex: &str, json: bool) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rserpool"));
     cmd.arg("decode");
@@ -69,7 +74,7 @@ fn bad_vectors_exit_1_with_the_error() {
 
 #[test]
 fn messages_back_to_back_and_stdin() {
-    let hr = vectors("").into_iter().find(|(n, _)| n == "asap-handle-resolution").unwrap().1;
+    let hr = valid("asap-handle-resolution");
     let two = format!("{hr}{hr}");
     let out = decode("x", &two, true);
     assert!(out.status.success());
@@ -90,4 +95,35 @@ fn messages_back_to_back_and_stdin() {
 
     // Not hex at all: usage error, exit 2.
     assert_eq!(decode("x", "zz", false).status.code(), Some(2));
+}
+
+#[test]
+fn left_out_optional_parameters_are_explained() {
+    let note = |name: &str| {
+        let out = decode(name, &valid(name), true);
+        assert!(out.status.success(), "{name}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["note"].as_str().map(str::to_string)
+    };
+    assert!(note("asap-handle-resolution-response-no-policy").is_some_and(|n| n.contains("Round Robin")));
+    assert!(note("asap-endpoint-keep-alive-no-pe-id").is_some_and(|n| n.contains("every PE")));
+    for name in [
+        "asap-handle-resolution-response-16pe",
+        "asap-handle-resolution-response-unknown-pool",
+        "asap-endpoint-keep-alive",
+    ] {
+        assert_eq!(note(name), None, "{name}");
+    }
+}
+
+#[test]
+fn a_second_pool_element_is_refused_quoting_it() {
+    // asap-registration (84 bytes) with its Pool Element (bytes 12..84) once more: 156 bytes.
+    let reg = valid("asap-registration");
+    let two = format!("{}009c{}{}", &reg[..4], &reg[8..], &reg[24..]);
+    let out = decode("asap-registration", &two, false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Pool Element (0x000a) at byte 84"), "{err}");
+    assert!(err.contains("answer: reject, cause 0x3 Invalid Values quoting bytes 84..156"), "{err}");
 }

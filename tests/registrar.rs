@@ -113,7 +113,7 @@ both_engines! {
         // The silent PE gets a keep-alive with the H flag and this registrar's id, and never answers.
         let m = silent.recv();
         let parsed = asap::parse(&m).unwrap();
-        let Body::EndpointKeepAlive { home: true, server_id: 0x1122_3344, pe_id: 1, .. } = parsed.body() else {
+        let Body::EndpointKeepAlive { home: true, server_id: 0x1122_3344, pe_id: Some(1), .. } = parsed.body() else {
             panic!("{:?}", parsed.body())
         };
         eventually("the silent PE is removed", || pu.resolve("ka", None) == Err(CauseCode::UNKNOWN_POOL_HANDLE));
@@ -126,7 +126,9 @@ both_engines! {
         pe.register("ka", support::pe(1, tcp("127.0.0.1", 7000), Policy::RoundRobin, -1));
         for _ in 0..5 {
             let m = pe.recv();
-            let Body::EndpointKeepAlive { pool_handle, pe_id, .. } = *asap::parse(&m).unwrap().body() else { panic!() };
+            let Body::EndpointKeepAlive { pool_handle, pe_id: Some(pe_id), .. } = *asap::parse(&m).unwrap().body() else {
+                panic!()
+            };
             pe.send(&handle_and_id(MessageType::EndpointKeepAliveAck, pool_handle, pe_id));
         }
         assert_eq!(pu.resolve("ka", None).unwrap().len(), 1, "answered five keep-alives and is still there");

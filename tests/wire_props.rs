@@ -134,13 +134,19 @@ fn asap_message() -> impl Strategy<Value = MessageRepr> {
             v.extend(n.map(ParamRepr::HandleResolutionOption));
             (T::HandleResolution, vec![], v)
         }),
-        (handle(), policy(), proptest::collection::vec(pe(), 0..5)).prop_map(|(h, p, pes)| {
-            let mut v = vec![h, ParamRepr::Policy(p)];
+        // The overall policy is optional (RFC 5352; absent = Round Robin).
+        (handle(), proptest::option::of(policy()), proptest::collection::vec(pe(), 0..5)).prop_map(|(h, p, pes)| {
+            let mut v = vec![h];
+            v.extend(p.map(ParamRepr::Policy));
             v.extend(pes);
             (T::HandleResolutionResponse, vec![], v)
         }),
         (handle(), operation_error()).prop_map(|(h, e)| (T::HandleResolutionResponse, vec![], vec![h, e])),
-        (any::<u32>(), handle_id()).prop_map(|(s, v)| (T::EndpointKeepAlive, vec![s], v)),
+        // The PE Identifier is optional here (rsplib leaves it out to address every PE).
+        (any::<u32>(), handle_id(), any::<bool>()).prop_map(|(s, mut v, all)| {
+            v.truncate(if all { 1 } else { 2 });
+            (T::EndpointKeepAlive, vec![s], v)
+        }),
         handle_id().prop_map(|v| (T::EndpointKeepAliveAck, vec![], v)),
         handle_id().prop_map(|v| (T::EndpointUnreachable, vec![], v)),
         (any::<u32>(), proptest::collection::vec(transport_of(ALL_TRANSPORTS), 0..3)).prop_map(|(s, ts)| (

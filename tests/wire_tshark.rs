@@ -1,10 +1,12 @@
 //! Encodes one message of every ASAP and ENRP type, together carrying every parameter type,
 //! every policy, every transport and every error cause, and checks each with Wireshark's
 //! dissectors through `tests/vectors/check_vector.sh` (tshark): no malformed packet, no
-//! warning, and the right message type. Needs `tshark` and `text2pcap` (CI installs them); set
-//! `RSERPOOL_SKIP_TSHARK=1` to skip where Wireshark cannot be installed.
+//! warning, and the right message type. Needs `tshark` and `text2pcap`
+//! (`apt-get install tshark`): where they are missing the check is skipped with a message on
+//! stderr, except under `CI=true`, where it fails (`.ci/run` installs them).
 
 use core::net::IpAddr;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -355,17 +357,60 @@ fn corpus_covers_every_type_parameter_policy_and_cause() {
     }
 }
 
+/// Whether the Wireshark check runs, given the tools that are missing and whether this is CI.
+#[derive(Debug, PartialEq, Eq)]
+enum Wireshark {
+    /// tshark and text2pcap are there.
+    Run,
+    /// Missing on this machine: skip, saying why.
+    Skip(String),
+    /// Missing under `CI=true`: CI installs them, so this is a failure.
+    Fail(String),
+}
+
+fn wireshark(missing: &[&str], ci: bool) -> Wireshark {
+    if missing.is_empty() {
+        return Wireshark::Run;
+    }
+    let what = format!("{} not found (install with: apt-get install tshark)", missing.join(" and "));
+    if ci {
+        Wireshark::Fail(format!("CI=true and {what}; CI must run the Wireshark check (.ci/run installs tshark)"))
+    } else {
+        Wireshark::Skip(format!("SKIPPED the Wireshark check of our encoder: {what}; CI runs it"))
+    }
+}
+
+/// `CI=true` (or `1`), as CI services and `.ci/run` set it.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn missing_tools() -> Vec<&'static str> {
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    ["tshark", "text2pcap"].into_iter().filter(|t| !have(t)).collect()
+}
+
+#[test]
+fn a_missing_wireshark_skips_except_in_ci() {
+    assert_eq!(wireshark(&[], false), Wireshark::Run);
+    assert_eq!(wireshark(&[], true), Wireshark::Run);
+    let Wireshark::Skip(why) = wireshark(&["tshark", "text2pcap"], false) else { panic!() };
+    assert!(why.contains("tshark and text2pcap not found") && why.contains("apt-get install tshark"), "{why}");
+    let Wireshark::Fail(why) = wireshark(&["text2pcap"], true) else { panic!() };
+    assert!(why.contains("CI=true and text2pcap not found"), "{why}");
+}
+
 #[test]
 fn wireshark_decodes_every_message_cleanly() {
-    if std::env::var_os("RSERPOOL_SKIP_TSHARK").is_some() {
-        eprintln!("RSERPOOL_SKIP_TSHARK set: skipping the Wireshark check");
-        return;
+    match wireshark(&missing_tools(), in_ci()) {
+        Wireshark::Run => {}
+        Wireshark::Skip(why) => {
+            // Straight to stderr, past the test harness's capture, so that it shows in a passing run.
+            let _ = writeln!(std::io::stderr(), "wire_tshark: {why}");
+            return;
+        }
+        Wireshark::Fail(why) => panic!("{why}"),
     }
-    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(
-        have("tshark") && have("text2pcap"),
-        "tshark and text2pcap are needed (apt-get install tshark), or set RSERPOOL_SKIP_TSHARK=1"
-    );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/check_vector.sh");
     let mut failures = Vec::new();
     for (name, m) in corpus() {

@@ -11,7 +11,8 @@ use vectors::{hex, read_hex, vector, vectors_dir};
 
 use rserpool::wire::framer::Frame;
 use rserpool::wire::{
-    self, asap, enrp, CauseCode, CauseInfo, Disposition, ErrorKind, Framer, MessageRepr, ParamType, Protocol,
+    self, asap, enrp, CauseCode, CauseInfo, Disposition, ErrorKind, Framer, MessageRepr, ParamRepr, ParamType,
+    Protocol, Writer,
 };
 
 fn protocol_of(name: &str) -> Protocol {
@@ -52,7 +53,7 @@ fn vendored_vectors_match_shared() {
 #[test]
 fn every_valid_vector_round_trips_byte_for_byte() {
     let all = hex_files(vectors_dir());
-    assert_eq!(all.len(), 48, "INDEX.md lists 48 valid vectors");
+    assert_eq!(all.len(), 50, "INDEX.md lists 50 valid vectors");
     for (name, bytes) in all {
         let protocol = protocol_of(&name);
         let repr = MessageRepr::parse(&bytes, protocol).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -257,4 +258,167 @@ fn typed_views_read_the_fields_index_md_lists() {
     let enrp::Kind::HandleTableResponse { more: true, rejected: false, entries } = &m.body().kind else { panic!() };
     let groups: Vec<(Vec<u8>, usize)> = entries.clone().map(|(h, pes)| (h.to_vec(), pes.count())).collect();
     assert_eq!(groups, [(b"echo".to_vec(), 2), (b"db.shard-07".to_vec(), 1)]);
+}
+
+/// The two vectors that leave an optional parameter out parse with the meaning INDEX.md gives
+/// (they round-trip byte for byte in `every_valid_vector_round_trips_byte_for_byte`).
+#[test]
+fn optional_parameters_may_be_left_out() {
+    // A Handle Resolution Response without the overall policy: the pool's policy is Round Robin.
+    let bytes = vector("asap-handle-resolution-response-no-policy");
+    let m = asap::parse(&bytes).unwrap();
+    let asap::Body::HandleResolutionResponse { pool_handle: b"echo", resolution } = m.body() else { panic!() };
+    let asap::Resolution::Found { policy: None, pool_elements } = resolution else { panic!("{resolution:?}") };
+    assert_eq!(resolution.pool_policy(), Some(wire::PolicyParam::Known(wire::Policy::RoundRobin)));
+    let pes: Vec<_> = pool_elements.clone().map(|pe| pe.to_repr()).collect();
+    assert_eq!(pes.len(), 1);
+    let pe = &pes[0];
+    assert_eq!((pe.pe_id, pe.home_registrar, pe.registration_life), (0x3c9e1f07, 0x11223344, 300000));
+    let sctp = wire::TransportRepr::new(wire::TransportProtocol::Sctp, "192.0.2.1".parse().unwrap(), 7000);
+    assert_eq!(pe.user_transport, sctp, "SCTP port 7000 (data only) on 192.0.2.1");
+    assert_eq!(pe.policy, wire::PolicyRepr::Known(wire::Policy::RoundRobin));
+    assert_eq!(pe.asap_transport, None);
+
+    // An Endpoint Keep Alive without PE Identifier: it addresses every PE of the connection.
+    let bytes = vector("asap-endpoint-keep-alive-no-pe-id");
+    let m = asap::parse(&bytes).unwrap();
+    assert!(matches!(
+        m.body(),
+        asap::Body::EndpointKeepAlive { home: false, server_id: 0x5a6b7c8d, pool_handle: b"db.shard-07", pe_id: None }
+    ));
+    // The vector with the PE Identifier differs only by it.
+    let bytes = vector("asap-endpoint-keep-alive");
+    let m = asap::parse(&bytes).unwrap();
+    assert!(matches!(m.body(), asap::Body::EndpointKeepAlive { pe_id: Some(0x1f2e3d4c), .. }));
+}
+
+/// The encoding of one parameter, without its padding.
+fn encoded(p: &ParamRepr) -> Vec<u8> {
+    let mut b = Vec::new();
+    p.emit(&mut Writer::new(&mut b));
+    b.truncate(usize::from(u16::from_be_bytes([b[2], b[3]])));
+    b
+}
+
+/// Whether messages of this type may carry parameters of this type more than once.
+fn may_repeat(protocol: Protocol, message_type: u8, p: &ParamRepr) -> bool {
+    use asap::MessageType as A;
+    use enrp::MessageType as E;
+    let (asap_type, enrp_type) = (A::from_u8(message_type), enrp::MessageType::from_u8(message_type));
+    match (protocol, p) {
+        (Protocol::Asap, ParamRepr::PoolElement(_)) => {
+            matches!(asap_type, Some(A::HandleResolutionResponse | A::BusinessCard))
+        }
+        (Protocol::Asap, ParamRepr::Transport(_)) => asap_type == Some(A::ServerAnnounce),
+        (Protocol::Enrp, ParamRepr::PoolHandle(_) | ParamRepr::PoolElement(_)) => {
+            enrp_type == Some(E::HandleTableResponse)
+        }
+        (Protocol::Enrp, ParamRepr::ServerInformation(_)) => enrp_type == Some(E::ListResponse),
+        _ => false,
+    }
+}
+
+fn parse_as(protocol: Protocol, bytes: &[u8]) -> Result<(), wire::Error> {
+    match protocol {
+        Protocol::Asap => asap::parse(bytes).map(drop),
+        Protocol::Enrp => enrp::parse(bytes).map(drop),
+    }
+}
+
+/// WIRE.md 6.1 step 1 and section 9: where a message carries one parameter of a type (one Pool
+/// Handle, one Pool Element in a Registration or Handle Update, one PE Identifier, ...), a second
+/// one right after it is a parameter where it does not belong: reject, cause 0x3 quoting it.
+#[test]
+fn a_single_parameter_repeated_is_refused_quoting_the_repeat() {
+    let mut checked = Vec::new();
+    for (name, bytes) in hex_files(vectors_dir()) {
+        let protocol = protocol_of(&name);
+        let repr = MessageRepr::parse(&bytes, protocol).unwrap();
+        for (i, p) in repr.params.iter().enumerate() {
+            if matches!(p, ParamRepr::Raw { .. }) || may_repeat(protocol, repr.message_type, p) {
+                continue;
+            }
+            let mut twice = repr.clone();
+            twice.params.insert(i + 1, p.clone());
+            let bytes = twice.to_bytes().unwrap();
+            let mut before = Vec::new();
+            for q in &twice.params[..=i] {
+                q.emit(&mut Writer::new(&mut before));
+            }
+            let at = 4 + 4 * twice.fixed.len() + before.len();
+            let err = parse_as(protocol, &bytes).expect_err(&name);
+            let what = format!("{name}, parameter {i} twice: {err}");
+            assert_eq!(err.kind, ErrorKind::UnexpectedParameter, "{what}");
+            assert_eq!(err.offset as usize, at, "{what}");
+            let Disposition::Reject { cause: CauseCode::INVALID_VALUES, info: CauseInfo::Quote(r) } = err.disposition()
+            else {
+                panic!("{what}: {:?}", err.disposition())
+            };
+            assert_eq!((r.start, &bytes[r.clone()]), (at, &encoded(p)[..]), "{what}");
+            checked.push((name.clone(), err.param_type));
+        }
+    }
+    for case in [
+        ("asap-registration", ParamType::POOL_ELEMENT),
+        ("asap-registration", ParamType::POOL_HANDLE),
+        ("asap-deregistration", ParamType::PE_IDENTIFIER),
+        ("asap-handle-resolution-hropt", ParamType::HANDLE_RESOLUTION_OPTION),
+        ("asap-handle-resolution-response-16pe", ParamType::POLICY),
+        ("enrp-handle-update-add", ParamType::POOL_ELEMENT),
+        ("enrp-presence", ParamType::SERVER_INFORMATION),
+    ] {
+        assert!(checked.contains(&(case.0.to_string(), Some(case.1))), "{case:?} among {} cases", checked.len());
+    }
+}
+
+/// The probe that found it: a Registration whose Pool Element is followed by a second one
+/// (another PE) was accepted and the second dropped.
+#[test]
+fn a_registration_with_two_pool_elements_is_refused() {
+    let first = MessageRepr::parse(&vector("asap-registration"), Protocol::Asap).unwrap();
+    let other = MessageRepr::parse(&vector("asap-registration-multileg"), Protocol::Asap).unwrap();
+    let mut two = first.clone();
+    two.params.push(other.params[1].clone());
+    let bytes = two.to_bytes().unwrap();
+    let err = asap::parse(&bytes).unwrap_err();
+    let second = vector("asap-registration").len()..bytes.len();
+    assert_eq!((err.kind.clone(), err.param_type), (ErrorKind::UnexpectedParameter, Some(ParamType::POOL_ELEMENT)));
+    assert_eq!(
+        err.disposition(),
+        Disposition::Reject { cause: CauseCode::INVALID_VALUES, info: CauseInfo::Quote(second) }
+    );
+
+    // A malformed second one (a Weighted Round Robin policy without its weight) cannot be
+    // quoted: cause 0x0.
+    let ParamRepr::PoolElement(mut bad) = first.params[1].clone() else { panic!() };
+    bad.pe_id += 1;
+    bad.policy = wire::PolicyRepr::Unknown { policy_type: wire::PolicyType::WEIGHTED_ROUND_ROBIN, values: vec![] };
+    two.params[2] = ParamRepr::PoolElement(bad);
+    let err = asap::parse(&two.to_bytes().unwrap()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::UnexpectedParameter);
+    assert_eq!(err.disposition(), Disposition::Reject { cause: CauseCode::UNSPECIFIED, info: CauseInfo::None });
+}
+
+/// Deciding whether a stray parameter can be quoted checks it on its own, one level deep: Pool
+/// Elements nested 4,000 deep are refused without recursing through them.
+#[test]
+fn deeply_nested_pool_elements_are_refused_without_recursion() {
+    let mut chain = Vec::new();
+    for _ in 0..4000 {
+        let mut outer = vec![0x00, 0x0a, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        outer.extend_from_slice(&chain);
+        let len = outer.len() as u16;
+        outer[2..4].copy_from_slice(&len.to_be_bytes());
+        chain = outer;
+    }
+    let mut bytes = vec![0x01, 0x00, 0, 0, 0x00, 0x09, 0x00, 0x08, b'e', b'c', b'h', b'o'];
+    bytes.extend_from_slice(&chain);
+    let len = bytes.len() as u16;
+    bytes[2..4].copy_from_slice(&len.to_be_bytes());
+    let err = asap::parse(&bytes).unwrap_err();
+    assert_eq!((err.kind.clone(), err.offset), (ErrorKind::UnexpectedParameter, 28), "{err}");
+    assert_eq!(
+        err.disposition(),
+        Disposition::Reject { cause: CauseCode::INVALID_VALUES, info: CauseInfo::Quote(28..bytes.len()) }
+    );
 }

@@ -395,7 +395,9 @@ impl Driver {
                     None => self.error(ErrorKind::Unexpected),
                 }
             }
-            Answer::KeepAlive { pool_handle, pe_id } => {
+            // One without PE Identifier (never from our registrar) would address every PE of the
+            // connection; the driver does not track those, so it goes unanswered.
+            Answer::KeepAlive { pool_handle, pe_id: Some(pe_id) } => {
                 let _ = asap::emit_handle_and_id(
                     &mut Writer::new(out),
                     MessageType::EndpointKeepAliveAck,
@@ -405,6 +407,7 @@ impl Driver {
                     None,
                 );
             }
+            Answer::KeepAlive { pe_id: None, .. } => {}
             // Something that answers none of our requests: count it and retire the oldest
             // request so a closed loop keeps its depth.
             Answer::Other => self.fail_oldest(c, ErrorKind::WrongType, out),

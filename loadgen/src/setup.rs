@@ -150,7 +150,8 @@ fn hold(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: &AtomicBool) {
             let mut frames = framer.frames(buf);
             for m in frames.by_ref().flatten() {
                 if let Ok(parsed) = asap::parse(m) {
-                    if let asap::Body::EndpointKeepAlive { pool_handle, pe_id, .. } = parsed.body() {
+                    // One without PE Identifier (never from our registrar) goes unanswered.
+                    if let asap::Body::EndpointKeepAlive { pool_handle, pe_id: Some(pe_id), .. } = parsed.body() {
                         let t = MessageType::EndpointKeepAliveAck;
                         let _ = asap::emit_handle_and_id(
                             &mut Writer::new(&mut acks),

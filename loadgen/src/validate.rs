@@ -35,8 +35,9 @@ pub enum Answer<'a> {
     KeepAlive {
         /// The pool.
         pool_handle: &'a [u8],
-        /// The PE.
-        pe_id: u32,
+        /// The PE; `None`: every PE of the connection (rsplib's registrar sends that, ours
+        /// never does).
+        pe_id: Option<u32>,
     },
     /// A valid message that is no answer to anything we send.
     Other,
@@ -182,6 +183,11 @@ mod tests {
             check_asap(&p, &twice),
             Answer::Resolution { pool: Some(5), result: Err(ErrorKind::DuplicatePoolElement) }
         );
+        // Without the overall policy (RFC 5352 makes it optional: Round Robin): still an answer.
+        let mut bare = MessageRepr::parse(&ok, Protocol::Asap).unwrap();
+        bare.params.retain(|q| !matches!(q, ParamRepr::Policy(_)));
+        let bare = bare.to_bytes().unwrap();
+        assert_eq!(check_asap(&p, &bare), Answer::Resolution { pool: Some(5), result: Ok(()) });
         let empty = response(&p, 5, &[]);
         assert_eq!(check_asap(&p, &empty), Answer::Resolution { pool: Some(5), result: Err(ErrorKind::NoPoolElement) });
         let failed = MessageRepr::new(
@@ -223,7 +229,7 @@ mod tests {
         assert_eq!(check_asap(&p, &dereg_err), Answer::Deregistration { pe_id: 42, result: Err(ErrorKind::Rejected) });
         let mut ka = Vec::new();
         asap::emit_keep_alive(&mut Writer::new(&mut ka), true, 0x1234, p.handle(1), 42).unwrap();
-        assert_eq!(check_asap(&p, &ka), Answer::KeepAlive { pool_handle: p.handle(1), pe_id: 42 });
+        assert_eq!(check_asap(&p, &ka), Answer::KeepAlive { pool_handle: p.handle(1), pe_id: Some(42) });
         assert_eq!(check_asap(&p, p.resolve_request(1)), Answer::Other);
         assert_eq!(check_asap(&p, &[1, 0, 0, 3]), Answer::Malformed);
     }

@@ -190,7 +190,7 @@ fn register_resolve_reregister_deregister() {
     else {
         panic!()
     };
-    assert_eq!(*policy, crate::wire::PolicyParam::Known(Policy::RoundRobin));
+    assert_eq!(*policy, Some(crate::wire::PolicyParam::Known(Policy::RoundRobin)));
     let got = pool_elements.clone().next().unwrap();
     assert_eq!(got.home_registrar(), 0x1122_3344);
     assert_eq!(got.registration_life(), 60_000);
@@ -541,7 +541,7 @@ fn keep_alive_probes_and_removes_silent_pes() {
         let m = asap::parse(&m).unwrap();
         let Body::EndpointKeepAlive { home, server_id, pool_handle, pe_id } = *m.body() else { panic!() };
         assert!(home);
-        assert_eq!((server_id, pool_handle, pe_id), (0x1122_3344, handle.as_bytes(), id));
+        assert_eq!((server_id, pool_handle, pe_id), (0x1122_3344, handle.as_bytes(), Some(id)));
     }
     sim.send(answering, &handle_and_id(MessageType::EndpointKeepAliveAck, &h1, 1));
     sim.advance_to(1_200);

@@ -7,7 +7,7 @@ use super::error::{Error, ErrorKind, Protocol};
 use super::field::u32_at;
 use super::message::{check_header, check_params, Message, PoolElements, Schema};
 use super::param::{Param, ParamType, Params};
-use super::policy::PolicyParam;
+use super::policy::{Policy, PolicyParam};
 use super::pool_element::PoolElement;
 use super::transport::{self, Transport};
 use super::writer::{EmitError, Writer};
@@ -108,7 +108,8 @@ impl MessageType {
             Self::Deregistration | Self::EndpointKeepAliveAck | Self::EndpointUnreachable => {
                 Schema::new(0, HANDLE_ID, HANDLE_ID)
             }
-            Self::EndpointKeepAlive => Schema::new(4, HANDLE_ID, HANDLE_ID),
+            // rsplib leaves the PE Identifier out to address every PE of the connection.
+            Self::EndpointKeepAlive => Schema::new(4, HANDLE_ID, &[P::POOL_HANDLE]),
             Self::RegistrationResponse | Self::DeregistrationResponse => {
                 Schema::new(0, &[P::POOL_HANDLE, P::PE_IDENTIFIER, P::OPERATION_ERROR], HANDLE_ID)
             }
@@ -132,18 +133,35 @@ pub const FLAG_REJECT: u8 = 0x01;
 /// H flag of an Endpoint Keep Alive: the sender is the PE's home registrar.
 pub const FLAG_HOME: u8 = 0x01;
 
+/// The pool's policy when a Handle Resolution Response carries none (RFC 5352 section 2.2.6;
+/// WIRE.md section 6).
+pub const DEFAULT_POOL_POLICY: PolicyParam<'static> = PolicyParam::Known(Policy::RoundRobin);
+
 /// The answer carried by a Handle Resolution Response.
 #[derive(Clone, Debug)]
 pub enum Resolution<'a> {
     /// The pool's policy and the selected PEs (possibly none).
     Found {
-        /// The pool's policy parameter.
-        policy: PolicyParam<'a>,
+        /// The pool's overall policy parameter; `None` when the response leaves it out (RFC 5352
+        /// makes it optional; the pool's policy is then [`DEFAULT_POOL_POLICY`], Round Robin).
+        /// We always send it.
+        policy: Option<PolicyParam<'a>>,
         /// The selected PEs, in order.
         pool_elements: PoolElements<'a>,
     },
     /// The resolution failed (e.g. cause 0x9, unknown pool handle).
     Failed(OperationError<'a>),
+}
+
+impl<'a> Resolution<'a> {
+    /// The pool's policy: the one the response carries, else Round Robin; `None` for a failed
+    /// resolution.
+    pub fn pool_policy(&self) -> Option<PolicyParam<'a>> {
+        match self {
+            Self::Found { policy, .. } => Some(policy.unwrap_or(DEFAULT_POOL_POLICY)),
+            Self::Failed(_) => None,
+        }
+    }
 }
 
 /// The typed body of a validated ASAP message.
@@ -205,8 +223,9 @@ pub enum Body<'a> {
         server_id: u32,
         /// The pool.
         pool_handle: &'a [u8],
-        /// The PE.
-        pe_id: u32,
+        /// The PE; `None` addresses every PE of the connection (rsplib's registrar sends that;
+        /// the PE acks each of its PEs). We always send it.
+        pe_id: Option<u32>,
     },
     /// A PE answers a keep-alive.
     EndpointKeepAliveAck {
@@ -314,9 +333,8 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
         MessageType::HandleResolution => Body::HandleResolution { pool_handle: s.pool_handle, items: s.hr_option },
         MessageType::HandleResolutionResponse => {
             let resolution = match (s.policy, s.operation_error) {
-                (Some(policy), None) => Resolution::Found { policy, pool_elements: pes() },
+                (policy, None) => Resolution::Found { policy, pool_elements: pes() },
                 (None, Some(e)) if s.pool_elements == 0 => Resolution::Failed(e),
-                (None, None) => return Err(ctx.missing(buf.len(), ParamType::POLICY)),
                 (_, Some(e)) => return Err(ctx.unexpected(&e.param())),
             };
             Body::HandleResolutionResponse { pool_handle: s.pool_handle, resolution }
@@ -325,7 +343,7 @@ pub fn parse(buf: &[u8]) -> Result<AsapMessage<'_>, Error> {
             home: flags & FLAG_HOME != 0,
             server_id: fixed_u32(),
             pool_handle: s.pool_handle,
-            pe_id: s.pe_id,
+            pe_id: s.has(ParamType::PE_IDENTIFIER).then_some(s.pe_id),
         },
         MessageType::EndpointKeepAliveAck => Body::EndpointKeepAliveAck { pool_handle: s.pool_handle, pe_id: s.pe_id },
         MessageType::EndpointUnreachable => Body::EndpointUnreachable { pool_handle: s.pool_handle, pe_id: s.pe_id },

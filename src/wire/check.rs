@@ -1,6 +1,7 @@
 //! The validating walk shared by every message and parameter: turns TLV faults into [`Error`]s
 //! that name the message, parameter and byte, and applies the unknown-parameter action bits.
 
+use super::cause::CauseCode;
 use super::error::{Error, ErrorKind, Invalid, Protocol};
 use super::field::{padded, u16_at};
 use super::param::{read_tlv, Param, ParamType, TlvFault};
@@ -11,11 +12,14 @@ pub(crate) struct Ctx {
     pub message_type: u8,
     /// Set when a skip-and-report unknown parameter was seen anywhere in the message.
     pub reports: bool,
+    /// Set while a stray parameter is checked on its own (see [`Ctx::unexpected`]): stray
+    /// parameters inside it are quoted unchecked, so the check never goes deeper.
+    stray: bool,
 }
 
 impl Ctx {
     pub(crate) fn new(protocol: Protocol, message_type: u8) -> Self {
-        Self { protocol, message_type, reports: false }
+        Self { protocol, message_type, reports: false, stray: false }
     }
 
     /// An error located at `offset`, not tied to a parameter.
@@ -40,12 +44,24 @@ impl Ctx {
         e
     }
 
-    /// `p` is a known, well-formed parameter where it does not belong: cause 0x3 quoting it.
+    /// `p` is a known parameter where it does not belong (or repeated where only one may be):
+    /// cause 0x3 quoting it when it is well-formed on its own, else cause 0x0, since quoting a
+    /// malformed TLV would make the answer malformed too (WIRE.md section 9).
     #[cold]
     pub(crate) fn unexpected(&self, p: &Param<'_>) -> Error {
         let mut e = self.fault(p, ErrorKind::UnexpectedParameter);
-        e.quote = Some(quote(p));
+        if self.stray || self.well_formed(p) {
+            e.quote = Some(quote(p));
+        }
         e
+    }
+
+    /// Whether `p` passes its own type's checks, or fails them only with a fault that is itself
+    /// answered by quoting (an invalid value, a stray or unknown parameter inside it).
+    #[cold]
+    fn well_formed(&self, p: &Param<'_>) -> bool {
+        let mut ctx = Self { stray: true, ..Self::new(self.protocol, self.message_type) };
+        super::message::check_param(&mut ctx, p).map_or_else(|e| e.cause() != Some(CauseCode::UNSPECIFIED), |()| true)
     }
 
     /// A mandatory parameter of type `missing` is absent from the container ending at `offset`.

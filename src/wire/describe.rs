@@ -214,7 +214,28 @@ pub fn to_json(m: &MessageRepr) -> Value {
         }
     }
     o.insert("params".into(), Value::Array(m.params.iter().map(param).collect()));
+    if let Some(note) = left_out(m) {
+        o.insert("note".into(), json!(note));
+    }
     Value::Object(o)
+}
+
+/// What an optional parameter that the message leaves out means (WIRE.md section 6).
+fn left_out(m: &MessageRepr) -> Option<&'static str> {
+    let has = |f: fn(&ParamRepr) -> bool| m.params.iter().any(f);
+    match (m.protocol, asap::MessageType::from_u8(m.message_type)) {
+        (Protocol::Asap, Some(asap::MessageType::HandleResolutionResponse))
+            if !has(|p| matches!(p, ParamRepr::Policy(_) | ParamRepr::OperationError(_))) =>
+        {
+            Some("no overall policy: the pool's policy is Round Robin (RFC 5352 section 2.2.6)")
+        }
+        (Protocol::Asap, Some(asap::MessageType::EndpointKeepAlive))
+            if !has(|p| matches!(p, ParamRepr::PeIdentifier(_))) =>
+        {
+            Some("no PE Identifier: addressed to every PE of the connection")
+        }
+        _ => None,
+    }
 }
 
 /// Renders a JSON description as an indented, human-readable tree.

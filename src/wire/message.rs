@@ -275,10 +275,14 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
                 }
                 s.pool_elements += 1;
                 // The rest of a run of Pool Elements (a resolution answer, a table chunk) is
-                // checked here, without going through the dispatch above for each.
-                while let Some(q) = w.next_if(ParamType::POOL_ELEMENT) {
-                    pool_element::check(ctx, q)?;
-                    s.pool_elements += 1;
+                // checked here, without going through the dispatch above for each. Where only
+                // one may appear (Registration, Handle Update) the next one goes through the
+                // dispatch and is refused there like any other repeated parameter.
+                if schema.repeat.0 & bit != 0 {
+                    while let Some(q) = w.next_if(ParamType::POOL_ELEMENT) {
+                        pool_element::check(ctx, q)?;
+                        s.pool_elements += 1;
+                    }
                 }
             }
             ParamType::PE_IDENTIFIER => {
@@ -321,6 +325,24 @@ pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) ->
         }
     }
     Ok((params_at, s))
+}
+
+/// Validates one known parameter on its own, by its type, wherever it stands (used to decide
+/// whether a parameter where it does not belong can be quoted).
+pub(crate) fn check_param(ctx: &mut Ctx, p: &Param<'_>) -> Result<(), Error> {
+    match p.param_type() {
+        ParamType::IPV4_ADDRESS => ctx.expect_len(p, 8),
+        ParamType::IPV6_ADDRESS => ctx.expect_len(p, 20),
+        ParamType::PE_IDENTIFIER | ParamType::HANDLE_RESOLUTION_OPTION => ctx.expect_len(p, 8),
+        ParamType::PE_CHECKSUM => ctx.expect_len(p, 6),
+        ParamType::POLICY => policy::check(ctx, p),
+        ParamType::POOL_ELEMENT => pool_element::check(ctx, *p).map(drop),
+        ParamType::SERVER_INFORMATION => server_info::check(ctx, *p).map(drop),
+        ParamType::OPERATION_ERROR => cause::check(ctx, *p).map(drop),
+        t if t.is_transport() => transport::check(ctx, p),
+        // Pool Handle and Cookie hold any bytes; unknown types are not checked here.
+        _ => Ok(()),
+    }
 }
 
 /// Iterator over the Pool Elements of a validated message (or of one Handle Table Response

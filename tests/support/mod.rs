@@ -131,7 +131,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        Self::from_stream(TcpStream::connect(addr).expect("connect to the registrar"))
+        Self::over(TcpStream::connect(addr).expect("connect to the registrar"))
     }
 
     /// Connects from `ip` (any port) to `addr`.
@@ -139,10 +139,11 @@ impl Client {
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
         socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind the client's address");
         socket.connect(&addr.into()).expect("connect to the registrar");
-        Self::from_stream(socket.into())
+        Self::over(socket.into())
     }
 
-    fn from_stream(stream: TcpStream) -> Self {
+    /// Reads and writes whole ASAP messages on `stream` (either end of a connection).
+    pub fn over(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         Self { stream, framer: Framer::new(Protocol::Asap, 65535), pending: Vec::new() }
     }
@@ -210,10 +211,11 @@ impl Client {
                 Body::RegistrationResponse { rejected, error, .. } => {
                     return (*rejected, error.as_ref().map(|e| e.first_code()));
                 }
-                Body::EndpointKeepAlive { pool_handle, pe_id, .. } => {
+                Body::EndpointKeepAlive { pool_handle, pe_id: Some(pe_id), .. } => {
                     let ack = handle_and_id(MessageType::EndpointKeepAliveAck, pool_handle, *pe_id);
                     self.send(&ack);
                 }
+                // Including a Keep Alive without PE Identifier: ours always carries one.
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -158,13 +158,22 @@ fn await_response(conn: &mut Connection, pool: &str, pe_id: u32) -> Result<(), S
                     why.unwrap_or_else(|| "no cause given".into())
                 ));
             }
-            Body::EndpointKeepAlive { pool_handle, pe_id, .. } => ack(conn, pool_handle, *pe_id)?,
+            Body::EndpointKeepAlive { pool_handle, pe_id: addressed, .. } => {
+                ack(conn, (pool_handle, *addressed), (pool, pe_id))?
+            }
             _ => {}
         }
     }
 }
 
-fn ack(conn: &mut Connection, handle: &[u8], pe_id: u32) -> Result<(), String> {
+/// Answers the Keep Alive for `keep_alive` (pool handle, PE Identifier) with a Keep Alive Ack.
+/// One without PE Identifier addresses every PE of the connection (WIRE.md section 6): here the
+/// one PE this command registered, `own` (pool handle, PE id).
+fn ack(conn: &mut Connection, keep_alive: (&[u8], Option<u32>), own: (&str, u32)) -> Result<(), String> {
+    let (handle, pe_id) = match keep_alive {
+        (handle, Some(pe_id)) => (handle, pe_id),
+        (_, None) => (own.0.as_bytes(), own.1),
+    };
     let mut buf = Vec::new();
     let _ = asap::emit_handle_and_id(
         &mut Writer::new(&mut buf),
@@ -274,8 +283,8 @@ pub fn run(args: RegisterArgs) -> i32 {
             Ok(Some(m)) => {
                 if let Ok(parsed) = asap::parse(&m) {
                     match parsed.body() {
-                        Body::EndpointKeepAlive { pool_handle, pe_id, .. } => {
-                            if let Err(e) = ack(&mut conn, pool_handle, *pe_id) {
+                        Body::EndpointKeepAlive { pool_handle, pe_id: addressed, .. } => {
+                            if let Err(e) = ack(&mut conn, (pool_handle, *addressed), (&args.pool, pe_id)) {
                                 eprintln!("error: {e}");
                                 return 1;
                             }

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rserpool::wire::asap::{self, Body, Resolution};
-use rserpool::wire::{describe, Writer};
-use serde_json::json;
+use rserpool::wire::{describe, PolicyParam, Writer};
+use serde_json::{json, Value};
 
 use crate::client::Connection;
 
@@ -24,6 +24,13 @@ pub struct ResolveArgs {
     pub json: bool,
     /// Pool handle.
     pub pool: String,
+}
+
+fn policy_json(policy: PolicyParam<'_>) -> Value {
+    match policy {
+        PolicyParam::Known(p) => describe::policy_json(&p),
+        other => json!({ "policy": format!("unknown {:?}", other.policy_type()) }),
+    }
 }
 
 /// Runs the command; returns the process exit code (1 when the pool is unknown).
@@ -66,19 +73,22 @@ pub fn run(args: ResolveArgs) -> i32 {
     match resolution {
         Resolution::Found { policy, pool_elements } => {
             let pes: Vec<_> = pool_elements.clone().map(|pe| describe::pool_element_json(&pe.to_repr())).collect();
-            let policy = match policy {
-                rserpool::wire::PolicyParam::Known(p) => describe::policy_json(p),
-                other => json!(format!("{:?}", other.policy_type())),
-            };
+            // A response without the overall policy means Round Robin (RFC 5352 section 2.2.6).
+            let implied = policy.is_none();
+            let policy = policy_json(policy.unwrap_or(asap::DEFAULT_POOL_POLICY));
             if args.json {
-                let v = json!({ "pool": args.pool, "policy": policy, "pool_elements": pes });
+                let mut v = json!({ "pool": args.pool, "policy": policy, "pool_elements": pes });
+                if implied {
+                    v["policy_implied"] = json!(true);
+                }
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 println!(
-                    "pool {:?}: {} PE(s), policy {}",
+                    "pool {:?}: {} PE(s), policy {}{}",
                     args.pool,
                     pes.len(),
-                    policy["policy"].as_str().unwrap_or("?")
+                    policy["policy"].as_str().unwrap_or("?"),
+                    if implied { " (not sent: the RFC 5352 default)" } else { "" }
                 );
                 for pe in pool_elements.clone() {
                     let t = pe.user_transport();
@@ -89,11 +99,11 @@ pub fn run(args: ResolveArgs) -> i32 {
                     };
                     println!("- PE {:#010x} (home registrar {:#010x}, {life})", pe.pe_id(), pe.home_registrar());
                     println!("    {} port {} on {}", t.protocol().name(), t.port(), addrs.join(", "));
-                    let p = match pe.policy() {
-                        rserpool::wire::PolicyParam::Known(p) => describe::policy_json(&p),
-                        other => json!({ "policy": format!("unknown {:?}", other.policy_type()) }),
-                    };
-                    let text = describe::to_text(&p).lines().map(str::trim).collect::<Vec<_>>().join(", ");
+                    let text = describe::to_text(&policy_json(pe.policy()))
+                        .lines()
+                        .map(str::trim)
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     println!("    {text}");
                 }
             }
