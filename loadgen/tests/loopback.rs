@@ -5,11 +5,12 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use loadgen::bare_echo;
 use loadgen::run::{self, IoKind, RunConfig};
 use loadgen::setup;
 use loadgen::workload::{Plan, Target, WorkloadKind, WorkloadSpec};
 use rserpool::asap::{Registrar, RegistrarConfig};
-use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind};
+use rserpool::runtime::{self, EngineConfig, EngineKind};
 use rserpool::time::Time;
 
 fn transports() -> Vec<IoKind> {
