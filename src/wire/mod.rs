@@ -16,7 +16,6 @@ pub mod address;
 pub mod asap;
 pub mod cause;
 mod check;
-pub mod describe;
 pub mod enrp;
 pub mod error;
 mod field;

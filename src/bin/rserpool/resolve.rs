@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rserpool::wire::asap::{self, Body, Resolution};
-use rserpool::wire::{describe, Writer};
+use rserpool::wire::Writer;
 use serde_json::json;
 
 use crate::client::Connection;
+use crate::describe;
 
 /// Arguments of `rserpool resolve`.
 #[derive(clap::Args, Debug)]
