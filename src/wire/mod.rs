@@ -20,6 +20,7 @@ pub mod enrp;
 pub mod error;
 mod field;
 pub mod framer;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod message;
 pub mod param;
