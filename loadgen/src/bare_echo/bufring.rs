@@ -47,12 +47,10 @@ pub(super) struct BufRing {
 }
 
 impl BufRing {
-    /// Allocates `count` (a power of two, at most 32768) buffers of `size` bytes and fills the
-    /// ring with all of them.
-    pub(super) fn new(count: u16, size: u32, group: u16) -> io::Result<Self> {
-        if !count.is_power_of_two() || count > 32768 || size == 0 {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
+    /// Allocates `count` buffers of `size` bytes and fills the ring with all of them. `count`
+    /// is a power of two (the configuration is checked before).
+    pub(super) fn new(count: u16, size: u32, group: u16) -> Self {
+        assert!(count.is_power_of_two(), "buffer count {count} is not a power of two");
         let pages = usize::from(count).div_ceil(PER_PAGE);
         let mut this = Self {
             entries: (0..pages)
@@ -79,7 +77,7 @@ impl BufRing {
             this.recycle(bid);
         }
         this.publish();
-        Ok(this)
+        this
     }
 
     /// Registers the ring with `submitter`'s io_uring as buffer group `group`.

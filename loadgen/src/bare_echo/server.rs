@@ -79,7 +79,7 @@ fn context(what: &str, e: io::Error) -> io::Error {
 pub(super) fn run(listener: TcpListener, config: &BareEchoConfig, stop: &BareEchoStop) -> io::Result<()> {
     listener.set_nonblocking(false)?;
     let ring = build_ring(config.ring_entries).map_err(|e| context("io_uring setup", e))?;
-    let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0).map_err(|e| context("buffer ring", e))?;
+    let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0);
     bufs.register(&ring.submitter()).map_err(|e| context("buffer ring registration", e))?;
     // A block of whole replies, at least 64 KiB, that every send points into.
     let per_block = (65536 / config.reply_size).max(1);
