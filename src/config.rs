@@ -36,7 +36,7 @@ pub enum ConfigError {
 }
 
 /// Which I/O engine runs the registrar.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
     /// io_uring where the kernel allows it, else epoll (with a log line saying so).

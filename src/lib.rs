@@ -9,6 +9,10 @@
 //!
 //! Data flows one way: bytes → `wire` view → state machine → `handlespace` → actions → engine.
 //! Only `runtime` performs I/O or contains `unsafe`.
+//!
+//! Cargo features: `cli` (default) adds what only the `rserpool` command needs (clap,
+//! serde_json, tracing-subscriber, signal-hook); the library itself builds without it
+//! (`default-features = false`). `fuzzing` adds `wire::fuzz`, the fuzz targets' bodies.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -368,9 +368,9 @@ pub struct EchoArgs {
     pub seconds: Option<f64>,
 }
 
-/// `loadgen echo-server`: the bare io_uring server of `rserpool::runtime::bare_echo`.
+/// `loadgen echo-server`: the bare io_uring server of [`crate::bare_echo`].
 pub fn cmd_echo(args: &EchoArgs) -> io::Result<i32> {
-    use rserpool::runtime::bare_echo::{spawn, BareEchoConfig};
+    use crate::bare_echo::{spawn, BareEchoConfig};
     let config = BareEchoConfig {
         addr: args.addr,
         core: args.core,
@@ -378,7 +378,7 @@ pub fn cmd_echo(args: &EchoArgs) -> io::Result<i32> {
         reply_size: args.reply_size,
         ..BareEchoConfig::default()
     };
-    let server = spawn(config).map_err(io::Error::other)?;
+    let server = spawn(config)?;
     eprintln!(
         "bare io_uring echo on {} ({} -> {} bytes), core {:?}",
         server.local_addr(),
@@ -392,6 +392,6 @@ pub fn cmd_echo(args: &EchoArgs) -> io::Result<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     server.stop_handle().stop();
-    server.join().map_err(io::Error::other)?;
+    server.join()?;
     Ok(0)
 }

@@ -9,12 +9,14 @@
 //! - [`stats`]: histograms, error counts, merging across threads, percentiles;
 //! - [`client`]: the per-thread driver (closed or open loop) over [`uring`] (io_uring) or
 //!   [`epoll`] (portable);
+//! - [`bare_echo`]: the bare io_uring echo server, the kernel path's ceiling;
 //! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod bare_echo;
 pub mod cli;
 pub mod client;
 pub mod compare;

@@ -8,7 +8,8 @@
 //! not touch until the operation's completion is reaped; if that cannot be waited for at drop,
 //! the memory is leaked rather than freed.
 //!
-//! This is the only module of loadgen with `unsafe`: pushing submission entries.
+//! The only `unsafe` of the client (the bare echo server has its own, in `bare_echo/`):
+//! pushing submission entries.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(unsafe_code)]

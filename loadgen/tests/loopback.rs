@@ -5,11 +5,12 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use loadgen::bare_echo;
 use loadgen::run::{self, IoKind, RunConfig};
 use loadgen::setup;
 use loadgen::workload::{Plan, Target, WorkloadKind, WorkloadSpec};
 use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
-use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind, Listen};
+use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 
 fn transports() -> Vec<IoKind> {

@@ -100,7 +100,6 @@
 #![allow(unsafe_code)]
 
 mod affinity;
-pub mod bare_echo;
 mod bufring;
 mod clock;
 mod conn;

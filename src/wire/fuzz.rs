@@ -1,5 +1,8 @@
 //! The bodies of the fuzz targets (`fuzz/`), kept in the library so that the regression corpus
-//! runs as ordinary tests (`tests/fuzz_regressions.rs`) without the fuzzer.
+//! runs as ordinary tests (`tests/fuzz_regressions.rs`) without the fuzzer. They panic on any
+//! inconsistency, so they are not part of the library's normal API: only with the `fuzzing`
+//! feature, which `fuzz/` asks for and `cargo test` turns on (a dev-dependency of the crate on
+//! itself).
 
 use super::framer::Frame;
 use super::{asap, enrp, Framer, MessageRepr, Protocol};

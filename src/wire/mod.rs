@@ -16,11 +16,11 @@ pub mod address;
 pub mod asap;
 pub mod cause;
 mod check;
-pub mod describe;
 pub mod enrp;
 pub mod error;
 mod field;
 pub mod framer;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod message;
 pub mod param;

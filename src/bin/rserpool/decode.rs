@@ -2,8 +2,10 @@
 
 use std::io::Read;
 
-use rserpool::wire::{describe, CauseInfo, Disposition, Error, Framer, MessageRepr, Protocol};
+use rserpool::wire::{CauseInfo, Disposition, Error, Framer, MessageRepr, Protocol};
 use serde_json::json;
+
+use crate::describe;
 
 /// Arguments of `rserpool decode`.
 #[derive(clap::Args, Debug)]

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod decode;
+mod describe;
 mod register;
 mod registrar;
 mod resolve;

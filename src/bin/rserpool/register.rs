@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use rserpool::wire::asap::{self, Body, MessageType};
 use rserpool::wire::transport::Addresses;
 use rserpool::wire::{
-    describe, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
+    MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
     TransportUse, Writer,
 };
 
 use crate::client::Connection;
+use crate::describe;
 
 /// Arguments of `rserpool register`.
 #[derive(clap::Args, Debug)]

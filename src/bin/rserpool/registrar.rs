@@ -39,13 +39,35 @@ pub struct RegistrarArgs {
     pub cores: Option<usize>,
     /// I/O engine [config: engine; default auto = io_uring where allowed, else epoll].
     #[arg(long, value_enum)]
-    pub engine: Option<EngineChoice>,
+    pub engine: Option<EngineArg>,
     /// Log filter, e.g. `info`, `debug`, `rserpool=debug` [config: log; env RUST_LOG wins].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// The values of `--engine`: [`EngineChoice`] as the command line spells it (the library's
+/// configuration does not depend on clap).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EngineArg {
+    /// io_uring where the kernel allows it, else epoll (with a log line saying so).
+    Auto,
+    /// io_uring only; fail if unavailable.
+    Uring,
+    /// The portable epoll engine.
+    Epoll,
+}
+
+impl From<EngineArg> for EngineChoice {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Auto => Self::Auto,
+            EngineArg::Uring => Self::Uring,
+            EngineArg::Epoll => Self::Epoll,
+        }
+    }
 }
 
 /// The configuration after file and flags are merged.
@@ -73,7 +95,7 @@ fn effective(args: &RegistrarArgs) -> Result<Config, String> {
         c.cores = args.cores;
     }
     if let Some(e) = args.engine {
-        c.engine = e;
+        c.engine = e.into();
     }
     if let Some(l) = &args.log {
         c.log.clone_from(l);

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rserpool::wire::asap::{self, Body, Resolution};
-use rserpool::wire::{describe, PolicyParam, Writer};
+use rserpool::wire::{PolicyParam, Writer};
 use serde_json::{json, Value};
 
 use crate::client::Connection;
+use crate::describe;
 
 /// Arguments of `rserpool resolve`.
 #[derive(clap::Args, Debug)]

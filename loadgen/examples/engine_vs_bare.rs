@@ -6,16 +6,17 @@
 //! A B A B ... so machine noise hits both alike.
 //!
 //! ```text
-//! cargo run --release --example engine_vs_bare -- [seconds] [pairs] [server_core] [client_core] [engine: uring|epoll]
+//! cargo run --release -p loadgen --example engine_vs_bare -- [seconds] [pairs] [server_core] [client_core] [engine: uring|epoll]
 //! ```
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use loadgen::bare_echo;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use rserpool::runtime::{self, bare_echo, EngineConfig, EngineKind};
+use rserpool::runtime::{self, EngineConfig, EngineKind};
 use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
 
@@ -165,7 +166,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for pair in 0..pairs {
             let cfg = bare_echo::BareEchoConfig { core: Some(server_core), ..Default::default() };
             let server = bare_echo::spawn(cfg)?;
-            let b = client(server.local_addr(), depth, secs, "rserpool-bare")?;
+            let b = client(server.local_addr(), depth, secs, "bare-echo")?;
             server.stop_handle().stop();
             server.join()?;
 

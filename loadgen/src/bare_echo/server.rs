@@ -1,23 +1,17 @@
-//! A bare io_uring request/reply server: the practical ceiling of the kernel TCP path on this
-//! machine, which the load generator runs next to the registrar.
+//! The bare echo server's io_uring loop (see the parent module for what it does).
 //!
-//! One pinned thread, one ring (`SINGLE_ISSUER | DEFER_TASKRUN` where available), multishot
-//! accept, multishot receive into a provided buffer ring, and one `io_uring_enter` per loop
-//! iteration carrying every send. It does no parsing and no copying: it counts the complete
-//! `request_size`-byte requests in each connection's stream (pipelining allowed) and owes
-//! `reply_size` bytes per request, sent straight out of one constant, shared reply block. So
-//! replies are `reply_size` bytes of `b'r'`, one per request, in order.
-//!
-//! It is a reference, not a product: no service, no limits beyond the kernel's, no backpressure
-//! other than one send in flight per connection.
+//! With `bufring`, the only part of the bare echo server with `unsafe`: pushing submission
+//! entries and taking ownership of accepted descriptors. Everything an entry points at (the
+//! reply block, the wake buffer, the provided buffers, the descriptors) is owned by [`Server`]
+//! and outlives the operation: connections are removed only with no operation in flight, and
+//! if the kernel may still be working when the server ends, the memory is leaked, not freed.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -25,9 +19,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::bufring::BufRing;
-use super::signals::eventfd;
-use super::uring::build_ring;
-use super::{affinity, listener, EngineError, Transport};
+use super::{BareEchoConfig, BareEchoStop};
 
 const OP_ACCEPT: u64 = 1 << 56;
 const OP_RECV: u64 = 2 << 56;
@@ -36,131 +28,20 @@ const OP_WAKE: u64 = 4 << 56;
 const OP_CANCEL: u64 = 5 << 56;
 const OP_MASK: u64 = 0xff << 56;
 
-/// Settings of the bare server.
-#[derive(Clone, Debug)]
-pub struct BareEchoConfig {
-    /// Address to listen on (port 0 picks one; see [`BareEcho::local_addr`]).
-    pub addr: SocketAddr,
-    /// Core to pin the thread to.
-    pub core: Option<usize>,
-    /// Bytes per request.
-    pub request_size: usize,
-    /// Bytes per reply.
-    pub reply_size: usize,
-    /// Submission queue size.
-    pub ring_entries: u32,
-    /// Receive buffers in the provided buffer ring (a power of two).
-    pub buffer_count: u16,
-    /// Bytes per receive buffer.
-    pub buffer_size: u32,
-}
-
-impl Default for BareEchoConfig {
-    fn default() -> Self {
-        Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            core: None,
-            request_size: 48,
-            reply_size: 256,
-            ring_entries: 1024,
-            buffer_count: 1024,
-            buffer_size: 4096,
-        }
+/// A ring with `SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL` and a completion queue four times
+/// the submission queue, or without the flags on kernels that refuse them (`EINVAL`).
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let cq = entries.saturating_mul(4).min(65536);
+    match IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_submit_all()
+        .build(entries)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().setup_cqsize(cq).build(entries),
+        r => r,
     }
-}
-
-#[derive(Debug)]
-struct StopInner {
-    flag: AtomicBool,
-    wake: File,
-}
-
-/// Stops a bare server from any thread.
-#[derive(Clone, Debug)]
-pub struct BareEchoStop(Arc<StopInner>);
-
-impl BareEchoStop {
-    /// A new, unsignalled stop handle.
-    pub fn new() -> io::Result<Self> {
-        Ok(Self(Arc::new(StopInner { flag: AtomicBool::new(false), wake: eventfd()? })))
-    }
-
-    /// Asks the server to stop; returns at once.
-    pub fn stop(&self) {
-        self.0.flag.store(true, Ordering::Release);
-        let _ = (&self.0.wake).write_all(&1u64.to_ne_bytes());
-    }
-
-    fn stopped(&self) -> bool {
-        self.0.flag.load(Ordering::Acquire)
-    }
-}
-
-/// A bare server running on its own thread.
-#[derive(Debug)]
-pub struct BareEcho {
-    local_addr: SocketAddr,
-    stop: BareEchoStop,
-    thread: JoinHandle<Result<(), EngineError>>,
-}
-
-impl BareEcho {
-    /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// A handle that stops it.
-    pub fn stop_handle(&self) -> BareEchoStop {
-        self.stop.clone()
-    }
-
-    /// Waits for the server thread to end (after a stop).
-    pub fn join(self) -> Result<(), EngineError> {
-        self.thread.join().unwrap_or(Err(EngineError::Panicked { shard: 0 }))
-    }
-}
-
-/// Binds and starts the server on a new thread.
-pub fn spawn(config: BareEchoConfig) -> Result<BareEcho, EngineError> {
-    check(&config)?;
-    let listener = bind(config.addr)?;
-    let local_addr = listener.local_addr().map_err(|source| EngineError::Bind { addr: config.addr, source })?;
-    let stop = BareEchoStop::new().map_err(|source| EngineError::RingSetup { shard: 0, source })?;
-    let thread_stop = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("rserpool-bare-echo".into())
-        .spawn(move || run(listener, &config, &thread_stop))
-        .map_err(|source| EngineError::Spawn { shard: 0, source })?;
-    Ok(BareEcho { local_addr, stop, thread })
-}
-
-/// Binds `addr` and serves on the calling thread until `stop` is signalled.
-pub fn serve(
-    addr: SocketAddr,
-    core: Option<usize>,
-    request_size: usize,
-    reply_size: usize,
-    stop: &BareEchoStop,
-) -> Result<(), EngineError> {
-    let config = BareEchoConfig { addr, core, request_size, reply_size, ..BareEchoConfig::default() };
-    check(&config)?;
-    run(bind(addr)?, &config, stop)
-}
-
-fn check(c: &BareEchoConfig) -> Result<(), EngineError> {
-    if c.request_size == 0 || c.reply_size == 0 {
-        return Err(EngineError::Config("request_size and reply_size must be positive".into()));
-    }
-    if !c.buffer_count.is_power_of_two() || c.buffer_size == 0 {
-        return Err(EngineError::Config("buffer_count must be a power of two, buffer_size positive".into()));
-    }
-    affinity::validate(&[c.core])
-}
-
-fn bind(addr: SocketAddr) -> Result<TcpListener, EngineError> {
-    let mut v = listener::bind_all(addr, 1, 4096, Transport::Tcp)?;
-    v.pop().ok_or_else(|| EngineError::Config("no listener".into()))
 }
 
 struct Conn {
@@ -177,7 +58,8 @@ struct Conn {
 
 struct Server {
     ring: IoUring,
-    bufs: std::mem::ManuallyDrop<BufRing>,
+    /// Declared after `ring`, so dropped after it; leaked if the kernel may still use it.
+    bufs: BufRing,
     conns: Slab<Conn>,
     block: Vec<u8>,
     dirty: Vec<usize>,
@@ -189,18 +71,21 @@ struct Server {
     drained: bool,
 }
 
-fn run(listener: TcpListener, config: &BareEchoConfig, stop: &BareEchoStop) -> Result<(), EngineError> {
-    affinity::pin_current(0, config.core);
-    let setup = |source| EngineError::RingSetup { shard: 0, source };
-    listener.set_nonblocking(false).map_err(setup)?;
-    let (ring, _) = build_ring(config.ring_entries).map_err(setup)?;
-    let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0).map_err(setup)?;
-    bufs.register(&ring.submitter()).map_err(|source| EngineError::BufferRing { shard: 0, source })?;
+fn context(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("bare echo server: {what}: {e}"))
+}
+
+/// Serves on the calling thread until `stop` is signalled.
+pub(super) fn run(listener: TcpListener, config: &BareEchoConfig, stop: &BareEchoStop) -> io::Result<()> {
+    listener.set_nonblocking(false)?;
+    let ring = build_ring(config.ring_entries).map_err(|e| context("io_uring setup", e))?;
+    let bufs = BufRing::new(config.buffer_count, config.buffer_size, 0);
+    bufs.register(&ring.submitter()).map_err(|e| context("buffer ring registration", e))?;
     // A block of whole replies, at least 64 KiB, that every send points into.
     let per_block = (65536 / config.reply_size).max(1);
     let mut s = Server {
         ring,
-        bufs: std::mem::ManuallyDrop::new(bufs),
+        bufs,
         conns: Slab::new(),
         block: vec![b'r'; per_block * config.reply_size],
         dirty: Vec::new(),
@@ -237,21 +122,21 @@ impl Server {
         }
         if !self.wake_armed {
             self.wake_armed = true;
-            let e = opcode::Read::new(types::Fd(stop.0.wake.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+            let e = opcode::Read::new(types::Fd(stop.0.wake_rx.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
                 .build()
                 .user_data(OP_WAKE);
             self.push(&e);
         }
     }
 
-    fn serve(&mut self, listener: &TcpListener, stop: &BareEchoStop) -> Result<(), EngineError> {
+    fn serve(&mut self, listener: &TcpListener, stop: &BareEchoStop) -> io::Result<()> {
         let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(256);
         while !stop.stopped() {
             self.arm(listener, stop);
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::ETIME)) => {}
-                Err(source) => return Err(EngineError::Io { shard: 0, what: "io_uring_enter", source }),
+                Err(e) => return Err(context("io_uring_enter", e)),
             }
             self.reap(&mut cqes);
             self.flush();
@@ -414,11 +299,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.drained {
-            // SAFETY: dropped once, here; no operation in flight can write into the buffers.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.bufs) };
-        } else {
+        if !self.drained {
             // Operations may still be in flight: leak what they point at.
+            self.bufs.leak();
             std::mem::forget(std::mem::take(&mut self.block));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new([0; 8])));
         }

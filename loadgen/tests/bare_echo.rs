@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use rserpool::runtime::{self, bare_echo};
+use loadgen::bare_echo;
+use rserpool::runtime;
 
 fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];

@@ -1,15 +1,11 @@
-//! Human-readable and JSON descriptions of messages, for `rserpool decode` and for logs.
+//! Human-readable and JSON descriptions of messages and their parts, for `rserpool decode`,
+//! `register` and `resolve`.
 
+use rserpool::wire::{
+    asap, enrp, message_name, CauseRepr, MessageRepr, ParamRepr, ParamType, Policy, PolicyRepr, PoolElementRepr,
+    Protocol, TransportProtocol, TransportRepr, TransportUse,
+};
 use serde_json::{json, Map, Value};
-
-use super::cause::CauseRepr;
-use super::error::Protocol;
-use super::param::ParamType;
-use super::policy::{Policy, PolicyRepr};
-use super::pool_element::PoolElementRepr;
-use super::repr::{MessageRepr, ParamRepr};
-use super::transport::{TransportRepr, TransportUse};
-use super::{asap, enrp, message_name};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -40,7 +36,7 @@ fn transport(t: &TransportRepr) -> Value {
         };
         m.insert("transport_use".into(), json!(u));
     }
-    if t.protocol == super::TransportProtocol::Dccp {
+    if t.protocol == TransportProtocol::Dccp {
         m.insert("service_code".into(), json!(id(t.service_code)));
     }
     m.insert("addresses".into(), json!(t.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>()));
