@@ -18,9 +18,9 @@
 #![warn(missing_docs)]
 
 pub mod asap;
-pub mod registrar;
 pub mod config;
 pub mod handlespace;
+pub mod registrar;
 pub mod runtime;
 pub mod service;
 pub mod time;

@@ -230,7 +230,9 @@ impl Procedures {
             Body::EndpointUnreachable { pool_handle, pe_id } => {
                 self.unreachable(req.peer.ip(), pool_handle, pe_id, now, sink)
             }
-            _ => debug!(peer = %req.peer, kind = ?MessageType::from_u8(msg[0]), "ASAP message not for a registrar; ignored"),
+            _ => {
+                debug!(peer = %req.peer, kind = ?MessageType::from_u8(msg[0]), "ASAP message not for a registrar; ignored")
+            }
         }
         if m.has_reports() {
             let mut params = Vec::new();
@@ -371,7 +373,8 @@ impl Procedures {
                     changed(&mut self.keep_alive, self.id, r.pe, event, now, sink);
                 }
                 let mut w = Writer::new(answer);
-                let _ = asap::emit_handle_and_id(&mut w, MessageType::RegistrationResponse, 0, handle, Some(pe_id), None);
+                let _ =
+                    asap::emit_handle_and_id(&mut w, MessageType::RegistrationResponse, 0, handle, Some(pe_id), None);
                 false
             }
             Err(e) => {
@@ -623,7 +626,14 @@ impl Procedures {
 /// Tells the sink about a change, after keeping supervision in step with it: this registrar
 /// supervises exactly the PEs it is home of, whichever way they came (registration today,
 /// takeover with ENRP), and none once they are gone or owned elsewhere.
-fn changed(keep_alive: &mut KeepAlive, id: u32, key: PeKey, change: PeChange<'_>, now: Time, sink: &mut impl ChangeSink) {
+fn changed(
+    keep_alive: &mut KeepAlive,
+    id: u32,
+    key: PeKey,
+    change: PeChange<'_>,
+    now: Time,
+    sink: &mut impl ChangeSink,
+) {
     match change.change {
         Change::Added | Change::Updated if change.pe.home == id => keep_alive.arm(key, now),
         Change::Added | Change::Updated | Change::Removed => keep_alive.disarm(key),

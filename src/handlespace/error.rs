@@ -71,10 +71,9 @@ impl RegisterError {
             Self::InconsistentTransport { .. } => CauseCode::INCONSISTENT_TRANSPORT_TYPE,
             Self::InconsistentTransportUse { .. } => CauseCode::INCONSISTENT_DATA_CONTROL,
             Self::NonUniquePeIdentifier(_) => CauseCode::NON_UNIQUE_PE_IDENTIFIER,
-            Self::TooManyPools
-            | Self::TooManyPesInPool
-            | Self::TooManyPes
-            | Self::TooManyPesOnConnection => CauseCode::LACK_OF_RESOURCES,
+            Self::TooManyPools | Self::TooManyPesInPool | Self::TooManyPes | Self::TooManyPesOnConnection => {
+                CauseCode::LACK_OF_RESOURCES
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ use tracing::warn;
 
 use super::msg::ShardMsg;
 use super::order::Sequencer;
-use crate::asap::{Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats};
+use crate::asap::{
+    Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats,
+};
 use crate::config::{Limits, Timers};
 use crate::handlespace::{shard_of, Handlespace};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
@@ -213,7 +215,6 @@ impl Registrar {
         asap::salvage_ids(msg).0
     }
 
-
     /// Handles one complete message from `conn`, here or at the shard owning its pool.
     fn dispatch(&mut self, conn: ConnId, msg: &[u8], now: Time, out: &mut impl Outbox<ShardMsg>) {
         let owner = match self.shards {
@@ -242,7 +243,8 @@ impl Registrar {
         }
         let mut answer = std::mem::take(&mut self.answer);
         answer.clear();
-        let handled = self.procedures.handle(&Request { conn, peer, message: msg, room }, now, &mut answer, &mut self.deltas);
+        let handled =
+            self.procedures.handle(&Request { conn, peer, message: msg, room }, now, &mut answer, &mut self.deltas);
         self.flush_deltas(out);
         if let Some(c) = self.conns.get_mut(conn) {
             if c.order.idle() {
@@ -347,7 +349,8 @@ impl Service for Registrar {
             out.close(conn);
             return;
         }
-        let c = Conn { peer, shards: 0, order: Sequencer::default(), pes: 0, registering: 0, refusals: 0, paused: false };
+        let c =
+            Conn { peer, shards: 0, order: Sequencer::default(), pes: 0, registering: 0, refusals: 0, paused: false };
         self.conns.insert(conn, c);
     }
 

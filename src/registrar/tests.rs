@@ -632,4 +632,3 @@ fn answers_keep_request_order_across_shards() {
     let ids: Vec<u32> = answers.iter().map(|a| resolved(a).unwrap()[0]).collect();
     assert_eq!(ids, [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
 }
-

@@ -732,7 +732,13 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     }
 
     /// How long the next poll may sleep.
-    fn wait_timeout(&self, clock: &Clock, busy: bool, spilling: bool, driver_deadline: Option<Instant>) -> Option<Duration> {
+    fn wait_timeout(
+        &self,
+        clock: &Clock,
+        busy: bool,
+        spilling: bool,
+        driver_deadline: Option<Instant>,
+    ) -> Option<Duration> {
         if busy {
             return Some(Duration::ZERO);
         }

@@ -486,7 +486,8 @@ impl Driver for UringDriver {
         if conn.state == ConnState::Connecting {
             if let Some((addr, submitted @ false)) = conn.io.dial.as_mut() {
                 *submitted = true;
-                let e = opcode::Connect::new(fd, addr.as_ptr().cast(), addr.len()).build().user_data(ud(OP_CONNECT, id));
+                let e =
+                    opcode::Connect::new(fd, addr.as_ptr().cast(), addr.len()).build().user_data(ud(OP_CONNECT, id));
                 conn.io.ops += 1;
                 self.push(e);
             }

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
 use rserpool::config::{Config, EngineChoice, Profile};
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
 use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 use tracing::{error, info, warn};
