@@ -12,6 +12,8 @@ mod msg;
 mod order;
 mod router;
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
 
 pub use msg::ShardMsg;

@@ -194,6 +194,12 @@ impl Registrar {
         self.procedures.supervised_pes()
     }
 
+    /// The PEs registered over local connection `conn` on every shard, as this shard counts
+    /// them (`None` for a connection it does not own).
+    pub fn connection_pe_count(&mut self, conn: ConnId) -> Option<u32> {
+        self.conns.get_mut(conn).map(|c| c.pes)
+    }
+
     /// The pool handle a message is about, read without validating the message: the routing
     /// key. `None` for messages that are not about a pool (or whose handle is unreadable).
     fn routing_handle(msg: &[u8]) -> Option<&[u8]> {

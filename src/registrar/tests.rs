@@ -91,7 +91,7 @@ impl RegSim {
 }
 
 /// Cuts whole ASAP messages off the front of `buf`.
-fn split_messages(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
+pub(super) fn split_messages(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut off = 0;
     while buf.len() - off >= 4 {
@@ -107,11 +107,11 @@ fn split_messages(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
     out
 }
 
-fn tcp(addr: &str, port: u16) -> TransportRepr {
+pub(super) fn tcp(addr: &str, port: u16) -> TransportRepr {
     TransportRepr::new(TransportProtocol::Tcp, addr.parse().unwrap(), port)
 }
 
-fn registration(handle: &str, pe_id: u32, user: TransportRepr, policy: Policy, life: i32) -> Vec<u8> {
+pub(super) fn registration(handle: &str, pe_id: u32, user: TransportRepr, policy: Policy, life: i32) -> Vec<u8> {
     MessageRepr::new(
         Protocol::Asap,
         MessageType::Registration as u8,
@@ -132,21 +132,21 @@ fn registration(handle: &str, pe_id: u32, user: TransportRepr, policy: Policy, l
     .unwrap()
 }
 
-fn handle_and_id(t: MessageType, handle: &str, pe_id: u32) -> Vec<u8> {
+pub(super) fn handle_and_id(t: MessageType, handle: &str, pe_id: u32) -> Vec<u8> {
     let mut buf = Vec::new();
     asap::emit_handle_and_id(&mut crate::wire::Writer::new(&mut buf), t, 0, handle.as_bytes(), Some(pe_id), None)
         .unwrap();
     buf
 }
 
-fn resolution(handle: &str, items: Option<u32>) -> Vec<u8> {
+pub(super) fn resolution(handle: &str, items: Option<u32>) -> Vec<u8> {
     let mut buf = Vec::new();
     asap::emit_handle_resolution(&mut crate::wire::Writer::new(&mut buf), handle.as_bytes(), items).unwrap();
     buf
 }
 
 /// (rejected, cause) of a Registration Response.
-fn reg_response(bytes: &[u8]) -> (bool, Option<CauseCode>, Vec<u8>) {
+pub(super) fn reg_response(bytes: &[u8]) -> (bool, Option<CauseCode>, Vec<u8>) {
     let m = asap::parse(bytes).unwrap();
     let Body::RegistrationResponse { rejected, error, .. } = m.body() else { panic!("not a Registration Response") };
     let cause = error.as_ref().map(|e| e.first_code());
@@ -155,7 +155,7 @@ fn reg_response(bytes: &[u8]) -> (bool, Option<CauseCode>, Vec<u8>) {
 }
 
 /// PE ids of a Handle Resolution Response, or the cause of its error.
-fn resolved(bytes: &[u8]) -> Result<Vec<u32>, CauseCode> {
+pub(super) fn resolved(bytes: &[u8]) -> Result<Vec<u32>, CauseCode> {
     let m = asap::parse(bytes).unwrap();
     let Body::HandleResolutionResponse { resolution, .. } = m.body() else {
         panic!("not a Handle Resolution Response")
@@ -167,7 +167,7 @@ fn resolved(bytes: &[u8]) -> Result<Vec<u32>, CauseCode> {
 }
 
 /// A pool handle that hashes to `shard` of `shards`.
-fn handle_on(shard: ShardId, shards: u16) -> String {
+pub(super) fn handle_on(shard: ShardId, shards: u16) -> String {
     (0..).map(|i| format!("pool-{i}")).find(|h| shard_of(h.as_bytes(), shards) == shard).unwrap()
 }
 

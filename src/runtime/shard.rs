@@ -402,6 +402,11 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         &self.service
     }
 
+    /// The service, mutably (for the simulator's invariant checks).
+    pub(crate) fn service_mut(&mut self) -> &mut S {
+        &mut self.service
+    }
+
     /// Whether the engine is stopping.
     pub(crate) fn stopping(&self) -> bool {
         self.signals.stopping()

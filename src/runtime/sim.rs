@@ -52,7 +52,7 @@ use crate::service::{ConnId, Service, ShardId, Tag};
 use crate::time::Time;
 
 /// Steps [`Sim::run`] takes before it decides the services never settle (a livelock).
-const MAX_STEPS: usize = 10_000_000;
+const MAX_STEPS: usize = 1_000_000;
 
 /// The engine settings a simulation runs with (as [`super::EngineConfig`], scaled for tests).
 #[derive(Clone, Debug)]
@@ -294,7 +294,8 @@ impl Driver for SimDriver {
         let Some(index) = Self::pipe_of(core, id) else { return };
         let room = self.net.borrow().pipes[index].room();
         let Some(conn) = core.io.conns.get_mut(id) else { return };
-        if !matches!(conn.state, ConnState::Open | ConnState::Draining) {
+        if room == 0 || !matches!(conn.state, ConnState::Open | ConnState::Draining) {
+            // The client's window is full: the write waits until it reads.
             return;
         }
         let Some(bytes) = conn.sendq.start() else { return };
@@ -387,6 +388,11 @@ impl<S: Service> Sim<S> {
     /// The service of shard `shard`.
     pub fn service(&self, shard: ShardId) -> &S {
         self.cores[usize::from(shard)].service()
+    }
+
+    /// The service of shard `shard`, to change or query between steps.
+    pub fn service_mut(&mut self, shard: ShardId) -> &mut S {
+        self.cores[usize::from(shard)].service_mut()
     }
 
     /// The engine counters of shard `shard`.
@@ -522,6 +528,19 @@ impl<S: Service> Sim<S> {
             self.step(i);
         }
         panic!("the simulation did not settle within {MAX_STEPS} steps");
+    }
+
+    /// Runs at most `steps` shard steps (fewer if the shards settle first): lets a test act
+    /// while messages are still on their way between shards.
+    pub fn run_steps(&mut self, steps: usize) {
+        for _ in 0..steps {
+            let busy: Vec<usize> = (0..self.cores.len()).filter(|&i| self.has_work(i)).collect();
+            if busy.is_empty() {
+                return;
+            }
+            let i = busy[self.rng.usize(..busy.len())];
+            self.step(i);
+        }
     }
 
     /// Moves virtual time to `t`, stopping at every timer due before it, and runs the shards
