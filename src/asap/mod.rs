@@ -15,6 +15,8 @@ mod loglimit;
 mod procedures;
 mod reply;
 mod reports;
+#[cfg(test)]
+mod tests;
 
 pub use budget::{Budget, Budgets};
 pub use change::{Change, ChangeSink, PeChange, Reason};

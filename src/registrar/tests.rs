@@ -632,3 +632,257 @@ fn answers_keep_request_order_across_shards() {
     let ids: Vec<u32> = answers.iter().map(|a| resolved(a).unwrap()[0]).collect();
     assert_eq!(ids, [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
 }
+
+/// The first PE of pool `handle` in any shard.
+fn stored_pe(sim: &RegSim, handle: &str, pe_id: u32) -> crate::handlespace::PoolElement {
+    (0..sim.sim.shards())
+        .find_map(|s| {
+            let hs = sim.shard(s).handlespace();
+            hs.lookup(handle.as_bytes(), pe_id).and_then(|k| hs.pe(k)).cloned()
+        })
+        .expect("the PE is stored")
+}
+
+#[test]
+fn a_pe_without_asap_transport_keeps_its_connections_address() {
+    let mut sim = RegSim::new(2);
+    let pe = sim.connect(1, "198.51.100.7:5555");
+    let h = handle_on(0, 2);
+    sim.send(pe, &registration(&h, 1, tcp("192.0.2.44", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(pe)).0);
+    let stored = stored_pe(&sim, &h, 1);
+    let asap = stored.asap_transport.expect("an ASAP transport is kept (WIRE.md 3.2)");
+    assert_eq!(*asap, tcp("198.51.100.7", 5555), "the registering connection's remote address");
+}
+
+#[test]
+fn the_per_connection_limit_counts_pes_on_every_shard() {
+    let mut config = RegistrarConfig::new(1, 3);
+    config.limits.max_pes_per_connection = 3;
+    let mut sim = RegSim::with(config);
+    let pools: Vec<String> = (0..3).map(|s| handle_on(s, 3)).collect();
+    let pe = sim.connect(0, "192.0.2.1:1");
+    // One PE in each shard's pool: three, the limit.
+    for (i, h) in pools.iter().enumerate() {
+        sim.send(pe, &registration(h, 10 + i as u32, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert_eq!(reg_response(&sim.one(pe)), (false, None, vec![]));
+    }
+    // A fourth, on any shard, is refused with 0x6; re-registering one it has is not.
+    for h in &pools {
+        sim.send(pe, &registration(h, 99, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert_eq!(reg_response(&sim.one(pe)).1, Some(CauseCode::LACK_OF_RESOURCES), "{h}");
+    }
+    sim.send(pe, &registration(&pools[2], 12, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(pe)).0);
+    // Another connection has its own allowance.
+    let other = sim.connect(0, "192.0.2.2:1");
+    sim.send(other, &registration(&pools[1], 20, tcp("192.0.2.2", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(other)).0);
+    // Room comes back when a PE goes: deregistered on its shard, counted on the connection's.
+    sim.send(pe, &handle_and_id(MessageType::Deregistration, &pools[1], 11));
+    sim.take(pe);
+    sim.send(pe, &registration(&pools[0], 99, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(pe)).0);
+    assert_eq!(sim.pe_count(), 4);
+}
+
+#[test]
+fn registrar_wide_pe_and_pool_limits_span_shards() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.max_pes = 3;
+    config.limits.max_pools = 2;
+    let budgets = std::sync::Arc::clone(&config.budgets);
+    let mut sim = RegSim::with(config);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let h2 = (0..).map(|i| format!("third-{i}")).find(|h| shard_of(h.as_bytes(), 2) == 0).unwrap();
+    let pe = sim.connect(0, "192.0.2.1:1");
+    for (h, id) in [(&h0, 1), (&h1, 2), (&h1, 3)] {
+        sim.send(pe, &registration(h, id, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert!(!reg_response(&sim.one(pe)).0);
+    }
+    // A fourth PE, in whichever shard: 0x6. A third pool: 0x6.
+    sim.send(pe, &registration(&h0, 4, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert_eq!(reg_response(&sim.one(pe)).1, Some(CauseCode::LACK_OF_RESOURCES));
+    sim.send(pe, &handle_and_id(MessageType::Deregistration, &h1, 3));
+    sim.take(pe);
+    sim.send(pe, &registration(&h2, 5, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert_eq!(reg_response(&sim.one(pe)).1, Some(CauseCode::LACK_OF_RESOURCES), "third pool");
+    sim.send(pe, &registration(&h0, 4, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(pe)).0, "room again after a deregistration");
+    assert_eq!((budgets.pes.used(), budgets.pools.used()), (3, 2));
+    sim.close(pe);
+    assert_eq!((budgets.pes.used(), budgets.pools.used()), (0, 0), "given back when the PEs go");
+}
+
+#[test]
+fn a_connection_that_keeps_going_after_resource_refusals_is_closed() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.max_pes_per_connection = 1;
+    config.limits.max_refusals = 3;
+    let mut sim = RegSim::with(config);
+    let h = handle_on(1, 2);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.take(pe);
+    // Refusals, then a success resets the count.
+    for id in 2..5 {
+        sim.send(pe, &registration(&h, id, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert_eq!(reg_response(&sim.one(pe)).1, Some(CauseCode::LACK_OF_RESOURCES));
+    }
+    sim.send(pe, &registration(&h, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(pe)).0);
+    for id in 2..5 {
+        sim.send(pe, &registration(&h, id, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        sim.take(pe);
+    }
+    assert!(!sim.closed(pe), "three refusals in a row are answered");
+    sim.send(pe, &registration(&h, 9, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert_eq!(reg_response(&sim.one(pe)).1, Some(CauseCode::LACK_OF_RESOURCES), "the fourth too, then...");
+    assert!(sim.closed(pe), "...the connection is closed (WIRE.md section 9)");
+    assert_eq!(sim.pe_count(), 0, "and its PE went with it");
+}
+
+/// The cause and its info of the Operation Error in any ASAP answer.
+fn operation_error(bytes: &[u8]) -> (CauseCode, Vec<u8>) {
+    let m = asap::parse(bytes).unwrap();
+    let e = match m.body() {
+        Body::RegistrationResponse { error: Some(e), .. }
+        | Body::DeregistrationResponse { error: Some(e), .. }
+        | Body::HandleResolutionResponse { resolution: Resolution::Failed(e), .. }
+        | Body::Error { error: e } => e.clone(),
+        other => panic!("no Operation Error in {other:?}"),
+    };
+    let c = e.causes().next().unwrap();
+    (c.code, c.info.to_vec())
+}
+
+#[test]
+fn an_over_long_pool_handle_is_an_invalid_value_in_every_message_and_answers_fit() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.max_message_size = 4096;
+    config.limits.max_pool_handle = 64;
+    let mut sim = RegSim::with(config);
+    let c = sim.connect(0, "192.0.2.1:1");
+    for len in [65, 300, 4000, 4020] {
+        let h = "h".repeat(len);
+        let handle_tlv = |h: &str| {
+            let mut v = vec![0, 9];
+            v.extend_from_slice(&((4 + h.len()) as u16).to_be_bytes());
+            v.extend_from_slice(h.as_bytes());
+            v
+        };
+        for msg in [
+            registration(&h, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1),
+            handle_and_id(MessageType::Deregistration, &h, 1),
+            resolution(&h, None),
+            handle_and_id(MessageType::EndpointUnreachable, &h, 1),
+            handle_and_id(MessageType::EndpointKeepAliveAck, &h, 1),
+        ] {
+            sim.send(c, &msg);
+            let answer = sim.one(c);
+            assert!(answer.len() <= 4096, "{len}: a {}-byte answer", answer.len());
+            let (cause, info) = operation_error(&answer);
+            assert_eq!(cause, CauseCode::INVALID_VALUES, "type {} handle {len}", msg[0]);
+            // The offending Pool Handle is quoted whole when that fits (header, echoed handle cut
+            // to 64 bytes, PE id, cause headers: 88 bytes, plus the quote), else cut to 64 too.
+            let fits = 88 + (4 + len).next_multiple_of(4) <= 4096;
+            let quoted = if fits { handle_tlv(&h) } else { handle_tlv(&h[..64]) };
+            assert_eq!(info[..quoted.len().min(info.len())], quoted[..], "type {} handle {len}", msg[0]);
+        }
+    }
+    assert!(!sim.closed(c) && sim.pe_count() == 0);
+}
+
+#[test]
+fn a_transport_with_too_many_addresses_is_an_invalid_value_quoting_it() {
+    let mut config = RegistrarConfig::new(1, 1);
+    config.limits.max_addresses = 2;
+    let mut sim = RegSim::with(config);
+    let c = sim.connect(0, "192.0.2.1:1");
+    let mut t = tcp("192.0.2.1", 7000);
+    t.protocol = TransportProtocol::Sctp;
+    for a in ["192.0.2.2", "192.0.2.3"] {
+        t.addresses.push(a.parse().unwrap());
+    }
+    sim.send(c, &registration("p", 1, t, Policy::RoundRobin, -1));
+    let (rejected, cause, info) = reg_response(&sim.one(c));
+    assert!(rejected);
+    assert_eq!(cause, Some(CauseCode::INVALID_VALUES));
+    assert_eq!(&info[..2], &[0, 4], "quotes the SCTP transport parameter");
+}
+
+#[test]
+fn a_pe_that_registers_again_over_a_new_connection_is_supervised_there() {
+    let mut config = RegistrarConfig::new(7, 2);
+    config.timers.keep_alive_interval = 1_000;
+    let mut sim = RegSim::with(config);
+    let h = handle_on(1, 2);
+    let old = sim.connect(0, "192.0.2.1:1");
+    sim.send(old, &registration(&h, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.take(old);
+    // The same PE (same addresses) registers over another connection, on the other shard.
+    let new = sim.connect(1, "192.0.2.1:2");
+    sim.send(new, &registration(&h, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    assert!(!reg_response(&sim.one(new)).0);
+    assert_eq!(sim.pe_count(), 1);
+    sim.advance_to(1_000);
+    assert!(sim.take(old).is_empty(), "no probe over the connection it left");
+    assert_eq!(sim.take(new).len(), 1, "probed over its new connection");
+    // Closing the old connection does not remove it; closing the new one does.
+    sim.close(old);
+    assert_eq!(sim.pe_count(), 1);
+    sim.close(new);
+    assert_eq!(sim.pe_count(), 0);
+    assert_eq!(sim.shard(1).supervised_pes(), 0, "supervision ends with the PE");
+}
+
+#[test]
+fn deep_pipelines_to_other_shards_are_paced_and_answered_in_order() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.max_pending_requests = 2;
+    let mut engine = SimConfig::new(2);
+    engine.queue = 1;
+    let mut sim = RegSim::with_engine(engine, config, 3);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    sim.take(pe);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    let mut burst = Vec::new();
+    for k in 0..200 {
+        burst.extend(resolution(if k % 3 == 0 { &h0 } else { &h1 }, None));
+    }
+    sim.send(pu, &burst);
+    let ids: Vec<u32> = sim.take(pu).iter().map(|a| resolved(a).unwrap()[0]).collect();
+    let want: Vec<u32> = (0..200).map(|k| if k % 3 == 0 { 1 } else { 2 }).collect();
+    assert_eq!(ids, want);
+    let st = sim.sim.stats(0);
+    assert!(st.spilled > 0 && st.link_pauses > 0, "the one-record queue overflowed and paused input: {st:?}");
+}
+
+#[test]
+fn answers_owed_after_the_clients_half_close_still_arrive() {
+    let mut engine = SimConfig::new(2);
+    engine.queue = 1;
+    let mut sim = RegSim::with_engine(engine, RegistrarConfig::new(1, 2), 5);
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    sim.take(pe);
+    let pu = sim.connect(0, "192.0.2.9:1");
+    let mut burst = Vec::new();
+    for k in 0..50 {
+        burst.extend(resolution(if k % 2 == 0 { &h0 } else { &h1 }, None));
+    }
+    sim.sim.write(pu, &burst);
+    sim.sim.shutdown_write(pu);
+    sim.sim.run();
+    let answers = sim.take(pu);
+    assert_eq!(answers.len(), 50);
+    for (k, a) in answers.iter().enumerate() {
+        let want = if k % 2 == 0 { Err(CauseCode::UNKNOWN_POOL_HANDLE) } else { Ok(vec![2]) };
+        assert_eq!(resolved(a), want, "answer {k}");
+    }
+    assert!(sim.closed(pu), "closed once every answer is out");
+}
