@@ -26,7 +26,14 @@ const REMEMBER: u8 = 5; // remembers this ConnId -> [REMEMBER, owner shard, slot
 const SEND_STALE: u8 = 6; // [via shard] -> shard `via` sends "STALE" to the remembered id; reply [SEND_STALE, ids]
 const TIMER: u8 = 7; // [ms u32] -> after ms, the timer sends [TIMER]
 const CLOSE_VIA: u8 = 8; // [via shard] -> shard `via` closes this connection through the outbox
+const TAG: u8 = 9; // -> [TAG, tag of the listener this connection came in on]
+const DIAL: u8 = 10; // [address as text] -> connects out; reports [DIAL, 1] when connected or [DIAL, 0] on failure
+const DIAL_CLOSED: u8 = 11; // sent to the connection that dialled when the outbound one closes
+const HELLO: u8 = 12; // the first frame a service sends on an outbound connection
+const ROUTE_BACK: u8 = 13; // like ROUTE, but the answer comes back through the connection's shard, which holds the connection meanwhile
 const STALE: u8 = 99; // what a stale send would deliver
+/// The tag of outbound connections.
+const OUT_TAG: Tag = Tag(7);
 
 /// What the test service's shards post to each other.
 enum Post {
@@ -36,6 +43,10 @@ enum Post {
     Stale,
     /// Close connection `conn` through the outbox.
     Close(ConnId),
+    /// Handle `rest` for connection `conn` here and post the answer back.
+    RouteBack(ConnId, Vec<u8>),
+    /// The answer to a `RouteBack`, for the connection's shard to send.
+    Answer(ConnId, Vec<u8>),
 }
 
 #[derive(Default)]
@@ -51,6 +62,11 @@ struct TestService {
     me: ShardId,
     shared: Arc<Shared>,
     timers: Vec<(Time, ConnId)>,
+    tags: std::collections::HashMap<ConnId, Tag>,
+    /// Outbound connection -> the connection that asked for it.
+    dialled: std::collections::HashMap<ConnId, ConnId>,
+    /// Answers other shards still owe each connection.
+    owed: std::collections::HashMap<ConnId, u32>,
 }
 
 fn put_frame(buf: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -69,6 +85,17 @@ fn id_bytes(id: ConnId) -> Vec<u8> {
 }
 
 impl TestService {
+    fn new(me: ShardId, shared: Arc<Shared>) -> Self {
+        Self {
+            me,
+            shared,
+            timers: Vec::new(),
+            tags: Default::default(),
+            dialled: Default::default(),
+            owed: Default::default(),
+        }
+    }
+
     fn handle(&mut self, conn: ConnId, body: &[u8], now: Time, out: &mut impl Outbox<Post>) {
         let Some((&op, p)) = body.split_first() else {
             return;
@@ -107,6 +134,28 @@ impl TestService {
                 self.timers.push((now.add_millis(u64::from(ms)), conn));
             }
             CLOSE_VIA => out.post(p[0] as ShardId, Post::Close(conn)),
+            ROUTE_BACK => {
+                let (&target, rest) = p.split_first().unwrap();
+                let owed = self.owed.entry(conn).or_default();
+                *owed += 1;
+                if *owed == 1 {
+                    out.hold(conn, true);
+                }
+                out.post(target as ShardId, Post::RouteBack(conn, rest.to_vec()));
+            }
+            TAG => {
+                let tag = self.tags.get(&conn).copied().unwrap_or_default();
+                out.send(conn, &mut |b| put_frame(b, &[&[TAG, tag.0 as u8]]));
+            }
+            DIAL => {
+                let addr: SocketAddr = std::str::from_utf8(p).unwrap().parse().unwrap();
+                match out.connect(addr, OUT_TAG) {
+                    Some(outbound) => {
+                        self.dialled.insert(outbound, conn);
+                    }
+                    None => out.send(conn, &mut |b| put_frame(b, &[&[DIAL, 0]])),
+                }
+            }
             _ => {}
         }
     }
@@ -115,8 +164,27 @@ impl TestService {
 impl Service for TestService {
     type Msg = Post;
 
-    fn on_accept(&mut self, _conn: ConnId, _tag: Tag, _peer: SocketAddr, _now: Time, _out: &mut impl Outbox<Post>) {
+    fn on_accept(&mut self, conn: ConnId, tag: Tag, _peer: SocketAddr, _now: Time, _out: &mut impl Outbox<Post>) {
         self.shared.accepted.fetch_add(1, SeqCst);
+        self.tags.insert(conn, tag);
+    }
+
+    fn on_connect(
+        &mut self,
+        conn: ConnId,
+        tag: Tag,
+        result: io::Result<SocketAddr>,
+        _now: Time,
+        out: &mut impl Outbox<Post>,
+    ) {
+        assert_eq!(tag, OUT_TAG);
+        let asker = self.dialled[&conn];
+        let ok = result.is_ok() as u8;
+        out.send(asker, &mut |b| put_frame(b, &[&[DIAL, ok]]));
+        if ok == 1 {
+            self.tags.insert(conn, tag);
+            out.send(conn, &mut |b| put_frame(b, &[&[HELLO]]));
+        }
     }
 
     fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox<Post>) -> usize {
@@ -133,8 +201,13 @@ impl Service for TestService {
         off
     }
 
-    fn on_close(&mut self, _conn: ConnId, _now: Time, _out: &mut impl Outbox<Post>) {
+    fn on_close(&mut self, conn: ConnId, _now: Time, out: &mut impl Outbox<Post>) {
         self.shared.closed.fetch_add(1, SeqCst);
+        self.tags.remove(&conn);
+        self.owed.remove(&conn);
+        if let Some(asker) = self.dialled.remove(&conn) {
+            out.send(asker, &mut |b| put_frame(b, &[&[DIAL_CLOSED]]));
+        }
     }
 
     fn on_message(&mut self, _from: ShardId, msg: Post, _now: Time, out: &mut impl Outbox<Post>) {
@@ -148,6 +221,21 @@ impl Service for TestService {
                 out.send(stale, &mut |b| put_frame(b, &[&[STALE]]));
             }
             Post::Close(conn) => out.close(conn),
+            Post::RouteBack(conn, rest) => {
+                let mut answer = Vec::new();
+                put_frame(&mut answer, &[&[ROUTE_BACK, conn.shard as u8, me as u8], &rest]);
+                out.post(conn.shard, Post::Answer(conn, answer));
+            }
+            Post::Answer(conn, answer) => {
+                out.send(conn, &mut |b| b.extend_from_slice(&answer));
+                if let Some(owed) = self.owed.get_mut(&conn) {
+                    *owed -= 1;
+                    if *owed == 0 {
+                        self.owed.remove(&conn);
+                        out.hold(conn, false);
+                    }
+                }
+            }
         }
     }
 
@@ -204,8 +292,7 @@ fn start(cfg: EngineConfig) -> Option<(Engine, Arc<Shared>)> {
     let shared = Arc::new(Shared::default());
     let s = Arc::clone(&shared);
     let kind = cfg.kind;
-    let engine = runtime::start(cfg, move |me, _n| TestService { me, shared: Arc::clone(&s), timers: Vec::new() })
-        .expect("engine starts");
+    let engine = runtime::start(cfg, move |me, _n| TestService::new(me, Arc::clone(&s))).expect("engine starts");
     if kind != EngineKind::Auto {
         assert_eq!(engine.kind(), kind, "the requested engine runs");
     }
@@ -296,6 +383,10 @@ on_both_engines!(
     connection_limit,
     timers_fire,
     shutdown_stops_everything,
+    listeners_are_tagged,
+    outbound_connections,
+    outbound_connect_failure,
+    tiny_cross_shard_queues_lose_nothing,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -683,10 +774,10 @@ fn forced_epoll_runs_epoll() {
 fn bad_config_is_refused() {
     setup();
     let cfg = EngineConfig { buffer_count: 100, ..config(EngineKind::Epoll, 1) };
-    let err = runtime::start(cfg, |me, _| TestService { me, shared: Arc::default(), timers: Vec::new() }).unwrap_err();
+    let err = runtime::start(cfg, |me, _| TestService::new(me, Arc::default())).unwrap_err();
     assert!(err.to_string().contains("buffer_count"), "{err}");
     let cfg = EngineConfig { shards: vec![Some(100_000)], ..config(EngineKind::Epoll, 1) };
-    let err = runtime::start(cfg, |me, _| TestService { me, shared: Arc::default(), timers: Vec::new() }).unwrap_err();
+    let err = runtime::start(cfg, |me, _| TestService::new(me, Arc::default())).unwrap_err();
     assert!(err.to_string().contains("core"), "{err}");
 }
 
@@ -698,4 +789,108 @@ fn pinned_shard_serves() {
     let mut c = connect(engine.local_addr());
     c.write_all(&frame(&[&[ECHO], b"pinned"])).unwrap();
     assert_eq!(read_frame(&mut c).unwrap(), [&[ECHO][..], b"pinned"].concat());
+}
+
+fn listeners_are_tagged(kind: EngineKind) {
+    let mut cfg = config(kind, 2);
+    cfg.listeners.push(Listen::new("127.0.0.1:0".parse().unwrap(), Tag(5)));
+    let Some((engine, _)) = start(cfg) else {
+        return;
+    };
+    assert_eq!(engine.local_addrs().len(), 2);
+    for (tag, addr) in [(0u8, engine.local_addr_of(Tag(0)).unwrap()), (5, engine.local_addr_of(Tag(5)).unwrap())] {
+        for _ in 0..4 {
+            let mut c = connect(addr);
+            c.write_all(&frame(&[&[TAG]])).unwrap();
+            assert_eq!(read_frame(&mut c).unwrap(), [TAG, tag], "accepted on {addr}");
+        }
+    }
+}
+
+fn outbound_connections(kind: EngineKind) {
+    let Some((engine, _)) = start(config(kind, 2)) else {
+        return;
+    };
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[DIAL], peer.local_addr().unwrap().to_string().as_bytes()])).unwrap();
+    let (mut far, _) = peer.accept().unwrap();
+    far.set_read_timeout(Some(GUARD)).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [DIAL, 1], "connected");
+    assert_eq!(read_frame(&mut far).unwrap(), [HELLO], "bytes sent on connect arrive");
+    // The outbound connection is served like any other: the far end asks, the service answers.
+    far.write_all(&frame(&[&[ECHO], b"over there"])).unwrap();
+    assert_eq!(read_frame(&mut far).unwrap(), [&[ECHO][..], b"over there"].concat());
+    far.write_all(&frame(&[&[TAG]])).unwrap();
+    assert_eq!(read_frame(&mut far).unwrap(), [TAG, OUT_TAG.0 as u8]);
+    drop(far);
+    assert_eq!(read_frame(&mut c).unwrap(), [DIAL_CLOSED], "its close is reported");
+    let stats = engine.stats();
+    assert_eq!(total(&stats, |s| s.connects), 1);
+    assert_eq!(total(&stats, |s| s.connect_failures), 0);
+}
+
+fn outbound_connect_failure(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 1)) else {
+        return;
+    };
+    // A port nobody listens on: bind one, then free it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut c = connect(engine.local_addr());
+    c.write_all(&frame(&[&[DIAL], addr.to_string().as_bytes()])).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [DIAL, 0], "the failure is reported");
+    assert_eq!(read_frame(&mut c).unwrap(), [DIAL_CLOSED], "then its close");
+    assert_eq!(total(&engine.stats(), |s| s.connect_failures), 1);
+    assert_eq!(shared.closed.load(SeqCst), 1, "on_close for the failed connection only");
+}
+
+fn tiny_cross_shard_queues_lose_nothing(kind: EngineKind) {
+    // One-record queues between three shards: almost every cross-shard request overflows.
+    let cfg = EngineConfig { cross_shard_queue: 1, ..config(kind, 3) };
+    let Some((engine, _)) = start(cfg) else {
+        return;
+    };
+    let addr = engine.local_addr();
+    let clients: Vec<_> = (0..12u8)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                let mut batch = Vec::new();
+                for i in 0..400u32 {
+                    let target = ((i + u32::from(n)) % 3) as u8;
+                    batch.extend(frame(&[&[ROUTE_BACK, target, n], &i.to_be_bytes()]));
+                }
+                c.write_all(&batch).unwrap();
+                if n % 3 == 0 {
+                    // Half-close with everything still in flight.
+                    c.shutdown(Shutdown::Write).unwrap();
+                }
+                let mut replies = Vec::new();
+                for _ in 0..400 {
+                    replies.push(read_frame(&mut c).unwrap());
+                }
+                (n, replies)
+            })
+        })
+        .collect();
+    for t in clients {
+        let (n, replies) = t.join().unwrap();
+        // Replies to one connection may be reordered between shards (this service does not
+        // sequence them), but each request is answered exactly once, by the shard it named,
+        // also after the client's half-close (the service holds the connection meanwhile).
+        let mut seen: Vec<u32> = replies
+            .iter()
+            .map(|r| {
+                assert_eq!((r[0], r[3]), (ROUTE_BACK, n));
+                let i = u32::from_be_bytes(r[4..8].try_into().unwrap());
+                assert_eq!(u32::from(r[2]), (i + u32::from(n)) % 3, "handled by its target");
+                i
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..400).collect::<Vec<_>>(), "client {n}: every request answered once");
+    }
+    let stats = engine.stats();
+    assert!(total(&stats, |s| s.spilled) > 0, "the queues overflowed: {stats:?}");
+    wait_until("every connection closed", || total(&engine.stats(), |s| s.closed) == 12);
 }

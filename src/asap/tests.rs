@@ -37,8 +37,7 @@ impl Outbox<()> for Probes {
 }
 
 fn procedures(timers: Timers) -> Procedures {
-    let config =
-        ProceduresConfig { server_id: 9, limits: Limits::default(), timers, seed: 1, budgets: Arc::default() };
+    let config = ProceduresConfig { server_id: 9, limits: Limits::default(), timers, seed: 1, budgets: Arc::default() };
     Procedures::new(&config, 0, Time::ZERO)
 }
 

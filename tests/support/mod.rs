@@ -11,6 +11,7 @@ use rserpool::handlespace::shard_of;
 
 #[path = "vectors.rs"]
 mod vectors;
+#[allow(unused_imports)]
 pub use vectors::vector;
 
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
