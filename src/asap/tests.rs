@@ -74,10 +74,12 @@ fn handle(p: &mut Procedures, c: ConnId, ip: &str, msg: &[u8], now: Time, events
 
 #[test]
 fn every_pe_change_is_reported_with_its_reason() {
-    let mut timers = Timers::default();
-    timers.keep_alive_interval = 1_000;
-    timers.keep_alive_timeout = 100;
-    timers.unreachable_report_interval = 0;
+    let timers = Timers {
+        keep_alive_interval: 1_000,
+        keep_alive_timeout: 100,
+        unreachable_report_interval: 0,
+        ..Timers::default()
+    };
     let mut p = procedures(timers);
     let mut ev = Events::new();
     let (a, b) = (conn(1), conn(2));

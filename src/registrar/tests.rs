@@ -749,7 +749,7 @@ fn operation_error(bytes: &[u8]) -> (CauseCode, Vec<u8>) {
         Body::RegistrationResponse { error: Some(e), .. }
         | Body::DeregistrationResponse { error: Some(e), .. }
         | Body::HandleResolutionResponse { resolution: Resolution::Failed(e), .. }
-        | Body::Error { error: e } => e.clone(),
+        | Body::Error { error: e } => *e,
         other => panic!("no Operation Error in {other:?}"),
     };
     let c = e.causes().next().unwrap();
