@@ -73,6 +73,9 @@ pub struct Timers {
     pub takeover_expiry: u64,
     /// Wait for a mentor at start.
     pub mentor_discovery: u64,
+    /// How long a connection whose client has closed its sending side stays open while answers
+    /// to its earlier requests are still being prepared by other shards.
+    pub max_hold: u64,
 }
 
 impl Default for Timers {
@@ -88,6 +91,7 @@ impl Default for Timers {
             max_time_no_response: 5_000,
             takeover_expiry: 5_000,
             mentor_discovery: 5_000,
+            max_hold: 30_000,
         }
     }
 }
@@ -321,6 +325,9 @@ pub struct Profile {
     pub buffer_size: u32,
     /// Most open connections (overrides `limits.max_connections` when set).
     pub max_connections: Option<usize>,
+    /// Records each queue between two shards holds; beyond that, records wait in an overflow
+    /// list and the connections whose requests fill it stop being read (none is dropped).
+    pub cross_shard_queue: usize,
 }
 
 impl Default for Profile {
@@ -333,6 +340,7 @@ impl Default for Profile {
             buffer_count: 1024,
             buffer_size: 16 * 1024,
             max_connections: None,
+            cross_shard_queue: 1024,
         }
     }
 }
@@ -351,6 +359,13 @@ impl Profile {
         }
         if p.buffer_size < 512 {
             return Err(ConfigError::Invalid(format!("{}: buffer_size {} < 512", path.display(), p.buffer_size)));
+        }
+        if !(1..=1 << 20).contains(&p.cross_shard_queue) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: cross_shard_queue {} (must be 1..=1048576 records)",
+                path.display(),
+                p.cross_shard_queue
+            )));
         }
         Ok(p)
     }

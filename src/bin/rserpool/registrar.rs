@@ -201,6 +201,8 @@ pub fn run(args: RegistrarArgs) -> i32 {
         max_send_queue_bytes: config.limits.max_send_queue,
         max_send_queue_hard_bytes: config.limits.max_send_queue.saturating_mul(16),
         max_message_size: config.limits.max_message_size,
+        cross_shard_queue: profile.cross_shard_queue,
+        max_hold: std::time::Duration::from_millis(config.timers.max_hold),
         ..EngineConfig::default()
     };
     let registrar = RegistrarConfig {
