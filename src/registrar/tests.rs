@@ -613,11 +613,7 @@ fn policies_select_through_the_registrar() {
 #[test]
 fn answers_keep_request_order_across_shards() {
     let mut sim = RegSim::new(2);
-    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
-    let pe = sim.connect(0, "192.0.2.1:1");
-    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
-    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
-    sim.take(pe);
+    let (h0, h1) = one_pe_on_each_of_two_shards(&mut sim);
     // Requests alternate between a pool on this shard and one on the other, with an answerless
     // Endpoint Unreachable (for an unknown PE) in between; the answers come back in order.
     let pu = sim.connect(0, "192.0.2.9:1");
@@ -631,6 +627,16 @@ fn answers_keep_request_order_across_shards() {
     let answers = sim.take(pu);
     let ids: Vec<u32> = answers.iter().map(|a| resolved(a).unwrap()[0]).collect();
     assert_eq!(ids, [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]);
+}
+
+/// Pools on shards 0 and 1 of two, with PE 1 and PE 2, registered over a connection of shard 0.
+fn one_pe_on_each_of_two_shards(sim: &mut RegSim) -> (String, String) {
+    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
+    let pe = sim.connect(0, "192.0.2.1:1");
+    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
+    sim.take(pe);
+    (h0, h1)
 }
 
 /// The first PE of pool `handle` in any shard.
@@ -843,11 +849,7 @@ fn deep_pipelines_to_other_shards_are_paced_and_answered_in_order() {
     let mut engine = SimConfig::new(2);
     engine.queue = 1;
     let mut sim = RegSim::with_engine(engine, config, 3);
-    let (h0, h1) = (handle_on(0, 2), handle_on(1, 2));
-    let pe = sim.connect(0, "192.0.2.1:1");
-    sim.send(pe, &registration(&h0, 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
-    sim.send(pe, &registration(&h1, 2, tcp("192.0.2.1", 7001), Policy::RoundRobin, -1));
-    sim.take(pe);
+    let (h0, h1) = one_pe_on_each_of_two_shards(&mut sim);
     let pu = sim.connect(0, "192.0.2.9:1");
     let mut burst = Vec::new();
     for k in 0..200 {
