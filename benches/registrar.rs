@@ -3,7 +3,8 @@
 //! point the engines call, into an outbox that keeps the answer bytes like a send buffer.
 //! Measures what the protocol code adds on top of the kernel path.
 //!
-//! Run: `taskset -c 1 cargo bench --bench registrar`.
+//! Run: `taskset -c 1 cargo bench --bench registrar`. Instruction counts per operation, which
+//! do not depend on machine noise: `results/registrar/instructions.sh` (callgrind).
 
 use core::net::SocketAddr;
 use std::hint::black_box;
@@ -102,6 +103,25 @@ fn bench(c: &mut Criterion) {
             b
         })
         .collect();
+    // A fixed count instead of criterion's timing, for instruction counts under callgrind
+    // (deterministic where time is not): REGISTRAR_OP=resolve|burst|rereg|none REGISTRAR_COUNT=N.
+    if let (Ok(op), Ok(n)) = (std::env::var("REGISTRAR_OP"), std::env::var("REGISTRAR_COUNT")) {
+        let n: usize = n.parse().expect("REGISTRAR_COUNT is a number");
+        let burst: Vec<u8> = requests[..16].concat();
+        let rereg: Vec<Vec<u8>> = (0..4096).map(|k| registration(k % POOLS, (k / POOLS) % PES)).collect();
+        for k in 0..n {
+            match op.as_str() {
+                "resolve" => black_box(r.on_data(conn, black_box(&requests[k & 4095]), Time::ZERO, &mut out)),
+                "burst" => black_box(r.on_data(conn, black_box(&burst), Time::ZERO, &mut out)),
+                "rereg" => {
+                    let conn = ConnId { shard: 0, generation: 1, slot: (k & 4095) as u32 % POOLS };
+                    black_box(r.on_data(conn, black_box(&rereg[k & 4095]), Time::ZERO, &mut out))
+                }
+                _ => 0,
+            };
+        }
+        return;
+    }
     let mut g = c.benchmark_group("registrar");
     g.throughput(Throughput::Elements(1));
     let mut i = 0;

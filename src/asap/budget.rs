@@ -22,6 +22,13 @@ impl Budget {
         }
     }
 
+    /// Takes `n` units unchecked (what was created after a check).
+    pub fn take(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_add(n, Relaxed);
+        }
+    }
+
     /// Gives `n` units back.
     pub fn give_back(&self, n: usize) {
         if n > 0 {

@@ -17,7 +17,7 @@ use super::loglimit::LogLimit;
 use super::reply;
 use super::reports::ReportLimiter;
 use crate::config::{Limits, Timers};
-use crate::handlespace::{Handlespace, HandlespaceConfig, PeKey, PoolElement, Registration, Unreachable};
+use crate::handlespace::{Handlespace, HandlespaceConfig, PeKey, PoolElement, RegisterError, Registration, Unreachable};
 use crate::service::{ConnId, Outbox, ShardId};
 use crate::time::Time;
 use crate::wire::asap::{self, Body, MessageType};
@@ -263,17 +263,55 @@ impl Procedures {
         changed(&mut self.keep_alive, self.id, key, change, now, sink);
     }
 
-    /// Gives back the budget units of PEs and pools that are gone.
+    /// Brings the registrar-wide budgets in step with this shard's PE and pool counts: units
+    /// of what was created are taken (checked for in [`Procedures::admit`]), units of what is
+    /// gone are given back.
     fn settle_budgets(&mut self) {
         let (pes, pools) = (self.hs.pe_count(), self.hs.pool_count());
-        if pes < self.pes_held {
-            self.budgets.pes.give_back(self.pes_held - pes);
-        }
-        if pools < self.pools_held {
-            self.budgets.pools.give_back(self.pools_held - pools);
+        for (budget, held, now) in [(&self.budgets.pes, self.pes_held, pes), (&self.budgets.pools, self.pools_held, pools)]
+        {
+            if now > held {
+                budget.take(now - held);
+            } else {
+                budget.give_back(held - now);
+            }
         }
         self.pes_held = pes;
         self.pools_held = pools;
+    }
+
+    /// Whether a registration stays within the registrar-wide limits on pools and PEs and the
+    /// connection's limit on PEs on every shard (`room`, counted by the router). Far from every
+    /// limit (the common case) this costs no lookup: what the registration creates is counted
+    /// afterwards, and the slack covers what other shards create meanwhile. Near a limit, the
+    /// PE and pool it would create are reserved first; returns which were.
+    fn admit(&self, req: &Request<'_>, handle: &[u8], pe_id: u32) -> Result<(bool, bool), RegisterError> {
+        /// More than the number of shards: what they can create between a check and its count.
+        const SLACK: usize = 4096;
+        let l = &self.limits;
+        let b = &self.budgets;
+        let far = |used: usize, max: usize| used.saturating_add(SLACK) < max;
+        if req.room > 0 && far(b.pes.used(), l.max_pes) && far(b.pools.used(), l.max_pools) {
+            return Ok((false, false));
+        }
+        let pool = self.hs.pool_by_handle(handle);
+        let existing = pool.and_then(|_| self.hs.lookup(handle, pe_id));
+        let adds_to_conn = existing.is_none_or(|k| self.hs.pe(k).is_some_and(|p| p.conn != Some(req.conn)));
+        if adds_to_conn && req.room == 0 {
+            return Err(RegisterError::TooManyPesOnConnection);
+        }
+        let pool_taken = pool.is_none();
+        if pool_taken && !b.pools.try_take(l.max_pools) {
+            return Err(RegisterError::TooManyPools);
+        }
+        let pe_taken = existing.is_none();
+        if pe_taken && !b.pes.try_take(l.max_pes) {
+            if pool_taken {
+                b.pools.give_back(1);
+            }
+            return Err(RegisterError::TooManyPes);
+        }
+        Ok((pe_taken, pool_taken))
     }
 
     fn register(
@@ -307,25 +345,13 @@ impl Procedures {
             return false;
         }
         let PolicyParam::Known(policy) = pe.policy() else { return false };
-        // Limits: registrar-wide pools and PEs (budgets), and the connection's PEs (`room`).
-        let existing = self.hs.lookup(handle, pe_id);
-        let adds_to_conn = existing.is_none_or(|k| self.hs.pe(k).is_some_and(|p| p.conn != Some(conn)));
-        let took_pool = self.hs.pool_by_handle(handle).is_none();
-        let limit = if adds_to_conn && req.room == 0 {
-            Some(crate::handlespace::RegisterError::TooManyPesOnConnection)
-        } else if took_pool && !self.budgets.pools.try_take(self.limits.max_pools) {
-            Some(crate::handlespace::RegisterError::TooManyPools)
-        } else if existing.is_none() && !self.budgets.pes.try_take(self.limits.max_pes) {
-            if took_pool {
-                self.budgets.pools.give_back(1);
-            }
-            Some(crate::handlespace::RegisterError::TooManyPes)
-        } else {
-            None
-        };
-        let result = match limit {
-            Some(e) => Err(e),
-            None => {
+        let result = match self.admit(req, handle, pe_id) {
+            Err(e) => Err(e),
+            Ok((pe_taken, pool_taken)) => {
+                // Units reserved near a limit are this shard's now; settling below gives back
+                // what the registration did not create.
+                self.pes_held += usize::from(pe_taken);
+                self.pools_held += usize::from(pool_taken);
                 let reg = Registration {
                     handle,
                     pe_id,
@@ -341,21 +367,10 @@ impl Procedures {
                     registration_life: pe.registration_life(),
                     conn: Some(conn),
                 };
-                let r = self.hs.register(reg, now);
-                // Units taken for a PE or pool that was not created go back.
-                let created_pe = r.as_ref().is_ok_and(|r| r.added);
-                let created_pool = created_pe && took_pool;
-                if existing.is_none() && !created_pe {
-                    self.budgets.pes.give_back(1);
-                }
-                if took_pool && !created_pool {
-                    self.budgets.pools.give_back(1);
-                }
-                self.pes_held += usize::from(created_pe);
-                self.pools_held += usize::from(created_pool);
-                r
+                self.hs.register(reg, now)
             }
         };
+        // What the registration created is counted against the budgets when `handle` settles.
         match result {
             Ok(r) => {
                 self.stats.registrations += 1;

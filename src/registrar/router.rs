@@ -247,24 +247,27 @@ impl Registrar {
             self.pace(conn, out);
             return;
         }
-        let mut answer = std::mem::take(&mut self.answer);
-        answer.clear();
-        let handled =
-            self.procedures.handle(&Request { conn, peer, message: msg, room }, now, &mut answer, &mut self.deltas);
+        let req = Request { conn, peer, message: msg, room };
+        let handled = if c.order.idle() {
+            // The usual case: the answer goes straight into the connection's send queue.
+            let (procedures, deltas) = (&mut self.procedures, &mut self.deltas);
+            let mut handled = Handled::default();
+            out.send(conn, &mut |buf| handled = procedures.handle(&req, now, buf, deltas));
+            handled
+        } else {
+            // An earlier request is out at another shard: this answer waits its turn.
+            let seq = c.order.number();
+            let mut answer = std::mem::take(&mut self.answer);
+            answer.clear();
+            let handled = self.procedures.handle(&req, now, &mut answer, &mut self.deltas);
+            self.answered(conn, seq, &answer, out);
+            self.answer = answer;
+            handled
+        };
         self.flush_deltas(out);
-        if let Some(c) = self.conns.get_mut(conn) {
-            if c.order.idle() {
-                if !answer.is_empty() {
-                    out.send(conn, &mut |buf| buf.extend_from_slice(&answer));
-                }
-            } else {
-                // An earlier request is out at another shard: this answer waits its turn.
-                let seq = c.order.number();
-                self.answered(conn, seq, &answer, out);
-            }
+        if registration {
+            self.after_registration(conn, handled, out);
         }
-        self.answer = answer;
-        self.after_request(conn, registration, handled, out);
     }
 
     /// Sends the answer to request `seq` of local connection `conn`, and any that were waiting
@@ -295,18 +298,18 @@ impl Registrar {
 
     /// WIRE.md section 9: a connection that keeps registering after resource refusals
     /// (cause 0x6) is closed.
-    fn after_request(&mut self, conn: ConnId, registration: bool, handled: Handled, out: &mut impl Outbox<ShardMsg>) {
+    fn after_registration(&mut self, conn: ConnId, handled: Handled, out: &mut impl Outbox<ShardMsg>) {
         let max = self.limits.max_refusals;
         let Some(c) = self.conns.get_mut(conn) else { return };
-        if handled.refused {
-            c.refusals += 1;
-            if c.refusals > max {
-                warn!(peer = %c.peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
-                self.procedures.stats_mut().refusal_closes += 1;
-                out.close(conn);
-            }
-        } else if registration {
+        if !handled.refused {
             c.refusals = 0;
+            return;
+        }
+        c.refusals += 1;
+        if c.refusals > max {
+            warn!(peer = %c.peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
+            self.procedures.stats_mut().refusal_closes += 1;
+            out.close(conn);
         }
     }
 
@@ -421,7 +424,9 @@ impl Service for Registrar {
                     }
                 }
                 self.answered(conn, seq, &answer, out);
-                self.after_request(conn, registration, Handled { refused }, out);
+                if registration {
+                    self.after_registration(conn, Handled { refused }, out);
+                }
             }
             ShardMsg::ConnectionClosed { conn } => {
                 self.procedures.connection_lost(conn, now, &mut self.deltas);

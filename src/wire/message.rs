@@ -240,6 +240,7 @@ impl Slots<'_> {
 
 /// Validates the top-level parameters of `buf` (a whole message whose header is checked)
 /// against `schema`, filling the slots.
+#[inline]
 pub(crate) fn check_params<'a>(ctx: &mut Ctx, buf: &'a [u8], schema: &Schema) -> Result<(usize, Slots<'a>), Error> {
     let params_at = HEADER_LEN + schema.fixed;
     if buf.len() < params_at {
