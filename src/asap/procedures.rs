@@ -17,7 +17,9 @@ use super::loglimit::LogLimit;
 use super::reply;
 use super::reports::ReportLimiter;
 use crate::config::{Limits, Timers};
-use crate::handlespace::{Handlespace, HandlespaceConfig, PeKey, PoolElement, RegisterError, Registration, Unreachable};
+use crate::handlespace::{
+    Handlespace, HandlespaceConfig, PeKey, PoolElement, RegisterError, Registration, Unreachable,
+};
 use crate::service::{ConnId, Outbox, ShardId};
 use crate::time::Time;
 use crate::wire::asap::{self, Body, MessageType};
@@ -268,7 +270,8 @@ impl Procedures {
     /// gone are given back.
     fn settle_budgets(&mut self) {
         let (pes, pools) = (self.hs.pe_count(), self.hs.pool_count());
-        for (budget, held, now) in [(&self.budgets.pes, self.pes_held, pes), (&self.budgets.pools, self.pools_held, pools)]
+        for (budget, held, now) in
+            [(&self.budgets.pes, self.pes_held, pes), (&self.budgets.pools, self.pools_held, pools)]
         {
             if now > held {
                 budget.take(now - held);
