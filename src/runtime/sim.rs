@@ -574,3 +574,79 @@ impl<S: Service> Sim<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Outbox;
+
+    /// Echoes what it reads; "dial ADDR" connects out to ADDR and greets the far end there;
+    /// tells the dialling client "up", "down" (a failed connect) or "gone" (the outbound one
+    /// closed).
+    #[derive(Default)]
+    struct Dialler {
+        asked_by: HashMap<ConnId, ConnId>,
+    }
+
+    impl Service for Dialler {
+        type Msg = ();
+        fn on_accept(&mut self, _: ConnId, _: Tag, _: SocketAddr, _: Time, _: &mut impl Outbox<()>) {}
+        fn on_connect(&mut self, c: ConnId, tag: Tag, r: io::Result<SocketAddr>, _: Time, out: &mut impl Outbox<()>) {
+            assert_eq!(tag, Tag(9));
+            let asker = self.asked_by[&c];
+            let word: &[u8] = if r.is_ok() { b"up" } else { b"down" };
+            out.send(asker, &mut |b| b.extend_from_slice(word));
+            if r.is_ok() {
+                out.send(c, &mut |b| b.extend_from_slice(b"hi"));
+            }
+        }
+        fn on_data(&mut self, c: ConnId, d: &[u8], _: Time, out: &mut impl Outbox<()>) -> usize {
+            if let Some(addr) = d.strip_prefix(b"dial ") {
+                let addr = std::str::from_utf8(addr).unwrap().parse().unwrap();
+                let dialled = out.connect(addr, Tag(9)).expect("a connection slot");
+                self.asked_by.insert(dialled, c);
+            } else {
+                out.send(c, &mut |b| b.extend_from_slice(d));
+            }
+            d.len()
+        }
+        fn on_close(&mut self, c: ConnId, _: Time, out: &mut impl Outbox<()>) {
+            if let Some(asker) = self.asked_by.remove(&c) {
+                out.send(asker, &mut |b| b.extend_from_slice(b"gone"));
+            }
+        }
+        fn on_message(&mut self, _: ShardId, _: (), _: Time, _: &mut impl Outbox<()>) {}
+        fn on_timer(&mut self, _: Time, _: &mut impl Outbox<()>) {}
+        fn next_timer(&self) -> Option<Time> {
+            None
+        }
+    }
+
+    #[test]
+    fn outbound_connections_reach_listening_test_ends_and_fail_elsewhere() {
+        let mut sim = Sim::new(SimConfig::new(2), 7, |_, _| Dialler::default());
+        let peer: SocketAddr = "203.0.113.5:9901".parse().unwrap();
+        sim.listen(peer);
+        let c = sim.connect(Tag(0));
+        sim.write(c, format!("dial {peer}").as_bytes());
+        sim.run();
+        assert_eq!(sim.read(c), b"up");
+        let far = sim.take_dialled(peer);
+        assert_eq!(far.len(), 1);
+        assert_eq!(sim.read(far[0]), b"hi", "bytes sent on connect arrive");
+        sim.write(far[0], b"ping");
+        sim.run();
+        assert_eq!(sim.read(far[0]), b"ping", "served like any other connection");
+        sim.reset(far[0]);
+        sim.run();
+        assert_eq!(sim.read(c), b"gone");
+        // Nobody listens here: the connect fails, then the connection closes.
+        sim.write(c, b"dial 203.0.113.6:9901");
+        sim.run();
+        assert_eq!(sim.read(c), b"downgone");
+        assert_eq!(sim.stats(0).connect_failures + sim.stats(1).connect_failures, 1);
+        sim.shutdown_write(c);
+        sim.run();
+        assert_eq!(sim.open_connections(), 0);
+    }
+}
