@@ -794,15 +794,22 @@ fn pinned_shard_serves() {
 fn listeners_are_tagged(kind: EngineKind) {
     let mut cfg = config(kind, 2);
     cfg.listeners.push(Listen::new("127.0.0.1:0".parse().unwrap(), Tag(5)));
+    cfg.listeners.push(Listen::on_shard("127.0.0.1:0".parse().unwrap(), Tag(6), 1));
     let Some((engine, _)) = start(cfg) else {
         return;
     };
-    assert_eq!(engine.local_addrs().len(), 2);
-    for (tag, addr) in [(0u8, engine.local_addr_of(Tag(0)).unwrap()), (5, engine.local_addr_of(Tag(5)).unwrap())] {
-        for _ in 0..4 {
+    assert_eq!(engine.local_addrs().len(), 3);
+    for tag in [0u8, 5, 6] {
+        let addr = engine.local_addr_of(Tag(u16::from(tag))).unwrap();
+        for _ in 0..8 {
             let mut c = connect(addr);
             c.write_all(&frame(&[&[TAG]])).unwrap();
             assert_eq!(read_frame(&mut c).unwrap(), [TAG, tag], "accepted on {addr}");
+            if tag == 6 {
+                c.write_all(&frame(&[&[REMEMBER]])).unwrap();
+                let id = parse_id(&read_frame(&mut c).unwrap()[1..]);
+                assert_eq!(id.shard, 1, "a listener of one shard is accepted there only");
+            }
         }
     }
 }

@@ -172,12 +172,20 @@ pub struct Listen {
     pub addr: SocketAddr,
     /// What connections accepted here serve, as the service knows it.
     pub tag: Tag,
+    /// `None`: every shard accepts (`SO_REUSEPORT` spreads connections); `Some(s)`: only
+    /// shard `s` does, for connections whose state one shard keeps (e.g. ENRP peers).
+    pub shard: Option<ShardId>,
 }
 
 impl Listen {
-    /// A listener on `addr` serving `tag`.
+    /// A listener on `addr` serving `tag`, accepted by every shard.
     pub const fn new(addr: SocketAddr, tag: Tag) -> Self {
-        Self { addr, tag }
+        Self { addr, tag, shard: None }
+    }
+
+    /// A listener on `addr` serving `tag`, accepted by shard `shard` only.
+    pub const fn on_shard(addr: SocketAddr, tag: Tag, shard: ShardId) -> Self {
+        Self { addr, tag, shard: Some(shard) }
     }
 }
 
@@ -283,6 +291,9 @@ impl EngineConfig {
         }
         if self.listeners.is_empty() || self.listeners.len() > 64 {
             return bad("listeners: between 1 and 64 listening addresses are supported");
+        }
+        if self.listeners.iter().any(|l| l.shard.is_some_and(|s| usize::from(s) >= self.shards.len())) {
+            return bad("listeners: a listener's shard must be one of the configured shards");
         }
         if self.listen_backlog <= 0 {
             return bad("listen_backlog: must be positive");
@@ -422,11 +433,15 @@ where
     let mut per_shard: Vec<Vec<(TcpListener, Tag)>> = (0..n).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let sockets = listener::bind_all(l.addr, n, config.listen_backlog, config.transport)?;
+        let shards: Vec<usize> = match l.shard {
+            Some(s) => vec![usize::from(s)],
+            None => (0..n).collect(),
+        };
+        let sockets = listener::bind_all(l.addr, shards.len(), config.listen_backlog, config.transport)?;
         let addr = sockets[0].local_addr().map_err(|source| EngineError::Bind { addr: l.addr, source })?;
         local_addrs.push((l.tag, addr));
-        for (shard, socket) in per_shard.iter_mut().zip(sockets) {
-            shard.push((socket, l.tag));
+        for (shard, socket) in shards.into_iter().zip(sockets) {
+            per_shard[shard].push((socket, l.tag));
         }
     }
     let signals = Arc::new(Signals::new(n));
