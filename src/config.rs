@@ -111,8 +111,13 @@ pub struct Limits {
     pub max_pes_per_connection: usize,
     /// Most PEs in one pool.
     pub max_pes_per_pool: usize,
-    /// Most PEs in the whole registrar.
+    /// Most PEs this registrar is home of (registered here or taken over).
     pub max_pes: usize,
+    /// Most PEs learnt from peer registrars (counted apart from this registrar's own).
+    pub max_peer_pes: usize,
+    /// Most PEs in one ENRP Handle Table Response (a table transfer sends this many per
+    /// round trip).
+    pub max_table_chunk: usize,
     /// Most pools in the whole registrar.
     pub max_pools: usize,
     /// Most open client connections (split evenly between shards).
@@ -144,6 +149,8 @@ impl Default for Limits {
             max_pes_per_connection: 1024,
             max_pes_per_pool: 1 << 20,
             max_pes: 4 << 20,
+            max_peer_pes: 16 << 20,
+            max_table_chunk: 128,
             max_pools: 1 << 20,
             max_connections: 10_000,
             max_send_queue: 1 << 20,
@@ -258,6 +265,8 @@ impl Config {
         }
         for (name, v) in [
             ("limits.max_pes", l.max_pes),
+            ("limits.max_peer_pes", l.max_peer_pes),
+            ("limits.max_table_chunk", l.max_table_chunk),
             ("limits.max_pools", l.max_pools),
             ("limits.max_connections", l.max_connections),
             ("limits.max_pending_requests", l.max_pending_requests as usize),

@@ -45,8 +45,11 @@ impl Budget {
 /// The registrar-wide budgets.
 #[derive(Debug, Default)]
 pub struct Budgets {
-    /// Pool elements in the whole registrar (up to `limits.max_pes`).
+    /// Pool elements this registrar is home of (up to `limits.max_pes`).
     pub pes: Budget,
+    /// Pool elements learnt from peer registrars (up to `limits.max_peer_pes`), counted apart
+    /// so that neither kind can crowd out the other.
+    pub peer_pes: Budget,
     /// Pools in the whole registrar (up to `limits.max_pools`).
     pub pools: Budget,
 }

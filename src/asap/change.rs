@@ -33,6 +33,15 @@ pub enum Reason {
     KeepAliveFailure,
     /// Pool users reported it unreachable MAX-BAD-PE-REPORT times.
     Unreachable,
+    /// A peer registrar told of it (Handle Update, or its handle table).
+    Peer,
+    /// This registrar took it over from a dead peer, or a peer took it over from another.
+    Takeover,
+    /// Another registrar's PE with the same id won the collision (WIRE.md 7.5: the owner with
+    /// the lower server id keeps it).
+    Collision,
+    /// Its owner's table, fetched in an audit, no longer lists it.
+    Audit,
 }
 
 /// One PE change, as a [`ChangeSink`] sees it.
@@ -49,12 +58,30 @@ pub struct PeChange<'a> {
     /// The connection the PE was registered over before this change, when the change moved it
     /// to another one (a PE that registers again over a new connection).
     pub moved_from: Option<ConnId>,
+    /// The PE's home registrar before the change (its current one for a removal; 0 for an
+    /// addition): tells when ownership moved, e.g. by takeover.
+    pub home_before: u32,
 }
 
 /// Receives every PE change of a shard, synchronously, as it happens.
 pub trait ChangeSink {
     /// `change` happened.
     fn changed(&mut self, change: &PeChange<'_>);
+}
+
+/// A sink borrowed.
+impl<S: ChangeSink + ?Sized> ChangeSink for &mut S {
+    fn changed(&mut self, change: &PeChange<'_>) {
+        (**self).changed(change);
+    }
+}
+
+/// Two sinks, each told of every change in turn.
+impl<A: ChangeSink, B: ChangeSink> ChangeSink for (A, B) {
+    fn changed(&mut self, change: &PeChange<'_>) {
+        self.0.changed(change);
+        self.1.changed(change);
+    }
 }
 
 /// A sink that ignores every change.

@@ -12,6 +12,7 @@ mod budget;
 mod change;
 mod keepalive;
 mod loglimit;
+mod peers;
 mod procedures;
 mod reply;
 mod reports;
@@ -20,4 +21,5 @@ mod tests;
 
 pub use budget::{Budget, Budgets};
 pub use change::{Change, ChangeSink, PeChange, Reason};
+pub use peers::Learnt;
 pub use procedures::{Handled, Procedures, ProceduresConfig, Request, Stats};

@@ -65,6 +65,10 @@ pub struct Stats {
     pub framing_errors: u64,
     /// Connections closed because they kept asking after resource refusals.
     pub refusal_closes: u64,
+    /// PE id collisions between registrars settled here (WIRE.md 7.5).
+    pub collisions: u64,
+    /// PEs whose home changed by a takeover, here.
+    pub taken_over: u64,
 }
 
 /// One ASAP message for this shard, with where it came from.
@@ -106,20 +110,22 @@ pub struct ProceduresConfig {
 
 /// The ASAP procedures of one registrar shard.
 pub struct Procedures {
-    id: u32,
-    limits: Limits,
-    hs: Handlespace,
-    keep_alive: KeepAlive,
+    pub(super) id: u32,
+    pub(super) limits: Limits,
+    pub(super) hs: Handlespace,
+    pub(super) keep_alive: KeepAlive,
     reports: ReportLimiter,
-    budgets: Arc<Budgets>,
-    /// Budget units this shard holds (equal to its PE and pool counts between calls).
+    pub(super) budgets: Arc<Budgets>,
+    /// Budget units this shard holds (equal to its own PEs', peers' PEs' and pools' counts
+    /// between calls).
     pes_held: usize,
+    peer_pes_held: usize,
     pools_held: usize,
     /// Kinds of rejection already logged per connection (so each is logged once per peer).
     logged: HashMap<ConnId, u32, ahash::RandomState>,
-    pe_log: LogLimit,
+    pub(super) pe_log: LogLimit,
     selected: Vec<PeKey>,
-    stats: Stats,
+    pub(super) stats: Stats,
 }
 
 impl Procedures {
@@ -150,6 +156,7 @@ impl Procedures {
             reports: ReportLimiter::new(config.timers.unreachable_report_interval),
             budgets: Arc::clone(&config.budgets),
             pes_held: 0,
+            peer_pes_held: 0,
             pools_held: 0,
             logged: HashMap::default(),
             pe_log: LogLimit::default(),
@@ -268,10 +275,12 @@ impl Procedures {
     /// Brings the registrar-wide budgets in step with this shard's PE and pool counts: units
     /// of what was created are taken (checked for in [`Procedures::admit`]), units of what is
     /// gone are given back.
-    fn settle_budgets(&mut self) {
-        let (pes, pools) = (self.hs.pe_count(), self.hs.pool_count());
+    pub(super) fn settle_budgets(&mut self) {
+        let own = self.hs.owner_pe_count(self.id);
+        let (peers, pools) = (self.hs.pe_count() - own, self.hs.pool_count());
+        let b = &self.budgets;
         for (budget, held, now) in
-            [(&self.budgets.pes, self.pes_held, pes), (&self.budgets.pools, self.pools_held, pools)]
+            [(&b.pes, self.pes_held, own), (&b.peer_pes, self.peer_pes_held, peers), (&b.pools, self.pools_held, pools)]
         {
             if now > held {
                 budget.take(now - held);
@@ -279,7 +288,8 @@ impl Procedures {
                 budget.give_back(held - now);
             }
         }
-        self.pes_held = pes;
+        self.pes_held = own;
+        self.peer_pes_held = peers;
         self.pools_held = pools;
     }
 
@@ -387,7 +397,8 @@ impl Procedures {
                         (false, Some(_)) => (Change::Updated, Reason::Registration),
                         (false, None) => (Change::Updated, Reason::Reregistration),
                     };
-                    let event = PeChange { pool_handle: handle, pe: stored, change, reason, moved_from };
+                    let home_before = if r.added { 0 } else { r.previous_owner.unwrap_or(stored.home) };
+                    let event = PeChange { pool_handle: handle, pe: stored, change, reason, moved_from, home_before };
                     changed(&mut self.keep_alive, self.id, r.pe, event, now, sink);
                 }
                 let mut w = Writer::new(answer);
@@ -644,7 +655,7 @@ impl Procedures {
 /// Tells the sink about a change, after keeping supervision in step with it: this registrar
 /// supervises exactly the PEs it is home of, whichever way they came (registration today,
 /// takeover with ENRP), and none once they are gone or owned elsewhere.
-fn changed(
+pub(crate) fn changed(
     keep_alive: &mut KeepAlive,
     id: u32,
     key: PeKey,
@@ -660,8 +671,8 @@ fn changed(
 }
 
 /// The change event of a removal.
-fn removal<'a>(pool_handle: &'a [u8], pe: &'a PoolElement, reason: Reason) -> PeChange<'a> {
-    PeChange { pool_handle, pe, change: Change::Removed, reason, moved_from: None }
+pub(crate) fn removal<'a>(pool_handle: &'a [u8], pe: &'a PoolElement, reason: Reason) -> PeChange<'a> {
+    PeChange { pool_handle, pe, change: Change::Removed, reason, moved_from: None, home_before: pe.home }
 }
 
 /// The Pool Handle parameter of a message, if it has one it can read.

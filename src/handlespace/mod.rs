@@ -44,7 +44,8 @@ pub use self::pool::{Pool, PoolKey};
 pub use self::shard::{shard_hash, shard_of, SHARD_HASH_SEED};
 pub use self::wheel::{TimerKey, TimerWheel};
 
-use self::element::{list_push, list_remove, same_addresses, Link, List, PeSlot, NIL};
+pub(crate) use self::element::same_addresses;
+use self::element::{list_push, list_remove, Link, List, PeSlot, NIL};
 use self::owners::Owners;
 use self::selection::{SelectCtx, Selector};
 
@@ -662,6 +663,12 @@ impl Handlespace {
     /// for an owner with no PE). O(1).
     pub fn owner_checksum(&self, owner: u32) -> u16 {
         self.owners.map.get(&owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum).value()
+    }
+
+    /// The unfolded checksum accumulator of `owner`'s PEs on this shard: accumulators of several
+    /// shards add up ([`checksum::PeChecksum::merge`]) to the owner's registrar-wide checksum.
+    pub fn owner_sum(&self, owner: u32) -> checksum::PeChecksum {
+        self.owners.map.get(&owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum)
     }
 
     /// Number of PEs whose home is `owner`.

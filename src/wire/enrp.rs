@@ -7,8 +7,10 @@ use super::error::{Error, ErrorKind, Protocol};
 use super::field::{u16_at, u32_at};
 use super::message::{check_header, check_params, Message, PoolElements, Schema};
 use super::param::{ParamType, Params};
+use super::cause::{self, CauseCode};
 use super::pool_element::PoolElement;
-use super::server_info::{self, ServerInformation};
+use super::server_info::{self, ServerInformation, ServerInformationRepr};
+use super::writer::{EmitError, Writer};
 
 /// An ENRP message type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -317,4 +319,124 @@ pub fn parse(buf: &[u8]) -> Result<EnrpMessage<'_>, Error> {
         },
     };
     Ok(Message::new(buf, params_at, ctx.reports, Body { sender, receiver, kind }))
+}
+
+/// Emits an ENRP message: header, sender and receiver ids, then `body` (fixed fields and
+/// parameters).
+fn emit(
+    w: &mut Writer<'_>,
+    t: MessageType,
+    flags: u8,
+    sender: u32,
+    receiver: u32,
+    body: impl FnOnce(&mut Writer<'_>),
+) -> Result<usize, EmitError> {
+    w.message(t as u8, flags, |w| {
+        w.u32(sender);
+        w.u32(receiver);
+        body(w);
+    })
+}
+
+/// Emits a Presence with the sender's PE checksum and Server Information.
+pub fn emit_presence(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    reply_required: bool,
+    checksum: u16,
+    info: &ServerInformationRepr,
+) -> Result<usize, EmitError> {
+    let flags = if reply_required { FLAG_REPLY_REQUIRED } else { 0 };
+    emit(w, MessageType::Presence, flags, sender, receiver, |w| {
+        w.tlv(ParamType::PE_CHECKSUM, |w| w.u16(checksum));
+        info.emit(w);
+    })
+}
+
+/// Emits a Handle Table Request (W flag: the receiver's own PEs only).
+pub fn emit_handle_table_request(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    own_children_only: bool,
+) -> Result<usize, EmitError> {
+    let flags = if own_children_only { FLAG_OWN_CHILDREN_ONLY } else { 0 };
+    emit(w, MessageType::HandleTableRequest, flags, sender, receiver, |_| {})
+}
+
+/// Emits a Handle Table Response whose groups (a Pool Handle, then that pool's Pool Elements)
+/// `groups` writes; `more` sets the M flag, `rejected` the R flag.
+pub fn emit_handle_table_response(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    more: bool,
+    rejected: bool,
+    groups: impl FnOnce(&mut Writer<'_>),
+) -> Result<usize, EmitError> {
+    let flags = if more { FLAG_MORE } else { 0 } | if rejected { FLAG_REJECT } else { 0 };
+    emit(w, MessageType::HandleTableResponse, flags, sender, receiver, groups)
+}
+
+/// Emits a Handle Update for PE `pool_element` (written by the closure, e.g. with
+/// [`super::pool_element::emit_encoded`]) of pool `pool_handle`.
+pub fn emit_handle_update(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    action: UpdateAction,
+    pool_handle: &[u8],
+    pool_element: impl FnOnce(&mut Writer<'_>),
+) -> Result<usize, EmitError> {
+    emit(w, MessageType::HandleUpdate, 0, sender, receiver, |w| {
+        w.u16(action.to_u16());
+        w.u16(0);
+        w.tlv_bytes(ParamType::POOL_HANDLE, pool_handle);
+        pool_element(w);
+    })
+}
+
+/// Emits a List Request.
+pub fn emit_list_request(w: &mut Writer<'_>, sender: u32, receiver: u32) -> Result<usize, EmitError> {
+    emit(w, MessageType::ListRequest, 0, sender, receiver, |_| {})
+}
+
+/// Emits a List Response naming `servers` (R flag when `rejected`).
+pub fn emit_list_response<'s>(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    rejected: bool,
+    servers: impl IntoIterator<Item = &'s ServerInformationRepr>,
+) -> Result<usize, EmitError> {
+    let flags = if rejected { FLAG_REJECT } else { 0 };
+    emit(w, MessageType::ListResponse, flags, sender, receiver, |w| {
+        for s in servers {
+            s.emit(w);
+        }
+    })
+}
+
+/// Emits Init Takeover, Init Takeover Ack or Takeover Server (by `t`) about `target`.
+pub fn emit_takeover(
+    w: &mut Writer<'_>,
+    t: MessageType,
+    sender: u32,
+    receiver: u32,
+    target: u32,
+) -> Result<usize, EmitError> {
+    debug_assert!(matches!(t, MessageType::InitTakeover | MessageType::InitTakeoverAck | MessageType::TakeoverServer));
+    emit(w, t, 0, sender, receiver, |w| w.u32(target))
+}
+
+/// Emits an ENRP Error with one cause.
+pub fn emit_error(
+    w: &mut Writer<'_>,
+    sender: u32,
+    receiver: u32,
+    code: CauseCode,
+    info: &[u8],
+) -> Result<usize, EmitError> {
+    emit(w, MessageType::Error, 0, sender, receiver, |w| cause::emit_operation_error(w, code, info))
 }
