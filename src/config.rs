@@ -73,6 +73,8 @@ pub struct Timers {
     pub takeover_expiry: u64,
     /// Wait for a mentor at start.
     pub mentor_discovery: u64,
+    /// Wait before dialling a peer again after a failed or lost connection.
+    pub peer_reconnect: u64,
     /// How long a connection whose client has closed its sending side stays open while answers
     /// to its earlier requests are still being prepared by other shards.
     pub max_hold: u64,
@@ -91,6 +93,7 @@ impl Default for Timers {
             max_time_no_response: 5_000,
             takeover_expiry: 5_000,
             mentor_discovery: 5_000,
+            peer_reconnect: 1_000,
             max_hold: 30_000,
         }
     }

@@ -3,6 +3,7 @@
 //! - [`wire`]: zero-copy views and emitters for every ASAP and ENRP message and parameter.
 //! - [`handlespace`]: pools, pool elements, selection policies, lifetimes, per-owner checksums.
 //! - [`asap`]: the registrar's sans-IO ASAP procedures on one shard.
+//! - [`enrp`]: ENRP between registrars, sans-IO: peers, sync, audits, takeovers.
 //! - [`registrar`]: one registrar shard as a service: routing across shards, answer order.
 //! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
 //! - [`service`]: the seam between protocol code and engines.
@@ -19,6 +20,7 @@
 
 pub mod asap;
 pub mod config;
+pub mod enrp;
 pub mod handlespace;
 pub mod registrar;
 pub mod runtime;

@@ -63,6 +63,16 @@ impl PeChecksum {
         self.add(pe_words(handle_words(handle), pe_id));
     }
 
+    /// The unfolded sum (accumulators of several shards add up to the registrar's).
+    pub const fn raw(&self) -> u64 {
+        self.sum
+    }
+
+    /// An accumulator holding the unfolded sum `sum`.
+    pub const fn from_raw(sum: u64) -> Self {
+        Self { sum }
+    }
+
     /// The checksum as sent in an ENRP Presence: the sum folded to 16 bits with end-around
     /// carry, then complemented.
     pub const fn value(&self) -> u16 {

@@ -17,4 +17,4 @@ mod sim_tests;
 mod tests;
 
 pub use msg::ShardMsg;
-pub use router::{Registrar, RegistrarConfig, ASAP, ENRP};
+pub use router::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};

@@ -3,6 +3,7 @@
 
 use core::net::SocketAddr;
 
+use crate::enrp::EnrpMsg;
 use crate::service::{ConnId, Payload};
 
 /// A message from one registrar shard to another.
@@ -49,4 +50,12 @@ pub enum ShardMsg {
         /// The change.
         delta: i32,
     },
+    /// ENRP work between shards.
+    Enrp(EnrpMsg),
+}
+
+impl From<EnrpMsg> for ShardMsg {
+    fn from(m: EnrpMsg) -> Self {
+        Self::Enrp(m)
+    }
 }

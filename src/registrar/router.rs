@@ -17,6 +17,7 @@ use crate::asap::{
     Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats,
 };
 use crate::config::{Limits, Timers};
+use crate::enrp::{Coordinator, EnrpConfig, EnrpMsg, EnrpShard, UpdateEncoder};
 use crate::handlespace::{shard_of, Handlespace};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
 use crate::time::Time;
@@ -44,6 +45,11 @@ pub struct RegistrarConfig {
     pub seed: u64,
     /// The registrar-wide PE and pool counts, shared by the shards built from this config.
     pub budgets: Arc<Budgets>,
+    /// ENRP: where peers reach this registrar (its ENRP listener, accepted by shard 0); `None`
+    /// runs it alone.
+    pub enrp: Option<SocketAddr>,
+    /// ENRP peers to connect to (their ENRP addresses).
+    pub peers: Vec<SocketAddr>,
 }
 
 impl RegistrarConfig {
@@ -56,9 +62,14 @@ impl RegistrarConfig {
             timers: Timers::default(),
             seed: 0x5253_4552_504f_4f4c,
             budgets: Arc::default(),
+            enrp: None,
+            peers: Vec::new(),
         }
     }
 }
+
+/// The shard that holds the ENRP peer connections and runs the coordinator.
+pub const COORDINATOR: ShardId = 0;
 
 /// A client connection whose socket this shard owns.
 #[derive(Debug)]
@@ -152,6 +163,10 @@ pub struct Registrar {
     framer: Framer,
     limits: Limits,
     deltas: ConnDeltas,
+    /// Handle Updates of this registrar's own PEs (encoded only when ENRP runs).
+    updates: UpdateEncoder,
+    enrp: EnrpShard,
+    coordinator: Option<Coordinator>,
     /// The answer being built for a request.
     answer: Vec<u8>,
 }
@@ -175,7 +190,35 @@ impl Registrar {
             framer: Framer::new(Protocol::Asap, l.max_message_size),
             limits: l.clone(),
             deltas: ConnDeltas::default(),
+            updates: UpdateEncoder::new(config.server_id, config.enrp.is_some()),
+            enrp: EnrpShard::new(config.server_id, shard, l.max_table_chunk, l.max_message_size),
+            coordinator: config.enrp.filter(|_| shard == COORDINATOR).map(|address| {
+                let cfg = EnrpConfig {
+                    server_id: config.server_id,
+                    address,
+                    peers: config.peers.clone(),
+                    timers: config.timers.clone(),
+                    shards: config.shards.max(1),
+                    max_message_size: l.max_message_size,
+                    tag: ENRP,
+                };
+                Coordinator::new(cfg, shard, now)
+            }),
             answer: Vec::with_capacity(l.max_message_size + 32),
+        }
+    }
+
+    /// The ENRP coordinator, on the shard that runs it.
+    pub fn coordinator(&self) -> Option<&Coordinator> {
+        self.coordinator.as_ref()
+    }
+
+    /// Hands on what the last procedures call changed: connections' PE counts, and Handle
+    /// Updates of this registrar's own PEs (to the coordinator).
+    fn flush(&mut self, out: &mut impl Outbox<ShardMsg>) {
+        self.flush_deltas(out);
+        if let Some(msg) = self.updates.take() {
+            out.post(COORDINATOR, msg.into());
         }
     }
 
@@ -250,21 +293,21 @@ impl Registrar {
         let req = Request { conn, peer, message: msg, room };
         let handled = if c.order.idle() {
             // The usual case: the answer goes straight into the connection's send queue.
-            let (procedures, deltas) = (&mut self.procedures, &mut self.deltas);
+            let (procedures, sink) = (&mut self.procedures, &mut (&mut self.deltas, &mut self.updates));
             let mut handled = Handled::default();
-            out.send(conn, &mut |buf| handled = procedures.handle(&req, now, buf, deltas));
+            out.send(conn, &mut |buf| handled = procedures.handle(&req, now, buf, sink));
             handled
         } else {
             // An earlier request is out at another shard: this answer waits its turn.
             let seq = c.order.number();
             let mut answer = std::mem::take(&mut self.answer);
             answer.clear();
-            let handled = self.procedures.handle(&req, now, &mut answer, &mut self.deltas);
+            let handled = self.procedures.handle(&req, now, &mut answer, &mut (&mut self.deltas, &mut self.updates));
             self.answered(conn, seq, &answer, out);
             self.answer = answer;
             handled
         };
-        self.flush_deltas(out);
+        self.flush(out);
         if registration {
             self.after_registration(conn, handled, out);
         }
@@ -353,8 +396,15 @@ impl Service for Registrar {
     type Msg = ShardMsg;
 
     fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
+        if tag == ENRP {
+            match self.coordinator.as_mut() {
+                Some(c) => c.on_accept(conn, peer),
+                None => out.close(conn),
+            }
+            return;
+        }
         if tag != ASAP {
-            warn!(%peer, ?tag, "connection to a listener this registrar does not serve yet; closing");
+            warn!(%peer, ?tag, "connection to a listener this registrar does not serve; closing");
             out.close(conn);
             return;
         }
@@ -363,8 +413,26 @@ impl Service for Registrar {
         self.conns.insert(conn, c);
     }
 
+    fn on_connect(
+        &mut self,
+        conn: ConnId,
+        tag: Tag,
+        result: std::io::Result<SocketAddr>,
+        now: Time,
+        out: &mut impl Outbox<ShardMsg>,
+    ) {
+        if let (ENRP, Some(c)) = (tag, self.coordinator.as_mut()) {
+            c.on_connect(conn, result.is_ok(), now, out);
+        }
+    }
+
     fn on_data(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox<ShardMsg>) -> usize {
-        let Some(c) = self.conns.get_mut(conn) else { return data.len() };
+        let Some(c) = self.conns.get_mut(conn) else {
+            return match self.coordinator.as_mut() {
+                Some(c) => c.on_data(conn, data, now, out),
+                None => data.len(),
+            };
+        };
         let peer = c.peer;
         let mut used = 0;
         while !out.input_paused(conn) {
@@ -387,9 +455,14 @@ impl Service for Registrar {
     }
 
     fn on_close(&mut self, conn: ConnId, now: Time, out: &mut impl Outbox<ShardMsg>) {
-        let Some(c) = self.conns.remove(conn) else { return };
-        self.procedures.connection_lost(conn, now, &mut self.deltas);
-        self.flush_deltas(out);
+        let Some(c) = self.conns.remove(conn) else {
+            if let Some(c) = self.coordinator.as_mut() {
+                c.on_close(conn, now, out);
+            }
+            return;
+        };
+        self.procedures.connection_lost(conn, now, &mut (&mut self.deltas, &mut self.updates));
+        self.flush(out);
         for s in (0..self.shards).filter(|&s| s != self.shard) {
             if s >= 64 || c.shards & (1 << s) != 0 {
                 out.post(s, ShardMsg::ConnectionClosed { conn });
@@ -403,9 +476,9 @@ impl Service for Registrar {
                 let mut answer = std::mem::take(&mut self.answer);
                 answer.clear();
                 let req = Request { conn, peer, message: &message, room };
-                let handled = self.procedures.handle(&req, now, &mut answer, &mut self.deltas);
+                let handled = self.procedures.handle(&req, now, &mut answer, &mut (&mut self.deltas, &mut self.updates));
                 // Count changes first: they reach the connection's shard before the answer.
-                self.flush_deltas(out);
+                self.flush(out);
                 let registration = message[0] == MessageType::Registration as u8;
                 let reply = ShardMsg::Reply {
                     conn,
@@ -429,19 +502,43 @@ impl Service for Registrar {
                 }
             }
             ShardMsg::ConnectionClosed { conn } => {
-                self.procedures.connection_lost(conn, now, &mut self.deltas);
-                self.flush_deltas(out);
+                self.procedures.connection_lost(conn, now, &mut (&mut self.deltas, &mut self.updates));
+                self.flush(out);
             }
             ShardMsg::ConnectionPes { conn, delta } => self.add_pes(conn, delta),
+            ShardMsg::Enrp(msg) => {
+                let for_coordinator =
+                    matches!(msg, EnrpMsg::Outgoing { .. } | EnrpMsg::SumPart { .. } | EnrpMsg::Exported { .. });
+                match (for_coordinator, self.coordinator.as_mut()) {
+                    (true, Some(c)) => c.on_message(msg, now, out),
+                    (true, None) => {}
+                    (false, _) => {
+                        let sink = &mut (&mut self.deltas, &mut self.updates);
+                        self.enrp.on_message(msg, &mut self.procedures, now, COORDINATOR, out, sink);
+                        self.flush(out);
+                    }
+                }
+            }
         }
     }
 
     fn on_timer(&mut self, now: Time, out: &mut impl Outbox<ShardMsg>) {
-        self.procedures.on_timer(now, out, &mut self.deltas);
-        self.flush_deltas(out);
+        if self.procedures.next_timer().is_some_and(|t| t <= now) {
+            self.procedures.on_timer(now, out, &mut (&mut self.deltas, &mut self.updates));
+            self.flush(out);
+        }
+        if let Some(c) = self.coordinator.as_mut() {
+            if c.next_timer().is_some_and(|t| t <= now) {
+                c.on_timer(now, out);
+            }
+        }
     }
 
     fn next_timer(&self) -> Option<Time> {
-        self.procedures.next_timer()
+        let coordinator = self.coordinator.as_ref().and_then(Coordinator::next_timer);
+        match (self.procedures.next_timer(), coordinator) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -125,6 +125,12 @@ pub(crate) fn check<'a>(ctx: &mut Ctx, p: Param<'a>) -> Result<PoolElement<'a>, 
     check_in_full(ctx, p)
 }
 
+/// Validates a Pool Element parameter on its own (outside a message: e.g. one a registrar
+/// forwarded between its shards after validating the whole message).
+pub fn checked(p: Param<'_>) -> Result<PoolElement<'_>, Error> {
+    check(&mut Ctx::new(crate::wire::Protocol::Enrp, 0), p)
+}
+
 /// The layout every sender uses (user transport, policy, optional ASAP transport; nothing
 /// else), validated in one straight pass; `None` for anything else, which [`check_in_full`]
 /// then accepts or rejects with the precise error. Both accept exactly the same canonical

@@ -57,7 +57,7 @@ impl Registrar {
     pub fn start(engine: &str, cores: usize, config: &str) -> Self {
         let dir = TempDir::new("registrar");
         let file = dir.0.join("registrar.toml");
-        std::fs::write(&file, format!("asap = \"127.0.0.1:0\"\nid = \"11223344\"\nlog = \"info\"\n{config}")).unwrap();
+        std::fs::write(&file, format!("asap = \"127.0.0.1:0\"\nenrp = \"127.0.0.1:0\"\nid = \"11223344\"\nlog = \"info\"\n{config}")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rserpool"))
             .args(["registrar", "--engine", engine, "--cores", &cores.to_string(), "--config"])
             .arg(&file)

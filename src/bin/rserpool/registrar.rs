@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use rserpool::config::{Config, EngineChoice, Profile};
-use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};
 use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 use tracing::{error, info, warn};
@@ -18,8 +18,8 @@ pub struct RegistrarArgs {
     /// ASAP listen address for pool elements and pool users [config: asap; default 127.0.0.1:3863].
     #[arg(long, value_name = "ADDR")]
     pub asap: Option<SocketAddr>,
-    /// ENRP listen address for peer registrars [config: enrp; default 127.0.0.1:9901]. ENRP
-    /// peering arrives with a later release; the address is reserved.
+    /// ENRP listen address for peer registrars [config: enrp; default 127.0.0.1:9901]; port 0
+    /// picks a free one (logged).
     #[arg(long, value_name = "ADDR")]
     pub enrp: Option<SocketAddr>,
     /// This registrar's server id, 32-bit hex [config: id; default random].
@@ -186,13 +186,24 @@ pub fn run(args: RegistrarArgs) -> i32 {
         Ok(_) => {}
         Err(e) => warn!("could not raise the open-file limit: {e}"),
     }
+    // Peers must be told a dialable port: pick a free one now if 0 was configured.
+    let enrp = match config.enrp {
+        a if a.port() == 0 => match std::net::TcpListener::bind(a).and_then(|l| l.local_addr()) {
+            Ok(a) => a,
+            Err(e) => {
+                error!("cannot listen on {a} (ENRP): {e}");
+                return 1;
+            }
+        },
+        a => a,
+    };
     let engine_config = EngineConfig {
         kind: match config.engine {
             EngineChoice::Auto => EngineKind::Auto,
             EngineChoice::Uring => EngineKind::Uring,
             EngineChoice::Epoll => EngineKind::Epoll,
         },
-        listeners: vec![Listen::new(config.asap, ASAP)],
+        listeners: vec![Listen::new(config.asap, ASAP), Listen::on_shard(enrp, ENRP, COORDINATOR)],
         shards,
         ring_entries: profile.ring_entries,
         buffer_count: profile.buffer_count,
@@ -212,6 +223,8 @@ pub fn run(args: RegistrarArgs) -> i32 {
         timers: config.timers.clone(),
         seed: u64::from(server_id) ^ 0x5253_4552_504f_4f4c,
         budgets: Default::default(),
+        enrp: Some(enrp),
+        peers: config.peers.clone(),
     };
     let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
         Ok(e) => e,
@@ -225,12 +238,13 @@ pub fn run(args: RegistrarArgs) -> i32 {
         _ => "epoll",
     };
     info!(
-        "registrar {server_id:#010x} serving ASAP on {} with {n} shard(s), {kind} engine; profile: {}",
+        "registrar {server_id:#010x} serving ASAP on {} and ENRP on {enrp} with {n} shard(s), {kind} engine; profile: {}",
         engine.local_addr(),
         profile.description
     );
     if !config.peers.is_empty() {
-        warn!("ENRP peering is not implemented yet: {} configured peer(s) are ignored", config.peers.len());
+        let peers: Vec<String> = config.peers.iter().map(ToString::to_string).collect();
+        info!("ENRP peers: {}", peers.join(", "));
     }
     let announcer = config
         .announce

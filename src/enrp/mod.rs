@@ -1,0 +1,19 @@
+//! ENRP (RFC 5353, WIRE.md section 7): registrars that peer, stay in sync, audit each other by
+//! per-owner checksums and take over a dead peer's PEs. Sans-IO, driven by the registrar's
+//! router through the same seam as ASAP.
+//!
+//! - [`Coordinator`] (one shard): peers, connections, Presence and liveness, joining through a
+//!   mentor, audits, table transfers, takeovers.
+//! - [`EnrpShard`] and [`UpdateEncoder`] (every shard): the pools the shard owns — Handle
+//!   Updates of this registrar's own PEs encoded once as they change; peers' updates, table
+//!   entries, audits, exports and takeovers applied through [`crate::asap::Procedures`].
+//! - [`EnrpMsg`]: what they tell each other across shards.
+
+mod coordinator;
+mod msg;
+mod reply;
+mod shard;
+
+pub use coordinator::{Coordinator, EnrpConfig, EnrpStats, EnrpStatus, PeerStatus, Sync};
+pub use msg::EnrpMsg;
+pub use shard::{EnrpShard, UpdateEncoder};

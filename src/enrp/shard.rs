@@ -1,0 +1,283 @@
+//! The ENRP work of every shard on the pools it owns: Handle Updates about this registrar's
+//! own PEs encoded once as they change ([`UpdateEncoder`]), and peers' updates, table entries,
+//! audits, table exports and takeovers applied to this shard's part of the handlespace
+//! ([`EnrpShard`]), through the ASAP procedures so that supervision, budgets and change events
+//! stay in step.
+
+use std::collections::{HashMap, HashSet};
+
+use super::msg::EnrpMsg;
+use crate::asap::{Change, ChangeSink, Learnt, PeChange, Procedures, Reason};
+use crate::handlespace::checksum::{handle_words, pe_words};
+use crate::handlespace::PeKey;
+use crate::service::{ConnId, Outbox, Payload, ShardId};
+use crate::time::Time;
+use crate::wire::enrp::{self, Kind, UpdateAction};
+use crate::wire::{pool_element, ParamType, Params, Writer};
+
+/// Encodes a Handle Update for every change to a PE this registrar owns (WIRE.md 7.4), and
+/// tracks what the changes do to its own PE checksum. A [`ChangeSink`].
+#[derive(Debug)]
+pub struct UpdateEncoder {
+    me: u32,
+    /// ENRP runs: without peers there is nothing to encode.
+    enabled: bool,
+    updates: Vec<u8>,
+    add: u64,
+    sub: u64,
+}
+
+impl UpdateEncoder {
+    /// The encoder of registrar `me`; a disabled one does nothing.
+    pub fn new(me: u32, enabled: bool) -> Self {
+        Self { me, enabled, updates: Vec::new(), add: 0, sub: 0 }
+    }
+
+    /// The updates encoded since the last call, as one message for the coordinator.
+    pub fn take(&mut self) -> Option<EnrpMsg> {
+        if self.updates.is_empty() && self.add == 0 && self.sub == 0 {
+            return None;
+        }
+        let msg = EnrpMsg::Outgoing { updates: Payload::from_slice(&self.updates), add: self.add, sub: self.sub };
+        self.updates.clear();
+        (self.add, self.sub) = (0, 0);
+        Some(msg)
+    }
+
+    fn emit(&mut self, action: UpdateAction, c: &PeChange<'_>) {
+        let pe = c.pe;
+        let _ = enrp::emit_handle_update(&mut Writer::new(&mut self.updates), self.me, 0, action, c.pool_handle, |w| {
+            pool_element::emit_encoded(
+                w,
+                pe.id,
+                self.me,
+                pe.registration_life,
+                pe.wire_body(),
+                pe.asap_transport.as_deref(),
+            )
+        });
+    }
+}
+
+impl ChangeSink for UpdateEncoder {
+    fn changed(&mut self, c: &PeChange<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let was_mine = match c.change {
+            Change::Added => false,
+            Change::Updated | Change::Removed => c.home_before == self.me,
+        };
+        let is_mine = c.change != Change::Removed && c.pe.home == self.me;
+        if was_mine != is_mine {
+            let words = pe_words(handle_words(c.pool_handle), c.pe.id);
+            if is_mine {
+                self.add = self.add.wrapping_add(words);
+            } else {
+                self.sub = self.sub.wrapping_add(words);
+            }
+        }
+        // A takeover is announced by Takeover Server, not by Handle Updates (WIRE.md 7.4).
+        match c.change {
+            Change::Removed if was_mine => self.emit(UpdateAction::DeletePe, c),
+            Change::Added | Change::Updated if is_mine && c.reason != Reason::Takeover => {
+                self.emit(UpdateAction::AddPe, c)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A snapshot of PEs being sent to a peer in Handle Table Responses.
+#[derive(Debug)]
+struct Export {
+    keys: Vec<PeKey>,
+    next: usize,
+}
+
+/// One shard's state of ENRP work in progress.
+#[derive(Debug)]
+pub struct EnrpShard {
+    me: u32,
+    shard: ShardId,
+    max_chunk: usize,
+    max_message: usize,
+    /// Audits in progress: owner → its PEs not yet confirmed by its table.
+    replacing: HashMap<u32, HashSet<PeKey>>,
+    /// Table exports in progress, by requester.
+    exports: HashMap<u32, Export>,
+}
+
+impl EnrpShard {
+    /// Shard `shard` of registrar `me`, sending at most `max_chunk` PEs per Handle Table
+    /// Response and no message over `max_message` bytes.
+    pub fn new(me: u32, shard: ShardId, max_chunk: usize, max_message: usize) -> Self {
+        Self { me, shard, max_chunk: max_chunk.max(1), max_message, replacing: HashMap::new(), exports: HashMap::new() }
+    }
+
+    /// Handles a message the coordinator sent this shard. `sink` sees every PE change.
+    pub fn on_message<M: From<EnrpMsg>>(
+        &mut self,
+        msg: EnrpMsg,
+        p: &mut Procedures,
+        now: Time,
+        coordinator: ShardId,
+        out: &mut impl Outbox<M>,
+        sink: &mut impl ChangeSink,
+    ) {
+        match msg {
+            EnrpMsg::Update { message } => self.update(&message, p, now, sink),
+            EnrpMsg::Table { groups } => self.table(&groups, p, now, sink),
+            EnrpMsg::ReplaceBegin { owner } => {
+                self.replacing.insert(owner, p.owner_pes(owner).into_iter().collect());
+            }
+            EnrpMsg::ReplaceEnd { owner } => {
+                for key in self.replacing.remove(&owner).unwrap_or_default() {
+                    p.drop_pe(key, Reason::Audit, now, sink);
+                }
+            }
+            EnrpMsg::ReplaceAbort { owner } => {
+                self.replacing.remove(&owner);
+            }
+            EnrpMsg::SumQuery { owner, token } => {
+                let hs = p.handlespace();
+                let (sum, count) = (hs.owner_sum(owner).raw(), hs.owner_pe_count(owner) as u64);
+                out.post(coordinator, EnrpMsg::SumPart { owner, token, sum, count }.into());
+            }
+            EnrpMsg::Export { conn, requester, own_only, first, last } => {
+                let exhausted = self.export(p, conn, requester, own_only, first, last, out);
+                out.post(coordinator, EnrpMsg::Exported { requester, exhausted }.into());
+            }
+            EnrpMsg::ExportAbort { requester } => {
+                self.exports.remove(&requester);
+            }
+            EnrpMsg::TakeOver { from, to } => {
+                p.take_over(from, to, now, sink);
+                self.replacing.remove(&from);
+            }
+            // The coordinator's own messages never reach a pool shard.
+            EnrpMsg::Outgoing { .. } | EnrpMsg::SumPart { .. } | EnrpMsg::Exported { .. } => {
+                debug_assert!(false, "coordinator message at shard {}", self.shard)
+            }
+        }
+    }
+
+    /// A peer's Handle Update (validated by the coordinator).
+    fn update(&mut self, message: &[u8], p: &mut Procedures, now: Time, sink: &mut impl ChangeSink) {
+        let Ok(m) = enrp::parse(message) else { return };
+        let Kind::HandleUpdate { action, pool_handle, pool_element, .. } = &m.body().kind else { return };
+        match action {
+            UpdateAction::AddPe => {
+                let learnt = p.learn(pool_handle, pool_element, Reason::Peer, now, sink);
+                self.confirm(pool_element.home_registrar(), learnt);
+            }
+            UpdateAction::DeletePe => {
+                p.forget(pool_handle, pool_element.pe_id(), pool_element.home_registrar(), now, sink);
+            }
+        }
+    }
+
+    /// Entries of a peer's handle table: Pool Handle parameters, each followed by its pool's
+    /// Pool Elements.
+    fn table(&mut self, groups: &[u8], p: &mut Procedures, now: Time, sink: &mut impl ChangeSink) {
+        let mut handle: &[u8] = &[];
+        for param in Params::new(groups, 0) {
+            match param.param_type() {
+                ParamType::POOL_HANDLE => handle = param.value(),
+                ParamType::POOL_ELEMENT => {
+                    let Ok(pe) = pool_element::checked(param) else { continue };
+                    let learnt = p.learn(handle, &pe, Reason::Peer, now, sink);
+                    self.confirm(pe.home_registrar(), learnt);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A PE of `owner` is in its table or was updated: an audit keeps it.
+    fn confirm(&mut self, owner: u32, learnt: Learnt) {
+        if let (Some(set), Learnt::Stored(key)) = (self.replacing.get_mut(&owner), learnt) {
+            set.remove(&key);
+        }
+    }
+
+    /// Writes the next Handle Table Response chunk for `requester`; returns whether this
+    /// shard's snapshot is used up.
+    #[allow(clippy::too_many_arguments)]
+    fn export<M>(
+        &mut self,
+        p: &Procedures,
+        conn: ConnId,
+        requester: u32,
+        own_only: bool,
+        first: bool,
+        last: bool,
+        out: &mut impl Outbox<M>,
+    ) -> bool {
+        let hs = p.handlespace();
+        if first || !self.exports.contains_key(&requester) {
+            let mut keys: Vec<PeKey> = if own_only {
+                hs.owner_pes(self.me).collect()
+            } else {
+                hs.pools().flat_map(|(_, pool)| pool.pes()).collect()
+            };
+            // Grouped by pool, one Pool Handle per group.
+            keys.sort_by_key(|k| hs.pe_pool(*k));
+            self.exports.insert(requester, Export { keys, next: 0 });
+        }
+        let Some(export) = self.exports.get_mut(&requester) else { return true };
+        let (me, max_chunk, max_message) = (self.me, self.max_chunk, self.max_message);
+        let mut next = export.next;
+        let keys = &export.keys;
+        out.send(conn, &mut |buf| {
+            let start = buf.len();
+            let mut sent = 0;
+            let mut w = Writer::new(buf);
+            // Room for the header, ids and one more group's handle; PEs are ~60-300 bytes.
+            let budget = max_message.saturating_sub(4 + 8 + 4 + 256 + 300);
+            let more_after_this = |n: usize| n < keys.len() || !last;
+            let mut groups = Vec::new();
+            let mut current: Option<crate::handlespace::PoolKey> = None;
+            let mut size = 0;
+            while next < keys.len() && sent < max_chunk && size < budget {
+                let key = keys[next];
+                next += 1;
+                let (Some(pe), Some(pool)) = (hs.pe(key), hs.pe_pool(key)) else { continue };
+                if current != Some(pool) {
+                    current = Some(pool);
+                    let handle = hs.pool(pool).map_or(&[][..], |pl| pl.handle());
+                    size += 4 + handle.len().next_multiple_of(4);
+                    groups.push((handle, Vec::new()));
+                }
+                size += 16 + pe.wire_body().len() + pe.asap_transport.as_ref().map_or(0, |t| t.encoded_len());
+                if let Some(g) = groups.last_mut() {
+                    g.1.push(pe);
+                }
+                sent += 1;
+            }
+            let more = more_after_this(next);
+            let _ = enrp::emit_handle_table_response(&mut w, me, requester, more, false, |w| {
+                for (handle, pes) in &groups {
+                    w.tlv_bytes(ParamType::POOL_HANDLE, handle);
+                    for pe in pes {
+                        pool_element::emit_encoded(
+                            w,
+                            pe.id,
+                            pe.home,
+                            pe.registration_life,
+                            pe.wire_body(),
+                            pe.asap_transport.as_deref(),
+                        );
+                    }
+                }
+            });
+            debug_assert!(buf.len() > start);
+        });
+        let exhausted = next >= export.keys.len();
+        export.next = next;
+        if exhausted {
+            self.exports.remove(&requester);
+        }
+        exhausted
+    }
+}
