@@ -41,7 +41,16 @@ impl KeepAlive {
     /// Starts (or restarts, after a re-registration) supervising `pe`: its first keep-alive
     /// goes out one interval from now.
     pub(crate) fn arm(&mut self, pe: PeKey, now: Time) {
-        let deadline = now.add_millis(self.interval);
+        self.arm_at(pe, now.add_millis(self.interval));
+    }
+
+    /// Starts supervising `pe` with a keep-alive at once (a PE just taken over must learn its
+    /// new home).
+    pub(crate) fn arm_now(&mut self, pe: PeKey, now: Time) {
+        self.arm_at(pe, now);
+    }
+
+    fn arm_at(&mut self, pe: PeKey, deadline: Time) {
         match self.entries.get_mut(&pe) {
             Some(e) => {
                 e.waiting = false;

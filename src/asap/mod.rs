@@ -19,6 +19,9 @@ mod reports;
 #[cfg(test)]
 mod tests;
 
+/// The tag of ASAP connections (pool elements and pool users), listened on or dialled.
+pub const ASAP: crate::service::Tag = crate::service::Tag(0);
+
 pub use budget::{Budget, Budgets};
 pub use change::{Change, ChangeSink, PeChange, Reason};
 pub use peers::Learnt;

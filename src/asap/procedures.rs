@@ -126,6 +126,23 @@ pub struct Procedures {
     pub(super) pe_log: LogLimit,
     selected: Vec<PeKey>,
     pub(super) stats: Stats,
+    /// Connections to taken-over PEs' ASAP transports, by address and by connection.
+    dials: HashMap<SocketAddr, Dial, ahash::RandomState>,
+    dialled: HashMap<ConnId, SocketAddr, ahash::RandomState>,
+}
+
+/// A connection this shard dialled to reach taken-over PEs.
+#[derive(Debug)]
+struct Dial {
+    conn: ConnId,
+    up: bool,
+    /// PEs to probe once it is up.
+    waiting: Vec<PeKey>,
+}
+
+/// The address to dial for an ASAP transport (TCP only: that is what this registrar speaks).
+fn dialable(t: &TransportRepr) -> Option<SocketAddr> {
+    (t.protocol == TransportProtocol::Tcp && t.port != 0).then(|| t.addresses.first().map(|ip| SocketAddr::new(*ip, t.port)))?
 }
 
 impl Procedures {
@@ -162,6 +179,8 @@ impl Procedures {
             pe_log: LogLimit::default(),
             selected: Vec::with_capacity(l.max_items as usize),
             stats: Stats::default(),
+            dials: HashMap::default(),
+            dialled: HashMap::default(),
         }
     }
 
@@ -173,6 +192,16 @@ impl Procedures {
     /// This shard's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The registrar-wide budgets (counts of own PEs, peers' PEs and pools).
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// This registrar's server id.
+    pub fn server_id(&self) -> u32 {
+        self.id
     }
 
     /// This shard's counters, for the router's own events.
@@ -583,6 +612,9 @@ impl Procedures {
 
     /// Connection `conn` closed: drops the PEs registered over it that this shard holds.
     pub fn connection_lost(&mut self, conn: ConnId, now: Time, sink: &mut impl ChangeSink) {
+        if let Some(addr) = self.dialled.remove(&conn) {
+            self.dials.remove(&addr);
+        }
         let keys: Vec<PeKey> = self.hs.connection_pes(conn).collect();
         for key in keys {
             let Some(handle) = self.hs.pe_handle(key).map(<[u8]>::to_vec) else { continue };
@@ -618,14 +650,16 @@ impl Procedures {
                         self.keep_alive.disarm(key);
                         continue;
                     };
-                    // A PE with no connection to this registrar cannot be probed over it; it
-                    // then fails its keep-alive as an unreachable PE would.
                     if let Some(c) = pe.conn {
                         let (id, pe_id) = (self.id, pe.id);
                         out.send(c, &mut |buf| {
                             let _ = asap::emit_keep_alive(&mut Writer::new(buf), true, id, handle, pe_id);
                         });
                         self.stats.keep_alives_sent += 1;
+                    } else if let Some(addr) = pe.asap_transport.as_deref().and_then(dialable) {
+                        // Taken over: reach it over a connection to its ASAP transport (WIRE.md
+                        // 7.6). One that cannot be reached fails its keep-alive.
+                        self.dial(addr, key, out);
                     }
                 }
                 Due::Expired(key) => {
@@ -641,6 +675,53 @@ impl Procedures {
             }
         }
         self.settle_budgets();
+    }
+
+    /// Sends PE `key` a keep-alive over a connection to `addr`, dialling one if none is up.
+    fn dial<M>(&mut self, addr: SocketAddr, key: PeKey, out: &mut impl Outbox<M>) {
+        match self.dials.get_mut(&addr) {
+            Some(Dial { conn, up: true, .. }) => {
+                let conn = *conn;
+                self.attach(conn, key, out);
+            }
+            Some(d) => d.waiting.push(key),
+            None => {
+                if let Some(conn) = out.connect(addr, super::ASAP) {
+                    self.dials.insert(addr, Dial { conn, up: false, waiting: vec![key] });
+                    self.dialled.insert(conn, addr);
+                }
+            }
+        }
+    }
+
+    /// PE `key` is reached over `conn` from now on: it goes with that connection, and gets a
+    /// keep-alive with the H flag over it, so that it adopts this registrar.
+    fn attach<M>(&mut self, conn: ConnId, key: PeKey, out: &mut impl Outbox<M>) {
+        if self.hs.pe(key).is_none_or(|pe| pe.conn.is_some()) {
+            return;
+        }
+        self.hs.set_conn(key, Some(conn));
+        let (Some(pe), Some(handle)) = (self.hs.pe(key), self.hs.pe_handle(key)) else { return };
+        let (id, pe_id) = (self.id, pe.id);
+        out.send(conn, &mut |buf| {
+            let _ = asap::emit_keep_alive(&mut Writer::new(buf), true, id, handle, pe_id);
+        });
+        self.stats.keep_alives_sent += 1;
+    }
+
+    /// A connection dialled to reach taken-over PEs connected (`ok`) or failed.
+    pub fn on_dialled<M>(&mut self, conn: ConnId, ok: bool, out: &mut impl Outbox<M>) {
+        let Some(addr) = self.dialled.get(&conn).copied() else { return };
+        if !ok {
+            self.dialled.remove(&conn);
+            self.dials.remove(&addr);
+            return;
+        }
+        let Some(d) = self.dials.get_mut(&addr) else { return };
+        d.up = true;
+        for key in std::mem::take(&mut d.waiting) {
+            self.attach(conn, key, out);
+        }
     }
 
     /// The earliest time [`Procedures::on_timer`] has work.
@@ -664,6 +745,7 @@ pub(crate) fn changed(
     sink: &mut impl ChangeSink,
 ) {
     match change.change {
+        Change::Updated if change.pe.home == id && change.reason == Reason::Takeover => keep_alive.arm_now(key, now),
         Change::Added | Change::Updated if change.pe.home == id => keep_alive.arm(key, now),
         Change::Added | Change::Updated | Change::Removed => keep_alive.disarm(key),
     }

@@ -9,6 +9,9 @@
 //!   entries, audits, exports and takeovers applied through [`crate::asap::Procedures`].
 //! - [`EnrpMsg`]: what they tell each other across shards.
 
+/// The tag of ENRP connections (peer registrars).
+pub const ENRP: crate::service::Tag = crate::service::Tag(1);
+
 mod coordinator;
 mod msg;
 mod reply;

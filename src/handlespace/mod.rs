@@ -596,6 +596,20 @@ impl Handlespace {
         }
     }
 
+    /// Attaches PE `key` to connection `conn` (a registrar that took a PE over reaches it over
+    /// a connection it dialled): it is then removed with that connection like a PE registered
+    /// over it. Returns whether the key was live.
+    pub fn set_conn(&mut self, key: PeKey, conn: Option<ConnId>) -> bool {
+        let Some(slot) = self.slot(key) else { return false };
+        let old = slot.pe.conn;
+        if old != conn {
+            self.unlink_conn(key.index, old);
+            self.pes[key.index as usize].pe.conn = conn;
+            self.link_conn(key.index, conn);
+        }
+        true
+    }
+
     /// The earliest time at which [`expire`](Self::expire) may remove a PE (possibly earlier
     /// than the real deadline; see [`TimerWheel::next_expiry`]); `None` if no PE can expire.
     pub fn next_expiry(&self) -> Option<Time> {

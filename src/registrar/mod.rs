@@ -11,6 +11,7 @@
 mod msg;
 mod order;
 mod router;
+mod status;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
@@ -18,3 +19,4 @@ mod tests;
 
 pub use msg::ShardMsg;
 pub use router::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};
+pub use status::{PeerReport, StatusReport, STATUS_REQUEST, STATUS_RESPONSE};

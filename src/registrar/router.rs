@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::msg::ShardMsg;
+use super::status::{StatusReport, STATUS_REQUEST};
 use super::order::Sequencer;
 use crate::asap::{
     Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats,
@@ -25,10 +26,8 @@ use crate::wire::asap::{self, MessageType};
 use crate::wire::framer::Frame;
 use crate::wire::{Framer, Protocol};
 
-/// The tag of ASAP listeners (pool elements and pool users).
-pub const ASAP: Tag = Tag(0);
-/// The tag of ENRP listeners (peer registrars).
-pub const ENRP: Tag = Tag(1);
+pub use crate::asap::ASAP;
+pub use crate::enrp::ENRP;
 
 /// What a registrar shard needs to know.
 #[derive(Clone, Debug)]
@@ -268,6 +267,7 @@ impl Registrar {
     fn dispatch(&mut self, conn: ConnId, msg: &[u8], now: Time, out: &mut impl Outbox<ShardMsg>) {
         let owner = match self.shards {
             1 => self.shard,
+            _ if msg[0] == STATUS_REQUEST => COORDINATOR,
             n => Self::routing_handle(msg).map_or(self.shard, |handle| shard_of(handle, n)),
         };
         let registration = msg[0] == MessageType::Registration as u8;
@@ -293,16 +293,15 @@ impl Registrar {
         let req = Request { conn, peer, message: msg, room };
         let handled = if c.order.idle() {
             // The usual case: the answer goes straight into the connection's send queue.
-            let (procedures, sink) = (&mut self.procedures, &mut (&mut self.deltas, &mut self.updates));
             let mut handled = Handled::default();
-            out.send(conn, &mut |buf| handled = procedures.handle(&req, now, buf, sink));
+            out.send(conn, &mut |buf| handled = self.serve(&req, now, buf));
             handled
         } else {
             // An earlier request is out at another shard: this answer waits its turn.
             let seq = c.order.number();
             let mut answer = std::mem::take(&mut self.answer);
             answer.clear();
-            let handled = self.procedures.handle(&req, now, &mut answer, &mut (&mut self.deltas, &mut self.updates));
+            let handled = self.serve(&req, now, &mut answer);
             self.answered(conn, seq, &answer, out);
             self.answer = answer;
             handled
@@ -310,6 +309,34 @@ impl Registrar {
         self.flush(out);
         if registration {
             self.after_registration(conn, handled, out);
+        }
+    }
+
+    /// Handles one request on this shard, writing its answer to `answer`.
+    fn serve(&mut self, req: &Request<'_>, now: Time, answer: &mut Vec<u8>) -> Handled {
+        if req.message[0] == STATUS_REQUEST && req.peer.ip().is_loopback() {
+            answer.extend_from_slice(&self.status(now).to_message());
+            return Handled::default();
+        }
+        self.procedures.handle(req, now, answer, &mut (&mut self.deltas, &mut self.updates))
+    }
+
+    /// What `rserpool status` shows (asked on the coordinator's shard; counts are
+    /// registrar-wide).
+    fn status(&self, now: Time) -> StatusReport {
+        let b = &self.procedures.budgets();
+        let report = StatusReport {
+            server_id: format!("{:#010x}", self.procedures.server_id()),
+            state: "alone".into(),
+            shards: self.shards,
+            pes_owned: b.pes.used() as u64,
+            pes_of_peers: b.peer_pes.used() as u64,
+            pools: b.pools.used() as u64,
+            ..StatusReport::default()
+        };
+        match &self.coordinator {
+            Some(c) => report.with_enrp(&c.status(now)),
+            None => report,
         }
     }
 
@@ -421,8 +448,28 @@ impl Service for Registrar {
         now: Time,
         out: &mut impl Outbox<ShardMsg>,
     ) {
-        if let (ENRP, Some(c)) = (tag, self.coordinator.as_mut()) {
-            c.on_connect(conn, result.is_ok(), now, out);
+        match tag {
+            ENRP => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.on_connect(conn, result.is_ok(), now, out);
+                }
+            }
+            // A connection to a taken-over PE: served like one the PE made.
+            _ => {
+                if let Ok(peer) = result {
+                    let c = Conn {
+                        peer,
+                        shards: 0,
+                        order: Sequencer::default(),
+                        pes: 0,
+                        registering: 0,
+                        refusals: 0,
+                        paused: false,
+                    };
+                    self.conns.insert(conn, c);
+                }
+                self.procedures.on_dialled(conn, self.conns.get_mut(conn).is_some(), out);
+            }
         }
     }
 
@@ -476,7 +523,7 @@ impl Service for Registrar {
                 let mut answer = std::mem::take(&mut self.answer);
                 answer.clear();
                 let req = Request { conn, peer, message: &message, room };
-                let handled = self.procedures.handle(&req, now, &mut answer, &mut (&mut self.deltas, &mut self.updates));
+                let handled = self.serve(&req, now, &mut answer);
                 // Count changes first: they reach the connection's shard before the answer.
                 self.flush(out);
                 let registration = message[0] == MessageType::Registration as u8;

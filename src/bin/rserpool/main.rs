@@ -8,6 +8,7 @@ mod describe;
 mod register;
 mod registrar;
 mod resolve;
+mod status;
 
 /// Reliable Server Pooling (RFC 5351-5356): registrar, tools and clients.
 ///
@@ -31,6 +32,8 @@ enum Command {
     Resolve(resolve::ResolveArgs),
     /// Decode ASAP/ENRP messages given as hex; exit status 1 for a malformed one.
     Decode(decode::DecodeArgs),
+    /// Show how a registrar stands: state, counts, ENRP peers, audits, takeovers.
+    Status(status::StatusArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Register(args) => register::run(args),
         Command::Resolve(args) => resolve::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Status(args) => status::run(args),
     };
     std::process::exit(code);
 }
