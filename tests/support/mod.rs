@@ -55,9 +55,15 @@ impl Registrar {
     /// Starts `rserpool registrar` with `engine` ("uring" or "epoll"), `cores` shards and
     /// `config` (TOML appended to the file) on 127.0.0.1 port 0; waits until it listens.
     pub fn start(engine: &str, cores: usize, config: &str) -> Self {
+        Self::start_as(engine, cores, "11223344", "127.0.0.1:0", config)
+    }
+
+    /// Like [`Registrar::start`], with server id `id` (hex) and ENRP listening on `enrp`.
+    pub fn start_as(engine: &str, cores: usize, id: &str, enrp: &str, config: &str) -> Self {
         let dir = TempDir::new("registrar");
         let file = dir.0.join("registrar.toml");
-        std::fs::write(&file, format!("asap = \"127.0.0.1:0\"\nenrp = \"127.0.0.1:0\"\nid = \"11223344\"\nlog = \"info\"\n{config}")).unwrap();
+        let head = format!("asap = \"127.0.0.1:0\"\nenrp = \"{enrp}\"\nid = \"{id}\"\nlog = \"info\"\n");
+        std::fs::write(&file, format!("{head}{config}")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rserpool"))
             .args(["registrar", "--engine", engine, "--cores", &cores.to_string(), "--config"])
             .arg(&file)
@@ -100,6 +106,12 @@ impl Registrar {
     /// Opens a client connection from another loopback address (127.0.0.0/8).
     pub fn client_from(&self, ip: &str) -> Client {
         Client::connect_from(ip.parse().unwrap(), self.addr)
+    }
+
+    /// Kills the process at once (SIGKILL: no goodbye to anyone).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status.

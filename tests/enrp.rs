@@ -1,0 +1,142 @@
+//! Registrars that peer (ENRP), as real processes on loopback: three registrars share one
+//! handlespace; one is killed (SIGKILL) and its PEs stay resolvable at the others under a new
+//! home, which tells the PE with a keep-alive carrying the H flag; it comes back with a new id
+//! and resynchronises from a mentor; a deregistration disappears everywhere.
+//!
+//! No test depends on timing: waits are bounded polls that only guard against deadlock.
+
+mod support;
+
+use std::net::TcpListener;
+
+use rserpool::wire::asap::{self, Body, MessageType};
+use rserpool::wire::{Policy, PoolElementRepr, TransportProtocol, TransportRepr};
+use support::{eventually, handle_and_id, Client, Registrar};
+
+/// Short ENRP timers so that deaths and takeovers happen within a second.
+const TIMERS: &str = "[timers]
+peer_heartbeat = 100
+max_time_last_heard = 400
+max_time_no_response = 200
+takeover_expiry = 2000
+mentor_discovery = 300
+peer_reconnect = 100
+keep_alive_interval = 200
+keep_alive_timeout = 5000
+";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tcp(port: u16) -> TransportRepr {
+    TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
+}
+
+fn start(engine: &str, id: &str, enrp: u16, peers: &[u16]) -> Registrar {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let config = format!("peers = [{}]\n{TIMERS}", peers.join(", "));
+    Registrar::start_as(engine, 2, id, &format!("127.0.0.1:{enrp}"), &config)
+}
+
+/// The (PE id, home registrar) pairs pool `pool` resolves to at `r`.
+fn resolve(r: &Registrar, pool: &str) -> Vec<(u32, u32)> {
+    let mut c = r.client();
+    let mut v: Vec<(u32, u32)> =
+        c.resolve(pool, Some(16)).map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect()).unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+fn pe(id: u32, port: u16, asap: Option<u16>) -> PoolElementRepr {
+    let mut pe = support::pe(id, tcp(port), Policy::RoundRobin, -1);
+    pe.asap_transport = asap.map(tcp);
+    pe
+}
+
+fn three_registrars_share_survive_a_death_and_resynchronise(engine: &str) {
+    if engine == "uring" && rserpool::runtime::io_uring_support().is_err() {
+        eprintln!("skipping io_uring variant: io_uring unavailable");
+        return;
+    }
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = start(engine, "aaaa0001", pa, &[]);
+    let b = start(engine, "bbbb0002", pb, &[pa]);
+    let c = start(engine, "cccc0003", pc, &[pa]);
+    let all = [&a, &b, &c];
+
+    // One PE at each registrar; B's names an ASAP transport where it can be reached.
+    let pe_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    pe_listener.set_nonblocking(true).unwrap();
+    let asap_port = pe_listener.local_addr().unwrap().port();
+    let mut at_a = a.client();
+    let mut at_b = b.client();
+    let mut at_c = c.client();
+    assert_eq!(at_a.register("pool-a", pe(0xa1, 7001, None)), (false, None));
+    assert_eq!(at_b.register("pool-b", pe(0xb2, 7002, Some(asap_port))), (false, None));
+    assert_eq!(at_c.register("pool-c", pe(0xc3, 7003, None)), (false, None));
+    for r in all {
+        eventually("every PE resolves at every registrar, under its home", || {
+            resolve(r, "pool-a") == [(0xa1, 0xaaaa0001)]
+                && resolve(r, "pool-b") == [(0xb2, 0xbbbb0002)]
+                && resolve(r, "pool-c") == [(0xc3, 0xcccc0003)]
+        });
+    }
+
+    // B dies without a word. Its PE stays resolvable at A and C, under one new home.
+    b.kill();
+    let mut new_home = 0;
+    eventually("B's PE is taken over, the same way at A and at C", || {
+        let (ra, rc) = (resolve(&a, "pool-b"), resolve(&c, "pool-b"));
+        if ra.len() == 1 && ra == rc && ra[0].1 != 0xbbbb0002 {
+            new_home = ra[0].1;
+            true
+        } else {
+            false
+        }
+    });
+    assert!([0xaaaa0001, 0xcccc0003].contains(&new_home), "home {new_home:#x}");
+    // The new home tells the PE: a keep-alive with the H flag over its ASAP transport.
+    let mut stream = None;
+    eventually("the new home connects to the PE's ASAP transport", || {
+        stream = pe_listener.accept().ok().map(|(s, _)| s);
+        stream.is_some()
+    });
+    let stream = stream.unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let mut to_home = Client::over(stream);
+    let m = to_home.recv();
+    let Body::EndpointKeepAlive { home, server_id, pe_id, .. } = *asap::parse(&m).unwrap().body() else {
+        panic!("expected an Endpoint Keep Alive")
+    };
+    assert!(home, "H flag: I am your home now");
+    assert_eq!((server_id, pe_id), (new_home, Some(0xb2)));
+    to_home.send(&handle_and_id(MessageType::EndpointKeepAliveAck, b"pool-b", 0xb2));
+
+    // B comes back with a new id and learns everything from a mentor.
+    let b2 = start(engine, "bbbb0004", pb, &[pa]);
+    eventually("the restarted registrar has the whole handlespace", || {
+        resolve(&b2, "pool-a") == [(0xa1, 0xaaaa0001)]
+            && resolve(&b2, "pool-b") == [(0xb2, new_home)]
+            && resolve(&b2, "pool-c") == [(0xc3, 0xcccc0003)]
+    });
+
+    // A deregistration disappears everywhere, and stays gone.
+    at_a.send(&handle_and_id(MessageType::Deregistration, b"pool-a", 0xa1));
+    let _ = at_a.recv();
+    for r in [&a, &b2, &c] {
+        eventually("the deregistered PE is gone everywhere", || resolve(r, "pool-a").is_empty());
+    }
+    drop((at_c, to_home));
+}
+
+#[test]
+fn three_registrars_on_epoll() {
+    three_registrars_share_survive_a_death_and_resynchronise("epoll");
+}
+
+#[test]
+fn three_registrars_on_io_uring() {
+    three_registrars_share_survive_a_death_and_resynchronise("uring");
+}
+
