@@ -42,8 +42,10 @@ fn start(engine: &str, id: &str, enrp: u16, peers: &[u16]) -> Registrar {
 /// The (PE id, home registrar) pairs pool `pool` resolves to at `r`.
 fn resolve(r: &Registrar, pool: &str) -> Vec<(u32, u32)> {
     let mut c = r.client();
-    let mut v: Vec<(u32, u32)> =
-        c.resolve(pool, Some(16)).map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect()).unwrap_or_default();
+    let mut v: Vec<(u32, u32)> = c
+        .resolve(pool, Some(16))
+        .map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect())
+        .unwrap_or_default();
     v.sort_unstable();
     v
 }
@@ -139,4 +141,3 @@ fn three_registrars_on_epoll() {
 fn three_registrars_on_io_uring() {
     three_registrars_share_survive_a_death_and_resynchronise("uring");
 }
-

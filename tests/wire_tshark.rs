@@ -279,9 +279,9 @@ fn corpus() -> Vec<(&'static str, MessageRepr)> {
 fn registrar_enrp() -> Vec<(&'static str, Vec<u8>)> {
     use rserpool::wire::{pool_element, Writer};
     use TransportProtocol::Tcp;
-    let one = |f: &dyn Fn(&mut Writer<'_>)| {
+    let one = |f: &dyn Fn(&mut Writer<'_>) -> Result<usize, rserpool::wire::EmitError>| {
         let mut b = Vec::new();
-        f(&mut Writer::new(&mut b));
+        f(&mut Writer::new(&mut b)).unwrap();
         b
     };
     let info = ServerInformationRepr { server_id: 0x1122_3344, transport: transport(Tcp, 9901, &["192.0.2.10"]) };
@@ -292,43 +292,42 @@ fn registrar_enrp() -> Vec<(&'static str, Vec<u8>)> {
     let pe = |w: &mut Writer<'_>| pool_element::emit_encoded(w, 0x3c9e_1f07, 0x1122_3344, 60_000, &body, Some(&asap_t));
     use enrp::MessageType as E;
     vec![
-        ("presence", one(&|w| drop(enrp::emit_presence(w, 0x1122_3344, 0x5a6b_7c8d, true, 0xbeef, &info)))),
-        ("table-request", one(&|w| drop(enrp::emit_handle_table_request(w, 0x1122_3344, 0x5a6b_7c8d, true)))),
+        ("presence", one(&|w| enrp::emit_presence(w, 0x1122_3344, 0x5a6b_7c8d, true, 0xbeef, &info))),
+        ("table-request", one(&|w| enrp::emit_handle_table_request(w, 0x1122_3344, 0x5a6b_7c8d, true))),
         (
             "table-response",
             one(&|w| {
-                drop(enrp::emit_handle_table_response(w, 0x1122_3344, 0x5a6b_7c8d, true, false, |w| {
+                enrp::emit_handle_table_response(w, 0x1122_3344, 0x5a6b_7c8d, true, false, |w| {
                     w.tlv_bytes(ParamType::POOL_HANDLE, b"echo");
                     pe(w);
                     pe(w);
                     w.tlv_bytes(ParamType::POOL_HANDLE, b"other");
                     pe(w);
-                }))
+                })
             }),
         ),
         (
             "table-response-reject",
-            one(&|w| drop(enrp::emit_handle_table_response(w, 0x1122_3344, 0x5a6b_7c8d, false, true, |_| {}))),
+            one(&|w| enrp::emit_handle_table_response(w, 0x1122_3344, 0x5a6b_7c8d, false, true, |_| {})),
         ),
         (
             "handle-update-add",
-            one(&|w| drop(enrp::emit_handle_update(w, 0x1122_3344, 0, enrp::UpdateAction::AddPe, b"echo", pe))),
+            one(&|w| enrp::emit_handle_update(w, 0x1122_3344, 0, enrp::UpdateAction::AddPe, b"echo", pe)),
         ),
         (
             "handle-update-delete",
-            one(&|w| drop(enrp::emit_handle_update(w, 0x1122_3344, 0, enrp::UpdateAction::DeletePe, b"echo", pe))),
+            one(&|w| enrp::emit_handle_update(w, 0x1122_3344, 0, enrp::UpdateAction::DeletePe, b"echo", pe)),
         ),
-        ("list-request", one(&|w| drop(enrp::emit_list_request(w, 0x1122_3344, 0x5a6b_7c8d)))),
-        (
-            "list-response",
-            one(&|w| drop(enrp::emit_list_response(w, 0x1122_3344, 0x5a6b_7c8d, false, [&info, &info]))),
-        ),
-        ("init-takeover", one(&|w| drop(enrp::emit_takeover(w, E::InitTakeover, 1, 2, 3)))),
-        ("init-takeover-ack", one(&|w| drop(enrp::emit_takeover(w, E::InitTakeoverAck, 1, 2, 3)))),
-        ("takeover-server", one(&|w| drop(enrp::emit_takeover(w, E::TakeoverServer, 1, 2, 3)))),
+        ("list-request", one(&|w| enrp::emit_list_request(w, 0x1122_3344, 0x5a6b_7c8d))),
+        ("list-response", one(&|w| enrp::emit_list_response(w, 0x1122_3344, 0x5a6b_7c8d, false, [&info, &info]))),
+        ("init-takeover", one(&|w| enrp::emit_takeover(w, E::InitTakeover, 1, 2, 3))),
+        ("init-takeover-ack", one(&|w| enrp::emit_takeover(w, E::InitTakeoverAck, 1, 2, 3))),
+        ("takeover-server", one(&|w| enrp::emit_takeover(w, E::TakeoverServer, 1, 2, 3))),
         (
             "error",
-            one(&|w| drop(enrp::emit_error(w, 0x1122_3344, 0, CauseCode::INVALID_VALUES, &[0, 9, 0, 8, b'e', b'c', b'h', b'o']))),
+            one(&|w| {
+                enrp::emit_error(w, 0x1122_3344, 0, CauseCode::INVALID_VALUES, &[0, 9, 0, 8, b'e', b'c', b'h', b'o'])
+            }),
         ),
     ]
 }

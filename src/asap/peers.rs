@@ -115,8 +115,14 @@ impl Procedures {
         let moved = self.hs.take_over(from, to);
         for key in keys {
             let (Some(pool_handle), Some(pe)) = (self.hs.pe_handle(key), self.hs.pe(key)) else { continue };
-            let event =
-                PeChange { pool_handle, pe, change: Change::Updated, reason: Reason::Takeover, moved_from: None, home_before: from };
+            let event = PeChange {
+                pool_handle,
+                pe,
+                change: Change::Updated,
+                reason: Reason::Takeover,
+                moved_from: None,
+                home_before: from,
+            };
             changed(&mut self.keep_alive, self.id, key, event, now, sink);
         }
         self.stats.taken_over += moved as u64;

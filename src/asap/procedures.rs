@@ -142,7 +142,8 @@ struct Dial {
 
 /// The address to dial for an ASAP transport (TCP only: that is what this registrar speaks).
 fn dialable(t: &TransportRepr) -> Option<SocketAddr> {
-    (t.protocol == TransportProtocol::Tcp && t.port != 0).then(|| t.addresses.first().map(|ip| SocketAddr::new(*ip, t.port)))?
+    (t.protocol == TransportProtocol::Tcp && t.port != 0)
+        .then(|| t.addresses.first().map(|ip| SocketAddr::new(*ip, t.port)))?
 }
 
 impl Procedures {

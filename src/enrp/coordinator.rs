@@ -358,7 +358,13 @@ impl Coordinator {
 
     /// Bytes from a peer: frames ENRP messages and handles each. Returns how many bytes were
     /// consumed.
-    pub fn on_data<M: From<EnrpMsg>>(&mut self, conn: ConnId, data: &[u8], now: Time, out: &mut impl Outbox<M>) -> usize {
+    pub fn on_data<M: From<EnrpMsg>>(
+        &mut self,
+        conn: ConnId,
+        data: &[u8],
+        now: Time,
+        out: &mut impl Outbox<M>,
+    ) -> usize {
         let mut used = 0;
         while !out.input_paused(conn) {
             let Some(link) = self.links.get_mut(&conn) else { return data.len() };
@@ -499,7 +505,9 @@ impl Coordinator {
                     let t = s.transport();
                     let (Some(ip), port) = (t.addresses().next(), t.port()) else { continue };
                     let addr = SocketAddr::new(ip, port);
-                    if s.server_id() != self.me() && addr != self.cfg.address && !self.peers.contains_key(&s.server_id())
+                    if s.server_id() != self.me()
+                        && addr != self.cfg.address
+                        && !self.peers.contains_key(&s.server_id())
                     {
                         self.dials.entry(addr).or_insert((None, now));
                     }
@@ -513,7 +521,11 @@ impl Coordinator {
                 self.complete_takeovers(out);
             }
             Kind::TakeoverServer { target } => {
-                info!(target = format_args!("{target:#010x}"), by = format_args!("{sender:#010x}"), "peer took over a registrar");
+                info!(
+                    target = format_args!("{target:#010x}"),
+                    by = format_args!("{sender:#010x}"),
+                    "peer took over a registrar"
+                );
                 self.takeovers.remove(target);
                 self.forget_peer(*target, out);
                 self.broadcast(EnrpMsg::TakeOver { from: *target, to: sender }, out);
@@ -565,7 +577,9 @@ impl Coordinator {
     /// While joining, the first peer that answers is the mentor: ask it for the list of
     /// registrars and the whole handle table.
     fn choose_mentor<M>(&mut self, peer: u32, conn: ConnId, out: &mut impl Outbox<M>) {
-        if self.sync != Sync::Joining || self.mentor.is_some() || self.peers.get(&peer).and_then(|p| p.conn) != Some(conn)
+        if self.sync != Sync::Joining
+            || self.mentor.is_some()
+            || self.peers.get(&peer).and_then(|p| p.conn) != Some(conn)
         {
             return;
         }
@@ -581,7 +595,13 @@ impl Coordinator {
     }
 
     /// Writes the next chunk of this registrar's table for `requester` (WIRE.md 7.3, 7.5).
-    fn export_next<M: From<EnrpMsg>>(&mut self, conn: ConnId, requester: u32, own_only: bool, out: &mut impl Outbox<M>) {
+    fn export_next<M: From<EnrpMsg>>(
+        &mut self,
+        conn: ConnId,
+        requester: u32,
+        own_only: bool,
+        out: &mut impl Outbox<M>,
+    ) {
         if self.peers.get(&requester).and_then(|p| p.conn) != Some(conn) {
             let me = self.me();
             out.send(conn, &mut |buf| {
@@ -679,8 +699,12 @@ impl Coordinator {
                 if g.count == 0 {
                     return;
                 }
-                let waiting: BTreeSet<u32> =
-                    self.peers.iter().filter(|(id, p)| **id != g.owner && p.conn.is_some()).map(|(id, _)| *id).collect();
+                let waiting: BTreeSet<u32> = self
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| **id != g.owner && p.conn.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
                 info!(
                     target = format_args!("{:#010x}", g.owner),
                     pes = g.count,
@@ -773,7 +797,8 @@ impl Coordinator {
     pub fn on_timer<M: From<EnrpMsg>>(&mut self, now: Time, out: &mut impl Outbox<M>) {
         let tag = self.cfg.tag;
         let reconnect = self.cfg.timers.peer_reconnect;
-        let connected: BTreeSet<SocketAddr> = self.peers.values().filter(|p| p.conn.is_some()).filter_map(|p| p.addr).collect();
+        let connected: BTreeSet<SocketAddr> =
+            self.peers.values().filter(|p| p.conn.is_some()).filter_map(|p| p.addr).collect();
         for (addr, (conn, at)) in self.dials.iter_mut() {
             if conn.is_none() && *at <= now && !connected.contains(addr) {
                 *at = now.add_millis(reconnect);

@@ -11,9 +11,9 @@
 mod msg;
 mod order;
 mod router;
-mod status;
 #[cfg(test)]
 mod sim_tests;
+mod status;
 #[cfg(test)]
 mod tests;
 

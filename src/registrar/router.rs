@@ -12,8 +12,8 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::msg::ShardMsg;
-use super::status::{StatusReport, STATUS_REQUEST};
 use super::order::Sequencer;
+use super::status::{StatusReport, STATUS_REQUEST};
 use crate::asap::{
     Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats,
 };

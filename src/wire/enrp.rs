@@ -2,12 +2,12 @@
 //! and emitters.
 
 use super::cause::OperationError;
+use super::cause::{self, CauseCode};
 use super::check::Ctx;
 use super::error::{Error, ErrorKind, Protocol};
 use super::field::{u16_at, u32_at};
 use super::message::{check_header, check_params, Message, PoolElements, Schema};
 use super::param::{ParamType, Params};
-use super::cause::{self, CauseCode};
 use super::pool_element::PoolElement;
 use super::server_info::{self, ServerInformation, ServerInformationRepr};
 use super::writer::{EmitError, Writer};

@@ -20,7 +20,8 @@ pub struct StatusArgs {
 }
 
 fn ask(addr: SocketAddr) -> Result<StatusReport, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("cannot connect: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("cannot connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     s.write_all(&[STATUS_REQUEST, 0, 0, 4]).map_err(|e| e.to_string())?;
     let mut head = [0u8; 4];
@@ -29,7 +30,8 @@ fn ask(addr: SocketAddr) -> Result<StatusReport, String> {
     let mut m = head.to_vec();
     m.resize(len, 0);
     s.read_exact(&mut m[4..]).map_err(|e| format!("cut answer: {e}"))?;
-    StatusReport::from_message(&m).map_err(|e| format!("not a status answer (is this a registrar's ASAP port, and are you on its host?): {e}"))
+    StatusReport::from_message(&m)
+        .map_err(|e| format!("not a status answer (is this a registrar's ASAP port, and are you on its host?): {e}"))
 }
 
 /// Runs the command; returns the process exit code.
@@ -46,7 +48,10 @@ pub fn run(args: StatusArgs) -> i32 {
         return 0;
     }
     println!("registrar {} ({}), {} shard(s)", r.server_id, r.state, r.shards);
-    println!("PEs: {} own, {} of peers; pools: {}; own checksum {}", r.pes_owned, r.pes_of_peers, r.pools, r.own_checksum);
+    println!(
+        "PEs: {} own, {} of peers; pools: {}; own checksum {}",
+        r.pes_owned, r.pes_of_peers, r.pools, r.own_checksum
+    );
     println!(
         "updates sent {}, received {}; audits {} ({} mismatches); takeovers {}",
         r.updates_sent, r.updates_received, r.audits, r.mismatches, r.takeovers
