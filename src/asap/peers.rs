@@ -45,12 +45,22 @@ impl Procedures {
         }
         let user = pe.user_transport().to_repr();
         let existing = self.hs.lookup(pool_handle, pe.pe_id());
+        let me = self.id;
         match existing.and_then(|k| self.hs.pe(k).map(|e| (k, e.home, same_addresses(&e.user_transport(), &user)))) {
+            // This registrar's own view of its own PEs is authoritative (WIRE.md 7.4): a peer
+            // that claims one of them (a takeover during a partition, a PE that moved and
+            // whose connection here has not dropped yet) is ignored until that settles.
+            Some((_, h, true)) if h == me => return Learnt::Ignored,
             // The same PE (same addresses) now at `home`, or `home` updating its own: in place.
             Some((_, h, same)) if h == home || same => {}
             // Two PEs with one id (WIRE.md 7.5): the owner with the lower server id keeps it.
             Some((_, h, _)) if h < home => return Learnt::Ignored,
-            Some((k, ..)) => {
+            Some((k, h, _)) => {
+                // A PE of ours that lost: its connection closes, so that it registers again at
+                // once and learns (cause 0x4) that it needs a new id (WIRE.md 7.5).
+                if let Some(conn) = self.hs.pe(k).and_then(|e| e.conn).filter(|_| h == me) {
+                    self.to_close.push(conn);
+                }
                 self.drop_pe(k, Reason::Collision, now, sink);
                 self.stats.collisions += 1;
             }
@@ -128,6 +138,11 @@ impl Procedures {
         self.stats.taken_over += moved as u64;
         self.settle_budgets();
         moved
+    }
+
+    /// Connections to close: those of this registrar's PEs that lost a collision.
+    pub fn take_to_close(&mut self) -> Vec<crate::service::ConnId> {
+        std::mem::take(&mut self.to_close)
     }
 
     /// The PEs registrar `owner` is home of on this shard (for audits and table exports).

@@ -129,6 +129,8 @@ pub struct Procedures {
     /// Connections to taken-over PEs' ASAP transports, by address and by connection.
     dials: HashMap<SocketAddr, Dial, ahash::RandomState>,
     dialled: HashMap<ConnId, SocketAddr, ahash::RandomState>,
+    /// Connections of PEs that lost a collision, for the router to close.
+    pub(super) to_close: Vec<ConnId>,
 }
 
 /// A connection this shard dialled to reach taken-over PEs.
@@ -182,6 +184,7 @@ impl Procedures {
             stats: Stats::default(),
             dials: HashMap::default(),
             dialled: HashMap::default(),
+            to_close: Vec::new(),
         }
     }
 

@@ -204,8 +204,14 @@ pub struct Coordinator {
     next_token: u64,
     takeovers: BTreeMap<u32, Takeover>,
     next_heartbeat: Time,
+    /// Every few heartbeats each peer is asked for its list of registrars, so that one that
+    /// joined while others were cut off still finds them all.
+    next_list: Time,
     stats: EnrpStats,
 }
+
+/// Heartbeats between List Requests to every peer.
+const LIST_EVERY: u64 = 10;
 
 impl Coordinator {
     /// The coordinator of `cfg.server_id`, on shard `shard`, starting at `now`.
@@ -219,6 +225,7 @@ impl Coordinator {
         Self {
             join_deadline: now.add_millis(cfg.timers.mentor_discovery),
             next_heartbeat: now.add_millis(cfg.timers.peer_heartbeat),
+            next_list: now.add_millis(cfg.timers.peer_heartbeat * LIST_EVERY),
             cfg,
             info,
             shard,
@@ -255,6 +262,11 @@ impl Coordinator {
     /// Ids of every peer known (connected or not).
     pub fn known_peers(&self) -> Vec<u32> {
         self.peers.keys().copied().collect()
+    }
+
+    /// The addresses this registrar keeps a connection to, and whether it has one now.
+    pub fn dial_targets(&self) -> Vec<(SocketAddr, bool)> {
+        self.dials.iter().map(|(a, (c, _))| (*a, c.is_some())).collect()
     }
 
     /// This registrar's own PE checksum as announced.
@@ -409,8 +421,13 @@ impl Coordinator {
             Kind::Presence { reply_required, checksum, server_information } => {
                 let t = server_information.transport();
                 if let (Some(ip), port) = (t.addresses().next(), t.port()) {
+                    let addr = SocketAddr::new(ip, port);
                     if let Some(p) = self.peers.get_mut(&sender) {
-                        p.addr = Some(SocketAddr::new(ip, port));
+                        p.addr = Some(addr);
+                    }
+                    // Known from now on: redialled whenever no connection to it is up.
+                    if addr != self.cfg.address {
+                        self.dials.entry(addr).or_insert((None, now.add_millis(self.cfg.timers.peer_reconnect)));
                     }
                 }
                 if *reply_required {
@@ -552,7 +569,14 @@ impl Coordinator {
         peer.last_heard = now;
         peer.probe_deadline = None;
         match peer.conn {
-            None => peer.conn = Some(conn),
+            None => {
+                peer.conn = Some(conn);
+                // A newly connected peer may know registrars this one does not (and the other
+                // way round, which its own List Request settles): the mesh grows to full.
+                out.send(conn, &mut |buf| {
+                    let _ = enrp::emit_list_request(&mut Writer::new(buf), me, sender);
+                });
+            }
             Some(c) if c == conn => {}
             Some(other) => {
                 // Two connections to one peer: keep the one the lower id dialled.
@@ -589,7 +613,6 @@ impl Coordinator {
         let me = self.me();
         out.send(conn, &mut |buf| {
             let mut w = Writer::new(buf);
-            let _ = enrp::emit_list_request(&mut w, me, peer);
             let _ = enrp::emit_handle_table_request(&mut w, me, peer, false);
         });
     }
@@ -800,11 +823,25 @@ impl Coordinator {
         let connected: BTreeSet<SocketAddr> =
             self.peers.values().filter(|p| p.conn.is_some()).filter_map(|p| p.addr).collect();
         for (addr, (conn, at)) in self.dials.iter_mut() {
-            if conn.is_none() && *at <= now && !connected.contains(addr) {
-                *at = now.add_millis(reconnect);
+            if conn.is_some() || *at > now {
+                continue;
+            }
+            *at = now.add_millis(reconnect);
+            if !connected.contains(addr) {
                 if let Some(c) = out.connect(*addr, tag) {
                     *conn = Some(c);
                     self.links.insert(c, Self::link(self.cfg.max_message_size, Some(*addr), false));
+                }
+            }
+        }
+        if now >= self.next_list {
+            self.next_list = now.add_millis(self.cfg.timers.peer_heartbeat * LIST_EVERY);
+            let me = self.me();
+            for (&id, p) in &self.peers {
+                if let Some(c) = p.conn {
+                    out.send(c, &mut |buf| {
+                        let _ = enrp::emit_list_request(&mut Writer::new(buf), me, id);
+                    });
                 }
             }
         }
@@ -855,7 +892,7 @@ impl Coordinator {
     /// The next time [`Coordinator::on_timer`] has work.
     pub fn next_timer(&self) -> Option<Time> {
         let t = &self.cfg.timers;
-        let mut next = self.next_heartbeat;
+        let mut next = self.next_heartbeat.min(self.next_list);
         let mut earliest = |at: Time| next = next.min(at);
         for (conn, at) in self.dials.values() {
             if conn.is_none() {

@@ -160,6 +160,9 @@ impl EnrpShard {
                 debug_assert!(false, "coordinator message at shard {}", self.shard)
             }
         }
+        for conn in p.take_to_close() {
+            out.close(conn);
+        }
     }
 
     /// A peer's Handle Update (validated by the coordinator).

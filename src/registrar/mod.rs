@@ -8,6 +8,8 @@
 //! - `msg.rs`: [`ShardMsg`], everything shards tell each other.
 //! - `order.rs`: the per-connection answer sequence.
 
+#[cfg(test)]
+mod enrp_sim_tests;
 mod msg;
 mod order;
 mod router;
