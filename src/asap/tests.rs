@@ -144,3 +144,93 @@ fn a_bulk_expiry_is_spread_over_timer_calls() {
     assert_eq!(calls, 4, "2,000 expiries in four calls");
     assert_eq!(p.handlespace().pe_count(), 0);
 }
+
+/// A Pool Element as a peer sends it.
+fn peer_pe(pe_id: u32, home: u32, ip: [u8; 4], with_asap: bool) -> Vec<u8> {
+    let user = TransportRepr::new(TransportProtocol::Tcp, ip.into(), 7000);
+    let repr = PoolElementRepr {
+        pe_id,
+        home_registrar: home,
+        registration_life: -1,
+        user_transport: user,
+        policy: PolicyRepr::Known(Policy::RoundRobin),
+        asap_transport: with_asap.then(|| TransportRepr::new(TransportProtocol::Tcp, ip.into(), 3863)),
+    };
+    let mut b = Vec::new();
+    repr.emit(&mut Writer::new(&mut b));
+    b
+}
+
+fn learn(p: &mut Procedures, pool: &str, bytes: &[u8], ev: &mut Events) -> super::Learnt {
+    let pe = crate::wire::pool_element::checked(crate::wire::Param::new(bytes, 0)).unwrap();
+    p.learn(pool.as_bytes(), &pe, Reason::Peer, Time::ZERO, ev)
+}
+
+fn home_of(p: &Procedures, pool: &str, pe_id: u32) -> Option<u32> {
+    let hs = p.handlespace();
+    hs.lookup(pool.as_bytes(), pe_id).and_then(|k| hs.pe(k)).map(|pe| pe.home)
+}
+
+#[test]
+fn peers_pes_are_stored_by_the_rules_of_wire_md_7() {
+    use super::Learnt;
+    let mut p = procedures(Timers::default()); // server id 9
+    let mut ev = Events::new();
+    // A peer's PE, with its home and ASAP transport; without either it is refused.
+    assert!(matches!(learn(&mut p, "q", &peer_pe(1, 20, [192, 0, 2, 1], true), &mut ev), Learnt::Stored(_)));
+    assert_eq!(learn(&mut p, "q", &peer_pe(2, 20, [192, 0, 2, 2], false), &mut ev), Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), Learnt::Refused);
+    assert_eq!(home_of(&p, "q", 1), Some(20));
+    let stored = p.handlespace().pe(p.handlespace().lookup(b"q", 1).unwrap()).unwrap();
+    assert_eq!(stored.conn, None, "a peer's PE has no connection here");
+    assert_eq!(p.supervised_pes(), 0, "and is not supervised here");
+    // Claims of a PE as ours, and about our own PE, are ignored (our view is authoritative).
+    assert_eq!(learn(&mut p, "q", &peer_pe(4, 9, [192, 0, 2, 4], true), &mut ev), Learnt::Ignored);
+    handle(&mut p, conn(1), "192.0.2.1", &registration("r", 5, 7000, -1), Time::ZERO, &mut ev);
+    assert_eq!(home_of(&p, "r", 5), Some(9));
+    let same_pe_elsewhere = peer_pe(5, 3, [192, 0, 2, 1], true);
+    assert_eq!(learn(&mut p, "r", &same_pe_elsewhere, &mut ev), Learnt::Ignored);
+    assert_eq!(home_of(&p, "r", 5), Some(9));
+    // A collision with another PE (other addresses): the owner with the lower id keeps it.
+    assert_eq!(learn(&mut p, "r", &peer_pe(5, 30, [198, 51, 100, 1], true), &mut ev), Learnt::Ignored, "30 > 9");
+    assert!(matches!(learn(&mut p, "r", &peer_pe(5, 3, [198, 51, 100, 1], true), &mut ev), Learnt::Stored(_)));
+    assert_eq!(home_of(&p, "r", 5), Some(3), "3 < 9: ours lost");
+    assert_eq!(p.take_to_close(), vec![conn(1)], "the losing PE's connection is closed");
+    assert!(ev.iter().any(|e| e.1 == 5 && e.2 == Change::Removed && e.3 == Reason::Collision));
+    // Between two peers' claims, the lower id too, whatever the order they arrive in.
+    learn(&mut p, "q", &peer_pe(1, 10, [203, 0, 113, 1], true), &mut ev);
+    assert_eq!(home_of(&p, "q", 1), Some(10));
+    learn(&mut p, "q", &peer_pe(1, 20, [192, 0, 2, 1], true), &mut ev);
+    assert_eq!(home_of(&p, "q", 1), Some(10));
+    // The same PE, moved from one peer to another (same addresses): it follows.
+    learn(&mut p, "q", &peer_pe(1, 40, [203, 0, 113, 1], true), &mut ev);
+    assert_eq!(home_of(&p, "q", 1), Some(40));
+    // A delete applies only to the entry of the same home.
+    assert!(!p.forget(b"q", 1, 10, Time::ZERO, &mut ev));
+    assert!(p.forget(b"q", 1, 40, Time::ZERO, &mut ev));
+    assert_eq!(home_of(&p, "q", 1), None);
+    p.handlespace().validate().unwrap();
+}
+
+#[test]
+fn a_takeover_moves_ownership_and_supervision() {
+    let mut p = procedures(Timers::default()); // server id 9
+    let mut ev = Events::new();
+    for id in 1..=3 {
+        learn(&mut p, "q", &peer_pe(id, 20, [192, 0, 2, id as u8], true), &mut ev);
+    }
+    learn(&mut p, "q", &peer_pe(4, 30, [192, 0, 2, 4], true), &mut ev);
+    ev.clear();
+    assert_eq!(p.take_over(20, 9, Time(100), &mut ev), 3);
+    assert_eq!(p.supervised_pes(), 3, "this registrar now supervises what it took over");
+    assert!(ev.iter().all(|e| e.2 == Change::Updated && e.3 == Reason::Takeover) && ev.len() == 3);
+    assert_eq!(p.handlespace().owner_pe_count(9), 3);
+    assert_eq!(p.take_over(30, 40, Time(100), &mut ev), 1, "a peer's takeover of another peer");
+    assert_eq!(home_of(&p, "q", 4), Some(40));
+    assert_eq!(p.supervised_pes(), 3);
+    // The first probe of a taken-over PE goes out at once, over a connection to its ASAP
+    // transport (the connect is refused here: the probe waits, then the PE fails).
+    let mut out = Probes::default();
+    p.on_timer(Time(100), &mut out, &mut ev);
+    assert!(out.0.is_empty(), "no connection to probe over yet");
+}
