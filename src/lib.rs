@@ -3,6 +3,8 @@
 //! - [`wire`]: zero-copy views and emitters for every ASAP and ENRP message and parameter.
 //! - [`handlespace`]: pools, pool elements, selection policies, lifetimes, per-owner checksums.
 //! - [`asap`]: the registrar's sans-IO ASAP procedures on one shard.
+//! - [`client`]: pool elements and pool users (sans-IO cores, the PU↔PE session layer, blocking
+//!   and tokio adapters).
 //! - [`registrar`]: one registrar shard as a service: routing across shards, answer order.
 //! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
 //! - [`service`]: the seam between protocol code and engines.
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod asap;
+pub mod client;
 pub mod config;
 pub mod handlespace;
 pub mod registrar;
