@@ -170,6 +170,8 @@ pub struct SessionCore {
     failed: Vec<PoolElementRepr>,
     /// A PE has answered on this session before (so the next connect is a failover).
     served: bool,
+    /// The registrar was asked in this episode already.
+    asked_fresh: bool,
     hello_seen: bool,
     rx: Vec<u8>,
     next_heartbeat: Time,
@@ -200,6 +202,7 @@ impl SessionCore {
             tried: Vec::new(),
             failed: Vec::new(),
             served: false,
+            asked_fresh: false,
             hello_seen: false,
             rx: Vec::new(),
             next_heartbeat: Time::NEVER,
@@ -289,7 +292,7 @@ impl SessionCore {
         self.plan.clear();
         self.plan = self.plan_from(pes);
         let other_pe = self.plan.iter().any(|t| !self.failed.iter().any(|f| f.pe_id == t.pe.pe_id));
-        if !fresh && !other_pe {
+        if !fresh && !other_pe && !self.asked_fresh {
             // The cache knows no other PE: the registrar may.
             self.ask(true);
             return;
@@ -299,6 +302,7 @@ impl SessionCore {
                 self.events.push_back(SessionEvent::NoPoolElement);
                 self.tried.clear();
                 self.failed.clear();
+                self.asked_fresh = false;
                 self.phase = Phase::Paused { until: now.add_millis(self.cfg.retry_delay.max(1)) };
             } else {
                 self.ask(true);
@@ -332,6 +336,7 @@ impl SessionCore {
     }
 
     fn ask(&mut self, fresh: bool) {
+        self.asked_fresh |= fresh;
         self.phase = Phase::Waiting { fresh };
         self.requests.push_back(SessionRequest::Candidates { fresh });
     }
@@ -447,6 +452,7 @@ impl SessionCore {
             // The PE answers: this failover episode is over.
             self.tried.clear();
             self.failed.clear();
+            self.asked_fresh = false;
             return Ok(());
         }
         match f {
@@ -520,21 +526,48 @@ impl SessionCore {
             }
         }
         self.heartbeat_sent = None;
-        // Other PEs first: what is left of the plan without the failed PEs, then their legs.
-        let failed = core::mem::take(&mut self.failed);
-        self.plan.retain(|t| !failed.iter().any(|f| f.pe_id == t.pe.pe_id));
-        self.failed = failed;
-        if self.plan.is_empty() {
-            // The node offers the pool's other PEs (cache first); the legs follow them.
+        let old = core::mem::take(&mut self.plan);
+        let is_failed = |t: &Target| self.failed.iter().any(|f| f.pe_id == t.pe.pe_id);
+        let others: Vec<Target> = old.into_iter().filter(|t| !is_failed(t)).collect();
+        if others.is_empty() && !self.asked_fresh {
+            // The node offers the pool's other PEs (cache, then registrar); legs follow them.
             self.ask(false);
             return;
         }
+        if others.is_empty() && self.failed_legs().is_empty() {
+            self.ask(true);
+            return;
+        }
+        // Business card first, then the rest of the plan's other PEs, then the failed PEs'
+        // legs, then the other PEs' other legs.
+        let card: Vec<PoolElementRepr> = self.card.clone();
+        let mut firsts: VecDeque<Target> = VecDeque::new();
+        for pe in &card {
+            if let Some(t) = others.iter().find(|t| t.pe.pe_id == pe.pe_id && t.leg == 0) {
+                firsts.push_back(t.clone());
+            } else if !self.failed.iter().any(|f| f.pe_id == pe.pe_id) {
+                self.push_legs(pe, 0..1, &mut firsts);
+            }
+        }
+        for t in others.iter().filter(|t| t.leg == 0) {
+            if !firsts.iter().any(|f| f.pe.pe_id == t.pe.pe_id) {
+                firsts.push_back(t.clone());
+            }
+        }
+        self.plan = firsts;
+        let legs = self.failed_legs();
+        self.plan.extend(legs);
+        self.plan.extend(others.into_iter().filter(|t| t.leg != 0));
+        self.try_next(cx, now);
+    }
+
+    /// The legs of the failed PEs not tried yet, in the order the PEs failed.
+    fn failed_legs(&self) -> VecDeque<Target> {
         let mut legs = VecDeque::new();
         for pe in &self.failed {
             self.push_legs(pe, 0..pe.user_transport.addresses.len(), &mut legs);
         }
-        self.plan.extend(legs);
-        self.try_next(cx, now);
+        legs
     }
 
     /// Appends the legs `legs` of `pe` not tried yet and not planned yet.
