@@ -29,6 +29,7 @@
 
 pub mod blocking;
 pub mod config;
+mod driver;
 pub mod frame;
 pub mod node;
 pub mod pe;
