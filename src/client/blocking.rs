@@ -92,10 +92,17 @@ pub struct PoolElementBuilder {
     local: Option<IpAddr>,
     announce: Option<std::net::UdpSocket>,
     asap_listen: Option<SocketAddr>,
+    user_transport: Option<TransportRepr>,
     seed: u64,
 }
 
 impl PoolElementBuilder {
+    /// Registers this user transport instead of listening for sessions (for a PE whose
+    /// service the application serves itself, e.g. `rserpool register`).
+    pub fn user_transport(mut self, t: TransportRepr) -> Self {
+        self.user_transport = Some(t);
+        self
+    }
     /// Adds a registrar (repeat for several; tried in order).
     pub fn registrar(mut self, addr: SocketAddr) -> Self {
         self.registrars.push(addr);
@@ -155,9 +162,21 @@ impl PoolElementBuilder {
 
     /// Binds the listener, starts the PE's thread and starts registering.
     pub fn start(self) -> Result<PoolElement, ClientError> {
-        let listener = std::net::TcpListener::bind(self.listen)?;
-        let local_addr = listener.local_addr()?;
-        let mut sockets = Sockets { listeners: vec![(listener, Listener::Session)], announce: self.announce };
+        let mut sockets = Sockets { listeners: Vec::new(), announce: self.announce };
+        let (local_addr, user_transport) = match self.user_transport {
+            Some(t) => {
+                let first = t.addresses.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                (SocketAddr::new(first, t.port), t)
+            }
+            None => {
+                let listener = std::net::TcpListener::bind(self.listen)?;
+                let local_addr = listener.local_addr()?;
+                sockets.listeners.push((listener, Listener::Session));
+                let mut t = TransportRepr::new(TransportProtocol::Tcp, local_addr.ip(), local_addr.port());
+                t.transport_use = TransportUse::DataPlusControl;
+                (local_addr, t)
+            }
+        };
         let asap_transport = match self.asap_listen {
             Some(a) => {
                 let l = std::net::TcpListener::bind(a)?;
@@ -167,8 +186,6 @@ impl PoolElementBuilder {
             }
             None => None,
         };
-        let mut user_transport = TransportRepr::new(TransportProtocol::Tcp, local_addr.ip(), local_addr.port());
-        user_transport.transport_use = TransportUse::DataPlusControl;
         let spec = PeSpec {
             pool_handle: self.pool.clone(),
             pe_id: self.pe_id,
@@ -216,11 +233,12 @@ impl PoolElement {
             local: None,
             announce: None,
             asap_listen: None,
+            user_transport: None,
             seed: fastrand::u64(..),
         }
     }
 
-    /// Where PUs connect.
+    /// Where PUs connect (the first address of the user transport).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -241,8 +259,10 @@ impl PoolElement {
         self.driver.handle.call(|n: &mut PeNode, _| n.pe.registrar()).flatten()
     }
 
-    /// Waits until the registrar accepted the registration; returns the PE id. Other events
-    /// met meanwhile stay for [`PoolElement::next_event`].
+    /// Waits until the registrar accepted the registration; returns the PE id. A rejection
+    /// (other than cause 0x4, which the PE settles by itself) ends the wait with
+    /// [`ClientError::Rejected`] (the PE goes on trying). Other events met meanwhile stay for
+    /// [`PoolElement::next_event`].
     pub fn wait_registered(&mut self, timeout: Duration) -> Result<u32, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut seen = VecDeque::new();
@@ -250,6 +270,7 @@ impl PoolElement {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(PeNodeEvent::Pe(PeEvent::Registered { pe_id, .. })) => break Ok(pe_id),
+                Ok(PeNodeEvent::Pe(PeEvent::Rejected { cause, .. })) => break Err(ClientError::Rejected(cause.0)),
                 Ok(e) => seen.push_back(e),
                 Err(mpsc::RecvTimeoutError::Timeout) => break Err(ClientError::Timeout),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Err(ClientError::Stopped),
@@ -322,17 +343,30 @@ impl PoolElement {
     }
 }
 
+/// A resolution's outcome in name-service mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The pool's overall policy as given (`None`: left out, i.e. Round Robin).
+    pub policy: Option<PolicyRepr>,
+    /// The PEs, in the order to use them.
+    pub pes: Vec<PoolElementRepr>,
+    /// Whether it came from the cache.
+    pub from_cache: bool,
+}
+
 /// Where a [`PoolUser`]'s events go: waiting resolutions and open sessions.
 #[derive(Default)]
 struct Routes {
-    resolves: Vec<(Vec<u8>, mpsc::Sender<Result<Vec<PoolElementRepr>, ResolveError>>)>,
+    resolves: Vec<(Vec<u8>, mpsc::Sender<Result<Answer, ResolveError>>)>,
     sessions: HashMap<SessionId, mpsc::Sender<SessionEvent>>,
 }
 
 impl Routes {
     fn route(&mut self, e: PuNodeEvent) {
         match e {
-            PuNodeEvent::Pu(PuEvent::Resolved { pool_handle, pes, .. }) => self.answer(&pool_handle, Ok(pes)),
+            PuNodeEvent::Pu(PuEvent::Resolved { pool_handle, policy, pes, from_cache }) => {
+                self.answer(&pool_handle, Ok(Answer { policy, pes, from_cache }))
+            }
             PuNodeEvent::Pu(PuEvent::Failed { pool_handle, error }) => self.answer(&pool_handle, Err(error)),
             PuNodeEvent::Session(id, ev) => {
                 if let Some(tx) = self.sessions.get(&id) {
@@ -342,7 +376,7 @@ impl Routes {
         }
     }
 
-    fn answer(&mut self, pool: &[u8], r: Result<Vec<PoolElementRepr>, ResolveError>) {
+    fn answer(&mut self, pool: &[u8], r: Result<Answer, ResolveError>) {
         self.resolves.retain(|(p, tx)| {
             if p == pool {
                 let _ = tx.send(r.clone());
@@ -425,7 +459,8 @@ impl PoolUser {
         PoolUserBuilder { config: PuConfig::default(), announce: None }
     }
 
-    fn resolve_with(&self, pool: &[u8], fresh: bool, timeout: Duration) -> Result<Vec<PoolElementRepr>, ClientError> {
+    /// Resolves `pool` (from the cache unless `fresh`) and returns the whole answer.
+    pub fn resolve_answer(&self, pool: &[u8], fresh: bool, timeout: Duration) -> Result<Answer, ClientError> {
         let (tx, rx) = mpsc::channel();
         if let Ok(mut r) = self.routes.lock() {
             r.resolves.push((pool.to_vec(), tx));
@@ -442,12 +477,12 @@ impl PoolUser {
     /// Name-service mode: the PEs of `pool`, from the cache when it holds them (selected by
     /// the pool's policy), else from a registrar.
     pub fn resolve(&self, pool: &[u8], timeout: Duration) -> Result<Vec<PoolElementRepr>, ClientError> {
-        self.resolve_with(pool, false, timeout)
+        Ok(self.resolve_answer(pool, false, timeout)?.pes)
     }
 
     /// Like [`PoolUser::resolve`], but always asks a registrar.
     pub fn resolve_fresh(&self, pool: &[u8], timeout: Duration) -> Result<Vec<PoolElementRepr>, ClientError> {
-        self.resolve_with(pool, true, timeout)
+        Ok(self.resolve_answer(pool, true, timeout)?.pes)
     }
 
     /// Reports a PE the application could not reach (it leaves the cache; the registrar

@@ -216,7 +216,7 @@ impl PuNode {
             while let Some(ev) = self.pu.poll_event() {
                 moved = true;
                 let (pool, pes, fresh) = match &ev {
-                    PuEvent::Resolved { pool_handle, pes, from_cache } => (pool_handle.clone(), pes.clone(), !from_cache),
+                    PuEvent::Resolved { pool_handle, pes, from_cache, .. } => (pool_handle.clone(), pes.clone(), !from_cache),
                     PuEvent::Failed { pool_handle, .. } => (pool_handle.clone(), Vec::new(), true),
                 };
                 let ready: Vec<SessionId> =

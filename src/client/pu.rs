@@ -105,6 +105,9 @@ pub enum PuEvent {
     Resolved {
         /// The pool.
         pool_handle: Vec<u8>,
+        /// The pool's overall policy as the answer gave it (`None`: left out, which means
+        /// Round Robin); for an answer from the cache, the cached PEs' policy.
+        policy: Option<PolicyRepr>,
         /// The PEs (possibly none).
         pes: Vec<PoolElementRepr>,
         /// Whether it came from the cache without asking the registrar.
@@ -204,7 +207,9 @@ impl PuCore {
             let pes = self.select(pool_handle, usize::MAX);
             if !pes.is_empty() {
                 self.stats.cache_hits += 1;
-                self.events.push_back(PuEvent::Resolved { pool_handle: pool_handle.to_vec(), pes, from_cache: true });
+                let policy = pes.first().map(|p| p.policy.clone());
+                let pool_handle = pool_handle.to_vec();
+                self.events.push_back(PuEvent::Resolved { pool_handle, policy, pes, from_cache: true });
                 return;
             }
         }
@@ -353,10 +358,11 @@ impl PuCore {
         let Some(i) = self.pending.iter().position(|p| p.pool_handle == pool_handle) else { return };
         let p = self.pending.remove(i);
         match resolution {
-            Resolution::Found { pool_elements, .. } => {
+            Resolution::Found { pool_elements, policy } => {
                 let pes: Vec<PoolElementRepr> = pool_elements.clone().map(|pe| pe.to_repr()).collect();
                 self.store(pool_handle, &pes, now);
-                self.events.push_back(PuEvent::Resolved { pool_handle: p.pool_handle, pes, from_cache: false });
+                let policy = policy.map(|p| p.to_repr());
+                self.events.push_back(PuEvent::Resolved { pool_handle: p.pool_handle, policy, pes, from_cache: false });
             }
             Resolution::Failed(e) => {
                 self.drop_pool(pool_handle);

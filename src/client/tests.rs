@@ -410,7 +410,15 @@ fn pu_retransmits_after_t1_then_hunts_then_fails_after_t5() {
     assert_eq!(types(&sent(&drain(&mut cx))), [MessageType::HandleResolution], "asked again at the new registrar");
     let pes = [pe_repr(1, &["192.0.2.20"], 7000, Policy::RoundRobin)];
     pu.on_data(&mut cx, c2, &resolution_response(b"echo", &pes), Time(301));
-    assert_eq!(pu.poll_event(), Some(PuEvent::Resolved { pool_handle: b"echo".to_vec(), pes: pes.to_vec(), from_cache: false }));
+    assert_eq!(
+        pu.poll_event(),
+        Some(PuEvent::Resolved {
+            pool_handle: b"echo".to_vec(),
+            policy: Some(PolicyRepr::Known(Policy::RoundRobin)),
+            pes: pes.to_vec(),
+            from_cache: false
+        })
+    );
     assert_eq!(pu.stats.resolutions_sent, 4);
     // Unknown pools fail with the cause; a registrar that never comes fails after T5.
     pu.resolve(&mut cx, b"nope", false, Time(400));
