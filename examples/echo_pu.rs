@@ -19,14 +19,13 @@ use rserpool::client::session::SessionEvent;
 use rserpool::client::SessionConfig;
 
 fn usage(why: &str) -> ! {
-    eprintln!(
-        "echo_pu: {why}\nusage: echo_pu --registrar ADDR --pool NAME --count N --rate R --retrieval on|off"
-    );
+    eprintln!("echo_pu: {why}\nusage: echo_pu --registrar ADDR --pool NAME --count N --rate R --retrieval on|off");
     std::process::exit(2)
 }
 
 fn main() {
-    let (mut registrars, mut pool, mut count, mut rate, mut retrieval) = (Vec::<SocketAddr>::new(), None, 100u64, 100.0f64, true);
+    let (mut registrars, mut pool, mut count, mut rate, mut retrieval) =
+        (Vec::<SocketAddr>::new(), None, 100u64, 100.0f64, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));

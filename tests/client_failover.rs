@@ -118,7 +118,14 @@ fn connected(s: &Session, seen: &mut Vec<SessionEvent>) -> u32 {
 }
 
 /// Runs `echo_pu` while `during` runs; returns its JSON line.
-fn echo_pu(r: &Registrar, pool: &str, count: u32, rate: u32, retrieval: &str, during: impl FnOnce()) -> serde_json::Value {
+fn echo_pu(
+    r: &Registrar,
+    pool: &str,
+    count: u32,
+    rate: u32,
+    retrieval: &str,
+    during: impl FnOnce(),
+) -> serde_json::Value {
     let child = Command::new(example("echo_pu"))
         .args(["--registrar", &r.addr.to_string(), "--pool", pool])
         .args(["--count", &count.to_string(), "--rate", &rate.to_string(), "--retrieval", retrieval])
@@ -205,7 +212,9 @@ fn failover_from_a_frozen_pe_retrieves_or_drops_exactly_the_unacknowledged_messa
         eventually("failed over and all answers or drops in", || {
             while let Some(ev) = s.recv(Duration::from_millis(10)) {
                 match &ev {
-                    SessionEvent::Data { payload, .. } => answered.push(u64::from_be_bytes(payload[..8].try_into().unwrap())),
+                    SessionEvent::Data { payload, .. } => {
+                        answered.push(u64::from_be_bytes(payload[..8].try_into().unwrap()))
+                    }
                     SessionEvent::Dropped(seqs) => dropped.extend(seqs),
                     SessionEvent::Connected { pe_id, .. } => next = Some(*pe_id),
                     _ => {}

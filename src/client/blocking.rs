@@ -53,7 +53,9 @@ use super::session::{SendError, SessionEvent, SessionId, SessionStats};
 use super::Listener;
 use crate::time::Time;
 use crate::wire::framer::Frame;
-use crate::wire::{Framer, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr, TransportUse};
+use crate::wire::{
+    Framer, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr, TransportUse,
+};
 
 /// What went wrong in a blocking call.
 #[derive(Debug, thiserror::Error)]
@@ -536,7 +538,8 @@ impl Session {
     /// Queues a message on `stream`; returns its sequence number.
     pub fn send(&self, stream: u16, payload: Vec<u8>) -> Result<u64, ClientError> {
         let id = self.id;
-        let r = self.handle.call(move |n: &mut PuNode, now| n.with_session(id, now, |s, cx| s.send(cx, stream, payload)));
+        let r =
+            self.handle.call(move |n: &mut PuNode, now| n.with_session(id, now, |s, cx| s.send(cx, stream, payload)));
         Ok(r.flatten().ok_or(ClientError::Stopped)??)
     }
 
@@ -624,7 +627,10 @@ impl AsapStream {
             self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
             match self.stream.read(&mut buf) {
                 Ok(0) => {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection"))
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection",
+                    ))
                 }
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
                 // A signal interrupted the read: try again.

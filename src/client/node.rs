@@ -216,11 +216,12 @@ impl PuNode {
             while let Some(ev) = self.pu.poll_event() {
                 moved = true;
                 let (pool, pes, fresh) = match &ev {
-                    PuEvent::Resolved { pool_handle, pes, from_cache, .. } => (pool_handle.clone(), pes.clone(), !from_cache),
+                    PuEvent::Resolved { pool_handle, pes, from_cache, .. } => {
+                        (pool_handle.clone(), pes.clone(), !from_cache)
+                    }
                     PuEvent::Failed { pool_handle, .. } => (pool_handle.clone(), Vec::new(), true),
                 };
-                let ready: Vec<SessionId> =
-                    self.waiting.iter().filter(|(_, p)| *p == pool).map(|(s, _)| *s).collect();
+                let ready: Vec<SessionId> = self.waiting.iter().filter(|(_, p)| *p == pool).map(|(s, _)| *s).collect();
                 self.waiting.retain(|(_, p)| *p != pool);
                 for id in ready {
                     if let Some(s) = self.sessions.iter_mut().find(|s| s.id() == id) {

@@ -367,8 +367,11 @@ impl PuCore {
             Resolution::Failed(e) => {
                 self.drop_pool(pool_handle);
                 let code = e.first_code();
-                let error =
-                    if code == CauseCode::UNKNOWN_POOL_HANDLE { ResolveError::UnknownPool } else { ResolveError::Cause(code) };
+                let error = if code == CauseCode::UNKNOWN_POOL_HANDLE {
+                    ResolveError::UnknownPool
+                } else {
+                    ResolveError::Cause(code)
+                };
                 self.events.push_back(PuEvent::Failed { pool_handle: p.pool_handle, error });
             }
         }

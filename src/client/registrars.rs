@@ -108,10 +108,19 @@ pub enum LinkEvent {
 enum State {
     /// Not hunting (nothing asked for a registrar yet).
     Idle,
-    Connecting { conn: ConnToken, addr: SocketAddr, deadline: Time },
-    Up { conn: ConnToken, addr: SocketAddr },
+    Connecting {
+        conn: ConnToken,
+        addr: SocketAddr,
+        deadline: Time,
+    },
+    Up {
+        conn: ConnToken,
+        addr: SocketAddr,
+    },
     /// Every known registrar failed in this round: try again at `until`.
-    Paused { until: Time },
+    Paused {
+        until: Time,
+    },
 }
 
 /// One client's connection to a registrar, and the hunt for one.

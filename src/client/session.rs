@@ -135,10 +135,21 @@ struct Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
     /// Waiting for candidates from the node.
-    Waiting { fresh: bool },
-    Connecting { conn: ConnToken, target: Target, deadline: Time },
-    Open { conn: ConnToken, target: Target },
-    Paused { until: Time },
+    Waiting {
+        fresh: bool,
+    },
+    Connecting {
+        conn: ConnToken,
+        target: Target,
+        deadline: Time,
+    },
+    Open {
+        conn: ConnToken,
+        target: Target,
+    },
+    Paused {
+        until: Time,
+    },
     Closed,
 }
 
@@ -256,8 +267,7 @@ impl SessionCore {
         if payload.len() > self.cfg.max_payload {
             return Err(SendError::TooLarge);
         }
-        if self.unacked.len() >= self.cfg.max_unacked
-            || self.unacked_bytes + payload.len() > self.cfg.max_unacked_bytes
+        if self.unacked.len() >= self.cfg.max_unacked || self.unacked_bytes + payload.len() > self.cfg.max_unacked_bytes
         {
             return Err(SendError::Full);
         }
@@ -391,7 +401,8 @@ impl SessionCore {
     /// The connection is gone.
     pub fn on_closed(&mut self, cx: &mut Ctx, conn: ConnToken, now: Time) {
         if self.owns(conn) {
-            let reason = if matches!(self.phase, Phase::Connecting { .. }) { "connect failed" } else { "connection lost" };
+            let reason =
+                if matches!(self.phase, Phase::Connecting { .. }) { "connect failed" } else { "connection lost" };
             self.fail(cx, reason.into(), now, false);
         }
     }
@@ -436,7 +447,14 @@ impl SessionCore {
         }
     }
 
-    fn on_frame(&mut self, cx: &mut Ctx, conn: ConnToken, pe_id: u32, f: Frame<'_>, now: Time) -> Result<(), (String, bool)> {
+    fn on_frame(
+        &mut self,
+        cx: &mut Ctx,
+        conn: ConnToken,
+        pe_id: u32,
+        f: Frame<'_>,
+        now: Time,
+    ) -> Result<(), (String, bool)> {
         let mut seq_err = |k| {
             let e = frame::FrameError::Sequence(k);
             let mut bytes = Vec::new();

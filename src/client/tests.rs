@@ -15,8 +15,8 @@ use super::{ConnToken, Ctx, Io, Node};
 use crate::time::Time;
 use crate::wire::asap::{self, Body, MessageType, FLAG_HOME, FLAG_REJECT};
 use crate::wire::{
-    CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol,
-    TransportRepr, Writer,
+    CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
+    Writer,
 };
 
 const R1: &str = "192.0.2.1:3863";
@@ -88,22 +88,39 @@ fn spec(id: u32) -> PeSpec {
 }
 
 fn pe_core(registrars: &[&str]) -> PeCore {
-    PeCore::new(PeConfig { registrars: registrars.iter().map(|s| addr(s)).collect(), timers: timers(), local: None, seed: 7 })
+    PeCore::new(PeConfig {
+        registrars: registrars.iter().map(|s| addr(s)).collect(),
+        timers: timers(),
+        local: None,
+        seed: 7,
+    })
 }
 
 fn response(handle: &[u8], id: u32, reject: Option<CauseCode>) -> Vec<u8> {
     let mut b = Vec::new();
     let flags = if reject.is_some() { FLAG_REJECT } else { 0 };
     let error = reject.map(|c| (c, &[][..]));
-    asap::emit_handle_and_id(&mut Writer::new(&mut b), MessageType::RegistrationResponse, flags, handle, Some(id), error)
-        .unwrap();
+    asap::emit_handle_and_id(
+        &mut Writer::new(&mut b),
+        MessageType::RegistrationResponse,
+        flags,
+        handle,
+        Some(id),
+        error,
+    )
+    .unwrap();
     b
 }
 
 fn keep_alive(home: bool, server_id: u32, handle: &[u8], id: Option<u32>) -> Vec<u8> {
     let mut params = vec![ParamRepr::PoolHandle(handle.to_vec())];
     params.extend(id.map(ParamRepr::PeIdentifier));
-    let mut m = MessageRepr::new(Protocol::Asap, MessageType::EndpointKeepAlive as u8, if home { FLAG_HOME } else { 0 }, params);
+    let mut m = MessageRepr::new(
+        Protocol::Asap,
+        MessageType::EndpointKeepAlive as u8,
+        if home { FLAG_HOME } else { 0 },
+        params,
+    );
     m.fixed.push(server_id);
     m.to_bytes().unwrap()
 }
@@ -244,8 +261,9 @@ fn pe_adopts_a_registrar_that_dials_it_with_the_h_flag() {
     pe.on_data(&mut cx, inbound, &keep_alive(true, 0x33, b"echo", Some(1)), Time(10));
     let io = drain(&mut cx);
     assert!(io.contains(&Io::Close { conn: old }), "the old registrar connection is closed");
-    let on_new: Vec<Vec<u8>> =
-        sent(&io.iter().filter(|i| matches!(i, Io::Send { conn, .. } if *conn == inbound)).cloned().collect::<Vec<_>>());
+    let on_new: Vec<Vec<u8>> = sent(
+        &io.iter().filter(|i| matches!(i, Io::Send { conn, .. } if *conn == inbound)).cloned().collect::<Vec<_>>(),
+    );
     assert_eq!(types(&on_new), [MessageType::EndpointKeepAliveAck, MessageType::Registration]);
     assert_eq!(pe.registrar(), Some(addr(R2)));
 }
@@ -360,7 +378,8 @@ fn pe_repr(id: u32, ips: &[&str], port: u16, policy: Policy) -> PoolElementRepr 
 }
 
 fn resolution_response(handle: &[u8], pes: &[PoolElementRepr]) -> Vec<u8> {
-    let mut params = vec![ParamRepr::PoolHandle(handle.to_vec()), ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin))];
+    let mut params =
+        vec![ParamRepr::PoolHandle(handle.to_vec()), ParamRepr::Policy(PolicyRepr::Known(Policy::RoundRobin))];
     params.extend(pes.iter().cloned().map(ParamRepr::PoolElement));
     MessageRepr::new(Protocol::Asap, MessageType::HandleResolutionResponse as u8, 0, params).to_bytes().unwrap()
 }
@@ -424,7 +443,10 @@ fn pu_retransmits_after_t1_then_hunts_then_fails_after_t5() {
     pu.resolve(&mut cx, b"nope", false, Time(400));
     drain(&mut cx);
     pu.on_data(&mut cx, c2, &unknown_pool(b"nope"), Time(401));
-    assert_eq!(pu.poll_event(), Some(PuEvent::Failed { pool_handle: b"nope".to_vec(), error: ResolveError::UnknownPool }));
+    assert_eq!(
+        pu.poll_event(),
+        Some(PuEvent::Failed { pool_handle: b"nope".to_vec(), error: ResolveError::UnknownPool })
+    );
     let mut lonely = pu_core(&[R1], 0);
     lonely.resolve(&mut cx, b"echo", false, Time(0));
     let mut now = Time(0);
@@ -438,7 +460,10 @@ fn pu_retransmits_after_t1_then_hunts_then_fails_after_t5() {
         now = lonely.next_deadline().unwrap();
         lonely.on_timer(&mut cx, now);
     };
-    assert_eq!(failed, (Time(5_000), PuEvent::Failed { pool_handle: b"echo".to_vec(), error: ResolveError::NoRegistrar }));
+    assert_eq!(
+        failed,
+        (Time(5_000), PuEvent::Failed { pool_handle: b"echo".to_vec(), error: ResolveError::NoRegistrar })
+    );
 }
 
 #[test]
@@ -498,7 +523,13 @@ fn pu_queues_reports_while_no_registrar_is_connected() {
 // ---- Session layer ----
 
 fn session_cfg(retrieval: bool) -> SessionConfig {
-    SessionConfig { heartbeat_interval: 100, heartbeat_timeout: 100, retrieval, connect_timeout: 50, ..Default::default() }
+    SessionConfig {
+        heartbeat_interval: 100,
+        heartbeat_timeout: 100,
+        retrieval,
+        connect_timeout: 50,
+        ..Default::default()
+    }
 }
 
 /// Frames written on any connection, decoded.
@@ -639,11 +670,8 @@ fn the_newest_cookie_and_unacked_messages_reach_the_next_pe_in_order_with_the_re
     assert!(matches!(asap::parse(&f[1].3).unwrap().into_body(), Body::CookieEcho { cookie: b"new" }));
     let data: Vec<(u8, u64)> = f[2..].iter().map(|x| (x.1, x.2)).collect();
     assert_eq!(data, [(FLAG_RESEND, 1), (FLAG_RESEND, 3), (FLAG_RESEND, 4), (0, 5)], "in order; 5 was never sent");
-    assert!(std::iter::from_fn(|| s.poll_event()).any(|e| e == SessionEvent::Connected {
-        pe_id: 2,
-        addr: addr("192.0.2.1:7002"),
-        resent: 3
-    }));
+    assert!(std::iter::from_fn(|| s.poll_event())
+        .any(|e| e == SessionEvent::Connected { pe_id: 2, addr: addr("192.0.2.1:7002"), resent: 3 }));
     assert_eq!((s.stats.resent, s.stats.failovers), (3, 1));
 }
 
@@ -708,7 +736,9 @@ fn bad_input_on_a_session_gets_an_error_frame_and_a_close() {
     assert!(io.contains(&Io::Close { conn }));
     // PE side: a frame too large, and data before HELLO.
     let mut srv = SessionServer::new(SessionConfig { max_payload: 1000, ..Default::default() });
-    for (bad, what) in [(frame_bytes(Kind::Data, 2000), "exceeds the maximum"), (frame_bytes(Kind::Data, 1), "HELLO first")] {
+    for (bad, what) in
+        [(frame_bytes(Kind::Data, 2000), "exceeds the maximum"), (frame_bytes(Kind::Data, 1), "HELLO first")]
+    {
         let c = ConnToken::accepted(fastrand::u64(..1000));
         srv.on_accepted(&mut cx, c, addr("192.0.2.50:5000"), Time(0));
         drain(&mut cx);
@@ -718,7 +748,9 @@ fn bad_input_on_a_session_gets_an_error_frame_and_a_close() {
         assert_eq!(f[0].0, Kind::Error);
         assert!(String::from_utf8_lossy(&f[0].3).contains(what), "{:?}", String::from_utf8_lossy(&f[0].3));
         assert!(io.contains(&Io::Close { conn: c }));
-        assert!(std::iter::from_fn(|| srv.poll_event()).any(|e| matches!(e, ServerEvent::Closed { error: Some(_), .. })));
+        assert!(
+            std::iter::from_fn(|| srv.poll_event()).any(|e| matches!(e, ServerEvent::Closed { error: Some(_), .. }))
+        );
     }
     assert!(srv.is_empty());
 }
@@ -758,10 +790,8 @@ fn the_pe_side_delivers_data_answers_heartbeats_and_acks_on_request() {
 
 #[test]
 fn a_pu_node_resolves_for_its_sessions_and_reports_failed_pes() {
-    let mut node = PuNode::new(
-        PuConfig { registrars: vec![addr(R1)], timers: timers(), seed: 1, ..PuConfig::default() },
-        Time(0),
-    );
+    let mut node =
+        PuNode::new(PuConfig { registrars: vec![addr(R1)], timers: timers(), seed: 1, ..PuConfig::default() }, Time(0));
     let id = node.open_session(b"echo", session_cfg(true), Time(0)).unwrap();
     let (reg, _) = connects(&drain(&mut node.cx))[0];
     node.on_connected(reg, Time(0));
@@ -775,6 +805,8 @@ fn a_pu_node_resolves_for_its_sessions_and_reports_failed_pes() {
     assert_eq!(types(&sent(&io)), [MessageType::EndpointUnreachable], "the failed PE is reported");
     assert_eq!(connects(&io)[0].1.port(), 7002, "the other PE from the cache, without asking the registrar");
     let events: Vec<PuNodeEvent> = std::iter::from_fn(|| node.poll_event()).collect();
-    assert!(events.iter().any(|e| matches!(e, PuNodeEvent::Session(s, SessionEvent::PeFailed { pe_id: 1, .. }) if *s == id)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, PuNodeEvent::Session(s, SessionEvent::PeFailed { pe_id: 1, .. }) if *s == id)));
     assert_eq!(node.pu.stats.resolutions_sent, 1);
 }

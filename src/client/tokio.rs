@@ -73,7 +73,10 @@ impl<N> Clone for Handle<N> {
 }
 
 impl<N: Node + Send + 'static> Handle<N> {
-    async fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut N, Time) -> R + Send + 'static) -> Result<R, ClientError> {
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut N, Time) -> R + Send + 'static,
+    ) -> Result<R, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.exec(move |n, now| {
             let _ = tx.send(f(n, now));
@@ -263,7 +266,11 @@ pub struct PoolElement {
 impl PoolElement {
     /// Listens on `listen`, registers that TCP transport in `pool` (Round Robin, no expiry)
     /// at one of `registrars`.
-    pub async fn start(pool: impl AsRef<[u8]>, registrars: &[SocketAddr], listen: SocketAddr) -> Result<Self, ClientError> {
+    pub async fn start(
+        pool: impl AsRef<[u8]>,
+        registrars: &[SocketAddr],
+        listen: SocketAddr,
+    ) -> Result<Self, ClientError> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         let mut user_transport = TransportRepr::new(TransportProtocol::Tcp, local_addr.ip(), local_addr.port());
@@ -278,9 +285,10 @@ impl PoolElement {
         };
         let config = PeConfig { registrars: registrars.to_vec(), ..PeConfig::default() };
         let (tx, events) = mpsc::unbounded_channel();
-        let handle = spawn(PeNode::new(config, SessionConfig::default()), vec![(listener, Listener::Session)], move |e| {
-            let _ = tx.send(e);
-        });
+        let handle =
+            spawn(PeNode::new(config, SessionConfig::default()), vec![(listener, Listener::Session)], move |e| {
+                let _ = tx.send(e);
+            });
         let reg = handle.call(move |n: &mut PeNode, now| n.pe.add(&mut n.cx, spec, now)).await?;
         Ok(Self { handle, events, reg: reg.ok_or(ClientError::Stopped)?, local_addr, pool: pool.as_ref().to_vec() })
     }
@@ -450,7 +458,10 @@ impl Session {
     /// Queues a message on `stream`; returns its sequence number.
     pub async fn send(&mut self, stream: u16, payload: Vec<u8>) -> Result<u64, ClientError> {
         let id = self.id;
-        let r = self.handle.call(move |n: &mut PuNode, now| n.with_session(id, now, |s, cx| s.send(cx, stream, payload))).await?;
+        let r = self
+            .handle
+            .call(move |n: &mut PuNode, now| n.with_session(id, now, |s, cx| s.send(cx, stream, payload)))
+            .await?;
         Ok(r.ok_or(ClientError::Stopped)??)
     }
 

@@ -16,7 +16,9 @@ pub use vectors::vector;
 
 use rserpool::client::blocking::AsapStream;
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
-use rserpool::wire::{CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportRepr, Writer};
+use rserpool::wire::{
+    CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportRepr, Writer,
+};
 
 /// How long a test waits for anything before it calls the registrar stuck (a deadlock guard,
 /// not a timing assertion).
