@@ -53,4 +53,5 @@ fn main() {
         );
     }
     let _ = reg.kill();
+    let _ = reg.wait();
 }

@@ -45,7 +45,7 @@ fn main() {
         }
     }
     let pool = pool.unwrap_or_else(|| usage("--pool is required"));
-    if registrars.is_empty() || !(rate > 0.0) {
+    if registrars.is_empty() || rate.is_nan() || rate <= 0.0 {
         usage("--registrar and a positive --rate are required");
     }
     let mut b = PoolUser::builder();
@@ -102,7 +102,7 @@ fn main() {
     }
     // The answers still due: until all are in, or nothing came for a while (bounded).
     let end = Instant::now() + Duration::from_secs(30);
-    while answers.iter().any(|&a| a == 0) && Instant::now() < end {
+    while answers.contains(&0) && Instant::now() < end {
         match session.recv(Duration::from_secs(3)) {
             Some(ev) => on_event(ev, &mut answers),
             None if session.unacked() == 0 => break,

@@ -133,4 +133,5 @@ fn main() {
         }
     }
     let _ = reg.kill();
+    let _ = reg.wait();
 }

@@ -356,10 +356,13 @@ pub struct Answer {
     pub from_cache: bool,
 }
 
+/// Who waits for the resolution of which pool.
+type Waiter = (Vec<u8>, mpsc::Sender<Result<Answer, ResolveError>>);
+
 /// Where a [`PoolUser`]'s events go: waiting resolutions and open sessions.
 #[derive(Default)]
 struct Routes {
-    resolves: Vec<(Vec<u8>, mpsc::Sender<Result<Answer, ResolveError>>)>,
+    resolves: Vec<Waiter>,
     sessions: HashMap<SessionId, mpsc::Sender<SessionEvent>>,
 }
 
