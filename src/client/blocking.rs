@@ -516,12 +516,11 @@ impl PoolUser {
             .driver
             .handle
             .call(move |n: &mut PuNode, now| {
-                let id = n.open_session(&p, cfg, now)?;
-                // Routed before the node runs again, so no event of the session is missed.
-                if let Ok(mut r) = routes.lock() {
-                    r.sessions.insert(id, tx);
-                }
-                Some(id)
+                n.open_routed(&p, cfg, now, |id| {
+                    if let Ok(mut r) = routes.lock() {
+                        r.sessions.insert(id, tx);
+                    }
+                })
             })
             .flatten()
             .ok_or(ClientError::Stopped)?;

@@ -161,6 +161,20 @@ impl PuNode {
         Some(id)
     }
 
+    /// Opens a session like [`PuNode::open_session`] and hands its id to `route` at once (an
+    /// adapter's event routing), before any event of the session leaves the node.
+    pub fn open_routed(
+        &mut self,
+        pool_handle: &[u8],
+        cfg: SessionConfig,
+        now: Time,
+        route: impl FnOnce(SessionId),
+    ) -> Option<SessionId> {
+        let id = self.open_session(pool_handle, cfg, now)?;
+        route(id);
+        Some(id)
+    }
+
     /// A session, to send on it or look at it.
     pub fn session(&mut self, id: SessionId) -> Option<&mut SessionCore> {
         self.sessions.iter_mut().find(|s| s.id() == id)

@@ -435,11 +435,11 @@ impl PoolUser {
         let id = self
             .handle
             .call(move |n: &mut PuNode, now| {
-                let id = n.open_session(&p, cfg, now)?;
-                if let Ok(mut r) = routes.lock() {
-                    r.sessions.insert(id, tx);
-                }
-                Some(id)
+                n.open_routed(&p, cfg, now, |id| {
+                    if let Ok(mut r) = routes.lock() {
+                        r.sessions.insert(id, tx);
+                    }
+                })
             })
             .await?
             .ok_or(ClientError::Stopped)?;
