@@ -4,6 +4,8 @@
 //! - [`handlespace`]: pools, pool elements, selection policies, lifetimes, per-owner checksums.
 //! - [`asap`]: the registrar's sans-IO ASAP procedures on one shard.
 //! - [`enrp`]: ENRP between registrars, sans-IO: peers, sync, audits, takeovers.
+//! - [`client`]: pool elements and pool users (sans-IO cores, the PU↔PE session layer, blocking
+//!   and tokio adapters).
 //! - [`registrar`]: one registrar shard as a service: routing across shards, answer order.
 //! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
 //! - [`service`]: the seam between protocol code and engines.
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod asap;
+pub mod client;
 pub mod config;
 pub mod enrp;
 pub mod handlespace;

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rserpool::client::blocking::AsapStream;
 use rserpool::wire::asap::{self, MessageType};
-use rserpool::wire::{Framer, Protocol, Writer};
+use rserpool::wire::Writer;
 
 use crate::validate::{check_asap, check_resp, Answer};
 use crate::workload::{resp_command, Plan};
@@ -36,41 +37,24 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// Reads whole ASAP messages from a blocking stream until `f` returns true for one.
-fn read_until(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-    mut f: impl FnMut(&[u8]) -> io::Result<bool>,
-) -> io::Result<()> {
-    let framer = Framer::new(Protocol::Asap, 65535);
-    let mut chunk = vec![0u8; 64 * 1024];
+/// Reads whole ASAP messages (the client library's [`AsapStream`]) until `f` returns true for
+/// one.
+fn read_until(s: &mut AsapStream, deadline: Instant, mut f: impl FnMut(&[u8]) -> io::Result<bool>) -> io::Result<()> {
     loop {
-        let mut frames = framer.frames(buf);
-        let mut done = false;
-        for m in frames.by_ref() {
-            let m = m.map_err(|e| err(format!("unframeable answer: {e}")))?;
-            if f(m)? {
-                done = true;
-                break;
-            }
-        }
-        let used = frames.consumed();
-        buf.drain(..used);
-        if done {
-            return Ok(());
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(err("the registrar did not answer in time".into()));
         }
-        s.set_read_timeout(Some(left))?;
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(err("the registrar closed the connection".into()));
+        if let Some(m) = s.recv(left)? {
+            if f(&m)? {
+                return Ok(());
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+fn connect(addr: SocketAddr) -> io::Result<AsapStream> {
+    AsapStream::connect(addr, None, Duration::from_secs(10))
 }
 
 /// Connections that hold the static PEs; they answer keep-alives until dropped (which closes
@@ -100,17 +84,15 @@ pub fn register_static(addr: SocketAddr, plan: &Plan) -> io::Result<Holder> {
     let mut i = 0;
     while i < total {
         let n = PES_PER_CONNECTION.min(total - i);
-        let mut s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
+        let mut s = connect(addr)?;
         let mut bytes = Vec::new();
         for k in i..i + n {
             let (pool, j) = (k / plan.spec.pool_size, k % plan.spec.pool_size);
             bytes.extend_from_slice(&plan.registration(pool, plan.static_pe_id(pool, j)));
         }
-        s.write_all(&bytes)?;
-        let mut buf = Vec::new();
+        s.send(&bytes)?;
         let mut answered = 0;
-        read_until(&mut s, &mut buf, deadline, |m| {
+        read_until(&mut s, deadline, |m| {
             match check_asap(plan, m) {
                 Answer::Registration { result: Ok(()), .. } => answered += 1,
                 Answer::Registration { pe_id, .. } => {
@@ -121,7 +103,7 @@ pub fn register_static(addr: SocketAddr, plan: &Plan) -> io::Result<Holder> {
             }
             Ok(answered == n)
         })?;
-        conns.push((s, buf));
+        conns.push(s);
         i += n;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,26 +113,13 @@ pub fn register_static(addr: SocketAddr, plan: &Plan) -> io::Result<Holder> {
 }
 
 /// Answers keep-alives on the setup connections until `stop`.
-fn hold(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: &AtomicBool) {
-    let framer = Framer::new(Protocol::Asap, 65535);
-    let mut chunk = vec![0u8; 16 * 1024];
-    for (s, _) in &conns {
-        let _ = s.set_nonblocking(true);
-    }
+fn hold(mut conns: Vec<AsapStream>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        for (s, buf) in conns.iter_mut() {
-            loop {
-                match s.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(_) => break,
-                }
-            }
+        for s in conns.iter_mut() {
             let mut acks = Vec::new();
-            let mut frames = framer.frames(buf);
-            for m in frames.by_ref().flatten() {
-                if let Ok(parsed) = asap::parse(m) {
-                    // One without PE Identifier (never from our registrar) goes unanswered.
+            while let Ok(Some(m)) = s.recv(Duration::from_millis(1)) {
+                // One without PE Identifier (never from our registrar) goes unanswered.
+                if let Ok(parsed) = asap::parse(&m) {
                     if let asap::Body::EndpointKeepAlive { pool_handle, pe_id: Some(pe_id), .. } = parsed.body() {
                         let t = MessageType::EndpointKeepAliveAck;
                         let _ = asap::emit_handle_and_id(
@@ -164,12 +133,8 @@ fn hold(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: &AtomicBool) {
                     }
                 }
             }
-            let used = frames.consumed();
-            buf.drain(..used);
             if !acks.is_empty() {
-                let _ = s.set_nonblocking(false);
-                let _ = s.write_all(&acks);
-                let _ = s.set_nonblocking(true);
+                let _ = s.send(&acks);
             }
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -178,12 +143,11 @@ fn hold(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: &AtomicBool) {
 
 /// Resolves pool 0 once and returns the sizes of the request and of the answer.
 pub fn probe_sizes(addr: SocketAddr, plan: &Plan) -> io::Result<(usize, usize)> {
-    let mut s = TcpStream::connect(addr)?;
+    let mut s = connect(addr)?;
     let req = plan.resolve_request(0);
-    s.write_all(req)?;
+    s.send(req)?;
     let mut size = 0;
-    let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, Instant::now() + Duration::from_secs(10), |m| match check_asap(plan, m) {
+    read_until(&mut s, Instant::now() + Duration::from_secs(10), |m| match check_asap(plan, m) {
         Answer::Resolution { result: Ok(()), .. } => {
             size = m.len();
             Ok(true)
@@ -196,22 +160,21 @@ pub fn probe_sizes(addr: SocketAddr, plan: &Plan) -> io::Result<(usize, usize)> 
 /// Registers and deregisters one churn PE; returns the sizes of the Registration and of its
 /// Response (the churn workload's request and answer).
 pub fn probe_churn_sizes(addr: SocketAddr, plan: &Plan) -> io::Result<(usize, usize)> {
-    let mut s = TcpStream::connect(addr)?;
+    let mut s = connect(addr)?;
     let (pool, pe) = (plan.churn_pool(0, 0), plan.churn_pe_id(0, 0));
     let req = plan.registration(pool, pe);
-    s.write_all(&req)?;
+    s.send(&req)?;
     let mut size = 0;
-    let mut buf = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    read_until(&mut s, &mut buf, deadline, |m| match check_asap(plan, m) {
+    read_until(&mut s, deadline, |m| match check_asap(plan, m) {
         Answer::Registration { result: Ok(()), .. } => {
             size = m.len();
             Ok(true)
         }
         a => Err(err(format!("probe registration failed: {a:?}"))),
     })?;
-    s.write_all(&plan.deregistration(pool, pe))?;
-    read_until(&mut s, &mut buf, deadline, |m| Ok(matches!(check_asap(plan, m), Answer::Deregistration { .. })))?;
+    s.send(&plan.deregistration(pool, pe))?;
+    read_until(&mut s, deadline, |m| Ok(matches!(check_asap(plan, m), Answer::Deregistration { .. })))?;
     Ok((req.len(), size))
 }
 

@@ -1,8 +1,8 @@
 //! Shared helpers of the integration tests: a registrar process on an ephemeral loopback port,
-//! and a blocking ASAP client.
+//! and a blocking ASAP client on the library's `AsapStream`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,10 +14,10 @@ mod vectors;
 #[allow(unused_imports)]
 pub use vectors::vector;
 
+use rserpool::client::blocking::AsapStream;
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
-use rserpool::wire::framer::Frame;
 use rserpool::wire::{
-    CauseCode, Framer, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportRepr, Writer,
+    CauseCode, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportRepr, Writer,
 };
 
 /// How long a test waits for anything before it calls the registrar stuck (a deadlock guard,
@@ -135,59 +135,40 @@ impl Drop for Registrar {
     }
 }
 
-/// A blocking ASAP client.
+/// A blocking ASAP client: the library's [`AsapStream`] with test conveniences (panics
+/// instead of errors, registration and resolution helpers).
 pub struct Client {
+    conn: AsapStream,
     pub stream: TcpStream,
-    framer: Framer,
-    pending: Vec<u8>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        Self::over(TcpStream::connect(addr).expect("connect to the registrar"))
+        Self::wrap(AsapStream::connect(addr, None, PATIENCE).expect("connect to the registrar"))
     }
 
     /// Connects from `ip` (any port) to `addr`.
     pub fn connect_from(ip: std::net::IpAddr, addr: SocketAddr) -> Self {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
-        socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind the client's address");
-        socket.connect(&addr.into()).expect("connect to the registrar");
-        Self::over(socket.into())
+        Self::wrap(AsapStream::connect(addr, Some(ip), PATIENCE).expect("connect to the registrar"))
     }
 
     /// Reads and writes whole ASAP messages on `stream` (either end of a connection).
     pub fn over(stream: TcpStream) -> Self {
-        stream.set_nodelay(true).unwrap();
-        Self { stream, framer: Framer::new(Protocol::Asap, 65535), pending: Vec::new() }
+        Self::wrap(AsapStream::over(stream).unwrap())
+    }
+
+    fn wrap(conn: AsapStream) -> Self {
+        let stream = conn.stream.try_clone().unwrap();
+        Self { conn, stream }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        self.conn.send(bytes).unwrap();
     }
 
     /// The next message, or `None` if the connection closed or nothing came within `wait`.
     pub fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(Frame::Complete(m)) = self.framer.frame(&self.pending) {
-                let m = m.to_vec();
-                self.pending.drain(..m.len());
-                return Some(m);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
-            let mut buf = [0u8; 65536];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                // A signal interrupted the read (e.g. io_uring task work of this thread): retry.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return None
-                }
-                Err(_) => return None,
-            }
-        }
+        self.conn.recv(wait).ok().flatten()
     }
 
     /// The next message (the test fails if none comes).

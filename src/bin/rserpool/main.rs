@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-mod client;
 mod decode;
 mod describe;
 mod register;

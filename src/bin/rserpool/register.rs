@@ -4,24 +4,24 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rserpool::wire::asap::{self, Body, MessageType};
+use rserpool::client::blocking::{ClientError, PoolElement};
+use rserpool::client::node::PeNodeEvent;
+use rserpool::client::pe::PeEvent;
 use rserpool::wire::transport::Addresses;
-use rserpool::wire::{
-    MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
-    TransportUse, Writer,
-};
+use rserpool::wire::{Policy, PolicyRepr, PoolElementRepr, TransportProtocol, TransportRepr, TransportUse};
 
-use crate::client::Connection;
 use crate::describe;
 
-/// Arguments of `rserpool register`.
+/// Arguments of `rserpool register`: a pool element on the client library
+/// ([`rserpool::client::blocking::PoolElement`]): T2 retries, registrar hunt, re-registration
+/// every T4 and after its connection drops, keep-alives, home adoption.
 #[derive(clap::Args, Debug)]
 pub struct RegisterArgs {
-    /// The registrar's ASAP address.
+    /// The registrar's ASAP address; repeat it to give others to hunt when one fails.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3863")]
-    pub registrar: SocketAddr,
+    pub registrar: Vec<SocketAddr>,
     /// Pool handle to register under.
     #[arg(long, value_name = "NAME")]
     pub pool: String,
@@ -36,7 +36,7 @@ pub struct RegisterArgs {
     pub control: bool,
     /// Selection policy: rr, wrr:WEIGHT, random, wrand:WEIGHT, priority:P, lu:LOAD,
     /// lud:LOAD:DEGRADATION, plu:LOAD:DEGRADATION, rlu:LOAD. Loads and degradations are
-    /// percentages (`25%`) or raw 32-bit values.
+    /// percentages (`25%`) or raw 32-bit values (decimal, or hex with 0x).
     #[arg(long, value_name = "SPEC", default_value = "rr")]
     pub policy: String,
     /// Registration life in milliseconds (-1: until deregistered or disconnected). The PE
@@ -60,7 +60,15 @@ fn load(s: &str) -> Result<u32, String> {
             }
             Ok((v / 100.0 * f64::from(u32::MAX)).round() as u32)
         }
-        None => s.parse().map_err(|_| format!("bad value {s:?}")),
+        None => raw(s).ok_or_else(|| format!("bad value {s:?}")),
+    }
+}
+
+/// A raw 32-bit value: decimal, or hex with `0x`.
+fn raw(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
     }
 }
 
@@ -68,11 +76,8 @@ fn load(s: &str) -> Result<u32, String> {
 pub fn parse_policy(spec: &str) -> Result<Policy, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let num = |i: usize| -> Result<u32, String> {
-        parts
-            .get(i)
-            .ok_or_else(|| format!("policy {spec:?} needs a value"))?
-            .parse()
-            .map_err(|_| format!("bad number in {spec:?}"))
+        raw(parts.get(i).ok_or_else(|| format!("policy {spec:?} needs a value"))?)
+            .ok_or_else(|| format!("bad number in {spec:?}"))
     };
     let ld = |i: usize| -> Result<u32, String> {
         load(parts.get(i).ok_or_else(|| format!("policy {spec:?} needs a value"))?)
@@ -125,95 +130,6 @@ pub fn parse_transports(specs: &[String], control: bool) -> Result<TransportRepr
     Ok(TransportRepr { protocol, port: port.unwrap_or(0), transport_use, service_code: 0, addresses })
 }
 
-fn registration(pool: &str, pe: &PoolElementRepr) -> Vec<u8> {
-    let m = MessageRepr::new(
-        Protocol::Asap,
-        MessageType::Registration as u8,
-        0,
-        vec![ParamRepr::PoolHandle(pool.as_bytes().to_vec()), ParamRepr::PoolElement(pe.clone())],
-    );
-    m.to_bytes().unwrap_or_default()
-}
-
-/// Waits for the Registration Response; Ok(()) if accepted.
-fn await_response(conn: &mut Connection, pool: &str, pe_id: u32) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("no Registration Response within 30 s (T2)".into());
-        }
-        let Some(m) = conn.recv(Some(left)).map_err(|e| e.to_string())? else { continue };
-        let Ok(parsed) = asap::parse(&m) else { continue };
-        match parsed.body() {
-            Body::RegistrationResponse { rejected, pe_id: id, error, .. } if *id == pe_id => {
-                if !rejected {
-                    return Ok(());
-                }
-                let why = error.as_ref().map(|e| {
-                    let c = e.first_code();
-                    format!("cause 0x{:x} {}", c.0, c.name().unwrap_or("?"))
-                });
-                return Err(format!(
-                    "registration of {pool:?} rejected: {}",
-                    why.unwrap_or_else(|| "no cause given".into())
-                ));
-            }
-            Body::EndpointKeepAlive { pool_handle, pe_id: addressed, .. } => {
-                ack(conn, (pool_handle, *addressed), (pool, pe_id))?
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Answers the Keep Alive for `keep_alive` (pool handle, PE Identifier) with a Keep Alive Ack.
-/// One without PE Identifier addresses every PE of the connection (WIRE.md section 6): here the
-/// one PE this command registered, `own` (pool handle, PE id).
-fn ack(conn: &mut Connection, keep_alive: (&[u8], Option<u32>), own: (&str, u32)) -> Result<(), String> {
-    let (handle, pe_id) = match keep_alive {
-        (handle, Some(pe_id)) => (handle, pe_id),
-        (_, None) => (own.0.as_bytes(), own.1),
-    };
-    let mut buf = Vec::new();
-    let _ = asap::emit_handle_and_id(
-        &mut Writer::new(&mut buf),
-        MessageType::EndpointKeepAliveAck,
-        0,
-        handle,
-        Some(pe_id),
-        None,
-    );
-    conn.send(&buf).map_err(|e| e.to_string())
-}
-
-fn deregister(conn: &mut Connection, pool: &str, pe_id: u32) {
-    let mut buf = Vec::new();
-    let _ = asap::emit_handle_and_id(
-        &mut Writer::new(&mut buf),
-        MessageType::Deregistration,
-        0,
-        pool.as_bytes(),
-        Some(pe_id),
-        None,
-    );
-    if conn.send(&buf).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match conn.recv(Some(left)) {
-            Ok(Some(m)) if m.first() == Some(&(MessageType::DeregistrationResponse as u8)) => {
-                eprintln!("deregistered");
-                return;
-            }
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    eprintln!("no Deregistration Response; closing (the registrar drops the PE with the connection)");
-}
-
 /// Runs the command; returns the process exit code.
 pub fn run(args: RegisterArgs) -> i32 {
     let fail = |e: String| {
@@ -235,7 +151,39 @@ pub fn run(args: RegisterArgs) -> i32 {
         },
         None => rserpool::config::random_server_id(),
     };
-    let pe = PoolElementRepr {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            return fail(format!("cannot install a signal handler: {e}"));
+        }
+    }
+    let mut builder = PoolElement::builder(&args.pool)
+        .user_transport(user_transport.clone())
+        .policy(policy)
+        .lifetime(args.lifetime)
+        .pe_id(pe_id);
+    for r in &args.registrar {
+        builder = builder.registrar(*r);
+    }
+    let mut pe = match builder.start() {
+        Ok(pe) => pe,
+        Err(e) => return fail(e.to_string()),
+    };
+    // T2 times MAX-REG-ATTEMPT at each registrar, and a little for the connection.
+    let patience = Duration::from_secs(65 * args.registrar.len() as u64);
+    let registrar = match pe.wait_registered(patience) {
+        Ok(_) => pe.registrar().map_or_else(|| "?".into(), |r| r.to_string()),
+        Err(ClientError::Rejected(cause)) => {
+            let name = rserpool::wire::CauseCode(cause).name().unwrap_or("?");
+            eprintln!("error: registration of {:?} rejected: cause 0x{cause:x} {name}", args.pool);
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: not registered: {e} (registrars: {:?})", args.registrar);
+            return 1;
+        }
+    };
+    let desc = PoolElementRepr {
         pe_id,
         home_registrar: 0,
         registration_life: args.lifetime,
@@ -243,69 +191,24 @@ pub fn run(args: RegisterArgs) -> i32 {
         policy: PolicyRepr::Known(policy),
         asap_transport: None,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            return fail(format!("cannot install a signal handler: {e}"));
+    let pe_json = describe::pool_element_json(&desc);
+    println!("registered PE {pe_id:#010x} in pool {:?} at {registrar}: {pe_json}", args.pool);
+    while !args.once && !stop.load(Ordering::Relaxed) {
+        match pe.next_event(Duration::from_millis(200)) {
+            Some(PeNodeEvent::Pe(PeEvent::RegistrarLost { registrar })) => {
+                eprintln!("lost the registrar at {registrar}; hunting and registering again")
+            }
+            Some(PeNodeEvent::Pe(PeEvent::Registered { registrar, pe_id, .. })) => {
+                eprintln!("registered PE {pe_id:#010x} again at {registrar}")
+            }
+            Some(PeNodeEvent::Pe(ev)) => eprintln!("{ev:?}"),
+            _ => {}
         }
     }
-    let mut conn = match Connection::connect(args.registrar, Duration::from_secs(5)) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot connect to the registrar at {}: {e}", args.registrar)),
-    };
-    let reg = registration(&args.pool, &pe);
-    if let Err(e) =
-        conn.send(&reg).map_err(|e| e.to_string()).and_then(|_| await_response(&mut conn, &args.pool, pe_id))
-    {
-        eprintln!("error: {e}");
-        return 1;
+    match pe.deregister(Duration::from_secs(3)) {
+        Ok(()) => eprintln!("deregistered"),
+        Err(_) => eprintln!("no Deregistration Response; closing (the registrar drops the PE with the connection)"),
     }
-    let pe_json = describe::pool_element_json(&pe);
-    println!("registered PE {pe_id:#010x} in pool {:?} at {}: {pe_json}", args.pool, args.registrar);
-    if args.once {
-        deregister(&mut conn, &args.pool, pe_id);
-        return 0;
-    }
-    // T4: re-register 20 s before the life runs out (or every 10 minutes).
-    let period = match args.lifetime {
-        l if l < 0 => None,
-        l => Some(Duration::from_millis((u64::try_from(l).unwrap_or(0).saturating_sub(20_000)).clamp(1_000, 600_000))),
-    };
-    let mut next_reregistration = period.map(|p| Instant::now() + p);
-    while !stop.load(Ordering::Relaxed) {
-        if next_reregistration.is_some_and(|t| Instant::now() >= t) {
-            if let Err(e) = conn.send(&reg) {
-                eprintln!("error: re-registration: {e}");
-                return 1;
-            }
-            next_reregistration = period.map(|p| Instant::now() + p);
-        }
-        match conn.recv(Some(Duration::from_millis(200))) {
-            Ok(Some(m)) => {
-                if let Ok(parsed) = asap::parse(&m) {
-                    match parsed.body() {
-                        Body::EndpointKeepAlive { pool_handle, pe_id: addressed, .. } => {
-                            if let Err(e) = ack(&mut conn, (pool_handle, *addressed), (&args.pool, pe_id)) {
-                                eprintln!("error: {e}");
-                                return 1;
-                            }
-                        }
-                        Body::RegistrationResponse { rejected: true, .. } => {
-                            eprintln!("error: re-registration rejected");
-                            return 1;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        }
-    }
-    deregister(&mut conn, &args.pool, pe_id);
     0
 }
 
@@ -327,6 +230,13 @@ mod tests {
         assert!(parse_policy("rr:1").is_err());
         assert!(parse_policy("nope").is_err());
         assert!(parse_policy("lu:120%").is_err());
+        // Raw 32-bit values in hex, as the help offers.
+        assert_eq!(
+            parse_policy("plu:0x40000000:0x10"),
+            Ok(Policy::PriorityLeastUsed { load: 0x4000_0000, degradation: 0x10 })
+        );
+        assert_eq!(parse_policy("wrr:0xff"), Ok(Policy::WeightedRoundRobin { weight: 255 }));
+        assert!(parse_policy("lu:0x1ffffffff").is_err());
     }
 
     #[test]
