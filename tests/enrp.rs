@@ -141,3 +141,51 @@ fn three_registrars_on_epoll() {
 fn three_registrars_on_io_uring() {
     three_registrars_share_survive_a_death_and_resynchronise("uring");
 }
+
+/// A pool element of the client library that names an ASAP transport adopts the registrar that
+/// took it over (WIRE.md 6.2, 7.6): it hears the keep-alive with the H flag there.
+fn a_pe_adopts_the_registrar_that_took_it_over(engine: &str) {
+    use rserpool::client::blocking::PoolElement;
+    use rserpool::client::node::PeNodeEvent;
+    use rserpool::client::pe::PeEvent;
+    use std::time::{Duration, Instant};
+    if engine == "uring" && rserpool::runtime::io_uring_support().is_err() {
+        eprintln!("skipping io_uring variant: io_uring unavailable");
+        return;
+    }
+    let (pa, pb) = (free_port(), free_port());
+    let a = start(engine, "aaaa0011", pa, &[]);
+    let b = start(engine, "bbbb0022", pb, &[pa]);
+    let mut pe = PoolElement::builder("adopt")
+        .registrar(a.addr)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .asap_listen("127.0.0.1:0".parse().unwrap())
+        .lifetime(-1)
+        .start()
+        .expect("the PE starts");
+    let id = pe.wait_registered(support::PATIENCE).expect("registered at A");
+    eventually("B knows the PE, under A", || resolve(&b, "adopt") == [(id, 0xaaaa0011)]);
+    a.kill();
+    let deadline = Instant::now() + support::PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "the PE never heard from its new home");
+        match pe.next_event(Duration::from_millis(100)) {
+            Some(PeNodeEvent::Pe(PeEvent::HomeChanged { server_id, .. })) => {
+                assert_eq!(server_id, 0xbbbb0022, "the survivor is the new home");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    eventually("B has the PE as its own", || resolve(&b, "adopt") == [(id, 0xbbbb0022)]);
+}
+
+#[test]
+fn a_pe_adopts_its_new_home_on_epoll() {
+    a_pe_adopts_the_registrar_that_took_it_over("epoll");
+}
+
+#[test]
+fn a_pe_adopts_its_new_home_on_io_uring() {
+    a_pe_adopts_the_registrar_that_took_it_over("uring");
+}
