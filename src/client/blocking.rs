@@ -6,14 +6,28 @@
 //! A pool element that echoes every message back, and a pool user that talks to it through a
 //! failover session:
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use rserpool::client::blocking::{PoolElement, PoolUser};
 //! use rserpool::client::node::PeNodeEvent;
 //! use rserpool::client::server::ServerEvent;
 //! use rserpool::client::session::SessionEvent;
 //!
+//! # // A registrar in this process for the example (`rserpool registrar` elsewhere).
+//! # use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
+//! # use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
+//! # let cfg = EngineConfig {
+//! #     kind: EngineKind::Epoll,
+//! #     listeners: vec![Listen::new("127.0.0.1:0".parse().unwrap(), ASAP)],
+//! #     shards: vec![None],
+//! #     ..EngineConfig::default()
+//! # };
+//! # let rc = RegistrarConfig::new(1, 1);
+//! # let engine = runtime::start(cfg, move |s, _| Registrar::new(&rc, s, rserpool::time::Time::ZERO)).unwrap();
+//! # let registrar = engine.local_addr();
+//! # /*
 //! let registrar = "127.0.0.1:3863".parse().unwrap();
+//! # */
 //! let mut pe = PoolElement::builder("echo").registrar(registrar).start()?;
 //! pe.wait_registered(Duration::from_secs(5))?;
 //! std::thread::spawn(move || loop {
