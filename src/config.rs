@@ -192,6 +192,34 @@ impl Default for Announce {
     }
 }
 
+/// How a registration's addresses are checked against the connection it came on
+/// (docs/SECURITY.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationCheck {
+    /// The connection's source address must be one of the PE's user transport addresses (and
+    /// of its ASAP transport's, when it names one); the other legs of a multi-homed PE are free.
+    #[default]
+    Source,
+    /// Every address the PE registers must lie inside `security.registration_allowlist`.
+    Allowlist,
+    /// No check (PEs behind NAT register addresses their connection does not come from).
+    Off,
+}
+
+/// Who may register what and which registrars may join (docs/SECURITY.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// How a registration's addresses are checked (refusals get cause 0xA).
+    pub registration_check: RegistrationCheck,
+    /// Networks PEs may register addresses in, for `registration_check = "allowlist"`.
+    pub registration_allowlist: Vec<ipnet::IpNet>,
+    /// Networks ENRP peers may connect from, besides loopback and the configured peers'
+    /// addresses.
+    pub enrp_allowlist: Vec<ipnet::IpNet>,
+}
+
 /// The registrar's configuration (`rserpool registrar --config FILE`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -218,6 +246,8 @@ pub struct Config {
     pub limits: Limits,
     /// Multicast Server Announce.
     pub announce: Announce,
+    /// Registration checks and ENRP peer admission.
+    pub security: Security,
 }
 
 impl Default for Config {
@@ -234,6 +264,7 @@ impl Default for Config {
             timers: Timers::default(),
             limits: Limits::default(),
             announce: Announce::default(),
+            security: Security::default(),
         }
     }
 }
@@ -285,6 +316,11 @@ impl Config {
         }
         if let Some(id) = &self.id {
             parse_server_id(id).map_err(ConfigError::Invalid)?;
+        }
+        if self.security.registration_check == RegistrationCheck::Allowlist
+            && self.security.registration_allowlist.is_empty()
+        {
+            return bad("security.registration_check = \"allowlist\" needs security.registration_allowlist".into());
         }
         if self.cores == Some(0) {
             return bad("cores must be at least 1".into());

@@ -24,6 +24,12 @@ mentor_discovery = 300
 peer_reconnect = 100
 keep_alive_interval = 300
 keep_alive_timeout = 600
+
+[security]
+# The registrars' network: A admits B, which names A as its peer.
+enrp_allowlist = [\"10.201.0.0/24\"]
+# The test's PEs register an address that is not their connection's.
+registration_check = \"off\"
 ";
 
 fn ip(args: &[&str]) -> bool {

@@ -23,6 +23,10 @@ fn legs(n: usize, port: u16) -> TransportRepr {
     t
 }
 
+/// Registrars of tests that register documentation addresses (192.0.2.0/24, 2001:db8::/32) from
+/// loopback: the source check (the default, tested below) would refuse them.
+const ANY_ADDRESS: &str = "[security]\nregistration_check = \"off\"\n";
+
 const POLICIES: [Policy; 9] = [
     Policy::RoundRobin,
     Policy::WeightedRoundRobin { weight: 2 },
@@ -59,7 +63,7 @@ macro_rules! both_engines {
 
 both_engines! {
     every_policy_with_one_to_three_legs(engine) {
-        let r = Registrar::start(engine, 2, "");
+        let r = Registrar::start(engine, 2, ANY_ADDRESS);
         let mut pe = r.client();
         let mut pu = r.client();
         for (i, policy) in POLICIES.iter().enumerate() {
@@ -262,7 +266,7 @@ both_engines! {
 
 #[test]
 fn register_and_resolve_commands() {
-    let r = Registrar::start("auto", 2, "");
+    let r = Registrar::start("auto", 2, ANY_ADDRESS);
     let addr = r.addr.to_string();
     let bin = env!("CARGO_BIN_EXE_rserpool");
     let mut pe = std::process::Command::new(bin)
@@ -287,6 +291,38 @@ fn register_and_resolve_commands() {
     // An unknown pool: exit status 1.
     let out = std::process::Command::new(bin).args(["resolve", "--registrar", &addr, "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn registering_someone_elses_address_is_refused_with_cause_0xa() {
+    let r = Registrar::start("auto", 2, "");
+    let addr = r.addr.to_string();
+    let bin = env!("CARGO_BIN_EXE_rserpool");
+    let register = |transport: &str| {
+        std::process::Command::new(bin)
+            .args(["register", "--registrar", &addr, "--pool", "mine", "--transport", transport, "--once"])
+            .output()
+            .unwrap()
+    };
+    let out = register("tcp:192.0.2.5:9000");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cause 0xa"), "{stderr}");
+    let mut pu = r.client();
+    assert_eq!(pu.resolve("mine", None), Err(CauseCode::UNKNOWN_POOL_HANDLE));
+    // Its own address (here loopback, where the connection comes from) is accepted.
+    let mut pe = r.client();
+    let (rejected, cause) = pe.register(
+        "mine",
+        support::pe(
+            7,
+            TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), 9000),
+            Policy::RoundRobin,
+            -1,
+        ),
+    );
+    assert!(!rejected, "{cause:?}");
+    assert_eq!(pu.resolve("mine", None).map(|pes| pes.len()), Ok(1));
 }
 
 #[test]

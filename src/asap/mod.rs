@@ -8,6 +8,7 @@
 //! in request order. Every PE added, updated or removed is reported to a [`ChangeSink`] with
 //! its [`Reason`] (ENRP's hook for Handle Updates).
 
+mod authorize;
 mod budget;
 mod change;
 mod keepalive;
@@ -22,6 +23,7 @@ mod tests;
 /// The tag of ASAP connections (pool elements and pool users), listened on or dialled.
 pub const ASAP: crate::service::Tag = crate::service::Tag(0);
 
+pub use authorize::{peer_admitted, Authorizer};
 pub use budget::{Budget, Budgets};
 pub use change::{Change, ChangeSink, PeChange, Reason};
 pub use peers::Learnt;

@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use super::authorize::Authorizer;
 use super::budget::Budgets;
 use super::change::{Change, ChangeSink, PeChange, Reason};
 use super::keepalive::{Due, KeepAlive};
 use super::loglimit::LogLimit;
 use super::reply;
 use super::reports::ReportLimiter;
-use crate::config::{Limits, Timers};
+use crate::config::{Limits, Security, Timers};
 use crate::handlespace::{
     Handlespace, HandlespaceConfig, PeKey, PoolElement, RegisterError, Registration, Unreachable,
 };
@@ -69,6 +70,9 @@ pub struct Stats {
     pub collisions: u64,
     /// PEs whose home changed by a takeover, here.
     pub taken_over: u64,
+    /// Registrations refused because the connection may not register those addresses (cause
+    /// 0xA).
+    pub security_refusals: u64,
 }
 
 /// One ASAP message for this shard, with where it came from.
@@ -106,6 +110,8 @@ pub struct ProceduresConfig {
     pub seed: u64,
     /// Registrar-wide PE and pool budgets, shared by every shard.
     pub budgets: Arc<Budgets>,
+    /// Who may register which addresses.
+    pub security: Security,
 }
 
 /// The ASAP procedures of one registrar shard.
@@ -116,6 +122,7 @@ pub struct Procedures {
     pub(super) keep_alive: KeepAlive,
     reports: ReportLimiter,
     pub(super) budgets: Arc<Budgets>,
+    authorizer: Authorizer,
     /// Budget units this shard holds (equal to its own PEs', peers' PEs' and pools' counts
     /// between calls).
     pes_held: usize,
@@ -175,6 +182,7 @@ impl Procedures {
             keep_alive: KeepAlive::new(now, config.timers.keep_alive_interval, config.timers.keep_alive_timeout),
             reports: ReportLimiter::new(config.timers.unreachable_report_interval),
             budgets: Arc::clone(&config.budgets),
+            authorizer: Authorizer::new(&config.security),
             pes_held: 0,
             peer_pes_held: 0,
             pools_held: 0,
@@ -391,6 +399,16 @@ impl Procedures {
             return false;
         }
         let PolicyParam::Known(policy) = pe.policy() else { return false };
+        let user_transport = with_peer_address(&user, peer.ip());
+        let named_asap = pe.asap_transport().map(|t| with_peer_address(&t, peer.ip()));
+        if !self.authorizer.may_register(peer.ip(), &user_transport, named_asap.as_ref()) {
+            self.stats.security_refusals += 1;
+            self.note(conn, 16 + u32::from(CauseCode::REJECTED_SECURITY.0), || {
+                format!("{peer}: registration of PE {pe_id:#010x}: addresses not allowed for this connection")
+            });
+            self.registration_rejected(peer, msg, handle, pe_id, CauseCode::REJECTED_SECURITY, None, answer);
+            return false;
+        }
         let result = match self.admit(req, handle, pe_id) {
             Err(e) => Err(e),
             Ok((pe_taken, pool_taken)) => {
@@ -402,13 +420,13 @@ impl Procedures {
                     handle,
                     pe_id,
                     home: self.id,
-                    user_transport: with_peer_address(&user, peer.ip()),
+                    user_transport,
                     // WIRE.md 3.2: every PE keeps an ASAP transport (ENRP needs one); the
                     // registering connection's remote address when the PE gave none.
-                    asap_transport: Some(match pe.asap_transport() {
-                        Some(t) => with_peer_address(&t, peer.ip()),
-                        None => TransportRepr::new(TransportProtocol::Tcp, peer.ip(), peer.port()),
-                    }),
+                    asap_transport: Some(
+                        named_asap
+                            .unwrap_or_else(|| TransportRepr::new(TransportProtocol::Tcp, peer.ip(), peer.port())),
+                    ),
                     policy,
                     registration_life: pe.registration_life(),
                     conn: Some(conn),

@@ -37,7 +37,14 @@ impl Outbox<()> for Probes {
 }
 
 fn procedures(timers: Timers) -> Procedures {
-    let config = ProceduresConfig { server_id: 9, limits: Limits::default(), timers, seed: 1, budgets: Arc::default() };
+    let config = ProceduresConfig {
+        server_id: 9,
+        limits: Limits::default(),
+        timers,
+        seed: 1,
+        budgets: Arc::default(),
+        security: Default::default(),
+    };
     Procedures::new(&config, 0, Time::ZERO)
 }
 

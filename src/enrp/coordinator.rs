@@ -34,6 +34,8 @@ pub struct EnrpConfig {
     pub address: SocketAddr,
     /// Peers to connect to at start (their ENRP addresses).
     pub peers: Vec<SocketAddr>,
+    /// Networks peers may connect from besides loopback and `peers` (docs/SECURITY.md).
+    pub allowlist: Vec<ipnet::IpNet>,
     /// Protocol timers (peer heartbeat, last heard, no response, takeover expiry, mentor
     /// discovery, reconnect).
     pub timers: Timers,
@@ -141,6 +143,8 @@ pub struct EnrpStats {
     pub peers_lost: u64,
     /// Messages from peers refused as malformed.
     pub bad_messages: u64,
+    /// ENRP connections refused because their source is not admitted.
+    pub refused_peers: u64,
 }
 
 /// A peer as `rserpool status` shows it.
@@ -208,6 +212,8 @@ pub struct Coordinator {
     /// joined while others were cut off still finds them all.
     next_list: Time,
     stats: EnrpStats,
+    /// Addresses whose refused connections were logged at warn level.
+    refused_logged: BTreeSet<std::net::IpAddr>,
 }
 
 /// Heartbeats between List Requests to every peer.
@@ -241,6 +247,7 @@ impl Coordinator {
             next_token: 1,
             takeovers: BTreeMap::new(),
             stats: EnrpStats::default(),
+            refused_logged: BTreeSet::new(),
         }
     }
 
@@ -312,10 +319,22 @@ impl Coordinator {
         Link { peer: None, dialled, up, framer: Framer::new(Protocol::Enrp, max) }
     }
 
-    /// A peer dialled this registrar.
-    pub fn on_accept(&mut self, conn: ConnId, from: SocketAddr) {
+    /// A peer dialled this registrar: returns whether it is admitted (else the caller closes
+    /// the connection).
+    pub fn on_accept(&mut self, conn: ConnId, from: SocketAddr) -> bool {
+        if !crate::asap::peer_admitted(from.ip(), &self.cfg.peers, &self.cfg.allowlist) {
+            self.stats.refused_peers += 1;
+            // A refused registrar redials every few seconds: say so once per address.
+            if self.refused_logged.len() < 1024 && self.refused_logged.insert(from.ip()) {
+                warn!(%from, "ENRP connection refused: not loopback, a configured peer or in security.enrp_allowlist (further ones from this address at debug level)");
+            } else {
+                debug!(%from, "ENRP connection refused");
+            }
+            return false;
+        }
         debug!(%from, "ENRP connection accepted");
         self.links.insert(conn, Self::link(self.cfg.max_message_size, None, true));
+        true
     }
 
     /// A dial this registrar made finished: announce itself, so the peer learns who it is.

@@ -87,6 +87,8 @@ impl World {
             config.enrp = Some(enrp_addr(i));
             // Each knows one other; the rest it learns from its mentor's list.
             config.peers = if i == 0 { vec![] } else { vec![enrp_addr(rng.usize(..i))] };
+            // The registrars' network: peers learnt from the mesh dial in from it.
+            config.security.enrp_allowlist = vec!["10.1.0.0/16".parse().expect("a network")];
             let t = &mut config.timers;
             (t.peer_heartbeat, t.max_time_last_heard, t.max_time_no_response) = (100, 350, 150);
             (t.takeover_expiry, t.mentor_discovery, t.peer_reconnect) = (600, 200, 100);
@@ -168,7 +170,9 @@ impl World {
                     continue;
                 }
                 let node = live[self.rng.usize(..live.len())];
-                let c = self.sim.connect_node(node, ASAP);
+                // From the PE's own address: registrars check it (security.registration_check).
+                let from = SocketAddr::new(self.pes[i].ip, 40_000 + (i % 20_000) as u16);
+                let Some(c) = self.sim.connect_addr(asap_addr(node.0), from) else { continue };
                 let pe = &mut self.pes[i];
                 (pe.conn, pe.registered, pe.deregistering) = (Some(c), false, false);
                 pe.buf.clear();

@@ -14,6 +14,8 @@ mod msg;
 mod order;
 mod router;
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod sim_tests;
 mod status;
 #[cfg(test)]

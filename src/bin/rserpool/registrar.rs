@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rserpool::config::{Config, EngineChoice, Profile};
+use rserpool::config::{Config, EngineChoice, Profile, RegistrationCheck};
 use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};
 use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
@@ -43,6 +43,12 @@ pub struct RegistrarArgs {
     /// Log filter, e.g. `info`, `debug`, `rserpool=debug` [config: log; env RUST_LOG wins].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// How a registration's addresses are checked against its connection: `source` (the
+    /// connection's address must be one of the PE's), `allowlist` (every address inside
+    /// security.registration_allowlist) or `off` (PEs behind NAT) [config:
+    /// security.registration_check; default source]. Refusals get cause 0xA.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub registration_check: Option<CheckArg>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -66,6 +72,27 @@ impl From<EngineArg> for EngineChoice {
             EngineArg::Auto => Self::Auto,
             EngineArg::Uring => Self::Uring,
             EngineArg::Epoll => Self::Epoll,
+        }
+    }
+}
+
+/// The values of `--registration-check` ([`RegistrationCheck`] as the command line spells it).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CheckArg {
+    /// The connection's source address must be one of the PE's addresses.
+    Source,
+    /// Every address the PE registers must be inside security.registration_allowlist.
+    Allowlist,
+    /// No check.
+    Off,
+}
+
+impl From<CheckArg> for RegistrationCheck {
+    fn from(c: CheckArg) -> Self {
+        match c {
+            CheckArg::Source => Self::Source,
+            CheckArg::Allowlist => Self::Allowlist,
+            CheckArg::Off => Self::Off,
         }
     }
 }
@@ -99,6 +126,9 @@ fn effective(args: &RegistrarArgs) -> Result<Config, String> {
     }
     if let Some(l) = &args.log {
         c.log.clone_from(l);
+    }
+    if let Some(m) = args.registration_check {
+        c.security.registration_check = m.into();
     }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
@@ -225,6 +255,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
         budgets: Default::default(),
         enrp: Some(enrp),
         peers: config.peers.clone(),
+        security: config.security.clone(),
     };
     let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
         Ok(e) => e,
