@@ -27,7 +27,7 @@ use crate::wire::framer::Frame;
 use crate::wire::{Framer, Protocol};
 
 pub use crate::asap::ASAP;
-pub use crate::enrp::ENRP;
+pub use crate::enrp::{ENRP, ENRP_TLS};
 
 /// What a registrar shard needs to know.
 #[derive(Clone, Debug)]
@@ -423,7 +423,7 @@ impl Service for Registrar {
     type Msg = ShardMsg;
 
     fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
-        if tag == ENRP {
+        if tag == ENRP || tag == ENRP_TLS {
             match self.coordinator.as_mut() {
                 Some(c) => c.on_accept(conn, peer),
                 None => out.close(conn),
