@@ -9,8 +9,9 @@
 //!
 //! The crypto provider is always *ring*, named explicitly rather than taken from the process
 //! default, so another crate that enables a second provider cannot make these calls ambiguous.
-//! The connections themselves run inside the engine ([`crate::runtime::TlsAcceptor`],
-//! [`crate::runtime::TlsConnector`]) or the client library's driver.
+//! A configuration goes to a [`TlsAcceptor`] (a registrar's listener) or a [`TlsConnector`]
+//! (a registrar's dials, a client's connections to registrars); the connections themselves run
+//! inside the engine (`src/runtime/tls.rs`) or the client library's driver.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,6 +124,77 @@ impl Roots {
             store.add(c).map_err(|e| TlsError::Setup { what: "CA certificate".into(), detail: e.to_string() })?;
         }
         Ok(Self { store: Arc::new(store), origin: "in-memory CA".into() })
+    }
+}
+
+/// The server side of TLS for a listener ([`crate::runtime::Listen::tls`]): every connection
+/// accepted there speaks TLS with this configuration.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    config: Arc<ServerConfig>,
+}
+
+impl TlsAcceptor {
+    /// Accepts TLS with `config` (e.g. [`mesh_server`]).
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self { config }
+    }
+
+    pub(crate) fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsAcceptor")
+    }
+}
+
+impl PartialEq for TlsAcceptor {
+    /// The same configuration object.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config)
+    }
+}
+
+impl Eq for TlsAcceptor {}
+
+/// The client side of TLS: for the registrar's outbound connections of one tag
+/// ([`crate::runtime::EngineConfig::dial_tls`]), or a client's connections to registrars
+/// ([`crate::client::blocking::PoolUserBuilder::tls`]).
+#[derive(Clone)]
+pub struct TlsConnector {
+    config: Arc<ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl TlsConnector {
+    /// Connects with `config` (e.g. [`mesh_client`] or [`client`]), naming the server by the
+    /// address dialled.
+    pub fn new(config: Arc<ClientConfig>) -> Self {
+        Self { config, server_name: None }
+    }
+
+    /// Names the server `name` in every handshake (SNI, and the name its certificate is checked
+    /// against) instead of the address dialled.
+    pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = Some(name);
+        self
+    }
+
+    pub(crate) fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    pub(crate) fn server_name(&self) -> Option<&ServerName<'static>> {
+        self.server_name.as_ref()
+    }
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector").field("server_name", &self.server_name).finish()
     }
 }
 

@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rserpool::client::blocking::{PoolElement, PoolUser};
+use rserpool::client::Timers;
+use rserpool::tls::{Roots, TlsConnector};
 use rserpool::wire::{Policy, PoolElementRepr, TransportProtocol, TransportRepr};
 use support::{eventually, Registrar, TempDir, PATIENCE};
 
@@ -244,4 +247,59 @@ fn wrong_certificates_are_refused_on_epoll() {
 #[test]
 fn wrong_certificates_are_refused_on_io_uring() {
     wrong_certificates_are_refused("uring");
+}
+
+/// The address of `r`'s ASAP over TLS listener, from its log.
+fn asap_tls_addr(r: &Registrar) -> std::net::SocketAddr {
+    let line = r.log().into_iter().find(|l| l.contains("ASAP over TLS on ")).expect("an ASAP over TLS listener");
+    line.split("ASAP over TLS on ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn connector(ca: &Ca) -> TlsConnector {
+    TlsConnector::new(rserpool::tls::client(&Roots::load(&ca.pem()).unwrap()).unwrap())
+}
+
+fn asap_over_tls(engine: &str) {
+    if skip(engine) {
+        return;
+    }
+    let ca = Ca::new("asap");
+    let me = ca.issue("registrar");
+    let tls = format!("[tls]\ncertificate = {:?}\nprivate_key = {:?}\nasap = \"127.0.0.1:0\"\n", me.cert, me.key);
+    let r = Registrar::start(engine, 2, &tls);
+    let secure = asap_tls_addr(&r);
+    assert_ne!(secure, r.addr, "a listener of its own");
+
+    // A pool element registers and a pool user resolves, both over TLS.
+    let mut pe = PoolElement::builder("secure").registrar(secure).tls(connector(&ca)).start().unwrap();
+    let pe_id = pe.wait_registered(PATIENCE).expect("registered over TLS");
+    let pu = PoolUser::builder().registrar(secure).tls(connector(&ca)).start().unwrap();
+    let pes = pu.resolve_fresh(b"secure", PATIENCE).expect("resolved over TLS");
+    assert_eq!(pes.iter().map(|p| p.pe_id).collect::<Vec<_>>(), [pe_id]);
+    assert_eq!(pu.registrar(), Some(secure));
+    // The same handlespace behind both listeners.
+    assert_eq!(r.client().resolve("secure", Some(4)).unwrap().len(), 1);
+
+    // A client that trusts another CA refuses the registrar's certificate: its handshake fails,
+    // its resolution fails (it finds no registrar it trusts), and the registrar, which hears the
+    // client's alert, closes that connection alone and goes on serving.
+    let other = Ca::new("other");
+    let timers = Timers { connect_timeout: 500, t5_server_hunt: 1_000, hunt_retry: 100, ..Timers::default() };
+    let doubter = PoolUser::builder().registrar(secure).tls(connector(&other)).timers(timers).start().unwrap();
+    assert!(doubter.resolve_fresh(b"secure", PATIENCE).is_err(), "no resolution from an untrusted registrar");
+    eventually("the registrar logs the failed handshake", || logged(&r, "TLS handshake failed"));
+    assert_eq!(pu.resolve_fresh(b"secure", PATIENCE).expect("still served").len(), 1);
+    // A plaintext client on the TLS port gets its connection closed, not an answer.
+    assert!(closed(TcpStream::connect(secure).unwrap(), &support::resolution("secure", None)));
+    drop(pe);
+}
+
+#[test]
+fn asap_over_tls_on_epoll() {
+    asap_over_tls("epoll");
+}
+
+#[test]
+fn asap_over_tls_on_io_uring() {
+    asap_over_tls("uring");
 }

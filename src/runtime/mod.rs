@@ -121,7 +121,7 @@ mod shard;
 mod signals;
 pub mod sim;
 mod stats;
-mod tls;
+pub(crate) mod tls;
 mod transport;
 mod uring;
 
@@ -130,11 +130,11 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use crate::tls::{TlsAcceptor, TlsConnector};
 pub use error::EngineError;
 pub use probe::io_uring_support;
 pub use rlimit::raise_nofile_limit;
 pub use stats::ShardStats;
-pub use tls::{TlsAcceptor, TlsConnector};
 pub use transport::Transport;
 
 use crate::service::{Service, ShardId, Tag};

@@ -29,10 +29,11 @@ use super::conn::{pause, ConnState, ConnTable};
 use super::mailbox::{Envelope, Incoming, Outgoing};
 use super::signals::Signals;
 use super::stats::{Counter, StatsCell};
-use super::tls::{Greeting, TlsAcceptor, TlsConnector, TlsFailure, TlsSession};
+use super::tls::{Greeting, TlsFailure, TlsSession};
 use super::{EngineError, Transport};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
 use crate::time::Time;
+use crate::tls::{TlsAcceptor, TlsConnector};
 
 /// Most records taken from one inbound queue per loop iteration, so a flood from one shard
 /// cannot starve this shard's sockets.

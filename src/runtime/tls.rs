@@ -22,70 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+use crate::tls::{TlsAcceptor, TlsConnector};
 
 /// Limit on rustls's internal buffers of one connection (unsent records, plaintext written
 /// before the handshake completed). Both are emptied into the send queue at once, so the
 /// limit only bounds a single call's work.
 const RUSTLS_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// The server side of TLS for a listener ([`crate::runtime::Listen::tls`]): every connection
-/// accepted there speaks TLS with this configuration.
-#[derive(Clone)]
-pub struct TlsAcceptor {
-    config: Arc<ServerConfig>,
-}
-
-impl TlsAcceptor {
-    /// Accepts TLS with `config` (e.g. [`crate::tls::mesh_server`]).
-    pub fn new(config: Arc<ServerConfig>) -> Self {
-        Self { config }
-    }
-}
-
-impl std::fmt::Debug for TlsAcceptor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsAcceptor")
-    }
-}
-
-impl PartialEq for TlsAcceptor {
-    /// The same configuration object.
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.config, &other.config)
-    }
-}
-
-impl Eq for TlsAcceptor {}
-
-/// The client side of TLS for outbound connections of one tag
-/// ([`crate::runtime::EngineConfig::dial_tls`]).
-#[derive(Clone)]
-pub struct TlsConnector {
-    config: Arc<ClientConfig>,
-    server_name: Option<ServerName<'static>>,
-}
-
-impl TlsConnector {
-    /// Connects with `config` (e.g. [`crate::tls::mesh_client`]), naming the server by the
-    /// address dialled.
-    pub fn new(config: Arc<ClientConfig>) -> Self {
-        Self { config, server_name: None }
-    }
-
-    /// Names the server `name` in every handshake (SNI, and the name its certificate is checked
-    /// against) instead of the address dialled.
-    pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
-        self.server_name = Some(name);
-        self
-    }
-}
-
-impl std::fmt::Debug for TlsConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConnector").field("server_name", &self.server_name).finish()
-    }
-}
 
 /// Why a TLS connection failed.
 #[derive(Debug)]
@@ -152,14 +96,14 @@ impl std::fmt::Debug for TlsSession {
 impl TlsSession {
     /// The server side of a connection accepted from `peer`.
     pub(crate) fn accepted(acceptor: &TlsAcceptor, peer: SocketAddr) -> Result<Self, rustls::Error> {
-        let conn = ServerConnection::new(Arc::clone(&acceptor.config))?;
+        let conn = ServerConnection::new(Arc::clone(acceptor.config()))?;
         Ok(Self::wrap(conn.into(), Greeting::Accept, false, peer))
     }
 
     /// The client side of a connection dialled to `addr`.
     pub(crate) fn dialled(connector: &TlsConnector, addr: SocketAddr) -> Result<Self, rustls::Error> {
-        let name = connector.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let conn = ClientConnection::new(Arc::clone(&connector.config), name)?;
+        let name = connector.server_name().cloned().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let conn = ClientConnection::new(Arc::clone(connector.config()), name)?;
         Ok(Self::wrap(conn.into(), Greeting::None, true, addr))
     }
 
