@@ -167,6 +167,51 @@ impl Default for Limits {
     }
 }
 
+/// TLS (`docs/TLS.md`): ENRP between registrars over mutual TLS, and ASAP over TLS for pool
+/// elements and pool users. Off unless `enrp` or `asap` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// This registrar's certificate chain, PEM, leaf first (for both listeners, and presented
+    /// to the peers it dials).
+    pub certificate: Option<PathBuf>,
+    /// The private key of `certificate`, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Option<PathBuf>,
+    /// The mesh's CA certificates, PEM: peer registrars' certificates must chain to one.
+    pub ca: Option<PathBuf>,
+    /// ENRP over mutual TLS listens here (conventionally port 9902). When set, every peer is
+    /// dialled over TLS (`peers` are then TLS addresses), this is the address announced to
+    /// peers, and the plaintext ENRP listener stays closed unless `enrp_plain` is set.
+    pub enrp: Option<SocketAddr>,
+    /// With `enrp` set: keep accepting plaintext ENRP on the `enrp` address of the main section
+    /// too (for peers that have no certificate yet).
+    pub enrp_plain: bool,
+    /// ASAP over TLS for pool elements and pool users listens here (conventionally port 3864),
+    /// besides the plaintext `asap` listener.
+    pub asap: Option<SocketAddr>,
+}
+
+impl Tls {
+    /// Whether ENRP runs over TLS.
+    pub fn enrp_enabled(&self) -> bool {
+        self.enrp.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if (self.enrp.is_some() || self.asap.is_some()) && (self.certificate.is_none() || self.private_key.is_none()) {
+            return bad("tls.enrp and tls.asap need tls.certificate and tls.private_key");
+        }
+        if self.enrp.is_some() && self.ca.is_none() {
+            return bad("tls.enrp needs tls.ca (the CA that peer registrars' certificates chain to)");
+        }
+        if self.enrp_plain && self.enrp.is_none() {
+            return bad("tls.enrp_plain needs tls.enrp");
+        }
+        Ok(())
+    }
+}
+
 /// Optional UDP multicast Server Announce (WIRE.md section 6.1; off by default).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -232,6 +277,8 @@ pub struct Config {
     pub id: Option<String>,
     /// ENRP peers to connect to.
     pub peers: Vec<SocketAddr>,
+    /// TLS for ENRP and ASAP.
+    pub tls: Tls,
     /// Tuning profile to load (cores, rings, buffers).
     pub profile: Option<PathBuf>,
     /// Number of shard threads (overrides the profile's core list length when set).
@@ -257,6 +304,7 @@ impl Default for Config {
             enrp: SocketAddr::from(([127, 0, 0, 1], 9901)),
             id: None,
             peers: Vec::new(),
+            tls: Tls::default(),
             profile: None,
             cores: None,
             engine: EngineChoice::Auto,
@@ -322,6 +370,7 @@ impl Config {
         {
             return bad("security.registration_check = \"allowlist\" needs security.registration_allowlist".into());
         }
+        self.tls.validate()?;
         if self.cores == Some(0) {
             return bad("cores must be at least 1".into());
         }

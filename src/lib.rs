@@ -29,4 +29,5 @@ pub mod registrar;
 pub mod runtime;
 pub mod service;
 pub mod time;
+pub mod tls;
 pub mod wire;

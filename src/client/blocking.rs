@@ -66,6 +66,7 @@ use super::pu::{PuConfig, PuEvent, PuLimits, PuStats, ResolveError};
 use super::session::{SendError, SessionEvent, SessionId, SessionStats};
 use super::Listener;
 use crate::time::Time;
+use crate::tls::TlsConnector;
 use crate::wire::framer::Frame;
 use crate::wire::{
     Framer, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr, TransportUse,
@@ -110,6 +111,7 @@ pub struct PoolElementBuilder {
     asap_listen: Option<SocketAddr>,
     user_transport: Option<TransportRepr>,
     seed: u64,
+    tls: Option<TlsConnector>,
 }
 
 impl PoolElementBuilder {
@@ -175,10 +177,18 @@ impl PoolElementBuilder {
         self.seed = seed;
         self
     }
+    /// Speaks ASAP over TLS with every registrar (`docs/TLS.md`), e.g.
+    /// `TlsConnector::new(rserpool::tls::client(&Roots::load(ca)?)?)`. The registrars given
+    /// must then be their TLS listeners (and Server Announces, which name the plaintext one,
+    /// are better left off).
+    pub fn tls(mut self, connector: TlsConnector) -> Self {
+        self.tls = Some(connector);
+        self
+    }
 
     /// Binds the listener, starts the PE's thread and starts registering.
     pub fn start(self) -> Result<PoolElement, ClientError> {
-        let mut sockets = Sockets { listeners: Vec::new(), announce: self.announce };
+        let mut sockets = Sockets { listeners: Vec::new(), announce: self.announce, tls: self.tls };
         let (local_addr, user_transport) = match self.user_transport {
             Some(t) => {
                 let first = t.addresses.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -251,6 +261,7 @@ impl PoolElement {
             asap_listen: None,
             user_transport: None,
             seed: fastrand::u64(..),
+            tls: None,
         }
     }
 
@@ -412,6 +423,7 @@ impl Routes {
 pub struct PoolUserBuilder {
     config: PuConfig,
     announce: Option<std::net::UdpSocket>,
+    tls: Option<TlsConnector>,
 }
 
 impl PoolUserBuilder {
@@ -450,13 +462,19 @@ impl PoolUserBuilder {
         self.announce = Some(socket);
         self
     }
+    /// Speaks ASAP over TLS with every registrar (see [`PoolElementBuilder::tls`]). Sessions
+    /// with PEs stay plain.
+    pub fn tls(mut self, connector: TlsConnector) -> Self {
+        self.tls = Some(connector);
+        self
+    }
 
     /// Starts the PU's thread (it connects to a registrar when first needed).
     pub fn start(self) -> Result<PoolUser, ClientError> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let sink = Arc::clone(&routes);
         let node = PuNode::new(self.config, Time::ZERO);
-        let sockets = Sockets { listeners: Vec::new(), announce: self.announce };
+        let sockets = Sockets { listeners: Vec::new(), announce: self.announce, tls: self.tls };
         let driver = driver::spawn("rserpool-pu", node, sockets, move |e| {
             if let Ok(mut r) = sink.lock() {
                 r.route(e);
@@ -475,7 +493,7 @@ pub struct PoolUser {
 impl PoolUser {
     /// Settings for a pool user.
     pub fn builder() -> PoolUserBuilder {
-        PoolUserBuilder { config: PuConfig::default(), announce: None }
+        PoolUserBuilder { config: PuConfig::default(), announce: None, tls: None }
     }
 
     /// Resolves `pool` (from the cache unless `fresh`) and returns the whole answer.

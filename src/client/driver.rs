@@ -4,6 +4,12 @@
 //!
 //! Bounds: each connection's unsent bytes are capped at [`MAX_UNSENT`]; a peer that does not
 //! read beyond that has its connection closed (the node hears [`Node::on_closed`]).
+//!
+//! ASAP over TLS (`docs/TLS.md`): with a [`TlsConnector`], connections to registrars speak TLS
+//! through the same per-connection layer as the registrar's engine
+//! (`crate::runtime::tls::TlsSession`). The node hears such a connection is up only once the
+//! handshake is done, so its connect timeout covers the handshake; a TLS failure closes the
+//! connection like any other error (the node hunts on). PU↔PE sessions stay plain.
 
 use core::net::{IpAddr, SocketAddr};
 use std::collections::HashMap;
@@ -18,7 +24,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::{ConnToken, Io, Listener, Node};
+use crate::runtime::tls::TlsSession;
 use crate::time::Time;
+use crate::tls::TlsConnector;
 
 /// Most bytes queued unsent on one connection before it is closed.
 pub const MAX_UNSENT: usize = 64 << 20;
@@ -86,14 +94,20 @@ impl<N> Drop for Driver<N> {
 pub(crate) struct Sockets {
     pub(crate) listeners: Vec<(std::net::TcpListener, Listener)>,
     pub(crate) announce: Option<std::net::UdpSocket>,
+    /// TLS for connections to registrars.
+    pub(crate) tls: Option<TlsConnector>,
 }
 
 struct Conn {
     token: ConnToken,
     stream: TcpStream,
+    /// Bytes to write (ciphertext on a TLS connection).
     out: Vec<u8>,
+    /// The TCP connect has finished.
     connected: bool,
     closing: bool,
+    /// TLS to a registrar; the node hears the connection is up once its handshake is done.
+    tls: Option<Box<TlsSession>>,
 }
 
 struct Engine<N> {
@@ -106,6 +120,9 @@ struct Engine<N> {
     accepted: u64,
     start: Instant,
     buf: Vec<u8>,
+    tls: Option<TlsConnector>,
+    /// Plaintext decrypted from one read.
+    plain: Vec<u8>,
 }
 
 /// Starts a thread driving `node`; `sink` gets its events (on that thread).
@@ -144,6 +161,8 @@ pub(crate) fn spawn<N: Node + Send + 'static>(
         accepted: 0,
         start: Instant::now(),
         buf: vec![0; 64 * 1024],
+        tls: sockets.tls,
+        plain: Vec::new(),
     };
     let thread = std::thread::Builder::new().name(name.into()).spawn(move || engine.run(&rx, &mut sink))?;
     Ok(Driver { handle: Handle { tx, waker }, thread: Some(thread) })
@@ -201,8 +220,8 @@ impl<N: Node> Engine<N> {
     fn apply(&mut self) {
         while let Some(io) = self.node.poll_io() {
             match io {
-                Io::Connect { conn, addr, local } => {
-                    if let Err(e) = self.connect(conn, addr, local) {
+                Io::Connect { conn, addr, local, registrar } => {
+                    if let Err(e) = self.connect(conn, addr, local, registrar) {
                         tracing::debug!("connect to {addr} failed at once: {e}");
                         let now = self.now();
                         self.node.on_closed(conn, now);
@@ -211,8 +230,14 @@ impl<N: Node> Engine<N> {
                 Io::Send { conn, bytes } => {
                     if let Some(&slot) = self.by_token.get(&conn) {
                         let c = &mut self.conns[slot];
-                        c.out.extend_from_slice(&bytes);
-                        if c.out.len() > MAX_UNSENT {
+                        match c.tls.as_mut() {
+                            Some(tls) => {
+                                tls.staged().extend_from_slice(&bytes);
+                                tls.output(&mut c.out);
+                            }
+                            None => c.out.extend_from_slice(&bytes),
+                        }
+                        if c.out.len() + c.tls.as_ref().map_or(0, |t| t.unsent()) > MAX_UNSENT {
                             tracing::warn!("peer does not read; closing the connection");
                             self.drop_conn(slot, true);
                         } else if c.connected {
@@ -222,7 +247,11 @@ impl<N: Node> Engine<N> {
                 }
                 Io::Close { conn } => {
                     if let Some(&slot) = self.by_token.get(&conn) {
-                        self.conns[slot].closing = true;
+                        let c = &mut self.conns[slot];
+                        c.closing = true;
+                        if let Some(tls) = c.tls.as_mut() {
+                            tls.close(&mut c.out);
+                        }
                         self.flush(slot);
                     }
                 }
@@ -230,7 +259,13 @@ impl<N: Node> Engine<N> {
         }
     }
 
-    fn connect(&mut self, conn: ConnToken, addr: SocketAddr, local: Option<IpAddr>) -> io::Result<()> {
+    fn connect(&mut self, conn: ConnToken, addr: SocketAddr, local: Option<IpAddr>, registrar: bool) -> io::Result<()> {
+        let tls = match self.tls.as_ref().filter(|_| registrar) {
+            Some(connector) => Some(Box::new(
+                TlsSession::dialled(connector, addr).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            )),
+            None => None,
+        };
         let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
@@ -243,13 +278,19 @@ impl<N: Node> Engine<N> {
             Err(e) => return Err(e),
         }
         let stream = TcpStream::from_std(socket.into());
-        self.insert(conn, stream, false)
+        self.insert(conn, stream, false, tls)
     }
 
-    fn insert(&mut self, token: ConnToken, stream: TcpStream, connected: bool) -> io::Result<()> {
+    fn insert(
+        &mut self,
+        token: ConnToken,
+        stream: TcpStream,
+        connected: bool,
+        tls: Option<Box<TlsSession>>,
+    ) -> io::Result<()> {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        let mut c = Conn { token, stream, out: Vec::new(), connected, closing: false };
+        let mut c = Conn { token, stream, out: Vec::new(), connected, closing: false, tls };
         self.poll.registry().register(&mut c.stream, Token(slot), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(c);
         self.by_token.insert(token, slot);
@@ -265,7 +306,7 @@ impl<N: Node> Engine<N> {
                     let _ = stream.set_nodelay(true);
                     self.accepted += 1;
                     let token = ConnToken::accepted(self.accepted);
-                    if self.insert(token, stream, true).is_ok() {
+                    if self.insert(token, stream, true, None).is_ok() {
                         let now = self.now();
                         self.node.on_accepted(token, kind, peer, now);
                         self.apply();
@@ -302,10 +343,16 @@ impl<N: Node> Engine<N> {
             match (c.stream.take_error(), c.stream.peer_addr()) {
                 (Ok(None), Ok(_)) => {
                     c.connected = true;
-                    let token = c.token;
-                    let now = self.now();
-                    self.node.on_connected(token, now);
-                    self.apply();
+                    if let Some(tls) = c.tls.as_mut() {
+                        // The ClientHello goes out now; the node hears of the connection once
+                        // the handshake is done (`read`).
+                        tls.output(&mut c.out);
+                    } else {
+                        let token = c.token;
+                        let now = self.now();
+                        self.node.on_connected(token, now);
+                        self.apply();
+                    }
                 }
                 _ => {
                     self.drop_conn(slot, true);
@@ -334,6 +381,12 @@ impl<N: Node> Engine<N> {
                     if c.closing {
                         continue;
                     }
+                    if c.tls.is_some() {
+                        if !self.read_tls(slot, n) {
+                            return;
+                        }
+                        continue;
+                    }
                     let now = self.now();
                     self.node.on_data(token, &self.buf[..n], now);
                     self.apply();
@@ -346,6 +399,47 @@ impl<N: Node> Engine<N> {
                 }
             }
         }
+    }
+
+    /// Ciphertext (`self.buf[..n]`) arrived on TLS connection `slot`: the handshake moves on
+    /// (the node hears the connection is up once it is done), plaintext goes to the node.
+    /// Returns whether the connection is still there.
+    fn read_tls(&mut self, slot: usize, n: usize) -> bool {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let Some(c) = self.conns.get_mut(slot) else { return false };
+        let Some(tls) = c.tls.as_mut() else { return false };
+        let handshaking = tls.handshaking();
+        let result = tls.input(&self.buf[..n], &mut plain);
+        tls.output(&mut c.out);
+        let (token, peer, peer_closed) = (c.token, tls.peer, tls.peer_closed);
+        let completed = handshaking && !tls.handshaking();
+        if let Err(e) = result {
+            tls.fail();
+            tls.output(&mut c.out);
+            tracing::warn!(registrar = %peer, "TLS with the registrar failed: {e}");
+            self.flush(slot);
+            self.drop_conn(slot, true);
+            self.plain = plain;
+            return false;
+        }
+        let now = self.now();
+        if completed {
+            self.node.on_connected(token, now);
+            self.apply();
+        }
+        if !plain.is_empty() && self.conns.contains(slot) {
+            self.node.on_data(token, &plain, now);
+            self.apply();
+        }
+        self.plain = plain;
+        if peer_closed {
+            // close_notify: the registrar is done with this connection.
+            self.drop_conn(slot, true);
+            return false;
+        }
+        self.flush(slot);
+        self.conns.contains(slot)
     }
 
     fn flush(&mut self, slot: usize) {

@@ -76,6 +76,9 @@ pub enum Io {
         addr: SocketAddr,
         /// Source address to bind (any port), e.g. another 127.0.0.x.
         local: Option<IpAddr>,
+        /// A connection to a registrar (ASAP), rather than to a PE: an adapter configured for
+        /// ASAP over TLS speaks TLS on it, and reports it connected once the handshake is done.
+        registrar: bool,
     },
     /// Write whole messages on `conn` (dropped if it is gone).
     Send {
@@ -105,11 +108,20 @@ impl Ctx {
         Self::default()
     }
 
-    /// Asks for a connection to `addr`; returns its token.
+    /// Asks for a connection to `addr` (a PE's transport); returns its token.
     pub fn connect(&mut self, addr: SocketAddr, local: Option<IpAddr>) -> ConnToken {
+        self.dial(addr, local, false)
+    }
+
+    /// Asks for a connection to registrar `addr` (ASAP); returns its token.
+    pub fn connect_registrar(&mut self, addr: SocketAddr, local: Option<IpAddr>) -> ConnToken {
+        self.dial(addr, local, true)
+    }
+
+    fn dial(&mut self, addr: SocketAddr, local: Option<IpAddr>, registrar: bool) -> ConnToken {
         self.next_token = (self.next_token + 1) & !ConnToken::ACCEPTED;
         let conn = ConnToken(self.next_token);
-        self.io.push_back(Io::Connect { conn, addr, local });
+        self.io.push_back(Io::Connect { conn, addr, local, registrar });
         conn
     }
 

@@ -207,7 +207,7 @@ impl RegistrarLink {
         let addr = candidates[after % candidates.len()];
         self.last = Some(addr);
         self.tried += 1;
-        let conn = cx.connect(addr, self.local);
+        let conn = cx.connect_registrar(addr, self.local);
         self.rx.clear();
         self.state = State::Connecting { conn, addr, deadline: now.add_millis(self.timers.connect_timeout.max(1)) };
     }

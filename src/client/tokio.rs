@@ -215,7 +215,8 @@ impl<N: Node + Send + 'static> Engine<N> {
     fn apply(&mut self) {
         while let Some(io) = self.node.poll_io() {
             match io {
-                Io::Connect { conn, addr, local } => {
+                // ASAP over TLS is the blocking adapter's for now: here `registrar` changes nothing.
+                Io::Connect { conn, addr, local, .. } => {
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
                         let input = match connect(addr, local).await {

@@ -320,9 +320,10 @@ impl Coordinator {
     }
 
     /// A peer dialled this registrar: returns whether it is admitted (else the caller closes
-    /// the connection).
-    pub fn on_accept(&mut self, conn: ConnId, from: SocketAddr) -> bool {
-        if !crate::asap::peer_admitted(from.ip(), &self.cfg.peers, &self.cfg.allowlist) {
+    /// the connection). `authenticated`: it proved itself with a certificate (mutual TLS), so
+    /// its address is not checked.
+    pub fn on_accept(&mut self, conn: ConnId, from: SocketAddr, authenticated: bool) -> bool {
+        if !authenticated && !crate::asap::peer_admitted(from.ip(), &self.cfg.peers, &self.cfg.allowlist) {
             self.stats.refused_peers += 1;
             // A refused registrar redials every few seconds: say so once per address.
             if self.refused_logged.len() < 1024 && self.refused_logged.insert(from.ip()) {

@@ -12,6 +12,11 @@
 /// The tag of ENRP connections (peer registrars).
 pub const ENRP: crate::service::Tag = crate::service::Tag(1);
 
+/// The tag of ENRP connections accepted on the mutual TLS listener (`docs/TLS.md`): served
+/// like [`ENRP`], with the peer authenticated by a certificate from the mesh's CA before the
+/// registrar hears of the connection.
+pub const ENRP_TLS: crate::service::Tag = crate::service::Tag(2);
+
 mod coordinator;
 mod msg;
 mod reply;

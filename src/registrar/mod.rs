@@ -22,5 +22,5 @@ mod status;
 mod tests;
 
 pub use msg::ShardMsg;
-pub use router::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};
+pub use router::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP, ENRP_TLS};
 pub use status::{PeerReport, StatusReport, STATUS_REQUEST, STATUS_RESPONSE};

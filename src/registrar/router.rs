@@ -27,7 +27,7 @@ use crate::wire::framer::Frame;
 use crate::wire::{Framer, Protocol};
 
 pub use crate::asap::ASAP;
-pub use crate::enrp::ENRP;
+pub use crate::enrp::{ENRP, ENRP_TLS};
 
 /// What a registrar shard needs to know.
 #[derive(Clone, Debug)]
@@ -428,8 +428,11 @@ impl Service for Registrar {
     type Msg = ShardMsg;
 
     fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
-        if tag == ENRP {
-            if !self.coordinator.as_mut().is_some_and(|c| c.on_accept(conn, peer)) {
+        if tag == ENRP || tag == ENRP_TLS {
+            // Over mutual TLS the peer proved itself with its certificate; plaintext ENRP is
+            // admitted by address (SECURITY.md).
+            let admitted = self.coordinator.as_mut().is_some_and(|c| c.on_accept(conn, peer, tag == ENRP_TLS));
+            if !admitted {
                 out.close(conn);
             }
             return;

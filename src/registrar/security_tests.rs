@@ -91,6 +91,10 @@ fn enrp_peers_only_from_loopback_configured_peers_or_the_allowlist() {
         sim.sim.run();
         assert_eq!(!sim.closed(c), admitted, "ENRP connection from {from}");
     }
+    // Over mutual TLS the certificate is the credential: any address is admitted.
+    let c = sim.sim.connect_from(0, super::ENRP_TLS, "203.0.113.9:40001".parse().unwrap());
+    sim.sim.run();
+    assert!(!sim.closed(c), "an ENRP over TLS connection is not checked by address");
     let refused = sim.shard(0).coordinator().expect("shard 0 runs ENRP").stats().refused_peers;
     assert_eq!(refused, 2);
 }

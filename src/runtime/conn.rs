@@ -5,6 +5,7 @@
 //! `H` is the engine's own per-connection handle (the socket and the state of its in-flight
 //! operations); everything else here is engine-independent.
 
+use super::tls::TlsSession;
 use crate::service::{ConnId, ShardId, Tag};
 
 /// Capacity above which an emptied buffer is released instead of kept for reuse, so one burst
@@ -139,9 +140,17 @@ pub(crate) struct Conn<H> {
     pub(crate) hold_deadline: Option<crate::time::Time>,
     /// The peer has closed its sending side: nothing more will arrive.
     pub(crate) eof: bool,
+    /// `Some` for a TLS connection: `pending` then holds plaintext, `sendq` ciphertext.
+    pub(crate) tls: Option<Box<TlsSession>>,
 }
 
 impl<H> Conn<H> {
+    /// Bytes the service queued that are not written yet (a TLS connection's plaintext not yet
+    /// sealed included).
+    pub(crate) fn unsent(&self) -> usize {
+        self.sendq.unsent() + self.tls.as_ref().map_or(0, |t| t.unsent())
+    }
+
     /// Whether the engine should be reading this connection.
     pub(crate) fn wants_read(&self) -> bool {
         self.state == ConnState::Open && self.paused == 0 && !self.eof
@@ -151,7 +160,7 @@ impl<H> Conn<H> {
     pub(crate) fn must_close(&self) -> bool {
         match self.state {
             ConnState::Aborting => true,
-            ConnState::Draining => self.sendq.unsent() == 0 && !self.sendq.busy() && !self.held,
+            ConnState::Draining => self.unsent() == 0 && !self.sendq.busy() && !self.held,
             ConnState::Connecting | ConnState::Open | ConnState::Dead => false,
         }
     }
@@ -207,6 +216,7 @@ impl<H> ConnTable<H> {
             held: false,
             hold_deadline: None,
             eof: false,
+            tls: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => slot,

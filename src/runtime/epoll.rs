@@ -16,10 +16,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::SockRef;
 
 use super::conn::ConnState;
-use super::shard::{ConnHandle, Driver, ShardCore};
+use super::shard::{Accepting, ConnHandle, Driver, ShardCore};
 use super::signals::{RemoteWake, Signals};
 use super::{EngineConfig, EngineError, Transport};
-use crate::service::{ConnId, Service, ShardId, Tag};
+use crate::service::{ConnId, Service, ShardId};
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
@@ -64,7 +64,8 @@ impl ConnHandle for EpollConn {
 /// One listening socket of a shard.
 struct Listener {
     socket: mio::net::TcpListener,
-    tag: Tag,
+    /// What its connections are (tag, TLS).
+    how: Accepting,
     ready: bool,
 }
 
@@ -86,7 +87,7 @@ impl EpollDriver {
     /// Sets up shard `me`'s poller, waker and listener.
     pub(crate) fn new(
         me: ShardId,
-        listeners: Vec<(TcpListener, Tag)>,
+        listeners: Vec<(TcpListener, Accepting)>,
         config: &EngineConfig,
         signals: &Signals,
     ) -> Result<Self, EngineError> {
@@ -95,11 +96,11 @@ impl EpollDriver {
         let waker = Waker::new(poll.registry(), WAKER).map_err(setup)?;
         signals.set_remote(me, RemoteWake::Mio(waker));
         let mut socks = Vec::with_capacity(listeners.len());
-        for (i, (listener, tag)) in listeners.into_iter().enumerate() {
+        for (i, (listener, how)) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true).map_err(setup)?;
             let mut socket = mio::net::TcpListener::from_std(listener);
             poll.registry().register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE).map_err(setup)?;
-            socks.push(Listener { socket, tag, ready: true });
+            socks.push(Listener { socket, how, ready: true });
         }
         Ok(Self {
             poll,
@@ -115,7 +116,7 @@ impl EpollDriver {
     }
 
     fn accept<S: Service>(&mut self, core: &mut ShardCore<S, EpollConn>, index: usize) {
-        let tag = self.listeners[index].tag;
+        let how = self.listeners[index].how.clone();
         for _ in 0..ACCEPT_BUDGET {
             match self.listeners[index].socket.accept() {
                 Ok((stream, peer)) => {
@@ -124,7 +125,7 @@ impl EpollDriver {
                     }
                     let conn = EpollConn { stream, readable: false, writable: true, registered: true };
                     // Refused (table full, stopping): dropping the handle closes the socket.
-                    let Ok(id) = core.accept(conn, peer, tag) else {
+                    let Ok(id) = core.accept(conn, peer, &how) else {
                         continue;
                     };
                     let Some(conn) = core.io.conns.get_mut(id) else {

@@ -50,6 +50,14 @@
 //! accepted connection. A service dials out with [`crate::service::Outbox::connect`]; both
 //! engines connect without blocking and report the outcome to [`Service::on_connect`].
 //!
+//! **TLS.** A listener may speak TLS ([`Listen::with_tls`]), and so may the outbound
+//! connections of a tag ([`EngineConfig::dial_tls`]). TLS runs in the shard core, shared by
+//! both engines (`tls.rs`): the service sees plaintext, hears of an accepted TLS connection
+//! only once its handshake has completed, and of a dialled one's outcome only then too. A
+//! failed or stalled handshake ([`EngineConfig::tls_handshake_timeout`]) closes that connection
+//! alone; failures are counted ([`ShardStats::tls_failures`]) and logged at most every few
+//! seconds per shard. The simulator ([`sim`]) runs plaintext only.
+//!
 //! **Timers.** The wait of each iteration is bounded by the service's `next_timer()`
 //! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout). A service does a
 //! bounded amount of timer work per call and is called again, without sleeping, while work is
@@ -113,6 +121,7 @@ mod shard;
 mod signals;
 pub mod sim;
 mod stats;
+pub(crate) mod tls;
 mod transport;
 mod uring;
 
@@ -121,6 +130,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use crate::tls::{TlsAcceptor, TlsConnector};
 pub use error::EngineError;
 pub use probe::io_uring_support;
 pub use rlimit::raise_nofile_limit;
@@ -131,7 +141,7 @@ use crate::service::{Service, ShardId, Tag};
 use clock::Clock;
 use epoll::EpollDriver;
 use mailbox::{Incoming, Outgoing};
-use shard::{CoreParts, Driver, Limits, ShardCore};
+use shard::{Accepting, CoreParts, Driver, Limits, ShardCore};
 use signals::Signals;
 use stats::StatsCell;
 use uring::UringDriver;
@@ -166,7 +176,7 @@ pub enum CrossShardWake {
 }
 
 /// One listening address and what it serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     /// Address every shard listens on (port 0 picks a free port, shared by all shards).
     pub addr: SocketAddr,
@@ -175,17 +185,26 @@ pub struct Listen {
     /// `None`: every shard accepts (`SO_REUSEPORT` spreads connections); `Some(s)`: only
     /// shard `s` does, for connections whose state one shard keeps (e.g. ENRP peers).
     pub shard: Option<ShardId>,
+    /// `Some`: connections accepted here speak TLS, and the service hears of each only once
+    /// its handshake has completed.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Listen {
     /// A listener on `addr` serving `tag`, accepted by every shard.
     pub const fn new(addr: SocketAddr, tag: Tag) -> Self {
-        Self { addr, tag, shard: None }
+        Self { addr, tag, shard: None, tls: None }
     }
 
     /// A listener on `addr` serving `tag`, accepted by shard `shard` only.
     pub const fn on_shard(addr: SocketAddr, tag: Tag, shard: ShardId) -> Self {
-        Self { addr, tag, shard: Some(shard) }
+        Self { addr, tag, shard: Some(shard), tls: None }
+    }
+
+    /// The same listener speaking TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 }
 
@@ -231,6 +250,12 @@ pub struct EngineConfig {
     pub listen_backlog: i32,
     /// How io_uring shards wake each other.
     pub cross_shard_wake: CrossShardWake,
+    /// Outbound connections of these tags speak TLS with the given connector (a tag listed
+    /// twice uses the first).
+    pub dial_tls: Vec<(Tag, TlsConnector)>,
+    /// How long a TLS handshake may take (a dialled connection's TCP connect included) before
+    /// the connection is closed.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -255,6 +280,8 @@ impl Default for EngineConfig {
             max_hold: Duration::from_secs(30),
             listen_backlog: 4096,
             cross_shard_wake: CrossShardWake::MsgRing,
+            dial_tls: Vec::new(),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -310,6 +337,7 @@ impl EngineConfig {
             window: self.max_message_size.max(self.buffer_size as usize),
             queue: self.cross_shard_queue,
             max_hold: u64::try_from(self.max_hold.as_millis()).unwrap_or(u64::MAX),
+            handshake_timeout: u64::try_from(self.tls_handshake_timeout.as_millis()).unwrap_or(u64::MAX).max(1),
         }
     }
 }
@@ -430,7 +458,7 @@ where
     };
     let n = config.shards.len();
     // One socket per listener and shard; `per_shard[i]` holds shard i's sockets.
-    let mut per_shard: Vec<Vec<(TcpListener, Tag)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<(TcpListener, Accepting)>> = (0..n).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
         let shards: Vec<usize> = match l.shard {
@@ -441,7 +469,7 @@ where
         let addr = sockets[0].local_addr().map_err(|source| EngineError::Bind { addr: l.addr, source })?;
         local_addrs.push((l.tag, addr));
         for (shard, socket) in shards.into_iter().zip(sockets) {
-            per_shard[shard].push((socket, l.tag));
+            per_shard[shard].push((socket, Accepting { tag: l.tag, tls: l.tls.clone() }));
         }
     }
     let signals = Arc::new(Signals::new(n));
@@ -517,7 +545,7 @@ where
 struct ShardThread<M> {
     me: ShardId,
     kind: EngineKind,
-    listeners: Vec<(TcpListener, Tag)>,
+    listeners: Vec<(TcpListener, Accepting)>,
     out: Outgoing<M>,
     inbox: Incoming<M>,
     stats: Arc<StatsCell>,
@@ -589,6 +617,7 @@ impl<M: Send + 'static> ShardThread<M> {
             limits: self.config.limits(),
             max_connections: self.config.max_connections,
             transport: self.config.transport,
+            dial_tls: self.config.dial_tls.clone(),
         };
         let mut core: ShardCore<S, D::Conn> = ShardCore::new(service, parts);
         let result = shard::run(&mut core, &mut driver, &self.clock);

@@ -29,15 +29,22 @@ use super::conn::{pause, ConnState, ConnTable};
 use super::mailbox::{Envelope, Incoming, Outgoing};
 use super::signals::Signals;
 use super::stats::{Counter, StatsCell};
+use super::tls::{Greeting, TlsFailure, TlsSession};
 use super::{EngineError, Transport};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
 use crate::time::Time;
+use crate::tls::{TlsAcceptor, TlsConnector};
 
 /// Most records taken from one inbound queue per loop iteration, so a flood from one shard
 /// cannot starve this shard's sockets.
 const INBOUND_BUDGET: usize = 1024;
 /// How often a shard with overflowing cross-shard records retries them while otherwise idle.
 const SPILL_RETRY: Duration = Duration::from_millis(1);
+/// Least time between two warnings about failed TLS connections on one shard (the others are
+/// counted, logged at debug level, and summed up in the next warning).
+const TLS_WARN_EVERY_MS: u64 = 10_000;
+/// Capacity above which the shard's buffer for decrypted input is released after use.
+const KEEP_PLAIN: usize = 64 * 1024;
 
 /// Per-connection and per-shard limits, derived from the engine configuration.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +65,17 @@ pub(crate) struct Limits {
     pub(crate) queue: usize,
     /// Milliseconds a half-closed connection may stay open because the service holds it.
     pub(crate) max_hold: u64,
+    /// Milliseconds a TLS handshake may take.
+    pub(crate) handshake_timeout: u64,
+}
+
+/// What connections accepted on one listener are: their tag, and the TLS they speak.
+#[derive(Clone, Debug)]
+pub(crate) struct Accepting {
+    /// The listener's tag.
+    pub(crate) tag: Tag,
+    /// `Some`: they speak TLS.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 /// An engine's per-connection handle.
@@ -121,6 +139,13 @@ pub(crate) struct Plumbing<H, M> {
     resumed: Vec<ConnId>,
     /// Half-closed connections the service holds open, by deadline.
     holds: VecDeque<(Time, ConnId)>,
+    /// TLS for outbound connections, by tag.
+    dial_tls: Vec<(Tag, TlsConnector)>,
+    /// TLS connections whose handshake must complete by the deadline.
+    handshakes: VecDeque<(Time, ConnId)>,
+    /// When the last TLS failure warning was logged, and failures since.
+    tls_warned: Option<Time>,
+    tls_unreported: u64,
 }
 
 impl<H: ConnHandle, M> Plumbing<H, M> {
@@ -134,12 +159,18 @@ impl<H: ConnHandle, M> Plumbing<H, M> {
             self.stats.bump(Counter::StaleDrops);
             return;
         }
-        let before = conn.sendq.buffer().len();
-        write(conn.sendq.buffer());
-        if conn.sendq.buffer().len() == before {
+        // A TLS connection's plaintext is staged and sealed into records once per loop
+        // iteration (`seal`), so the messages of one iteration share records.
+        let buf = match conn.tls.as_mut() {
+            Some(tls) => tls.staged(),
+            None => conn.sendq.buffer(),
+        };
+        let before = buf.len();
+        write(buf);
+        if buf.len() == before {
             return;
         }
-        let unsent = conn.sendq.unsent();
+        let unsent = conn.unsent();
         let mut event = None;
         if unsent > self.limits.abort_above {
             conn.state = ConnState::Aborting;
@@ -172,6 +203,13 @@ impl<H: ConnHandle, M> Plumbing<H, M> {
             return;
         };
         match conn.state {
+            // A handshake cannot go on once input is ignored, so a TLS connection closed while
+            // still handshaking has nothing it could deliver: it closes at once.
+            ConnState::Open if conn.tls.as_ref().is_some_and(|t| t.handshaking()) => {
+                conn.state = ConnState::Aborting;
+                conn.pending = Vec::new();
+                self.conns.touch(id);
+            }
             ConnState::Open => {
                 conn.state = ConnState::Draining;
                 conn.pending = Vec::new();
@@ -194,6 +232,46 @@ impl<H: ConnHandle, M> Plumbing<H, M> {
         if let Some(conn) = self.conns.get_mut(id) {
             conn.hold_deadline = Some(deadline);
             self.holds.push_back((deadline, id));
+        }
+    }
+
+    /// Starts the handshake limit of TLS connection `id`.
+    fn arm_handshake(&mut self, id: ConnId) {
+        let deadline = self.now.add_millis(self.limits.handshake_timeout);
+        self.handshakes.push_back((deadline, id));
+    }
+
+    /// Seals a TLS connection's staged plaintext and moves every record rustls has to send into
+    /// its send queue; sends `close_notify` once a closing connection has nothing else to say.
+    fn seal(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else { return };
+        if !matches!(conn.state, ConnState::Connecting | ConnState::Open | ConnState::Draining) {
+            return;
+        }
+        let Some(tls) = conn.tls.as_mut() else { return };
+        tls.output(conn.sendq.buffer());
+        if conn.state == ConnState::Draining && !conn.held && tls.unsent() == 0 {
+            tls.close(conn.sendq.buffer());
+        }
+    }
+
+    /// Counts a TLS failure and logs it: every one at debug level, and a warning at most every
+    /// [`TLS_WARN_EVERY_MS`] per shard, so a scanner or a misconfigured peer cannot flood the
+    /// log.
+    fn tls_failed(&mut self, id: ConnId, peer: SocketAddr, handshaking: bool, error: &dyn std::fmt::Display) {
+        self.stats.bump(Counter::TlsFailures);
+        let what = if handshaking { "TLS handshake failed" } else { "TLS connection failed" };
+        tracing::debug!(conn = ?id, %peer, %error, "{what}");
+        if self.tls_warned.is_some_and(|t| self.now < t.add_millis(TLS_WARN_EVERY_MS)) {
+            self.tls_unreported += 1;
+            return;
+        }
+        let earlier = std::mem::take(&mut self.tls_unreported);
+        self.tls_warned = Some(self.now);
+        if earlier > 0 {
+            tracing::warn!(shard = self.me, %peer, %error, "{what} (and {earlier} other TLS failures since the last report)");
+        } else {
+            tracing::warn!(shard = self.me, %peer, %error, "{what}");
         }
     }
 
@@ -326,6 +404,17 @@ impl<H: ConnHandle, M> Outbox<M> for Plumbing<H, M> {
         if self.signals.stopping() {
             return None;
         }
+        let tls = match self.dial_tls.iter().find(|(t, _)| *t == tag) {
+            None => None,
+            Some((_, connector)) => match TlsSession::dialled(connector, addr) {
+                Ok(session) => Some(Box::new(session)),
+                Err(error) => {
+                    tracing::debug!(shard = self.me, %addr, %error, "cannot start a TLS client");
+                    self.stats.bump(Counter::ConnectFailures);
+                    return None;
+                }
+            },
+        };
         let handle = match H::dial(addr, self.transport) {
             Ok(h) => h,
             Err(error) => {
@@ -337,6 +426,13 @@ impl<H: ConnHandle, M> Outbox<M> for Plumbing<H, M> {
         // A full table gives the handle back; dropping it closes the socket.
         let id = self.conns.insert(handle, tag, ConnState::Connecting).ok()?;
         self.stats.bump(Counter::Connects);
+        if let Some(tls) = tls {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.tls = Some(tls);
+            }
+            // The limit covers the TCP connect too: a peer that never answers is given up.
+            self.arm_handshake(id);
+        }
         self.conns.touch(id);
         Some(id)
     }
@@ -351,6 +447,8 @@ pub(crate) struct ShardCore<S: Service, H> {
     inbox: Incoming<S::Msg>,
     signals: Arc<Signals>,
     wakes: Vec<ShardId>,
+    /// Plaintext decrypted from one read of a TLS connection, before it is handed on.
+    plain: Vec<u8>,
 }
 
 /// What a shard needs besides its service and driver.
@@ -365,6 +463,7 @@ pub(crate) struct CoreParts<M> {
     pub(crate) limits: Limits,
     pub(crate) max_connections: usize,
     pub(crate) transport: Transport,
+    pub(crate) dial_tls: Vec<(Tag, TlsConnector)>,
 }
 
 impl<S: Service, H: ConnHandle> ShardCore<S, H> {
@@ -390,10 +489,15 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                 link_blocked: Vec::new(),
                 resumed: Vec::new(),
                 holds: VecDeque::new(),
+                dial_tls: p.dial_tls,
+                handshakes: VecDeque::new(),
+                tls_warned: None,
+                tls_unreported: 0,
             },
             inbox: p.inbox,
             signals: p.signals,
             wakes: Vec::new(),
+            plain: Vec::new(),
         }
     }
 
@@ -412,16 +516,36 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         self.signals.stopping()
     }
 
-    /// A new connection on a listener tagged `tag`. Gives the handle back if the shard is full
-    /// or stopping; the engine then closes the socket.
-    pub(crate) fn accept(&mut self, handle: H, peer: SocketAddr, tag: Tag) -> Result<ConnId, H> {
+    /// A new connection on a listener of kind `how`. Gives the handle back if the shard is
+    /// full or stopping; the engine then closes the socket. The service hears of a TLS
+    /// connection only once its handshake has completed.
+    pub(crate) fn accept(&mut self, handle: H, peer: SocketAddr, how: &Accepting) -> Result<ConnId, H> {
         if self.stopping() {
             return Err(handle);
         }
+        let tls = match &how.tls {
+            None => None,
+            Some(acceptor) => match TlsSession::accepted(acceptor, peer) {
+                Ok(session) => Some(Box::new(session)),
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "cannot start a TLS server connection");
+                    self.io.stats.bump(Counter::Rejected);
+                    return Err(handle);
+                }
+            },
+        };
+        let tag = how.tag;
         match self.io.conns.insert(handle, tag, ConnState::Open) {
             Ok(id) => {
                 self.io.stats.bump(Counter::Accepted);
-                self.service.on_accept(id, tag, peer, self.io.now, &mut self.io);
+                if tls.is_some() {
+                    if let Some(conn) = self.io.conns.get_mut(id) {
+                        conn.tls = tls;
+                    }
+                    self.io.arm_handshake(id);
+                } else {
+                    self.service.on_accept(id, tag, peer, self.io.now, &mut self.io);
+                }
                 self.io.conns.touch(id);
                 Ok(id)
             }
@@ -437,6 +561,14 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         let tag = match self.io.conns.get_mut(id) {
             Some(conn) if conn.state == ConnState::Connecting => {
                 conn.state = ConnState::Open;
+                if let Some(tls) = conn.tls.as_mut() {
+                    // The service hears `on_connect` once the handshake has completed; the
+                    // ClientHello goes out with this iteration's writes.
+                    tls.greeting = Greeting::Connect;
+                    tls.peer = peer;
+                    self.io.conns.touch(id);
+                    return;
+                }
                 conn.tag
             }
             _ => return,
@@ -460,6 +592,81 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     /// them in place (straight out of the engine's receive buffer); only an unconsumed tail (a
     /// partial message, or input that arrives while reading is paused) is copied.
     pub(crate) fn received(&mut self, id: ConnId, data: &[u8]) {
+        let Some(conn) = self.io.conns.get_mut(id) else {
+            return;
+        };
+        if conn.state != ConnState::Open || conn.eof {
+            return;
+        }
+        if conn.tls.is_some() {
+            self.received_tls(id, data);
+            return;
+        }
+        self.received_plain(id, data);
+    }
+
+    /// Ciphertext arrived on TLS connection `id`: the handshake moves on (and the service
+    /// hears of the connection once it completes), and the plaintext goes the way of a plain
+    /// connection's bytes. A TLS failure closes the connection after the alert that says why.
+    fn received_tls(&mut self, id: ConnId, data: &[u8]) {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let Some(conn) = self.io.conns.get_mut(id) else { return };
+        let tag = conn.tag;
+        let Some(tls) = conn.tls.as_mut() else { return };
+        let handshaking = tls.handshaking();
+        let result = tls.input(data, &mut plain);
+        let (greeting, peer, peer_closed) = (tls.greeting, tls.peer, tls.peer_closed);
+        let completed = handshaking && !tls.handshaking();
+        match result {
+            Err(failure) => {
+                tls.fail();
+                // The alert goes out, then the connection closes; nothing it sent is handed on.
+                tls.output(conn.sendq.buffer());
+                conn.state = ConnState::Draining;
+                conn.pending = Vec::new();
+                self.io.conns.touch(id);
+                self.io.tls_failed(id, peer, handshaking, &failure);
+                if handshaking && greeting == Greeting::Connect {
+                    let error = match failure {
+                        TlsFailure::Protocol(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+                        TlsFailure::Stuck(e) => e,
+                    };
+                    self.service.on_connect(id, tag, Err(error), self.io.now, &mut self.io);
+                }
+            }
+            Ok(()) => {
+                if completed {
+                    tls.greeting = Greeting::None;
+                    tls.known = true;
+                }
+                // Handshake messages to answer, or records to seal: written this iteration.
+                self.io.conns.touch(id);
+                if completed {
+                    self.io.stats.bump(Counter::TlsHandshakes);
+                    match greeting {
+                        Greeting::Accept => self.service.on_accept(id, tag, peer, self.io.now, &mut self.io),
+                        Greeting::Connect => self.service.on_connect(id, tag, Ok(peer), self.io.now, &mut self.io),
+                        Greeting::None => {}
+                    }
+                }
+                if !plain.is_empty() {
+                    self.received_plain(id, &plain);
+                }
+                if peer_closed {
+                    // close_notify: the peer has sent all it will, as with a FIN.
+                    self.eof(id);
+                }
+            }
+        }
+        if plain.capacity() > KEEP_PLAIN {
+            plain = Vec::new();
+        }
+        self.plain = plain;
+    }
+
+    /// Plaintext arrived on `id` (straight from the socket, or decrypted).
+    fn received_plain(&mut self, id: ConnId, data: &[u8]) {
         let Some(conn) = self.io.conns.get_mut(id) else {
             return;
         };
@@ -593,7 +800,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
             return;
         };
         conn.sendq.complete(n);
-        let resume = conn.paused & pause::SEND_QUEUE != 0 && conn.sendq.unsent() <= self.io.limits.resume_at;
+        let resume = conn.paused & pause::SEND_QUEUE != 0 && conn.unsent() <= self.io.limits.resume_at;
         self.io.conns.touch(id);
         if resume {
             self.io.unpause(id, pause::SEND_QUEUE);
@@ -619,8 +826,12 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         }
         conn.state = ConnState::Dead;
         conn.pending = Vec::new();
+        // An accepted TLS connection whose handshake never completed was never the service's.
+        let known = conn.tls.as_ref().is_none_or(|t| t.known);
         self.io.stats.bump(Counter::Closed);
-        self.service.on_close(id, self.io.now, &mut self.io);
+        if known {
+            self.service.on_close(id, self.io.now, &mut self.io);
+        }
     }
 
     /// Frees `id`'s slot (a later connection there gets a new generation).
@@ -691,6 +902,32 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         }
     }
 
+    /// Closes TLS connections whose handshake has not completed within the limit.
+    pub(crate) fn expire_handshakes(&mut self) {
+        while let Some(&(deadline, id)) = self.io.handshakes.front() {
+            if deadline > self.io.now {
+                break;
+            }
+            self.io.handshakes.pop_front();
+            let Some(conn) = self.io.conns.get_mut(id) else { continue };
+            let Some(tls) = conn.tls.as_ref() else { continue };
+            if !tls.handshaking() || !matches!(conn.state, ConnState::Connecting | ConnState::Open) {
+                continue;
+            }
+            let (peer, tag, dialled) = (tls.peer, conn.tag, tls.known);
+            let connecting = conn.state == ConnState::Connecting;
+            self.io.tls_failed(id, peer, true, &"no handshake within the limit");
+            self.abort(id);
+            if dialled {
+                let error = io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out");
+                if connecting {
+                    self.io.stats.bump(Counter::ConnectFailures);
+                }
+                self.service.on_connect(id, tag, Err(error), self.io.now, &mut self.io);
+            }
+        }
+    }
+
     /// Hands input on to connections that resumed.
     fn deliver_resumed(&mut self) {
         while let Some(id) = self.io.resumed.pop() {
@@ -730,10 +967,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     /// The earliest protocol time something is due here (service timer, hold limit).
     pub(crate) fn next_due(&self) -> Option<Time> {
         let timer = if self.io.congested() { None } else { self.service.next_timer() };
-        match (timer, self.io.holds.front().map(|h| h.0)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.io.holds.front().map(|h| h.0), self.io.handshakes.front().map(|h| h.0)].into_iter().flatten().min()
     }
 
     /// How long the next poll may sleep.
@@ -788,6 +1022,7 @@ pub(crate) fn run<S: Service, D: Driver>(
 pub(crate) fn step<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D) -> bool {
     let more = core.run_inbound();
     core.expire_holds();
+    core.expire_handshakes();
     core.io.retry_spill();
     reconcile_touched(core, driver);
     more
@@ -799,7 +1034,10 @@ pub(crate) fn reconcile_touched<S: Service, D: Driver>(core: &mut ShardCore<S, D
     loop {
         core.deliver_resumed();
         match core.io.conns.pop_touched() {
-            Some(id) => driver.reconcile(core, id),
+            Some(id) => {
+                core.io.seal(id);
+                driver.reconcile(core, id);
+            }
             None if core.io.resumed.is_empty() => break,
             None => {}
         }
@@ -878,6 +1116,7 @@ mod tests {
             limits,
             max_connections: 4,
             transport: Transport::Tcp,
+            dial_tls: Vec::new(),
         };
         (ShardCore::new(Frames { log: Rc::clone(&log), reply }, parts), log, Arc::clone(&stats[0]))
     }
@@ -891,11 +1130,16 @@ mod tests {
             window: 64,
             queue: 4,
             max_hold: 1000,
+            handshake_timeout: 1000,
         }
     }
 
     fn peer() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    fn plain() -> Accepting {
+        Accepting { tag: Tag(0), tls: None }
     }
 
     /// Hands resumed input on, as the loop does after each poll.
@@ -907,7 +1151,7 @@ mod tests {
     #[test]
     fn whole_messages_are_read_in_place_and_tails_reassembled() {
         let (mut core, log, _) = core(0, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         // Two whole frames and the start of a third, in one "receive buffer".
         let buf = [2, b'a', b'b', 1, b'c', 3, b'd'];
         core.received(id, &buf);
@@ -927,7 +1171,7 @@ mod tests {
     #[test]
     fn unsent_bytes_pause_and_resume_input() {
         let (mut core, log, stats) = core(40, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         core.received(id, &[0, 0, 0, 0]); // 160 unsent bytes after the third frame: paused
         assert_eq!(core.io.conns.get(id).unwrap().paused, pause::SEND_QUEUE);
         assert_eq!(stats.snapshot().read_pauses, 1);
@@ -952,7 +1196,7 @@ mod tests {
     #[test]
     fn the_service_pauses_and_resumes_input() {
         let (mut core, log, _) = core(0, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         core.io.pause(id, true);
         assert!(core.io.input_paused(id));
         core.received(id, &[1, b'a']);
@@ -965,7 +1209,7 @@ mod tests {
     #[test]
     fn input_sent_before_the_peer_closed_is_still_served() {
         let (mut core, log, _) = core(0, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         core.io.pause(id, true);
         core.received(id, &[1, b'a', 1, b'b', 5, b'c']);
         core.eof(id);
@@ -979,7 +1223,7 @@ mod tests {
     #[test]
     fn a_held_half_closed_connection_closes_at_the_hold_limit() {
         let (mut core, _, stats) = core(0, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         core.io.hold(id, true);
         core.eof(id);
         let c = core.io.conns.get(id).unwrap();
@@ -997,7 +1241,7 @@ mod tests {
     #[test]
     fn unframeable_input_closes_the_connection() {
         let (mut core, _, stats) = core(0, limits());
-        let id = core.accept((), peer(), Tag(0)).unwrap();
+        let id = core.accept((), peer(), &plain()).unwrap();
         core.received(id, &[200; 40]);
         assert_eq!(core.io.conns.get(id).unwrap().state, ConnState::Open, "40 < 64: wait for more");
         core.received(id, &[0; 40]);
@@ -1008,12 +1252,12 @@ mod tests {
     #[test]
     fn stale_ids_get_nothing() {
         let (mut core, log, stats) = core(0, limits());
-        let old = core.accept((), peer(), Tag(0)).unwrap();
+        let old = core.accept((), peer(), &plain()).unwrap();
         core.close(old);
         assert_eq!(log.borrow().closed, 1);
         core.io.send(old, &mut |b| b.push(1));
         assert!(core.release(old).is_some());
-        let new = core.accept((), peer(), Tag(0)).unwrap();
+        let new = core.accept((), peer(), &plain()).unwrap();
         assert_eq!(new.slot, old.slot);
         core.io.send(old, &mut |b| b.push(1));
         core.io.close(old);

@@ -17,6 +17,9 @@
 //! users through client ends ([`ClientId`]), and inject faults: [`Sim::crash`] (a kill -9),
 //! [`Sim::restart`], [`Sim::partition`].
 //!
+//! Connections are plaintext only: a listener with TLS ([`Listen::tls`]) is refused, and the
+//! engine's TLS for dialled connections is not configurable here.
+//!
 //! ```
 //! use rserpool::runtime::sim::{Sim, SimConfig};
 //! # use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
@@ -65,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::ConnState;
 use super::mailbox;
-use super::shard::{self, ConnHandle, CoreParts, Driver, Limits, ShardCore};
+use super::shard::{self, Accepting, ConnHandle, CoreParts, Driver, Limits, ShardCore};
 use super::signals::Signals;
 use super::stats::{ShardStats, StatsCell};
 use super::{EngineError, Listen, Transport};
@@ -125,6 +128,8 @@ impl SimConfig {
             window: self.max_message_size.max(self.read_size),
             queue: self.queue.max(1),
             max_hold: u64::try_from(self.max_hold.as_millis()).unwrap_or(u64::MAX),
+            // No TLS here (see the module documentation), so no handshake to bound.
+            handshake_timeout: u64::MAX,
         }
     }
 }
@@ -459,7 +464,7 @@ impl SimDriver {
                 let net = self.net.borrow();
                 net.listeners
                     .get(&addr)
-                    .copied()
+                    .cloned()
                     .filter(|&(n, _)| net.nodes[n].up && !net.is_cut(self.node, n))
                     .map(|(n, l)| (n, l, net.nodes[n].shards))
             };
@@ -537,7 +542,7 @@ impl Driver for SimDriver {
                     (p.peer, p.tag)
                 };
                 let handle = SimConn { pipe: Some((index, e)), dial: None };
-                match core.accept(handle, peer, tag) {
+                match core.accept(handle, peer, &Accepting { tag, tls: None }) {
                     Ok(id) => self.net.borrow_mut().pipes[index].ends[e].conn = Some(id),
                     Err(_) => self.net.borrow_mut().vanish(index, e),
                 }
@@ -686,8 +691,8 @@ impl<S: Service> Sim<S> {
             stats: Vec::new(),
             weights: Vec::new(),
         });
-        for &l in listeners {
-            self.listen_node(NodeId(n), l);
+        for l in listeners {
+            self.listen_node(NodeId(n), l.clone());
         }
         self.boot(n);
         NodeId(n)
@@ -699,6 +704,7 @@ impl<S: Service> Sim<S> {
         let mut net = self.net.borrow_mut();
         let shards = net.nodes[node.0].shards;
         assert!(listen.shard.is_none_or(|s| s < shards), "{listen:?}: node {node:?} has {shards} shards");
+        assert!(listen.tls.is_none(), "{listen:?}: the simulator runs plaintext connections only");
         let taken = net.listeners.contains_key(&listen.addr) || net.endpoints.contains_key(&listen.addr);
         assert!(!taken, "{} is already listened on", listen.addr);
         let first = !net.listeners.values().any(|&(n, _)| n == node.0);
@@ -731,6 +737,7 @@ impl<S: Service> Sim<S> {
                 limits,
                 max_connections: config.max_connections,
                 transport: Transport::Tcp,
+                dial_tls: Vec::new(),
             };
             cores.push(ShardCore::new(factory(me, shards as u16), parts));
             let rng = fastrand::Rng::with_seed(self.rng.u64(..));
@@ -901,7 +908,7 @@ impl<S: Service> Sim<S> {
     /// listener's tag, by its shard or a shard drawn at random. `None` if no live node listens
     /// there (the connect is refused).
     pub fn connect_addr(&mut self, addr: SocketAddr, from: SocketAddr) -> Option<ClientId> {
-        let (n, listen) = self.net.borrow().listeners.get(&addr).copied()?;
+        let (n, listen) = self.net.borrow().listeners.get(&addr).cloned()?;
         if !self.nodes[n].up {
             return None;
         }

@@ -37,6 +37,11 @@ pub struct ShardStats {
     pub connect_failures: u64,
     /// Largest number of unsent bytes seen on any one connection of this shard.
     pub send_queue_high_water: u64,
+    /// TLS handshakes completed (accepted and dialled connections).
+    pub tls_handshakes: u64,
+    /// TLS connections closed for a TLS failure: a refused certificate, a protocol error, or a
+    /// handshake that did not complete in time.
+    pub tls_failures: u64,
 }
 
 /// The live counters of one shard.
@@ -56,6 +61,8 @@ pub(crate) struct StatsCell {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     send_queue_high_water: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -73,6 +80,8 @@ pub(crate) enum Counter {
     HoldExpiries,
     Connects,
     ConnectFailures,
+    TlsHandshakes,
+    TlsFailures,
 }
 
 impl StatsCell {
@@ -91,6 +100,8 @@ impl StatsCell {
             Counter::HoldExpiries => &self.hold_expiries,
             Counter::Connects => &self.connects,
             Counter::ConnectFailures => &self.connect_failures,
+            Counter::TlsHandshakes => &self.tls_handshakes,
+            Counter::TlsFailures => &self.tls_failures,
         };
         cell.fetch_add(1, Relaxed);
     }
@@ -123,6 +134,8 @@ impl StatsCell {
             connects: self.connects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
             send_queue_high_water: self.send_queue_high_water.load(Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Relaxed),
+            tls_failures: self.tls_failures.load(Relaxed),
         }
     }
 }

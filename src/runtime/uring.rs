@@ -22,10 +22,10 @@ use socket2::{Domain, SockAddr, SockRef, Socket};
 
 use super::bufring::BufRing;
 use super::conn::ConnState;
-use super::shard::{reconcile_touched, ConnHandle, Driver, ShardCore};
+use super::shard::{reconcile_touched, Accepting, ConnHandle, Driver, ShardCore};
 use super::signals::{eventfd, RemoteWake, Signals};
 use super::{CrossShardWake, EngineConfig, EngineError, Transport};
-use crate::service::{ConnId, Service, ShardId, Tag};
+use crate::service::{ConnId, Service, ShardId};
 
 /// Operation codes in the top byte of `user_data`; the rest holds generation and slot.
 const OP_ACCEPT: u8 = 1;
@@ -105,7 +105,8 @@ impl ConnHandle for UringConn {
 /// One listening socket of a shard.
 struct Listener {
     socket: TcpListener,
-    tag: Tag,
+    /// What its connections are (tag, TLS).
+    how: Accepting,
     armed: bool,
     retry_at: Option<Instant>,
 }
@@ -164,7 +165,7 @@ impl UringDriver {
     /// (`SINGLE_ISSUER` binds the ring to the thread that creates it).
     pub(crate) fn new(
         me: ShardId,
-        listeners: Vec<(TcpListener, Tag)>,
+        listeners: Vec<(TcpListener, Accepting)>,
         config: &EngineConfig,
         signals: &Signals,
     ) -> Result<Self, EngineError> {
@@ -179,9 +180,9 @@ impl UringDriver {
         // The listeners stay blocking: io_uring arms a poll itself, and some kernels answer an
         // accept on an O_NONBLOCK socket with EAGAIN instead.
         let mut socks = Vec::with_capacity(listeners.len());
-        for (socket, tag) in listeners {
+        for (socket, how) in listeners {
             socket.set_nonblocking(false).map_err(setup)?;
-            socks.push(Listener { socket, tag, armed: false, retry_at: None });
+            socks.push(Listener { socket, how, armed: false, retry_at: None });
         }
         let mut this = Self {
             ring,
@@ -365,7 +366,7 @@ impl UringDriver {
         if !cqueue::more(flags) {
             listener.armed = false;
         }
-        let tag = listener.tag;
+        let how = listener.how.clone();
         if res < 0 {
             match -res {
                 libc::ECANCELED => {}
@@ -394,7 +395,7 @@ impl UringDriver {
         };
         // On success the core touched the connection, and `reconcile` arms its receive; on
         // refusal (table full, stopping) dropping the handle closes the socket.
-        let _ = core.accept(UringConn::accepted(fd), peer, tag);
+        let _ = core.accept(UringConn::accepted(fd), peer, &how);
     }
 
     /// Shuts the socket down and cancels whatever is in flight on it, so the kernel lets go.

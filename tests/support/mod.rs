@@ -98,6 +98,17 @@ impl Registrar {
         self.log.lock().unwrap().clone()
     }
 
+    /// The first log line containing `needle`, waiting for it (lines after "serving ASAP on"
+    /// may not have been read yet when `start` returns).
+    pub fn log_line(&self, needle: &str) -> String {
+        let mut found = None;
+        eventually(&format!("a log line with {needle:?}"), || {
+            found = self.log().into_iter().find(|l| l.contains(needle));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
     /// Opens a client connection.
     pub fn client(&self) -> Client {
         Client::connect(self.addr)

@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use rserpool::config::{Config, EngineChoice, Profile, RegistrationCheck};
-use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP};
-use rserpool::runtime::{self, EngineConfig, EngineKind, Listen};
+use rserpool::config::{self, Config, EngineChoice, Profile, RegistrationCheck};
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP, ENRP_TLS};
+use rserpool::runtime::{self, EngineConfig, EngineKind, Listen, TlsAcceptor, TlsConnector};
 use rserpool::time::Time;
+use rserpool::tls::{self, Identity, Roots, TlsError};
 use tracing::{error, info, warn};
 
 mod announce;
@@ -154,6 +155,48 @@ fn shard_cores(profile: &Profile, cores: Option<usize>) -> Result<Vec<Option<usi
     Ok(list)
 }
 
+/// The TLS ends built from `[tls]`: ENRP's listener and dialler, ASAP's listener.
+#[derive(Default)]
+struct TlsEnds {
+    enrp: Option<(TlsAcceptor, TlsConnector)>,
+    asap: Option<TlsAcceptor>,
+}
+
+/// Loads the certificate, key and CA files `[tls]` names (each error names its file).
+fn tls_ends(t: &config::Tls) -> Result<TlsEnds, TlsError> {
+    let (Some(cert), Some(key)) = (&t.certificate, &t.private_key) else {
+        return Ok(TlsEnds::default()); // validated: neither listener is configured
+    };
+    if t.enrp.is_none() && t.asap.is_none() {
+        return Ok(TlsEnds::default());
+    }
+    let identity = Identity::load(cert, key)?;
+    let enrp = match (&t.enrp, &t.ca) {
+        (Some(_), Some(ca)) => {
+            let roots = Roots::load(ca)?;
+            let server = tls::mesh_server(&identity, &roots)?;
+            let client = tls::mesh_client(&identity, &roots)?;
+            Some((TlsAcceptor::new(server), TlsConnector::new(client)))
+        }
+        _ => None,
+    };
+    let asap = match t.asap {
+        Some(_) => Some(TlsAcceptor::new(tls::asap_server(&identity)?)),
+        None => None,
+    };
+    Ok(TlsEnds { enrp, asap })
+}
+
+/// `addr`, with a free port picked now if it is 0: peers must be told a port they can dial.
+fn dialable(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
@@ -216,24 +259,51 @@ pub fn run(args: RegistrarArgs) -> i32 {
         Ok(_) => {}
         Err(e) => warn!("could not raise the open-file limit: {e}"),
     }
-    // Peers must be told a dialable port: pick a free one now if 0 was configured.
-    let enrp = match config.enrp {
-        a if a.port() == 0 => match std::net::TcpListener::bind(a).and_then(|l| l.local_addr()) {
-            Ok(a) => a,
-            Err(e) => {
-                error!("cannot listen on {a} (ENRP): {e}");
-                return 1;
-            }
-        },
-        a => a,
+    let tls_ends = match tls_ends(&config.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            error!("TLS: {e}");
+            return 2;
+        }
     };
+    // The ENRP address announced to peers: the TLS listener's in a TLS mesh. Peers must be
+    // told a dialable port: pick a free one now if 0 was configured.
+    let enrp = match dialable(config.tls.enrp.unwrap_or(config.enrp), "ENRP") {
+        Ok(a) => a,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    // The listeners, in this order: ASAP, then those configured (plaintext ENRP, ENRP over
+    // TLS, ASAP over TLS); `engine.local_addrs()` follows it.
+    let mut listeners = vec![Listen::new(config.asap, ASAP)];
+    let mut dial_tls = Vec::new();
+    let plain_enrp_addr = match config.tls.enrp {
+        None => Some(enrp),
+        Some(_) if config.tls.enrp_plain => Some(config.enrp),
+        Some(_) => None,
+    };
+    if let Some(a) = plain_enrp_addr {
+        listeners.push(Listen::on_shard(a, ENRP, COORDINATOR));
+    }
+    if let Some((acceptor, connector)) = tls_ends.enrp {
+        listeners.push(Listen::on_shard(enrp, ENRP_TLS, COORDINATOR).with_tls(acceptor));
+        // Every ENRP dial speaks TLS: in a TLS mesh, peers are reached on their TLS listeners.
+        dial_tls.push((ENRP, connector));
+    }
+    let asap_tls_index = listeners.len();
+    if let (Some(addr), Some(acceptor)) = (config.tls.asap, tls_ends.asap) {
+        listeners.push(Listen::new(addr, ASAP).with_tls(acceptor));
+    }
     let engine_config = EngineConfig {
         kind: match config.engine {
             EngineChoice::Auto => EngineKind::Auto,
             EngineChoice::Uring => EngineKind::Uring,
             EngineChoice::Epoll => EngineKind::Epoll,
         },
-        listeners: vec![Listen::new(config.asap, ASAP), Listen::on_shard(enrp, ENRP, COORDINATOR)],
+        listeners,
+        dial_tls,
         shards,
         ring_entries: profile.ring_entries,
         buffer_count: profile.buffer_count,
@@ -273,6 +343,15 @@ pub fn run(args: RegistrarArgs) -> i32 {
         engine.local_addr(),
         profile.description
     );
+    if config.tls.enrp.is_some() {
+        match plain_enrp_addr {
+            Some(a) => info!("ENRP over mutual TLS on {enrp} (announced to peers), plaintext ENRP also on {a}"),
+            None => info!("ENRP over mutual TLS on {enrp}; no plaintext ENRP listener"),
+        }
+    }
+    if let Some((_, a)) = engine.local_addrs().get(asap_tls_index).filter(|_| config.tls.asap.is_some()) {
+        info!("ASAP over TLS on {a}");
+    }
     if !config.peers.is_empty() {
         let peers: Vec<String> = config.peers.iter().map(ToString::to_string).collect();
         info!("ENRP peers: {}", peers.join(", "));
