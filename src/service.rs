@@ -132,6 +132,13 @@ pub trait Service {
     /// failed connect, or shutdown). Called exactly once per connection.
     fn on_close(&mut self, conn: ConnId, now: Time, out: &mut impl Outbox<Self::Msg>);
 
+    /// The engine is stopping. No input, connections or timers follow; records already posted
+    /// between shards are still delivered (and what they post in turn), then every connection
+    /// closes and [`Service::on_close`] runs for each.
+    fn on_stop(&mut self, now: Time, out: &mut impl Outbox<Self::Msg>) {
+        let _ = (now, out);
+    }
+
     /// Shard `from` posted `msg` to this shard.
     fn on_message(&mut self, from: ShardId, msg: Self::Msg, now: Time, out: &mut impl Outbox<Self::Msg>);
 

@@ -171,6 +171,8 @@ pub struct Registrar {
     coordinator: Option<Coordinator>,
     /// The answer being built for a request.
     answer: Vec<u8>,
+    /// The registrar is shutting down: connections closing now are not PEs going away.
+    stopping: bool,
 }
 
 impl Registrar {
@@ -209,6 +211,7 @@ impl Registrar {
                 Coordinator::new(cfg, shard, now)
             }),
             answer: Vec::with_capacity(l.max_message_size + 32),
+            stopping: false,
         }
     }
 
@@ -515,6 +518,11 @@ impl Service for Registrar {
             }
             return;
         };
+        if self.stopping {
+            // The registrar is going away, not its PEs: their registrations stay with the peers,
+            // which take them over (WIRE.md 7.6) instead of hearing them deleted.
+            return;
+        }
         self.procedures.connection_lost(conn, now, &mut (&mut self.deltas, &mut self.updates));
         self.flush(out);
         for s in (0..self.shards).filter(|&s| s != self.shard) {
@@ -522,6 +530,10 @@ impl Service for Registrar {
                 out.post(s, ShardMsg::ConnectionClosed { conn });
             }
         }
+    }
+
+    fn on_stop(&mut self, _now: Time, _out: &mut impl Outbox<ShardMsg>) {
+        self.stopping = true;
     }
 
     fn on_message(&mut self, _from: ShardId, msg: ShardMsg, now: Time, out: &mut impl Outbox<ShardMsg>) {

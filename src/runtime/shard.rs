@@ -146,6 +146,11 @@ pub(crate) struct Plumbing<H, M> {
     /// When the last TLS failure warning was logged, and failures since.
     tls_warned: Option<Time>,
     tls_unreported: u64,
+    /// Records sent to shards (this one included) before draining began.
+    records_sent: u64,
+    /// The engine is stopping: no input is handed on, no timers run, records are counted in
+    /// [`Signals`] until every shard is quiescent.
+    draining: bool,
 }
 
 impl<H: ConnHandle, M> Plumbing<H, M> {
@@ -276,7 +281,17 @@ impl<H: ConnHandle, M> Plumbing<H, M> {
     }
 
     /// Hands a record to another shard; pauses the connection being served if it overflowed.
+    /// Counts one record sent to a shard (see [`Signals::quiescent`]).
+    fn count_sent(&mut self) {
+        if self.draining {
+            self.signals.drain_sent(self.me);
+        } else {
+            self.records_sent += 1;
+        }
+    }
+
     fn push_remote(&mut self, to: ShardId, record: Envelope<M>) {
+        self.count_sent();
         if !self.out.push(to, record) {
             self.block_current();
         }
@@ -347,6 +362,7 @@ impl<H: ConnHandle, M> Outbox<M> for Plumbing<H, M> {
 
     fn post(&mut self, to: ShardId, msg: M) {
         if to == self.me {
+            self.count_sent();
             self.local.push_back(msg);
             if self.local.len() > self.limits.queue {
                 self.block_current();
@@ -449,6 +465,8 @@ pub(crate) struct ShardCore<S: Service, H> {
     wakes: Vec<ShardId>,
     /// Plaintext decrypted from one read of a TLS connection, before it is handed on.
     plain: Vec<u8>,
+    /// Records from shards (this one included) handled before draining began.
+    records_handled: u64,
 }
 
 /// What a shard needs besides its service and driver.
@@ -493,7 +511,10 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                 handshakes: VecDeque::new(),
                 tls_warned: None,
                 tls_unreported: 0,
+                records_sent: 0,
+                draining: false,
             },
+            records_handled: 0,
             inbox: p.inbox,
             signals: p.signals,
             wakes: Vec::new(),
@@ -673,9 +694,9 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         if conn.state != ConnState::Open || conn.eof {
             return;
         }
-        if conn.paused != 0 || !conn.pending.is_empty() {
+        if conn.paused != 0 || !conn.pending.is_empty() || self.io.draining {
             conn.pending.extend_from_slice(data);
-            if conn.paused == 0 {
+            if conn.paused == 0 && !self.io.draining {
                 self.deliver_pending(id);
             }
             return;
@@ -716,6 +737,9 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     /// connection pauses. A connection whose peer has finished sending closes once nothing more
     /// can be consumed.
     fn deliver_pending(&mut self, id: ConnId) {
+        if self.io.draining {
+            return;
+        }
         let Some(conn) = self.io.conns.get_mut(id) else {
             return;
         };
@@ -866,6 +890,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                         }
                         Envelope::Close(conn) => self.io.close_local(conn),
                     }
+                    self.count_handled();
                     budget -= 1;
                 }
                 more |= budget == 0;
@@ -876,12 +901,30 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                 break;
             };
             self.service.on_message(self.me, msg, now, &mut self.io);
+            self.count_handled();
         }
         more |= !self.io.local.is_empty();
-        if !self.io.congested() && self.service.next_timer().is_some_and(|t| t <= now) {
+        if !self.io.draining && !self.io.congested() && self.service.next_timer().is_some_and(|t| t <= now) {
             self.service.on_timer(now, &mut self.io);
         }
         more
+    }
+
+    /// Counts one record handled, after everything it caused was sent.
+    fn count_handled(&mut self) {
+        if self.io.draining {
+            self.signals.drain_handled(self.me);
+        } else {
+            self.records_handled += 1;
+        }
+    }
+
+    /// The engine is stopping: tells the service, stops handing input on and running timers,
+    /// and publishes the record counts (see [`Signals::quiescent`]).
+    fn begin_drain(&mut self) {
+        self.service.on_stop(self.io.now, &mut self.io);
+        self.io.draining = true;
+        self.signals.enter_drain(self.me, self.io.records_sent, self.records_handled);
     }
 
     /// Releases held, half-closed connections whose hold limit has passed.
@@ -1013,8 +1056,40 @@ pub(crate) fn run<S: Service, D: Driver>(
         let spilling = core.flush_outgoing(driver);
         timeout = core.wait_timeout(clock, more || core.has_work() || driver.busy(), spilling, driver.deadline());
     };
+    if result.is_ok() {
+        quiesce(core, driver, clock);
+    }
     driver.shutdown(core);
     result
+}
+
+/// How long a stopping shard waits for records in flight between shards to be handled.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Stopping: input is no longer handed on, but records already sent between shards (the
+/// requests read before the stop, and what they cause: answers, updates to peers) are handled
+/// until no shard has any left, so that what was acknowledged was also passed on. Then the
+/// driver closes the connections, sending what they have queued.
+fn quiesce<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut D, clock: &Clock) {
+    core.begin_drain();
+    let limit = Instant::now() + QUIESCE_LIMIT;
+    loop {
+        let more = step(core, driver);
+        let spilling = core.flush_outgoing(driver);
+        if !more && !spilling && core.signals.quiescent() {
+            return;
+        }
+        if Instant::now() >= limit {
+            tracing::warn!(shard = core.me, "stopping with records still in flight between shards");
+            return;
+        }
+        let wait = if more || spilling { Duration::ZERO } else { Duration::from_millis(1) };
+        if let Err(e) = driver.poll(core, Some(wait)) {
+            tracing::warn!(shard = core.me, error = %e, "poll failed while stopping");
+            return;
+        }
+        core.io.now = clock.now();
+    }
 }
 
 /// One loop iteration's work after the driver's poll: inbound records, timers, holds, resumed

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use std::os::fd::AsRawFd;
@@ -49,12 +49,74 @@ pub(crate) struct ShardSignal {
 pub(crate) struct Signals {
     stop: AtomicBool,
     shards: Box<[ShardSignal]>,
+    drain: Drain,
+}
+
+/// Termination detection for a stopping engine: every record handed from a shard to a shard
+/// (itself included) is counted where it is sent and again once it has been handled, and the
+/// engine is quiescent when the two totals agree. Shards keep plain counts while running and
+/// add them here when they stop taking input; from then on they count here directly (so no
+/// atomic is touched on the hot path).
+///
+/// Reading every `handled` before any `sent` makes one pass enough: a record is counted as
+/// sent before anyone can see it and as handled only after what it caused was sent, so the true
+/// totals always have sent >= handled; at the moment between the two passes the true handled
+/// total is at least the one read and the true sent total at most the one read, so equal reads
+/// mean equal totals then: nothing in flight or being handled. With no input and no timers
+/// nothing new starts, so it stays that way.
+#[derive(Debug)]
+struct Drain {
+    /// Shards that stopped taking input and published their counts.
+    entered: AtomicUsize,
+    /// Set by the first shard that sees the totals agree.
+    quiet: AtomicBool,
+    sent: Box<[AtomicU64]>,
+    handled: Box<[AtomicU64]>,
 }
 
 impl Signals {
     /// Signals for `n` shards.
     pub(crate) fn new(n: usize) -> Self {
-        Self { stop: AtomicBool::new(false), shards: (0..n).map(|_| ShardSignal::default()).collect() }
+        let counts = || (0..n).map(|_| AtomicU64::new(0)).collect();
+        let drain =
+            Drain { entered: AtomicUsize::new(0), quiet: AtomicBool::new(false), sent: counts(), handled: counts() };
+        Self { stop: AtomicBool::new(false), shards: (0..n).map(|_| ShardSignal::default()).collect(), drain }
+    }
+
+    /// Shard `me` stopped taking input, having sent and handled these many records so far.
+    pub(crate) fn enter_drain(&self, me: ShardId, sent: u64, handled: u64) {
+        let i = usize::from(me);
+        self.drain.sent[i].fetch_add(sent, Ordering::SeqCst);
+        self.drain.handled[i].fetch_add(handled, Ordering::SeqCst);
+        self.drain.entered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// While draining: shard `me` sends one more record (count it before anyone can see it).
+    pub(crate) fn drain_sent(&self, me: ShardId) {
+        self.drain.sent[usize::from(me)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// While draining: shard `me` has handled one more record (count it after what it sent).
+    pub(crate) fn drain_handled(&self, me: ShardId) {
+        self.drain.handled[usize::from(me)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether every shard has stopped taking input and no record is in flight or being
+    /// handled anywhere (see [`Drain`]). Once true it stays true.
+    pub(crate) fn quiescent(&self) -> bool {
+        let d = &self.drain;
+        if d.quiet.load(Ordering::SeqCst) {
+            return true;
+        }
+        if d.entered.load(Ordering::SeqCst) < self.shards.len() {
+            return false;
+        }
+        let handled: u64 = d.handled.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+        let sent: u64 = d.sent.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+        if handled == sent {
+            d.quiet.store(true, Ordering::SeqCst);
+        }
+        handled == sent
     }
 
     /// Asks every shard to stop, and wakes them all.

@@ -177,6 +177,12 @@ impl Client {
         self.conn.send(bytes).unwrap();
     }
 
+    /// Sends, reporting failure (the registrar may have closed the connection).
+    #[allow(dead_code)]
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.conn.send(bytes)
+    }
+
     /// The next message, or `None` if the connection closed or nothing came within `wait`.
     pub fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
         self.conn.recv(wait).ok().flatten()
