@@ -45,7 +45,8 @@ pub enum Heard {
     },
     /// Our own Presence, looped back.
     Own,
-    /// A well-formed ENRP message that is not a Presence.
+    /// A well-formed ENRP message that names no registrar reachable here: not a Presence, or a
+    /// Presence whose ENRP transport is not TCP (rsplib's registrars announce SCTP).
     Ignored,
     /// Not a valid ENRP Presence (does not parse, sender id 0, no address or port 0).
     Malformed,
@@ -63,6 +64,9 @@ pub fn classify(me: u32, data: &[u8], from: SocketAddr) -> Heard {
         return Heard::Own;
     }
     let t = server_information.transport();
+    if t.protocol() != TransportProtocol::Tcp {
+        return Heard::Ignored;
+    }
     let (Some(ip), port) = (t.addresses().next(), t.port()) else { return Heard::Malformed };
     if port == 0 {
         return Heard::Malformed;
@@ -80,7 +84,7 @@ pub struct DiscoveryStats {
     pub malformed: u64,
     /// Our own Presences, looped back (dropped).
     pub own: u64,
-    /// Valid ENRP messages other than Presence (dropped).
+    /// Valid ENRP messages other than a Presence over TCP (dropped).
     pub ignored: u64,
     /// Presences of other registrars handed to the coordinator.
     pub heard: u64,
@@ -228,6 +232,14 @@ mod tests {
         let mut list = Vec::new();
         enrp::emit_list_request(&mut Writer::new(&mut list), 2, 0).unwrap();
         assert_eq!(classify(1, &list, from), Heard::Ignored);
+        // rsplib's registrars: ENRP over SCTP, which this registrar does not dial.
+        let mut sctp = Vec::new();
+        let info = ServerInformationRepr {
+            server_id: 2,
+            transport: TransportRepr::new(TransportProtocol::Sctp, addr("10.0.0.2:1").ip(), 9901),
+        };
+        enrp::emit_presence(&mut Writer::new(&mut sctp), 2, 0, false, 0xffff, &info).unwrap();
+        assert_eq!(classify(1, &sctp, from), Heard::Ignored);
         assert_eq!(classify(1, &[], from), Heard::Malformed);
         assert_eq!(classify(1, &[1, 0, 0, 4], from), Heard::Malformed);
         assert_eq!(classify(1, &[0xff; 40], from), Heard::Malformed);
@@ -238,6 +250,22 @@ mod tests {
         // A sender id of 0 and a port of 0 name no registrar.
         assert_eq!(classify(1, &presence_of(0, "10.0.0.2:9901"), from), Heard::Malformed);
         assert_eq!(classify(1, &presence_of(2, "10.0.0.2:0"), from), Heard::Malformed);
+    }
+
+    #[test]
+    fn mutated_datagrams_never_panic() {
+        let good = presence_of(2, "10.0.0.2:9901");
+        let mut rng = fastrand::Rng::with_seed(15);
+        let from = addr("10.0.0.9:1");
+        for _ in 0..20_000 {
+            let mut d = good.clone();
+            for _ in 0..rng.usize(1..4) {
+                let i = rng.usize(..d.len());
+                d[i] = rng.u8(..);
+            }
+            d.truncate(rng.usize(..=d.len()));
+            let _ = classify(1, &d, from);
+        }
     }
 
     #[test]
