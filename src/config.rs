@@ -237,6 +237,37 @@ impl Default for Announce {
     }
 }
 
+/// Optional ENRP peer discovery by multicast Presence (WIRE.md 1 and 7.2; off by default): the
+/// registrar multicasts its Presence every `timers.peer_heartbeat` and dials every registrar
+/// whose Presence it hears there, if that registrar's ENRP address is one it would admit as a
+/// peer (loopback, `peers`, `security.enrp_allowlist`). The accepting side applies the same rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrpMulticast {
+    /// Whether to send and listen for multicast Presence.
+    pub enabled: bool,
+    /// IPv4 multicast group and UDP port (rsplib's: 239.0.0.51:9901).
+    pub group: SocketAddr,
+    /// Multicast TTL (1: the local network only).
+    pub ttl: u32,
+    /// IPv4 address of the interface to send and listen on (0.0.0.0: the system's choice).
+    pub interface: std::net::Ipv4Addr,
+    /// Whether this host's own registrars hear each other's Presence (IP_MULTICAST_LOOP).
+    pub loopback: bool,
+}
+
+impl Default for EnrpMulticast {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: SocketAddr::from(([239, 0, 0, 51], 9901)),
+            ttl: 1,
+            interface: std::net::Ipv4Addr::UNSPECIFIED,
+            loopback: true,
+        }
+    }
+}
+
 /// How a registration's addresses are checked against the connection it came on
 /// (docs/SECURITY.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +324,8 @@ pub struct Config {
     pub limits: Limits,
     /// Multicast Server Announce.
     pub announce: Announce,
+    /// ENRP peer discovery by multicast Presence.
+    pub enrp_multicast: EnrpMulticast,
     /// Registration checks and ENRP peer admission.
     pub security: Security,
 }
@@ -312,6 +345,7 @@ impl Default for Config {
             timers: Timers::default(),
             limits: Limits::default(),
             announce: Announce::default(),
+            enrp_multicast: EnrpMulticast::default(),
             security: Security::default(),
         }
     }
@@ -371,6 +405,13 @@ impl Config {
             return bad("security.registration_check = \"allowlist\" needs security.registration_allowlist".into());
         }
         self.tls.validate()?;
+        let m = &self.enrp_multicast;
+        if m.enabled && !(m.group.ip().is_multicast() && m.group.is_ipv4() && m.group.port() != 0) {
+            return bad(format!("enrp_multicast.group = {} (must be an IPv4 multicast group with a port)", m.group));
+        }
+        if m.enabled && m.ttl > 255 {
+            return bad(format!("enrp_multicast.ttl = {} (must be 0..=255)", m.ttl));
+        }
         if self.cores == Some(0) {
             return bad("cores must be at least 1".into());
         }
@@ -506,5 +547,21 @@ mod tests {
         let mut c = Config::default();
         c.limits.default_items = 200;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn enrp_multicast_is_off_by_default_and_needs_a_multicast_group() {
+        let c = Config::default();
+        assert!(!c.enrp_multicast.enabled);
+        assert_eq!(c.enrp_multicast.group, SocketAddr::from(([239, 0, 0, 51], 9901)));
+        let c: Config = toml::from_str("[enrp_multicast]\nenabled = true\nttl = 4\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.enrp_multicast.ttl, 4);
+        let mut bad = c.clone();
+        bad.enrp_multicast.group = SocketAddr::from(([10, 0, 0, 1], 9901));
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.enrp_multicast.ttl = 256;
+        assert!(bad.validate().is_err());
     }
 }

@@ -11,9 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use super::discovery::{Discovery, POLL_MS};
 use super::msg::EnrpMsg;
 use super::reply;
 use crate::config::Timers;
@@ -45,6 +47,8 @@ pub struct EnrpConfig {
     pub max_message_size: usize,
     /// The tag the engine gives ENRP connections.
     pub tag: Tag,
+    /// Multicast discovery (`[enrp_multicast]`), when on: registrars heard there are dialled.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 /// Whether this registrar has the mesh's handlespace yet (WIRE.md 7.3).
@@ -145,6 +149,11 @@ pub struct EnrpStats {
     pub bad_messages: u64,
     /// ENRP connections refused because their source is not admitted.
     pub refused_peers: u64,
+    /// Registrars heard by multicast Presence and dialled.
+    pub discovered: u64,
+    /// Registrars heard by multicast Presence but not dialled: their address is not one this
+    /// registrar admits as a peer.
+    pub discovered_refused: u64,
 }
 
 /// A peer as `rserpool status` shows it.
@@ -214,10 +223,15 @@ pub struct Coordinator {
     stats: EnrpStats,
     /// Addresses whose refused connections were logged at warn level.
     refused_logged: BTreeSet<std::net::IpAddr>,
+    /// When to take what multicast discovery heard next.
+    next_discovery: Time,
 }
 
 /// Heartbeats between List Requests to every peer.
 const LIST_EVERY: u64 = 10;
+
+/// Most addresses kept to dial; registrars heard by multicast beyond that are not dialled.
+const MAX_DIALS: usize = 4096;
 
 impl Coordinator {
     /// The coordinator of `cfg.server_id`, on shard `shard`, starting at `now`.
@@ -227,7 +241,8 @@ impl Coordinator {
             transport: TransportRepr::new(TransportProtocol::Tcp, cfg.address.ip(), cfg.address.port()),
         };
         let dials = cfg.peers.iter().filter(|a| **a != cfg.address).map(|a| (*a, (None, now))).collect();
-        let sync = if cfg.peers.is_empty() { Sync::Consistent } else { Sync::Joining };
+        // With multicast discovery, peers may answer the first Presence: wait for a mentor.
+        let sync = if cfg.peers.is_empty() && cfg.discovery.is_none() { Sync::Consistent } else { Sync::Joining };
         Self {
             join_deadline: now.add_millis(cfg.timers.mentor_discovery),
             next_heartbeat: now.add_millis(cfg.timers.peer_heartbeat),
@@ -248,6 +263,7 @@ impl Coordinator {
             takeovers: BTreeMap::new(),
             stats: EnrpStats::default(),
             refused_logged: BTreeSet::new(),
+            next_discovery: now,
         }
     }
 
@@ -835,9 +851,58 @@ impl Coordinator {
         });
     }
 
+    /// Registrar `server_id` multicast a Presence naming its ENRP address `addr`: dial it now
+    /// if it is new here and its address is one this registrar admits as a peer (loopback,
+    /// a configured peer, `security.enrp_allowlist`: the rule its accepting side applies to
+    /// us). Returns whether a dial was scheduled.
+    pub fn on_discovered(&mut self, server_id: u32, addr: SocketAddr, now: Time) -> bool {
+        if server_id == 0 || server_id == self.me() || addr == self.cfg.address || self.peers.contains_key(&server_id) {
+            return false;
+        }
+        if !crate::asap::peer_admitted(addr.ip(), &self.cfg.peers, &self.cfg.allowlist) {
+            self.stats.discovered_refused += 1;
+            if self.refused_logged.len() < 1024 && self.refused_logged.insert(addr.ip()) {
+                warn!(%addr, peer = format_args!("{server_id:#010x}"), "multicast Presence from a registrar not dialled: not loopback, a configured peer or in security.enrp_allowlist");
+            }
+            return false;
+        }
+        let full = self.dials.len() >= MAX_DIALS;
+        match self.dials.get_mut(&addr) {
+            // Dialling it already, or connected to it (as another id: it restarts).
+            Some((Some(_), _)) => return false,
+            // Known and waiting to redial: a new id there, dial now.
+            Some((None, at)) => *at = now,
+            None if full => {
+                self.stats.discovered_refused += 1;
+                return false;
+            }
+            None => {
+                self.dials.insert(addr, (None, now));
+            }
+        }
+        self.stats.discovered += 1;
+        info!(%addr, peer = format_args!("{server_id:#010x}"), "multicast Presence from a new registrar: dialling it");
+        true
+    }
+
+    /// Takes the registrars multicast discovery heard and publishes this registrar's own
+    /// checksum for its next multicast Presence.
+    fn poll_discovery(&mut self, now: Time) {
+        let Some(d) = self.cfg.discovery.clone() else { return };
+        if now < self.next_discovery {
+            return;
+        }
+        self.next_discovery = now.add_millis(POLL_MS);
+        d.set_checksum(self.own_checksum());
+        for (id, addr) in d.take() {
+            self.on_discovered(id, addr, now);
+        }
+    }
+
     /// Dials, heartbeats, liveness probes, deaths, takeover expiries, the end of waiting for a
-    /// mentor.
+    /// mentor, registrars heard by multicast.
     pub fn on_timer<M: From<EnrpMsg>>(&mut self, now: Time, out: &mut impl Outbox<M>) {
+        self.poll_discovery(now);
         let tag = self.cfg.tag;
         let reconnect = self.cfg.timers.peer_reconnect;
         let connected: BTreeSet<SocketAddr> =
@@ -931,6 +996,9 @@ impl Coordinator {
         }
         if self.sync == Sync::Joining && self.mentor.is_none() {
             earliest(self.join_deadline);
+        }
+        if self.cfg.discovery.is_some() {
+            earliest(self.next_discovery);
         }
         Some(next)
     }

@@ -8,6 +8,7 @@
 //!   Updates of this registrar's own PEs encoded once as they change; peers' updates, table
 //!   entries, audits, exports and takeovers applied through [`crate::asap::Procedures`].
 //! - [`EnrpMsg`]: what they tell each other across shards.
+//! - [`Discovery`]: peers heard by multicast Presence (optional), handed to the coordinator.
 
 /// The tag of ENRP connections (peer registrars).
 pub const ENRP: crate::service::Tag = crate::service::Tag(1);
@@ -18,10 +19,12 @@ pub const ENRP: crate::service::Tag = crate::service::Tag(1);
 pub const ENRP_TLS: crate::service::Tag = crate::service::Tag(2);
 
 mod coordinator;
+pub mod discovery;
 mod msg;
 mod reply;
 mod shard;
 
 pub use coordinator::{Coordinator, EnrpConfig, EnrpStats, EnrpStatus, PeerStatus, Sync};
+pub use discovery::Discovery;
 pub use msg::EnrpMsg;
 pub use shard::{EnrpShard, UpdateEncoder};

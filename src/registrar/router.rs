@@ -51,6 +51,8 @@ pub struct RegistrarConfig {
     pub peers: Vec<SocketAddr>,
     /// Registration checks and ENRP peer admission.
     pub security: Security,
+    /// ENRP peer discovery by multicast Presence (`None`: off).
+    pub discovery: Option<Arc<crate::enrp::Discovery>>,
 }
 
 impl RegistrarConfig {
@@ -66,6 +68,7 @@ impl RegistrarConfig {
             enrp: None,
             peers: Vec::new(),
             security: Security::default(),
+            discovery: None,
         }
     }
 }
@@ -207,6 +210,7 @@ impl Registrar {
                     shards: config.shards.max(1),
                     max_message_size: l.max_message_size,
                     tag: ENRP,
+                    discovery: config.discovery.clone(),
                 };
                 Coordinator::new(cfg, shard, now)
             }),

@@ -11,6 +11,7 @@ use rserpool::tls::{self, Identity, Roots, TlsError};
 use tracing::{error, info, warn};
 
 mod announce;
+mod enrp_multicast;
 
 /// Arguments of `rserpool registrar`. Every flag has a key in the `--config` file; a flag
 /// given on the command line wins over the file.
@@ -50,6 +51,12 @@ pub struct RegistrarArgs {
     /// security.registration_check; default source]. Refusals get cause 0xA.
     #[arg(long, value_enum, value_name = "MODE")]
     pub registration_check: Option<CheckArg>,
+    /// Find ENRP peers by multicast Presence on enrp_multicast.group (239.0.0.51:9901 unless
+    /// configured): announce this registrar there and dial the registrars heard, if their
+    /// address is admitted (loopback, --peer, security.enrp_allowlist) [config:
+    /// enrp_multicast.enabled; default off].
+    #[arg(long)]
+    pub enrp_multicast: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -127,6 +134,9 @@ fn effective(args: &RegistrarArgs) -> Result<Config, String> {
     }
     if let Some(l) = &args.log {
         c.log.clone_from(l);
+    }
+    if args.enrp_multicast {
+        c.enrp_multicast.enabled = true;
     }
     if let Some(m) = args.registration_check {
         c.security.registration_check = m.into();
@@ -316,6 +326,8 @@ pub fn run(args: RegistrarArgs) -> i32 {
         max_hold: std::time::Duration::from_millis(config.timers.max_hold),
         ..EngineConfig::default()
     };
+    let discovery =
+        config.enrp_multicast.enabled.then(|| std::sync::Arc::new(rserpool::enrp::Discovery::new(server_id, enrp)));
     let registrar = RegistrarConfig {
         server_id,
         shards: n as u16,
@@ -326,6 +338,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
         enrp: Some(enrp),
         peers: config.peers.clone(),
         security: config.security.clone(),
+        discovery: discovery.clone(),
     };
     let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
         Ok(e) => e,
@@ -360,6 +373,14 @@ pub fn run(args: RegistrarArgs) -> i32 {
         .announce
         .enabled
         .then(|| announce::start(server_id, engine.local_addr(), &config.announce, config.timers.server_announce));
+    let multicast =
+        discovery.and_then(|d| match enrp_multicast::start(d, &config.enrp_multicast, config.timers.peer_heartbeat) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("ENRP multicast discovery on {} is off: {e}", config.enrp_multicast.group);
+                None
+            }
+        });
     let stop = engine.shutdown_handle();
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]);
     match signals {
@@ -376,6 +397,9 @@ pub fn run(args: RegistrarArgs) -> i32 {
     let result = engine.join();
     if let Some(Ok(a)) = announcer {
         a.stop();
+    }
+    if let Some(m) = multicast {
+        m.stop();
     }
     match result {
         Ok(()) => {
