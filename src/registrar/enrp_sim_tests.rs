@@ -10,7 +10,8 @@
 //! - nothing else: no deregistered PE came back, no dead one lingers;
 //! - every owner's checksum is the same in every view, and equals what the owner announces.
 //!
-//! `RSERPOOL_ENRP_SEEDS=N` runs N seeds (default 1000); `RSERPOOL_ENRP_SEED=S` replays one.
+//! `RSERPOOL_ENRP_SEEDS=N` runs N seeds (default 1000) from `RSERPOOL_ENRP_SEED_START` (default
+//! 0), so a long run can go in pieces; `RSERPOOL_ENRP_SEED=S` replays one.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -411,9 +412,10 @@ impl World {
 fn registrars_converge_after_crashes_partitions_and_collisions() {
     let one = std::env::var("RSERPOOL_ENRP_SEED").ok().and_then(|s| s.parse::<u64>().ok());
     let count = std::env::var("RSERPOOL_ENRP_SEEDS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(1000);
+    let start = std::env::var("RSERPOOL_ENRP_SEED_START").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let seeds: Vec<u64> = match one {
         Some(s) => vec![s],
-        None => (0..count).collect(),
+        None => (start..start + count).collect(),
     };
     let many = seeds.len() > 100;
     let mut total = Coverage::default();
@@ -435,7 +437,9 @@ fn registrars_converge_after_crashes_partitions_and_collisions() {
             }
         }
     }
-    eprintln!("ENRP simulation coverage: {total:?}");
+    if one.is_none() {
+        eprintln!("ENRP simulation seeds {start}..{}: {total:?}", start + count);
+    }
     if many {
         let c = &total;
         assert!(c.crashes > 0 && c.partitions > 0 && c.takeovers > 0, "{c:?}");
