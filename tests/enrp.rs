@@ -39,15 +39,8 @@ fn start(engine: &str, id: &str, enrp: u16, peers: &[u16]) -> Registrar {
     Registrar::start_as(engine, 2, id, &format!("127.0.0.1:{enrp}"), &config)
 }
 
-/// The (PE id, home registrar) pairs pool `pool` resolves to at `r`.
 fn resolve(r: &Registrar, pool: &str) -> Vec<(u32, u32)> {
-    let mut c = r.client();
-    let mut v: Vec<(u32, u32)> = c
-        .resolve(pool, Some(16))
-        .map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect())
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
+    r.resolve_homes(pool)
 }
 
 fn pe(id: u32, port: u16, asap: Option<u16>) -> PoolElementRepr {

@@ -35,10 +35,8 @@ fn two_registrars_that_know_nothing_of_each_other_meet_by_multicast_and_share_pe
         skipped("enrp_multicast");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("rserpool-mcast-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = net.scratch(CONFIG);
     let config = dir.join("registrar.toml");
-    std::fs::write(&config, CONFIG).unwrap();
     let config = config.to_str().unwrap();
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
     let logs = [log_a.as_path(), log_b.as_path()];

@@ -41,10 +41,8 @@ fn both_sides_of_a_partition_agree_once_it_heals() {
         skipped("enrp_partition");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("rserpool-partition-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = net.scratch(CONFIG);
     let config = dir.join("registrar.toml");
-    std::fs::write(&config, CONFIG).unwrap();
     let config = config.to_str().unwrap();
     let (ra, rb) = ("10.201.0.1:3863", "10.201.0.2:3863");
     let _a = net.spawn(

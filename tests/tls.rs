@@ -124,15 +124,8 @@ fn pe(id: u32, port: u16) -> PoolElementRepr {
     )
 }
 
-/// The (PE id, home registrar) pairs pool `pool` resolves to at `r` (plaintext ASAP).
 fn resolve(r: &Registrar, pool: &str) -> Vec<(u32, u32)> {
-    let mut c = r.client();
-    let mut v: Vec<(u32, u32)> = c
-        .resolve(pool, Some(16))
-        .map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect())
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
+    r.resolve_homes(pool)
 }
 
 /// Whether `r` has logged a line containing `text`.

@@ -109,6 +109,18 @@ impl Registrar {
         found.unwrap()
     }
 
+    /// The (PE id, home registrar) pairs pool `pool` resolves to here (up to 16), sorted.
+    #[allow(dead_code)]
+    pub fn resolve_homes(&self, pool: &str) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self
+            .client()
+            .resolve(pool, Some(16))
+            .map(|pes| pes.iter().map(|p| (p.pe_id, p.home_registrar)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     /// Opens a client connection.
     pub fn client(&self) -> Client {
         Client::connect(self.addr)

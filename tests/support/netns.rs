@@ -54,6 +54,15 @@ impl Net {
         ok.then_some(n)
     }
 
+    /// A scratch directory for this test (configuration, logs), with `config` written to
+    /// `registrar.toml` in it; returns the directory.
+    pub fn scratch(&self, config: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rserpool-{}", self.a));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("registrar.toml"), config).unwrap();
+        dir
+    }
+
     /// Cuts (`true`) or restores the link.
     pub fn cut(&self, cut: bool) {
         let state = if cut { "down" } else { "up" };
