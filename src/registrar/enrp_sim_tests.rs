@@ -220,6 +220,15 @@ impl World {
                     self.sim.shutdown_write(c);
                     break;
                 }
+                Body::DeregistrationResponse { error: Some(ref e), .. } if pe.deregistering => {
+                    // Refused: this registrar no longer binds the PE to this connection (a
+                    // peer took it over while they were cut off; WIRE.md 7.6), so the PE's
+                    // registration is its new home's to keep or drop (cause 0xA, SECURITY.md).
+                    // The PE stays in service and refreshes its registration as usual, which
+                    // binds it here again.
+                    assert_eq!(e.first_code(), CauseCode::REJECTED_SECURITY, "deregistration refused");
+                    pe.deregistering = false;
+                }
                 _ => {}
             }
         }
@@ -287,22 +296,7 @@ impl World {
         let (n0, v0) = &views[0];
         for (n, v) in &views[1..] {
             if v != v0 {
-                for &m in &live {
-                    let st = self.sim.node_service(m, 0).coordinator().map(|c| c.status(self.sim.now()));
-                    eprintln!("node {} id {:#x}: {:?}", m.0, self.ids[m.0].get(), st);
-                    eprintln!("  dials {:?}", self.sim.node_service(m, 0).coordinator().map(|c| c.dial_targets()));
-                }
-                for p in &self.pes {
-                    eprintln!(
-                        "pe {}/{} ip {} registered {} gone {} conn {:?}",
-                        p.pool,
-                        p.pe_id,
-                        p.ip,
-                        p.registered,
-                        p.gone,
-                        p.conn.map(|c| self.sim.closed(c))
-                    );
-                }
+                self.dump();
                 let a: BTreeSet<_> = v0.iter().collect();
                 let b: BTreeSet<_> = v.iter().collect();
                 panic!(
@@ -324,6 +318,9 @@ impl World {
             .map(|p| ((p.pool.clone(), p.pe_id), vec![p.ip]))
             .collect();
         let got: BTreeMap<(String, u32), Vec<IpAddr>> = v0.iter().map(|(k, (_, a))| (k.clone(), a.clone())).collect();
+        if got != want {
+            self.dump();
+        }
         assert_eq!(got, want, "seed {seed}: the handlespace is exactly the live PEs");
         for k in &self.dead_ids {
             assert!(!v0.contains_key(k) || want.contains_key(k), "seed {seed}: {k:?} came back");
@@ -346,6 +343,27 @@ impl World {
             homes.is_subset(&live_ids),
             "seed {seed}: every PE's home is a live registrar: {homes:?} vs {live_ids:?}"
         );
+    }
+
+    /// The registrars' and the PEs' state, for a failing seed.
+    fn dump(&self) {
+        for &m in &self.live_nodes() {
+            let st = self.sim.node_service(m, 0).coordinator().map(|c| c.status(self.sim.now()));
+            eprintln!("node {} id {:#x}: {:?}", m.0, self.ids[m.0].get(), st);
+            eprintln!("  dials {:?}", self.sim.node_service(m, 0).coordinator().map(|c| c.dial_targets()));
+        }
+        for p in &self.pes {
+            eprintln!(
+                "pe {}/{} ip {} registered {} gone {} conn {:?} closed {:?}",
+                p.pool,
+                p.pe_id,
+                p.ip,
+                p.registered,
+                p.gone,
+                p.conn,
+                p.conn.map(|c| self.sim.closed(c))
+            );
+        }
     }
 
     /// What the live registrars counted.
