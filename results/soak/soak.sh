@@ -53,7 +53,9 @@ while kill -0 $LG 2>/dev/null; do
     sample $((SECONDS - start))
     sleep 5
 done
-wait $LG
+# loadgen exits non-zero when any answer was an error (a mix resolves pools the churn may
+# have just emptied: those count as resolution_failed); its report says which.
+wait $LG || echo "loadgen exit status $?" >> "$out/soak-$stamp-loadgen.txt"
 sample $((SECONDS - start))
 kill "$CHURN" 2>/dev/null || true
 alive=yes
