@@ -1,0 +1,208 @@
+//! ENRP handle table transfers in the simulator, at chunk sizes and message limits that cut
+//! the table into many Handle Table Responses: a registrar that joins gets its mentor's whole
+//! table (M flag), and an audit that finds a mismatch gets exactly the owner's own PEs (W
+//! flag), however the pools spread over the shards on either side. Afterwards both hold the
+//! same PEs, each under its home, with its addresses.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, ENRP};
+use rserpool::runtime::sim::{ClientId, NodeId, Sim, SimConfig};
+use rserpool::runtime::Listen;
+use rserpool::time::Time;
+use rserpool::wire::asap::{self, Body, MessageType};
+use rserpool::wire::{
+    Framer, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
+    Writer,
+};
+
+/// (pool, PE id) → (home, user transport addresses), over every shard of a node.
+type View = BTreeMap<(String, u32), (u32, Vec<IpAddr>)>;
+
+fn enrp_addr(n: usize) -> SocketAddr {
+    SocketAddr::from(([10, 2, 0, 1 + n as u8], 9901))
+}
+
+fn asap_addr(n: usize) -> SocketAddr {
+    SocketAddr::from(([10, 2, 0, 1 + n as u8], 3863))
+}
+
+/// A PE of pool `pool-<i % 23>`: in even pools multi-homed over SCTP with 1 to 6 addresses,
+/// in odd ones over TCP with one (IPv4 or IPv6); entries of many sizes.
+fn registration(i: u32) -> (String, Vec<u8>) {
+    let p = i % 23;
+    let pool = format!("pool-{p}");
+    let (protocol, n) = if p % 2 == 0 { (TransportProtocol::Sctp, 1 + i % 6) } else { (TransportProtocol::Tcp, 1) };
+    let addrs: Vec<IpAddr> = (0..n)
+        .map(|k| match i % 3 {
+            0 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, (i as u16) ^ ((k as u16) << 12)]),
+            _ => IpAddr::from([198, 18 + k as u8, (i >> 8) as u8, i as u8]),
+        })
+        .collect();
+    let mut user = TransportRepr::new(protocol, addrs[0], 7000);
+    user.addresses = addrs.into_iter().collect();
+    let pe = PoolElementRepr {
+        pe_id: i,
+        home_registrar: 0,
+        registration_life: -1,
+        user_transport: user,
+        policy: PolicyRepr::Known(Policy::RoundRobin),
+        asap_transport: None,
+    };
+    let params = vec![ParamRepr::PoolHandle(pool.clone().into_bytes()), ParamRepr::PoolElement(pe)];
+    let m = MessageRepr::new(Protocol::Asap, MessageType::Registration as u8, 0, params).to_bytes().unwrap();
+    (pool, m)
+}
+
+fn deregistration(pool: &str, id: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    asap::emit_handle_and_id(&mut Writer::new(&mut b), MessageType::Deregistration, 0, pool.as_bytes(), Some(id), None)
+        .unwrap();
+    b
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    chunk: usize,
+    max_message: usize,
+    shards: [u16; 2],
+}
+
+fn config(id: u32, n: usize, shape: Shape, shards: u16) -> RegistrarConfig {
+    let mut c = RegistrarConfig::new(id, shards);
+    c.enrp = Some(enrp_addr(n));
+    c.peers = if n == 0 { vec![] } else { vec![enrp_addr(0)] };
+    c.limits.max_table_chunk = shape.chunk;
+    c.limits.max_message_size = shape.max_message;
+    let t = &mut c.timers;
+    (t.peer_heartbeat, t.mentor_discovery, t.peer_reconnect) = (200, 300, 100);
+    c
+}
+
+fn node(sim: Option<Sim<Registrar>>, id: u32, n: usize, shape: Shape) -> (Sim<Registrar>, NodeId) {
+    let shards = shape.shards[n];
+    let cfg = config(id, n, shape, shards);
+    let factory = move |s, _| Registrar::new(&cfg, s, Time::ZERO);
+    let listeners = [Listen::new(asap_addr(n), ASAP), Listen::on_shard(enrp_addr(n), ENRP, 0)];
+    let mut sim_config = SimConfig::new(shards);
+    sim_config.max_message_size = shape.max_message;
+    match sim {
+        None => {
+            let mut s = Sim::new(sim_config, 7, factory);
+            for l in listeners {
+                s.listen_node(NodeId(0), l);
+            }
+            (s, NodeId(0))
+        }
+        Some(mut s) => {
+            let id = s.add_node(sim_config, &listeners, factory);
+            (s, id)
+        }
+    }
+}
+
+fn view(sim: &Sim<Registrar>, n: NodeId) -> View {
+    let mut v = View::new();
+    for s in 0..sim.node_shards(n) {
+        let hs = sim.node_service(n, s).handlespace();
+        for (_, pool) in hs.pools() {
+            for key in pool.pes() {
+                let pe = hs.pe(key).unwrap();
+                let handle = String::from_utf8(pool.handle().to_vec()).unwrap();
+                let addrs = pe.user_transport().addresses.to_vec();
+                assert!(v.insert((handle, pe.id), (pe.home, addrs)).is_none(), "one pool lives on one shard");
+            }
+        }
+    }
+    v
+}
+
+/// Writes `messages` over `client` and reads as many answers, each a success.
+fn exchange(sim: &mut Sim<Registrar>, client: ClientId, messages: &[Vec<u8>]) {
+    for m in messages {
+        sim.write(client, m);
+    }
+    sim.run();
+    let bytes = sim.read(client);
+    let framer = Framer::new(Protocol::Asap, 65535);
+    let mut answers = 0;
+    for m in framer.frames(&bytes) {
+        match asap::parse(m.unwrap()).unwrap().body() {
+            Body::RegistrationResponse { rejected: false, error: None, .. }
+            | Body::DeregistrationResponse { error: None, .. } => answers += 1,
+            Body::RegistrationResponse { error: Some(e), .. } => panic!("refused: cause {:?}", e.first_code()),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(answers, messages.len());
+}
+
+fn transfer(shape: Shape) {
+    let what = format!("chunk {} max message {} shards {:?}", shape.chunk, shape.max_message, shape.shards);
+    let (mut sim, a) = node(None, 0xa1, 0, shape);
+    // 300 PEs in 23 pools at A, over three connections.
+    let regs: Vec<(String, Vec<u8>)> = (1..=300).map(registration).collect();
+    let clients: Vec<ClientId> = (0..3).map(|_| sim.connect_node(a, ASAP)).collect();
+    for (k, c) in clients.iter().enumerate() {
+        let mine: Vec<Vec<u8>> = regs.iter().skip(k).step_by(3).map(|r| r.1.clone()).collect();
+        exchange(&mut sim, *c, &mine);
+    }
+    assert_eq!(view(&sim, a).len(), 300, "{what}");
+    // B joins after: the PEs reach it by the table transfer alone.
+    let (mut sim, b) = node(Some(sim), 0xb2, 1, shape);
+    for _ in 0..50 {
+        sim.advance(50);
+        if sim.node_service(b, 0).coordinator().map(|c| c.status(sim.now()).state) == Some("consistent".into()) {
+            break;
+        }
+    }
+    let (va, vb) = (view(&sim, a), view(&sim, b));
+    assert_eq!(vb.len(), 300, "{what}: B holds every PE after joining");
+    assert_eq!(vb, va, "{what}: B holds A's table");
+    assert!(vb.values().all(|(home, _)| *home == 0xa1), "{what}");
+    // Cut off, A changes: a third of its PEs go, 40 new ones come. B misses the updates; once
+    // healed, its audit of A's checksum finds the mismatch and fetches A's own PEs.
+    sim.partition(a, b, true);
+    for (k, c) in clients.iter().enumerate() {
+        let gone: Vec<Vec<u8>> = regs
+            .iter()
+            .enumerate()
+            .skip(k)
+            .step_by(3)
+            .filter(|(i, _)| i % 3 == 1)
+            .map(|(i, r)| deregistration(&r.0, i as u32 + 1))
+            .collect();
+        exchange(&mut sim, *c, &gone);
+    }
+    let c = sim.connect_node(a, ASAP);
+    let new: Vec<Vec<u8>> = (1001..=1040).map(|i| registration(i).1).collect();
+    exchange(&mut sim, c, &new);
+    sim.advance(100);
+    assert_ne!(view(&sim, b), view(&sim, a), "{what}: B missed the changes");
+    sim.partition(a, b, false);
+    for _ in 0..60 {
+        sim.advance(50);
+        if view(&sim, b) == view(&sim, a) {
+            break;
+        }
+    }
+    let (va, vb) = (view(&sim, a), view(&sim, b));
+    assert_eq!(va.len(), 300 - 100 + 40, "{what}");
+    assert_eq!(vb, va, "{what}: the audit mended B's view of A");
+    let stats = sim.node_service(b, 0).coordinator().unwrap().stats().clone();
+    assert!(stats.mismatches >= 1, "{what}: {stats:?}");
+}
+
+#[test]
+fn tables_cut_into_many_responses_arrive_whole() {
+    for shape in [
+        Shape { chunk: 1, max_message: 32768, shards: [2, 1] },
+        Shape { chunk: 7, max_message: 32768, shards: [1, 3] },
+        Shape { chunk: 1024, max_message: 32768, shards: [2, 2] },
+        Shape { chunk: 1024, max_message: 1024, shards: [3, 1] },
+        Shape { chunk: 1024, max_message: 600, shards: [1, 2] },
+    ] {
+        transfer(shape);
+    }
+}
