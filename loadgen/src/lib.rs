@@ -10,6 +10,8 @@
 //! - [`client`]: the per-thread driver (closed or open loop) over [`uring`] (io_uring) or
 //!   [`epoll`] (portable);
 //! - [`bare_echo`]: the bare io_uring echo server, the kernel path's ceiling;
+//! - [`propagation`]: how long a change at one registrar takes to show at an ENRP peer;
+//! - [`peerload`]: a registrar's resolution throughput with and without a peer's updates;
 //! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,8 +24,10 @@ pub mod client;
 pub mod compare;
 pub mod epoll;
 pub mod pacing;
+pub mod peerload;
 pub mod plot;
 pub mod progress;
+pub mod propagation;
 pub mod report;
 pub mod run;
 pub mod sampler;

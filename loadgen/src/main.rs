@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use loadgen::cli::{cmd_echo, cmd_run, EchoArgs, RunArgs};
 use loadgen::compare::{cmd_compare, CompareArgs};
+use loadgen::peerload::{cmd_peer_load, PeerLoadArgs};
+use loadgen::propagation::{cmd_propagation, PropagationArgs};
 use loadgen::sweep::{cmd_sweep, SweepArgs};
 
 /// Load generator for the rserpool registrar (and the references it is compared with).
@@ -27,6 +29,12 @@ enum Command {
     Compare(Box<CompareArgs>),
     /// The bare io_uring request/reply server (the kernel path's ceiling).
     EchoServer(EchoArgs),
+    /// Registration churn at registrar A, resolutions at its ENRP peer B: when each change
+    /// becomes visible at B (histogram, JSON, SVG).
+    Propagation(Box<PropagationArgs>),
+    /// Resolution throughput at registrar B with and without Handle Updates from its peer A,
+    /// alternated (JSON, markdown).
+    PeerUpdates(Box<PeerLoadArgs>),
 }
 
 fn main() {
@@ -39,6 +47,8 @@ fn main() {
         Command::Sweep(a) => cmd_sweep(a),
         Command::Compare(a) => cmd_compare(a),
         Command::EchoServer(a) => cmd_echo(a),
+        Command::Propagation(a) => cmd_propagation(a),
+        Command::PeerUpdates(a) => cmd_peer_load(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,354 @@
+//! `loadgen peer-updates`: a registrar's resolution throughput while it receives an ENRP
+//! peer's Handle Updates, side by side with the same registrar receiving none.
+//!
+//! Registrar B (one shard, on `--b-core`) holds the resolution workload's pools (registered
+//! at B before the first round and held until the end); registrar A (one shard, on
+//! `--a-core`) is B's ENRP peer. Each round runs the resolution workload against B twice, in
+//! alternation: once while registration churn at A (the `propagation` mode's churn, pools
+//! `prop-*`, at `--rate` updates/s, without watching B) makes A send B a Handle Update per
+//! change, and once with A idle. For each run: answers/s, B's CPU (cores) over the
+//! measurement and its capacity (answers/s per core of B's CPU: the honest figure when the
+//! client's core is the limit), latency, and the Handle Updates B received per second
+//! (`rserpool status`, `updates_received`). Then the medians and their ratios.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use rserpool::registrar::{StatusReport, STATUS_REQUEST};
+
+use crate::propagation::{self, PropagationConfig};
+use crate::report::{self, Machine};
+use crate::run::{self, IoKind, RunConfig};
+use crate::setup;
+use crate::workload::{Plan, Target, WorkloadSpec};
+
+/// Arguments of `loadgen peer-updates`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PeerLoadArgs {
+    /// Rounds (each: one run with updates, one without).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Updates per second at A (each one a Handle Update to B).
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// Resolution connections to B.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Resolutions in flight per connection.
+    #[arg(short = 'd', long, default_value_t = 1)]
+    pub depth: usize,
+    /// Warm-up seconds of each run, not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Measured seconds of each run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Client transport.
+    #[arg(long, value_enum, default_value_t = IoKind::Uring)]
+    pub io: IoKind,
+    /// Pools at B and PEs per pool (the resolution workload).
+    #[arg(long, default_value_t = 1000)]
+    pub pools: usize,
+    /// PEs per pool at B.
+    #[arg(long, default_value_t = 10)]
+    pub pool_size: usize,
+    /// Core of registrar B (the one measured).
+    #[arg(long, default_value_t = 1)]
+    pub b_core: usize,
+    /// Core of registrar A.
+    #[arg(long, default_value_t = 0)]
+    pub a_core: usize,
+    /// Core of this process's client threads (resolutions at B, churn at A).
+    #[arg(long, default_value_t = 0)]
+    pub client_core: usize,
+    /// The registrar binary (default: `rserpool` next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub registrar_bin: Option<PathBuf>,
+    /// Folder for results.
+    #[arg(long, default_value = "results/enrp")]
+    pub out: PathBuf,
+}
+
+/// One run against B.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Round number.
+    pub round: usize,
+    /// Whether A's churn was on.
+    pub updates: bool,
+    /// Resolutions answered per second.
+    pub throughput: f64,
+    /// B's CPU over the measurement, cores.
+    pub b_cpu: Option<f64>,
+    /// Answers per second per core of B's CPU.
+    pub capacity: Option<f64>,
+    /// Cores this process used (resolution client and churn client together).
+    pub client_cpu: Option<f64>,
+    /// Median latency, us.
+    pub p50_us: f64,
+    /// 99th percentile, us.
+    pub p99_us: f64,
+    /// Handle Updates B received per second during the run (status counters).
+    pub b_updates_per_s: f64,
+    /// Updates per second the churn at A offered (when on).
+    pub churn_offered: Option<f64>,
+    /// Errors of the resolution run.
+    pub errors: u64,
+}
+
+fn status(addr: SocketAddr) -> io::Result<StatusReport> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&[STATUS_REQUEST, 0, 0, 4])?;
+    StatusReport::from_message(&propagation::read_message(&mut s)?).map_err(io::Error::other)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// B under A's updates alone (no resolutions): what applying them costs B.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UpdatesAlone {
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Handle Updates B received per second.
+    pub b_updates_per_s: f64,
+    /// B's CPU, cores.
+    pub b_cpu: f64,
+    /// B's CPU per update received, microseconds.
+    pub b_us_per_update: f64,
+}
+
+/// The JSON document.
+#[derive(Serialize)]
+struct Doc<'a> {
+    machine: &'a Machine,
+    args: String,
+    server_commands: [&'a str; 2],
+    updates_alone: &'a UpdatesAlone,
+    samples: &'a [Sample],
+}
+
+/// Starts the churn at A in a thread pinned to `core`; it stops when `stop` is raised.
+fn start_churn(
+    churn: &PropagationConfig,
+    a: SocketAddr,
+    b: SocketAddr,
+    core: usize,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<io::Result<propagation::PropagationResult>> {
+    let c = PropagationConfig { at: a, see: b, duration_s: 3600.0, warmup_s: 0.0, ..churn.clone() };
+    let s = Arc::clone(stop);
+    std::thread::spawn(move || {
+        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        propagation::run(&c, &s)
+    })
+}
+
+/// `loadgen peer-updates`.
+pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
+    let bin = args.registrar_bin.clone().unwrap_or_else(crate::servers::default_registrar_bin);
+    let churn = PropagationConfig { rate: args.rate, watch: false, ..PropagationConfig::default() };
+    let config = format!(
+        "[limits]\nmax_pes_per_connection = {}\n",
+        (churn.slots.div_ceil(churn.churn_connections)).max(args.pools * args.pool_size) + 16
+    );
+    let (a, b) = propagation::spawn_peers(&bin, args.a_core, args.b_core, &config)?;
+    core_affinity::set_for_current(core_affinity::CoreId { id: args.client_core });
+    let took = propagation::check_peering(a.addr, b.addr, Duration::from_secs(30))?;
+    eprintln!("A {} and B {} peer ({took:?})", a.addr, b.addr);
+    let spec = WorkloadSpec { pools: args.pools, pool_size: args.pool_size, ..WorkloadSpec::default() };
+    let plan = Plan::new(spec, args.connections.max(1), None);
+    let _holder = setup::register_static(b.addr, &plan)?;
+    let cfg = RunConfig {
+        target: Target::Registrar,
+        addr: b.addr,
+        connections: args.connections.max(1),
+        depth: args.depth.max(1),
+        rate: None,
+        threads: 1,
+        cores: vec![args.client_core],
+        warmup_s: args.warmup,
+        duration_s: args.duration,
+        requests: None,
+        io: args.io,
+        recv_buffer: 64 * 1024,
+        progress: false,
+        server_pid: Some(b.pid()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sig = crate::cli::stop_flag();
+    // First A's updates alone: B's CPU per update.
+    let alone = {
+        let churn_stop = Arc::new(AtomicBool::new(false));
+        let t = start_churn(&churn, a.addr, b.addr, args.client_core, &churn_stop);
+        std::thread::sleep(Duration::from_millis(500));
+        let (u0, c0, t0) = (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(args.duration.max(1.0)));
+        let (u1, c1, secs) =
+            (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), t0.elapsed().as_secs_f64());
+        churn_stop.store(true, Ordering::Relaxed);
+        t.join().map_err(|_| io::Error::other("churn thread panicked"))??;
+        let cpu = c1.zip(c0).map_or(0.0, |(x, y)| x.saturating_sub(y) as f64 / 100.0 / secs);
+        let rate = (u1 - u0) as f64 / secs;
+        let u = UpdatesAlone {
+            seconds: secs,
+            b_updates_per_s: rate,
+            b_cpu: cpu,
+            b_us_per_update: if rate > 0.0 { cpu * 1e6 / rate } else { 0.0 },
+        };
+        eprintln!(
+            "A's updates alone: B received {:.0}/s, B CPU {:.3} cores = {:.2} us per update",
+            u.b_updates_per_s, u.b_cpu, u.b_us_per_update
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        u
+    };
+    let mut samples = Vec::new();
+    'rounds: for round in 1..=args.rounds {
+        for updates in [true, false] {
+            if sig.load(Ordering::Relaxed) {
+                break 'rounds;
+            }
+            let churn_stop = Arc::new(AtomicBool::new(false));
+            let churn_thread = updates.then(|| start_churn(&churn, a.addr, b.addr, args.client_core, &churn_stop));
+            if updates {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let (u0, t0) = (status(b.addr)?.updates_received, Instant::now());
+            let r = run::run(&cfg, &plan, &stop)?;
+            let (u1, secs) = (status(b.addr)?.updates_received, t0.elapsed().as_secs_f64());
+            churn_stop.store(true, Ordering::Relaxed);
+            let churn_offered = match churn_thread {
+                Some(t) => {
+                    let cr = t.join().map_err(|_| io::Error::other("churn thread panicked"))??;
+                    Some(cr.recorded as f64 / cr.measured_s.max(1e-9))
+                }
+                None => None,
+            };
+            let s = Sample {
+                round,
+                updates,
+                throughput: r.throughput,
+                b_cpu: r.server_cpu,
+                capacity: r.server_cpu.filter(|c| *c > 0.0).map(|c| r.throughput / c),
+                client_cpu: r.client_cpu,
+                p50_us: r.latency.p50_us,
+                p99_us: r.latency.p99_us,
+                b_updates_per_s: (u1 - u0) as f64 / secs,
+                churn_offered,
+                errors: r.error_total(),
+            };
+            eprintln!(
+                "round {round} {}: {:.0} answers/s, B cpu {:.2}, capacity {:.0}, client cpu {:.2}, p99 {:.0} us, B received {:.0} updates/s",
+                if updates { "with updates   " } else { "without updates" },
+                s.throughput,
+                s.b_cpu.unwrap_or(f64::NAN),
+                s.capacity.unwrap_or(f64::NAN),
+                s.client_cpu.unwrap_or(f64::NAN),
+                s.p99_us,
+                s.b_updates_per_s
+            );
+            samples.push(s);
+            // Let A's last updates drain before the next run.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let machine = Machine::now();
+    let path = report::out_path(&args.out, "peer-updates-{date}.json", &machine);
+    let doc = Doc {
+        machine: &machine,
+        args: format!("{args:?}"),
+        server_commands: [a.command.as_str(), b.command.as_str()],
+        updates_alone: &alone,
+        samples: &samples,
+    };
+    report::write_json(&path, &doc)?;
+    let md = markdown(&machine, args, &alone, &samples);
+    let md_path = path.with_extension("md");
+    std::fs::write(&md_path, &md)?;
+    print!("{md}");
+    eprintln!("wrote {} and {}", path.display(), md_path.display());
+    Ok(if samples.iter().any(|s| s.errors > 0) { 1 } else { 0 })
+}
+
+/// The table of every run, then medians and ratios.
+pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, samples: &[Sample]) -> String {
+    let mut s = format!(
+        "# Resolution throughput at B with and without a peer's Handle Updates\n\n\
+         {} UTC, nproc {}, kernel {}, git {}. B on core {}, A on core {}, clients on core {}; \
+         {} connections x depth {}, {} pools x {} PEs at B, {:.0} updates/s asked at A; \
+         {} s measured per run after {} s warm-up.\n\n\
+         A's updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
+         {:.2} us of B's CPU per update.\n\n\
+         | round | updates from A | answers/s | B CPU (cores) | capacity (answers/s per B core) | client CPU | p50 us | p99 us | updates B received/s |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        machine.date,
+        machine.nproc,
+        machine.kernel,
+        machine.git_revision,
+        args.b_core,
+        args.a_core,
+        args.client_core,
+        args.connections,
+        args.depth,
+        args.pools,
+        args.pool_size,
+        args.rate,
+        args.duration,
+        args.warmup,
+        alone.seconds,
+        alone.b_updates_per_s,
+        alone.b_cpu,
+        alone.b_us_per_update
+    );
+    for x in samples {
+        s += &format!(
+            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} |\n",
+            x.round,
+            if x.updates { "yes" } else { "no" },
+            x.throughput,
+            x.b_cpu.unwrap_or(f64::NAN),
+            x.capacity.unwrap_or(f64::NAN),
+            x.client_cpu.unwrap_or(f64::NAN),
+            x.p50_us,
+            x.p99_us,
+            x.b_updates_per_s
+        );
+    }
+    let pick = |u: bool, f: fn(&Sample) -> Option<f64>| {
+        median(samples.iter().filter(|x| x.updates == u).filter_map(f).collect())
+    };
+    let (tw, tq) = (pick(true, |x| Some(x.throughput)), pick(false, |x| Some(x.throughput)));
+    let (cw, cq) = (pick(true, |x| x.capacity), pick(false, |x| x.capacity));
+    let paired: Vec<f64> = samples
+        .chunks(2)
+        .filter(|c| c.len() == 2 && c[0].updates && !c[1].updates)
+        .map(|c| c[0].throughput / c[1].throughput)
+        .collect();
+    s += &format!(
+        "\n| | with updates (median) | without (median) | with / without |\n|---|---|---|---|\n\
+         | answers/s | {tw:.0} | {tq:.0} | {:.3} |\n| capacity (answers/s per B core) | {cw:.0} | {cq:.0} | {:.3} |\n\
+         | answers/s, median of per-round ratios | | | {:.3} |\n",
+        tw / tq,
+        cw / cq,
+        median(paired)
+    );
+    s
+}
