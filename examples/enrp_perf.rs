@@ -32,7 +32,8 @@
 //! **inproc**: one registrar shard A with `--pes` PEs and one shard B joining it, driven by
 //! hand without I/O on core 1: A's export (every Handle Table Response, as its coordinator asks
 //! for them) and B's import (its coordinator splitting each response, then its shard storing
-//! the entries), each timed; CPU per PE without the kernel or the other process.
+//! the entries), each timed by the thread's CPU clock; CPU per PE without the kernel or the
+//! other process.
 //!
 //! `ENRP_PERF_RECORD=DIR` runs each spawned registrar under `perf record` (DWARF call graphs)
 //! into `DIR/NAME.data`. One JSON line per round on stdout.
@@ -589,7 +590,17 @@ fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<Sock
     Registrar::new(&config, 0, Time::ZERO)
 }
 
-/// The export at A and the import at B, in process and pinned to core 1: CPU per PE of each.
+/// CPU time of the calling thread, seconds (unlike the wall clock, not inflated when other
+/// processes take the core).
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// The export at A and the import at B, in process and pinned to core 1: CPU per PE of each
+/// (thread CPU time).
 fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     pin(1);
     let (ida, idb) = (0xaaaa_0001u32, 0xbbbb_0002u32);
@@ -610,7 +621,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     // Export: one chunk per Export message, as the coordinator asks for them.
     let peer_conn = ConnId { shard: 0, generation: 1, slot: 9 };
     let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let started = Instant::now();
+    let started = thread_cpu();
     let mut first = true;
     loop {
         let mut out = Capture::default();
@@ -622,7 +633,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
             break;
         }
     }
-    let export_s = started.elapsed().as_secs_f64();
+    let export_s = thread_cpu() - started;
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     drop(a);
     // Import: B joins with A as its mentor, then gets the chunks.
@@ -643,14 +654,14 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     }
     let (mut coordinator_s, mut shard_s) = (0.0, 0.0);
     for c in &chunks {
-        let t = Instant::now();
+        let t = thread_cpu();
         assert_eq!(b.on_data(conn, c, Time(2), &mut out), c.len());
-        coordinator_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
+        coordinator_s += thread_cpu() - t;
+        let t = thread_cpu();
         while let Some(m) = out.posts.pop_front() {
             b.on_message(0, m, Time(2), &mut out);
         }
-        shard_s += t.elapsed().as_secs_f64();
+        shard_s += thread_cpu() - t;
         out.sent.clear();
     }
     assert_eq!(b.handlespace().pe_count(), pes, "B holds every PE");

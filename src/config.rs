@@ -119,7 +119,8 @@ pub struct Limits {
     /// Most PEs learnt from peer registrars (counted apart from this registrar's own).
     pub max_peer_pes: usize,
     /// Most PEs in one ENRP Handle Table Response (a table transfer sends this many per
-    /// round trip).
+    /// round trip, or fewer when `max_message_size` is reached first: about 580 PEs of one
+    /// IPv4 address each fit in the default 32 KiB).
     pub max_table_chunk: usize,
     /// Most pools in the whole registrar.
     pub max_pools: usize,
@@ -153,7 +154,7 @@ impl Default for Limits {
             max_pes_per_pool: 1 << 20,
             max_pes: 4 << 20,
             max_peer_pes: 16 << 20,
-            max_table_chunk: 128,
+            max_table_chunk: 1024,
             max_pools: 1 << 20,
             max_connections: 10_000,
             max_send_queue: 1 << 20,

@@ -25,7 +25,9 @@ use crate::service::{ConnId, Outbox, Payload, ShardId, Tag};
 use crate::time::Time;
 use crate::wire::enrp::{self, Kind, MessageType};
 use crate::wire::framer::Frame;
-use crate::wire::{Framer, ParamType, Protocol, ServerInformationRepr, TransportProtocol, TransportRepr, Writer};
+use crate::wire::{
+    Framer, ParamType, Params, Protocol, ServerInformationRepr, TransportProtocol, TransportRepr, Writer,
+};
 
 /// What a coordinator needs to know.
 #[derive(Clone, Debug)]
@@ -482,27 +484,37 @@ impl Coordinator {
                 self.choose_mentor(sender, conn, out);
             }
             Kind::HandleTableRequest { own_children_only } => self.export_next(conn, sender, *own_children_only, out),
-            Kind::HandleTableResponse { more, rejected, entries } => {
+            Kind::HandleTableResponse { more, rejected, .. } => {
                 let Some(kind) = self.imports.get(&sender).copied() else { return };
                 if *rejected {
                     warn!(peer = format_args!("{sender:#010x}"), "peer refused its handle table");
                     self.abort_transfers(sender, out);
                     return;
                 }
-                // Each pool's entries to the shard owning the pool.
-                let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); usize::from(self.cfg.shards)];
-                for (handle, pes) in entries.clone() {
-                    let buf = &mut per_shard[usize::from(shard_of(handle, self.cfg.shards))];
-                    Writer::new(buf).tlv_bytes(ParamType::POOL_HANDLE, handle);
-                    for pe in pes {
-                        buf.extend_from_slice(pe.param().as_bytes());
-                        let pad = pe.param().as_bytes().len().next_multiple_of(4) - pe.param().as_bytes().len();
-                        buf.extend(std::iter::repeat_n(0, pad));
+                // Each pool's entries to the shard owning the pool: the message was validated
+                // whole, so each group (a Pool Handle and the Pool Elements up to the next one)
+                // goes on as the bytes it arrived as.
+                let params = &msg[(4 + MessageType::HandleTableResponse.fixed_len()).min(msg.len())..];
+                if self.cfg.shards <= 1 {
+                    if !params.is_empty() {
+                        out.post(0, EnrpMsg::Table { groups: Payload::from_slice(params) }.into());
                     }
-                }
-                for (s, groups) in per_shard.into_iter().enumerate() {
-                    if !groups.is_empty() {
-                        out.post(s as ShardId, EnrpMsg::Table { groups: Payload::from_vec(groups) }.into());
+                } else {
+                    let mut per_shard: Vec<Vec<u8>> = vec![Vec::new(); usize::from(self.cfg.shards)];
+                    let mut group: Option<(usize, ShardId)> = None;
+                    for p in Params::new(params, 0).filter(|p| p.param_type() == ParamType::POOL_HANDLE) {
+                        if let Some((from, s)) = group {
+                            per_shard[usize::from(s)].extend_from_slice(&params[from..p.offset()]);
+                        }
+                        group = Some((p.offset(), shard_of(p.value(), self.cfg.shards)));
+                    }
+                    if let Some((from, s)) = group {
+                        per_shard[usize::from(s)].extend_from_slice(&params[from..]);
+                    }
+                    for (s, groups) in per_shard.into_iter().enumerate() {
+                        if !groups.is_empty() {
+                            out.post(s as ShardId, EnrpMsg::Table { groups: Payload::from_vec(groups) }.into());
+                        }
                     }
                 }
                 if *more {

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::msg::EnrpMsg;
 use crate::asap::{Change, ChangeSink, Learnt, PeChange, Procedures, Reason};
 use crate::handlespace::checksum::{handle_words, pe_words};
-use crate::handlespace::PeKey;
+use crate::handlespace::{PeKey, PoolKey};
 use crate::service::{ConnId, Outbox, Payload, ShardId};
 use crate::time::Time;
 use crate::wire::enrp::{self, Kind, UpdateAction};
@@ -88,10 +88,11 @@ impl ChangeSink for UpdateEncoder {
     }
 }
 
-/// A snapshot of PEs being sent to a peer in Handle Table Responses.
+/// A snapshot of PEs being sent to a peer in Handle Table Responses: each PE with its pool,
+/// grouped by pool.
 #[derive(Debug)]
 struct Export {
-    keys: Vec<PeKey>,
+    keys: Vec<(PoolKey, PeKey)>,
     next: usize,
 }
 
@@ -188,7 +189,8 @@ impl EnrpShard {
             match param.param_type() {
                 ParamType::POOL_HANDLE => handle = param.value(),
                 ParamType::POOL_ELEMENT => {
-                    let Ok(pe) = pool_element::checked(param) else { continue };
+                    // Validated with its whole message by the coordinator: only find its parts.
+                    let pe = pool_element::locate(param);
                     let learnt = p.learn(handle, &pe, Reason::Peer, now, sink);
                     self.confirm(pe.home_registrar(), learnt);
                 }
@@ -219,65 +221,67 @@ impl EnrpShard {
     ) -> bool {
         let hs = p.handlespace();
         if first || !self.exports.contains_key(&requester) {
-            let mut keys: Vec<PeKey> = if own_only {
-                hs.owner_pes(self.me).collect()
+            let keys: Vec<(PoolKey, PeKey)> = if own_only {
+                let mut keys: Vec<(PoolKey, PeKey)> =
+                    hs.owner_pes(self.me).filter_map(|k| Some((hs.pe_pool(k)?, k))).collect();
+                // Grouped by pool, one Pool Handle per group.
+                keys.sort_unstable_by_key(|e| e.0);
+                keys
             } else {
-                hs.pools().flat_map(|(_, pool)| pool.pes()).collect()
+                // Pool by pool already.
+                hs.pools().flat_map(|(pool, pl)| pl.pes().map(move |k| (pool, k))).collect()
             };
-            // Grouped by pool, one Pool Handle per group.
-            keys.sort_by_key(|k| hs.pe_pool(*k));
             self.exports.insert(requester, Export { keys, next: 0 });
         }
         let Some(export) = self.exports.get_mut(&requester) else { return true };
-        let (me, max_chunk, max_message) = (self.me, self.max_chunk, self.max_message);
-        let mut next = export.next;
+        let (me, max_chunk) = (self.me, self.max_chunk);
+        // Everything but the common header and the two server ids, counted exactly below.
+        let budget = self.max_message.saturating_sub(12);
         let keys = &export.keys;
-        out.send(conn, &mut |buf| {
-            let start = buf.len();
-            let mut sent = 0;
-            let mut w = Writer::new(buf);
-            // Room for the header, ids and one more group's handle; PEs are ~60-300 bytes.
-            let budget = max_message.saturating_sub(4 + 8 + 4 + 256 + 300);
-            let more_after_this = |n: usize| n < keys.len() || !last;
-            let mut groups = Vec::new();
-            let mut current: Option<crate::handlespace::PoolKey> = None;
-            let mut size = 0;
-            while next < keys.len() && sent < max_chunk && size < budget {
-                let key = keys[next];
-                next += 1;
-                let (Some(pe), Some(pool)) = (hs.pe(key), hs.pe_pool(key)) else { continue };
-                if current != Some(pool) {
-                    current = Some(pool);
-                    let handle = hs.pool(pool).map_or(&[][..], |pl| pl.handle());
-                    size += 4 + handle.len().next_multiple_of(4);
-                    groups.push((handle, Vec::new()));
-                }
-                size += 16 + pe.wire_body().len() + pe.asap_transport.as_ref().map_or(0, |t| t.encoded_len());
-                if let Some(g) = groups.last_mut() {
-                    g.1.push(pe);
-                }
-                sent += 1;
+        let next = export.next;
+        // How many entries fit (sizes from the stored PEs, so that the M flag is known before
+        // the message is written); a PE gone since the snapshot is skipped.
+        let (mut end, mut size, mut sent, mut current) = (next, 0, 0, None);
+        while end < keys.len() && sent < max_chunk {
+            let (pool, key) = keys[end];
+            let Some(pe) = hs.pe(key) else {
+                end += 1;
+                continue;
+            };
+            let mut add = (16 + pe.wire_body().len() + pe.asap_transport.as_ref().map_or(0, |t| t.encoded_len()))
+                .next_multiple_of(4);
+            if current != Some(pool) {
+                add += 4 + hs.pool(pool).map_or(0, |pl| pl.handle().len()).next_multiple_of(4);
             }
-            let more = more_after_this(next);
-            let _ = enrp::emit_handle_table_response(&mut w, me, requester, more, false, |w| {
-                for (handle, pes) in &groups {
-                    w.tlv_bytes(ParamType::POOL_HANDLE, handle);
-                    for pe in pes {
-                        pool_element::emit_encoded(
-                            w,
-                            pe.id,
-                            pe.home,
-                            pe.registration_life,
-                            pe.wire_body(),
-                            pe.asap_transport.as_deref(),
-                        );
+            if size + add > budget && sent > 0 {
+                break;
+            }
+            (size, current, sent, end) = (size + add, Some(pool), sent + 1, end + 1);
+        }
+        let more = end < keys.len() || !last;
+        out.send(conn, &mut |buf| {
+            let _ = enrp::emit_handle_table_response(&mut Writer::new(buf), me, requester, more, false, |w| {
+                w.reserve(size);
+                let mut current = None;
+                for &(pool, key) in &keys[next..end] {
+                    let Some(pe) = hs.pe(key) else { continue };
+                    if current != Some(pool) {
+                        current = Some(pool);
+                        w.tlv_bytes(ParamType::POOL_HANDLE, hs.pool(pool).map_or(&[][..], |pl| pl.handle()));
                     }
+                    pool_element::emit_encoded(
+                        w,
+                        pe.id,
+                        pe.home,
+                        pe.registration_life,
+                        pe.wire_body(),
+                        pe.asap_transport.as_deref(),
+                    );
                 }
             });
-            debug_assert!(buf.len() > start);
         });
-        let exhausted = next >= export.keys.len();
-        export.next = next;
+        let exhausted = end >= keys.len();
+        export.next = end;
         if exhausted {
             self.exports.remove(&requester);
         }
