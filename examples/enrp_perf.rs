@@ -81,7 +81,9 @@ fn registration(pool: usize, pe_id: u32, asap_port: Option<u16>) -> Vec<u8> {
         pe_id,
         home_registrar: 0,
         registration_life: -1,
-        user_transport: tcp([10, (pe_id >> 16) as u8, (pe_id >> 8) as u8, pe_id as u8].into(), 7000),
+        // From the address the registration comes from (the registrar checks the source:
+        // security.registration_check); the PEs of a pool differ by port.
+        user_transport: tcp([127, 0, 0, 1].into(), 1024 + (pe_id as usize / POOLS % 64_000) as u16),
         policy: PolicyRepr::Known(Policy::RoundRobin),
         asap_transport: asap_port.map(|p| tcp([127, 0, 0, 1].into(), p)),
     };

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use rserpool::config::RegistrationCheck;
 use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, ENRP};
 use rserpool::runtime::sim::{ClientId, NodeId, Sim, SimConfig};
 use rserpool::runtime::Listen;
@@ -75,6 +76,10 @@ fn config(id: u32, n: usize, shape: Shape, shards: u16) -> RegistrarConfig {
     c.peers = if n == 0 { vec![] } else { vec![enrp_addr(0)] };
     c.limits.max_table_chunk = shape.chunk;
     c.limits.max_message_size = shape.max_message;
+    // The PEs register addresses of many kinds from one client connection.
+    c.security.registration_check = RegistrationCheck::Off;
+    // A admits B, which it does not dial itself.
+    c.security.enrp_allowlist = vec!["10.2.0.0/16".parse().expect("a network")];
     let t = &mut c.timers;
     (t.peer_heartbeat, t.mentor_discovery, t.peer_reconnect) = (200, 300, 100);
     c

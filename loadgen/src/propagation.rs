@@ -255,10 +255,12 @@ fn registration(cfg: &PropagationConfig, handle: &[u8], pe_id: u32) -> Vec<u8> {
         pe_id,
         home_registrar: 0,
         registration_life: cfg.lifetime_ms,
+        // From the address the registration comes from (the registrar checks the source:
+        // security.registration_check); PEs differ by id and port.
         user_transport: TransportRepr::new(
             TransportProtocol::Tcp,
-            [10, 99, (pe_id >> 8) as u8, pe_id as u8].into(),
-            7000 + (pe_id >> 16) as u16,
+            [127, 0, 0, 1].into(),
+            1024 + (pe_id % 64_000) as u16,
         ),
         policy: PolicyRepr::Known(Policy::RoundRobin),
         asap_transport: None,
