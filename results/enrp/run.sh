@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Every figure of results/enrp/README.md, raw output into results/enrp/raw/.
 #
-#   results/enrp/run.sh [STEP...]        steps: inproc sync chunk split takeover propagation throughput
+#   results/enrp/run.sh [STEP...]        steps: sync takeover propagation throughput (default), inproc chunk split
+#
+# ROUNDS (default 3) rounds per figure. The session's background jobs are paused for the run
+# (/work/quiet.sh stop, resumed on exit) where that script exists.
 #
 # OLD_BIN / OLD_EXAMPLE: the registrar binary and examples/enrp_perf built from the commit
 # before the table-transfer changes (for the A/B steps `inproc` and `sync`), e.g.
@@ -14,6 +17,11 @@
 # the figures), and logs the idle share and load it started at (raw/load.log).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+if [ -x /work/quiet.sh ]; then
+    /work/quiet.sh stop
+    trap '/work/quiet.sh cont' EXIT
+fi
 out=results/enrp/raw
 mkdir -p "$out"
 cargo build --release -q --bin rserpool --example enrp_perf -p rserpool
@@ -44,7 +52,7 @@ wait_quiet() { # up to QUIET_WAIT seconds (default 300) for >= 85 % idle; logs w
 
 step_inproc() { # export and import CPU per PE, in process, old and new code alternating (both at the old chunk of 128)
     local f=$out/inproc.jsonl; : > "$f"
-    for r in 1 2 3 4 5; do
+    for r in $(seq "$ROUNDS"); do
         if [ -n "$OLD_EXAMPLE" ]; then wait_quiet; "$OLD_EXAMPLE" inproc --rounds 1 --chunk 128 | sed 's/^{/{"build":"old",/' >> "$f"; fi
         wait_quiet; $E inproc --rounds 1 --chunk 128 | sed 's/^{/{"build":"new",/' >> "$f"
     done
@@ -53,7 +61,7 @@ step_inproc() { # export and import CPU per PE, in process, old and new code alt
 step_sync() { # table sync to a new peer, 100k and 1M PEs, old and new binary alternating (both on core 1)
     for n in 100000 1000000; do
         local f=$out/sync-$n.jsonl; : > "$f"
-        for r in 1 2 3 4 5; do
+        for r in $(seq "$ROUNDS"); do
             if [ -n "$OLD_BIN" ]; then wait_quiet; $E sync --pes $n --rounds 1 --bin "$OLD_BIN" | sed 's/^{/{"build":"old",/' >> "$f"; fi
             wait_quiet; $E sync --pes $n --rounds 1 --bin $NEW | sed 's/^{/{"build":"new",/' >> "$f"
         done
@@ -62,7 +70,7 @@ step_sync() { # table sync to a new peer, 100k and 1M PEs, old and new binary al
 
 step_chunk() { # the new binary with the old chunk default (128) and the new one (1024), alternating
     local f=$out/sync-chunk.jsonl; : > "$f"
-    for r in 1 2 3 4 5; do
+    for r in $(seq "$ROUNDS"); do
         wait_quiet; $E sync --pes 1000000 --rounds 1 --chunk 128 >> "$f"
         wait_quiet; $E sync --pes 1000000 --rounds 1 >> "$f"
         wait_quiet; $E sync --pes 1000000 --rounds 1 --max-message 65535 >> "$f"
@@ -71,7 +79,7 @@ step_chunk() { # the new binary with the old chunk default (128) and the new one
 
 step_split() { # A on core 0, B on core 1 (each registrar a core of its own)
     local f=$out/sync-split.jsonl; : > "$f"
-    for r in 1 2 3; do
+    for r in $(seq "$ROUNDS"); do
         for n in 100000 1000000; do
             wait_quiet; $E sync --pes $n --rounds 1 --cores 0,1 >> "$f"
         done
@@ -80,11 +88,11 @@ step_split() { # A on core 0, B on core 1 (each registrar a core of its own)
 
 step_takeover() {
     local f=$out/takeover.jsonl; : > "$f"
-    for r in 1 2 3 4 5; do wait_quiet; $E takeover --pes 100000 --rounds 1 >> "$f"; done
+    for r in $(seq "$ROUNDS"); do wait_quiet; $E takeover --pes 100000 --rounds 1 >> "$f"; done
 }
 
 step_propagation() {
-    for r in 1 2 3; do
+    for r in $(seq "$ROUNDS"); do
         wait_quiet
         $L propagation --spawn --rate 50000 --duration 5 --plot --out "$out" --json "$out/propagation-50k-r$r.json" \
             > "$out/propagation-50k-r$r.txt"
@@ -96,11 +104,11 @@ step_propagation() {
 
 step_throughput() {
     wait_quiet
-    $L peer-updates --rounds 5 --out "$out"
+    $L peer-updates --rounds "$ROUNDS" --out "$out"
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(inproc sync chunk split takeover propagation throughput)
+[ ${#steps[@]} -eq 0 ] && steps=(sync takeover propagation throughput)
 for s in "${steps[@]}"; do
     echo "## step $s" >&2
     "step_$s"
