@@ -12,17 +12,22 @@
 //! - [`bare_echo`]: the bare io_uring echo server, the kernel path's ceiling;
 //! - [`propagation`]: how long a change at one registrar takes to show at an ENRP peer;
 //! - [`peerload`]: a registrar's resolution throughput with and without a peer's updates;
+//! - [`fuzz`], [`fuzz_cli`], [`abuse`], [`live`]: live fuzzing and abuse of a registrar process;
 //! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod abuse;
 pub mod bare_echo;
 pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod epoll;
+pub mod fuzz;
+pub mod fuzz_cli;
+pub mod live;
 pub mod pacing;
 pub mod peerload;
 pub mod plot;

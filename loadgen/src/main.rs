@@ -2,8 +2,10 @@
 //! by side with Redis GET and a bare io_uring echo server. See `loadgen --help` and README.md.
 
 use clap::{Parser, Subcommand};
+use loadgen::abuse::{cmd_abuse, AbuseArgs};
 use loadgen::cli::{cmd_echo, cmd_run, EchoArgs, RunArgs};
 use loadgen::compare::{cmd_compare, CompareArgs};
+use loadgen::fuzz_cli::{cmd_fuzz, FuzzArgs};
 use loadgen::peerload::{cmd_peer_load, PeerLoadArgs};
 use loadgen::propagation::{cmd_propagation, PropagationArgs};
 use loadgen::sweep::{cmd_sweep, SweepArgs};
@@ -35,6 +37,12 @@ enum Command {
     /// Resolution throughput at registrar B with and without Handle Updates from its peer A,
     /// alternated (JSON, markdown).
     PeerUpdates(Box<PeerLoadArgs>),
+    /// Live fuzzing: mutated messages over many connections to a registrar process while
+    /// well-formed clients check their answers; RSS sampled, panics looked for.
+    Fuzz(Box<FuzzArgs>),
+    /// Well-behaved clients' resolution latency with and without slow readers, never-reading
+    /// clients, half-open connections and a connection flood, alternated.
+    Abuse(Box<AbuseArgs>),
 }
 
 fn main() {
@@ -49,6 +57,8 @@ fn main() {
         Command::EchoServer(a) => cmd_echo(a),
         Command::Propagation(a) => cmd_propagation(a),
         Command::PeerUpdates(a) => cmd_peer_load(a),
+        Command::Fuzz(a) => cmd_fuzz(a),
+        Command::Abuse(a) => cmd_abuse(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -10,21 +10,33 @@ const LINES: u32 = 10;
 /// Window length in milliseconds.
 const WINDOW: u64 = 1000;
 
-/// Per-shard limiter of per-PE log lines.
+/// Per-shard limiter of per-PE log lines (or of other repeated lines, see [`LogLimit::new`]).
 #[derive(Debug, Default)]
 pub(crate) struct LogLimit {
     window_start: Time,
     lines: u32,
     suppressed: u64,
+    /// What the lines are about, for the summary line; `None`: single PEs.
+    what: Option<&'static str>,
 }
 
 impl LogLimit {
+    /// A limiter of lines about `what` (named in the summary line).
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self { what: Some(what), ..Self::default() }
+    }
+
     /// Whether a line may be logged at `now`. When a window ends with lines suppressed, says
     /// how many.
     pub(crate) fn allow(&mut self, now: Time) -> bool {
         if now.millis_since(self.window_start) >= WINDOW {
             if self.suppressed > 0 {
-                tracing::info!(suppressed = self.suppressed, "similar log lines about single PEs suppressed");
+                match self.what {
+                    None => {
+                        tracing::info!(suppressed = self.suppressed, "similar log lines about single PEs suppressed")
+                    }
+                    Some(what) => tracing::info!(suppressed = self.suppressed, "log lines about {what} suppressed"),
+                }
             }
             self.window_start = now;
             self.lines = 0;

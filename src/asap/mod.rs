@@ -12,7 +12,7 @@ mod authorize;
 mod budget;
 mod change;
 mod keepalive;
-mod loglimit;
+pub(crate) mod loglimit;
 mod peers;
 mod procedures;
 mod reply;

@@ -131,6 +131,8 @@ pub struct Procedures {
     /// Kinds of rejection already logged per connection (so each is logged once per peer).
     logged: HashMap<ConnId, u32, ahash::RandomState>,
     pub(super) pe_log: LogLimit,
+    /// Limits the warn lines of [`Procedures::note`] across connections.
+    reject_log: LogLimit,
     selected: Vec<PeKey>,
     pub(super) stats: Stats,
     /// Connections to taken-over PEs' ASAP transports, by address and by connection.
@@ -188,6 +190,7 @@ impl Procedures {
             pools_held: 0,
             logged: HashMap::default(),
             pe_log: LogLimit::default(),
+            reject_log: LogLimit::new("rejected messages"),
             selected: Vec::with_capacity(l.max_items as usize),
             stats: Stats::default(),
             dials: HashMap::default(),
@@ -248,7 +251,9 @@ impl Procedures {
             Err(e) => {
                 self.stats.bad_messages += 1;
                 let peer = req.peer;
-                self.note(req.conn, 1 + u32::from(e.cause().map_or(15, |c| c.0.min(14))), || format!("{peer}: {e}"));
+                self.note(req.conn, 1 + u32::from(e.cause().map_or(15, |c| c.0.min(14))), now, || {
+                    format!("{peer}: {e}")
+                });
                 reply::to_error(answer, msg, &e, self.limits.max_message_size);
                 return Handled::default();
             }
@@ -293,14 +298,17 @@ impl Procedures {
         handled
     }
 
-    /// Logs a rejection at warn level the first time per connection and kind, else at debug.
-    fn note(&mut self, conn: ConnId, kind: u32, what: impl FnOnce() -> String) {
+    /// Logs a rejection at warn level the first time per connection and kind, else at debug;
+    /// at most a few warn lines a second per shard in all, since a client that opens many
+    /// connections would otherwise get one line per connection (the live fuzz wrote 50 MB of
+    /// log per million messages).
+    fn note(&mut self, conn: ConnId, kind: u32, now: Time, what: impl FnOnce() -> String) {
         if self.logged.len() >= MAX_LOGGED {
             self.logged.clear();
         }
         let bits = self.logged.entry(conn).or_default();
         let bit = 1u32 << (kind % 32);
-        if *bits & bit == 0 {
+        if *bits & bit == 0 && self.reject_log.allow(now) {
             *bits |= bit;
             warn!("rejected (further ones of this kind from this peer at debug level): {}", what());
         } else {
@@ -403,7 +411,7 @@ impl Procedures {
         let named_asap = pe.asap_transport().map(|t| with_peer_address(&t, peer.ip()));
         if !self.authorizer.may_register(peer.ip(), &user_transport, named_asap.as_ref()) {
             self.stats.security_refusals += 1;
-            self.note(conn, 16 + u32::from(CauseCode::REJECTED_SECURITY.0), || {
+            self.note(conn, 16 + u32::from(CauseCode::REJECTED_SECURITY.0), now, || {
                 format!("{peer}: registration of PE {pe_id:#010x}: addresses not allowed for this connection")
             });
             self.registration_rejected(peer, msg, handle, pe_id, CauseCode::REJECTED_SECURITY, None, answer);
@@ -465,7 +473,9 @@ impl Procedures {
                     CauseCode::INVALID_VALUES => Some(quote(pe.param())),
                     _ => None,
                 };
-                self.note(conn, 16 + u32::from(cause.0), || format!("{peer}: registration of PE {pe_id:#010x}: {e}"));
+                self.note(conn, 16 + u32::from(cause.0), now, || {
+                    format!("{peer}: registration of PE {pe_id:#010x}: {e}")
+                });
                 self.registration_rejected(peer, msg, handle, pe_id, cause, info, answer);
                 let refused = cause == CauseCode::LACK_OF_RESOURCES;
                 self.stats.resource_refusals += u64::from(refused);

@@ -9,7 +9,7 @@
 use core::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::msg::ShardMsg;
 use super::order::Sequencer;
@@ -176,6 +176,9 @@ pub struct Registrar {
     answer: Vec<u8>,
     /// The registrar is shutting down: connections closing now are not PEs going away.
     stopping: bool,
+    /// Limits the warn lines about connections closed for framing errors (one per connection
+    /// otherwise, however fast a client opens them).
+    close_log: crate::asap::loglimit::LogLimit,
 }
 
 impl Registrar {
@@ -196,6 +199,7 @@ impl Registrar {
             procedures: Procedures::new(&procedures, shard, now),
             conns: Conns::default(),
             framer: Framer::new(Protocol::Asap, l.max_message_size),
+            close_log: crate::asap::loglimit::LogLimit::new("connections closed for framing errors"),
             limits: l.clone(),
             deltas: ConnDeltas::default(),
             updates: UpdateEncoder::new(config.server_id, config.enrp.is_some()),
@@ -506,7 +510,11 @@ impl Service for Registrar {
                 Err(e) => {
                     // The stream cannot be framed any more: nothing more is sent; close.
                     self.procedures.stats_mut().framing_errors += 1;
-                    warn!(%peer, "closing connection: {e}");
+                    if self.close_log.allow(now) {
+                        warn!(%peer, "closing connection: {e}");
+                    } else {
+                        debug!(%peer, "closing connection: {e}");
+                    }
                     out.close(conn);
                     return data.len();
                 }
