@@ -37,6 +37,8 @@ fn live_fuzz(engine: &str, seed: u64) {
     assert!(report.connections > 10, "many connections: {}", report.connections);
     assert_eq!(report.checks_failed, 0, "every well-formed request answered right: {:?}", report.failures);
     assert!(report.checks_ok > 0, "the well-formed clients were answered");
+    // Every fuzz and checker connection is closed: nothing they registered is left behind.
+    assert_eq!(fuzz::wait_empty(registrar.addr, PATIENCE), Some((0, 0)), "no pool or PE left after the fuzz");
     // Still up and still right after the storm.
     let mut c = registrar.client();
     let user = TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), 7777);

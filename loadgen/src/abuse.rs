@@ -347,6 +347,12 @@ pub fn cmd_abuse(a: &AbuseArgs) -> std::io::Result<i32> {
             let (h, _, bad) = measure(&mut clients, a.rate, phase);
             bad_total += bad;
             let _ = without[k].add(&h);
+            let base = format!(
+                "p50/p99/max {:.3}/{:.3}/{:.3} ms",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max())
+            );
             let stop = AtomicBool::new(false);
             let counts = AbuseCounts::default();
             let rss_before = rss_kib(registrar.pid()).unwrap_or(0);
@@ -363,7 +369,10 @@ pub fn cmd_abuse(a: &AbuseArgs) -> std::io::Result<i32> {
             bad_total += bad;
             let _ = with[k].add(&h);
             let note = format!(
-                "round {round}: abusers wrote {} requests, read {} bytes; {} stalled, {} held, {} refused, {} closed later; registrar RSS {:.1} -> {:.1} MiB; {} wrong or missing answers",
+                "round {round}: without {base}, with p50/p99/max {:.3}/{:.3}/{:.3} ms; abusers wrote {} requests, read {} bytes; {} stalled, {} held, {} refused, {} closed later; registrar RSS {:.1} -> {:.1} MiB; {} wrong or missing answers",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
                 counts.requests.load(Ordering::Relaxed),
                 counts.read_bytes.load(Ordering::Relaxed),
                 counts.stalled.load(Ordering::Relaxed),

@@ -978,3 +978,25 @@ pub fn sample_rss(pid: u32, every: Duration, stop: &AtomicBool) -> Vec<(f64, u64
     }
     out
 }
+
+/// The registrar's (pools, PEs it is home of), asked with a status request (loopback only).
+pub fn registrar_state(addr: SocketAddr) -> Option<(u64, u64)> {
+    let mut c = AsapStream::connect(addr, None, Duration::from_secs(5)).ok()?;
+    c.send(&[rserpool::registrar::STATUS_REQUEST, 0, 0, 4]).ok()?;
+    let m = c.recv(Duration::from_secs(10)).ok()??;
+    let r = rserpool::registrar::StatusReport::from_message(&m).ok()?;
+    Some((r.pools, r.pes_owned))
+}
+
+/// Waits up to `patience` for the registrar to hold no pool and no PE (every connection that
+/// registered one is gone); the last state seen.
+pub fn wait_empty(addr: SocketAddr, patience: Duration) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let state = registrar_state(addr);
+        if state == Some((0, 0)) || Instant::now() >= deadline {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -80,6 +80,9 @@ pub fn cmd_fuzz(a: &FuzzArgs) -> std::io::Result<i32> {
         stop.store(true, Ordering::Relaxed);
         (report, sampler.join().unwrap_or_default())
     });
+    // Every connection is closed now, so every PE and pool must go: none may be left behind.
+    let state = fuzz::wait_empty(registrar.addr, Duration::from_secs(20));
+    println!("registrar state once every connection is closed (pools, PEs): {state:?}");
     let alive = registrar.alive();
     let panics = registrar.panics();
     let secs = report.elapsed.as_secs_f64();
@@ -117,7 +120,13 @@ pub fn cmd_fuzz(a: &FuzzArgs) -> std::io::Result<i32> {
     } else {
         false
     };
-    let ok = alive && exit && panics.is_empty() && report.checks_failed == 0 && report.checks_ok > 0 && bounded;
+    let ok = alive
+        && exit
+        && state == Some((0, 0))
+        && panics.is_empty()
+        && report.checks_failed == 0
+        && report.checks_ok > 0
+        && bounded;
     println!("verdict: {}", if ok { "PASS" } else { "FAIL" });
     Ok(if ok { 0 } else { 1 })
 }
