@@ -347,6 +347,21 @@ pub fn run(args: RegistrarArgs) -> i32 {
             return 1;
         }
     };
+    // Signal handlers before the "serving" line: whoever waits for that line (a supervisor, the
+    // tests) may send SIGTERM at once, and the default action would kill the process uncleanly.
+    let stop = engine.shutdown_handle();
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]);
+    match signals {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    info!("signal {sig}: stopping");
+                    stop.shutdown();
+                }
+            });
+        }
+        Err(e) => warn!("cannot install signal handlers: {e}"),
+    }
     let kind = match engine.kind() {
         EngineKind::Uring => "io_uring",
         _ => "epoll",
@@ -381,19 +396,6 @@ pub fn run(args: RegistrarArgs) -> i32 {
                 None
             }
         });
-    let stop = engine.shutdown_handle();
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]);
-    match signals {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    info!("signal {sig}: stopping");
-                    stop.shutdown();
-                }
-            });
-        }
-        Err(e) => warn!("cannot install signal handlers: {e}"),
-    }
     let result = engine.join();
     if let Some(Ok(a)) = announcer {
         a.stop();
