@@ -4,7 +4,9 @@
 //! Measures what the protocol code adds on top of the kernel path.
 //!
 //! Run: `taskset -c 1 cargo bench --bench registrar`. Instruction counts per operation, which
-//! do not depend on machine noise: `results/registrar/instructions.sh` (callgrind).
+//! do not depend on machine noise: `results/registrar/instructions.sh` (callgrind). With
+//! `REGISTRAR_METRICS=N` the shard keeps metrics as `registrar --metrics` does, timing one
+//! request in N.
 
 use core::net::SocketAddr;
 use std::hint::black_box;
@@ -76,7 +78,13 @@ fn registration(p: u32, pe: u32) -> Vec<u8> {
 }
 
 fn setup() -> (Registrar, SendBuffer) {
-    let mut r = Registrar::new(&RegistrarConfig::new(0x1122_3344, 1), 0, Time::ZERO);
+    let mut config = RegistrarConfig::new(0x1122_3344, 1);
+    // REGISTRAR_METRICS=N: keep metrics as `registrar --metrics` does, timing one request in N.
+    if let Ok(n) = std::env::var("REGISTRAR_METRICS") {
+        let n = n.parse().expect("REGISTRAR_METRICS is a number");
+        config.metrics = Some(std::sync::Arc::new(rserpool::metrics::MetricsHub::with_sampling(1, n)));
+    }
+    let mut r = Registrar::new(&config, 0, Time::ZERO);
     let mut out = SendBuffer { buf: Vec::with_capacity(1 << 17) };
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     for p in 0..POOLS {

@@ -48,6 +48,17 @@ pub enum EngineChoice {
     Epoll,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, message, fields).
+    Json,
+}
+
 /// Protocol timers in milliseconds (WIRE.md section 8).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -319,6 +330,10 @@ pub struct Config {
     pub engine: EngineChoice,
     /// Log filter (`tracing` syntax, e.g. `info` or `rserpool=debug`).
     pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); absent: none.
+    pub metrics: Option<SocketAddr>,
     /// Protocol timers.
     pub timers: Timers,
     /// Resource limits.
@@ -343,6 +358,8 @@ impl Default for Config {
             cores: None,
             engine: EngineChoice::Auto,
             log: "info".into(),
+            log_format: LogFormat::Text,
+            metrics: None,
             timers: Timers::default(),
             limits: Limits::default(),
             announce: Announce::default(),
@@ -529,6 +546,16 @@ mod tests {
         assert_eq!(c.timers.keep_alive_interval, 500);
         assert_eq!(c.timers.keep_alive_timeout, Timers::default().keep_alive_timeout);
         assert!(toml::from_str::<Config>("[timers]\nkeep_alive_intervall = 5\n").is_err());
+    }
+
+    #[test]
+    fn metrics_and_log_format_are_off_and_text_by_default() {
+        let c = Config::default();
+        assert_eq!((c.metrics, c.log_format), (None, LogFormat::Text));
+        let c: Config = toml::from_str("metrics = \"127.0.0.1:9100\"\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(c.metrics, Some(SocketAddr::from(([127, 0, 0, 1], 9100))));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("log_format = \"xml\"\n").is_err());
     }
 
     #[test]

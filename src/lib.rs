@@ -7,6 +7,7 @@
 //! - [`client`]: pool elements and pool users (sans-IO cores, the PU↔PE session layer, blocking
 //!   and tokio adapters).
 //! - [`registrar`]: one registrar shard as a service: routing across shards, answer order.
+//! - [`metrics`]: per-shard counters published for a Prometheus endpoint, merged on a scrape.
 //! - [`runtime`]: the thread-per-core io_uring engine (and its epoll fallback).
 //! - [`service`]: the seam between protocol code and engines.
 //!
@@ -15,7 +16,8 @@
 //!
 //! Cargo features: `cli` (default) adds what only the `rserpool` command needs (clap,
 //! serde_json, tracing-subscriber, signal-hook); the library itself builds without it
-//! (`default-features = false`). `fuzzing` adds `wire::fuzz`, the fuzz targets' bodies.
+//! (`default-features = false`). `metrics` (in `cli`) adds the Prometheus exposition and its
+//! HTTP endpoint. `fuzzing` adds `wire::fuzz`, the fuzz targets' bodies.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -25,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod enrp;
 pub mod handlespace;
+pub mod metrics;
 pub mod registrar;
 pub mod runtime;
 pub mod service;

@@ -40,6 +40,8 @@ const MAX_LOGGED: usize = 4096;
 pub struct Stats {
     /// Registrations accepted (new and re-registrations).
     pub registrations: u64,
+    /// Of those, re-registrations of a PE already registered.
+    pub reregistrations: u64,
     /// Registrations rejected.
     pub registrations_rejected: u64,
     /// Registrations refused for a resource limit (cause 0x6).
@@ -73,6 +75,17 @@ pub struct Stats {
     /// Registrations refused because the connection may not register those addresses (cause
     /// 0xA).
     pub security_refusals: u64,
+    /// Error causes sent in answers (an Operation Error or an ASAP Error), indexed by cause
+    /// code (codes above 0xA count at 0, unspecified).
+    pub errors: [u64; 11],
+}
+
+impl Stats {
+    /// Counts an error cause sent in an answer.
+    pub fn error(&mut self, cause: CauseCode) {
+        let i = usize::from(cause.0);
+        self.errors[if i < self.errors.len() { i } else { 0 }] += 1;
+    }
 }
 
 /// One ASAP message for this shard, with where it came from.
@@ -250,6 +263,9 @@ impl Procedures {
             Ok(m) => m,
             Err(e) => {
                 self.stats.bad_messages += 1;
+                if let Some(cause) = e.cause() {
+                    self.stats.error(cause);
+                }
                 let peer = req.peer;
                 self.note(req.conn, 1 + u32::from(e.cause().map_or(15, |c| c.0.min(14))), now, || {
                     format!("{peer}: {e}")
@@ -292,6 +308,7 @@ impl Procedures {
         if m.has_reports() {
             let mut params = Vec::new();
             m.for_each_report(|p| params.push(p));
+            self.stats.errors[usize::from(CauseCode::UNRECOGNIZED_PARAMETER.0)] += params.len() as u64;
             reply::unrecognized_params(answer, params, self.limits.max_message_size);
         }
         self.settle_budgets();
@@ -446,6 +463,7 @@ impl Procedures {
         match result {
             Ok(r) => {
                 self.stats.registrations += 1;
+                self.stats.reregistrations += u64::from(!r.added);
                 if r.added && self.pe_log.allow(now) {
                     debug!(%peer, pe_id = format_args!("{pe_id:#010x}"), pool = %String::from_utf8_lossy(handle), "registered");
                 }
@@ -496,6 +514,7 @@ impl Procedures {
         answer: &mut Vec<u8>,
     ) {
         self.stats.registrations_rejected += 1;
+        self.stats.error(cause);
         debug!(%peer, pe_id = format_args!("{pe_id:#010x}"), cause = cause.0, "registration rejected");
         let echoed = self.echoed(handle);
         let info = info.and_then(|(s, e)| msg.get(s as usize..e as usize)).unwrap_or(&[]);
@@ -537,6 +556,7 @@ impl Procedures {
     /// 6.1 step 1 and section 9), in the message's own response where it has one.
     fn refuse_long_handle(&mut self, msg: &[u8], handle: &[u8], answer: &mut Vec<u8>) {
         self.stats.bad_messages += 1;
+        self.stats.error(CauseCode::INVALID_VALUES);
         let echoed = self.echoed(handle);
         let quote = handle_param(msg).map_or(&[][..], |p| p.as_bytes());
         let info = self.fitting_quote(echoed, quote);
@@ -576,6 +596,9 @@ impl Procedures {
             Ok(None) => None,
             Err(e) => Some(e.cause_code()),
         };
+        if let Some(cause) = error {
+            self.stats.error(cause);
+        }
         let mut w = Writer::new(answer);
         let err = error.map(|c| (c, &[][..]));
         let _ = asap::emit_handle_and_id(&mut w, MessageType::DeregistrationResponse, 0, handle, Some(pe_id), err);
@@ -633,6 +656,7 @@ impl Procedures {
             }
             Err(e) => {
                 self.stats.unknown_pool += 1;
+                self.stats.error(e.cause_code());
                 let mut w = Writer::new(answer);
                 let _ = w.message(MessageType::HandleResolutionResponse as u8, 0, |w| {
                     w.tlv_bytes(ParamType::POOL_HANDLE, handle);

@@ -20,6 +20,7 @@ use crate::asap::{
 use crate::config::{Limits, Security, Timers};
 use crate::enrp::{Coordinator, EnrpConfig, EnrpMsg, EnrpShard, UpdateEncoder};
 use crate::handlespace::{shard_of, Handlespace};
+use crate::metrics::{EnrpSnapshot, MessageKind, MetricsHub, ShardMetrics, ShardView};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
 use crate::time::Time;
 use crate::wire::asap::{self, MessageType};
@@ -53,6 +54,9 @@ pub struct RegistrarConfig {
     pub security: Security,
     /// ENRP peer discovery by multicast Presence (`None`: off).
     pub discovery: Option<Arc<crate::enrp::Discovery>>,
+    /// Where the shards publish their counters for a metrics endpoint (one slot per shard);
+    /// `None`: no metrics are kept beyond the shards' own counters.
+    pub metrics: Option<Arc<MetricsHub>>,
 }
 
 impl RegistrarConfig {
@@ -69,6 +73,7 @@ impl RegistrarConfig {
             peers: Vec::new(),
             security: Security::default(),
             discovery: None,
+            metrics: None,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Registrar {
     /// Limits the warn lines about connections closed for framing errors (one per connection
     /// otherwise, however fast a client opens them).
     close_log: crate::asap::loglimit::LogLimit,
+    /// Message counts, sampled handling times and gauges for the metrics endpoint.
+    metrics: Option<Box<ShardMetrics>>,
 }
 
 impl Registrar {
@@ -220,6 +227,7 @@ impl Registrar {
             }),
             answer: Vec::with_capacity(l.max_message_size + 32),
             stopping: false,
+            metrics: config.metrics.as_ref().map(|hub| Box::new(ShardMetrics::new(Arc::clone(hub), shard, now))),
         }
     }
 
@@ -303,6 +311,9 @@ impl Registrar {
                 c.registering += 1;
             }
             out.post(owner, ShardMsg::Request { conn, seq, peer, room, message: Payload::from_slice(msg) });
+            if let Some(m) = self.metrics.as_deref_mut() {
+                m.posted();
+            }
             self.pace(conn, out);
             return;
         }
@@ -324,12 +335,28 @@ impl Registrar {
         };
         self.flush(out);
         if registration {
-            self.after_registration(conn, handled, out);
+            self.after_registration(conn, handled, now, out);
         }
     }
 
-    /// Handles one request on this shard, writing its answer to `answer`.
+    /// Handles one request on this shard, writing its answer to `answer`; counts it, and times
+    /// it when it is one of the sampled ones.
     fn serve(&mut self, req: &Request<'_>, now: Time, answer: &mut Vec<u8>) -> Handled {
+        let kind = MessageKind::of(req.message[0]);
+        let timed = match self.metrics.as_deref_mut() {
+            Some(m) => m.request(kind),
+            None => None,
+        };
+        let handled = self.handle(req, now, answer);
+        if let (Some(start), Some(m)) = (timed, self.metrics.as_deref_mut()) {
+            m.handled(kind, start);
+        }
+        handled
+    }
+
+    /// [`Registrar::serve`] without the counting (one body, inlined there).
+    #[inline(always)]
+    fn handle(&mut self, req: &Request<'_>, now: Time, answer: &mut Vec<u8>) -> Handled {
         if req.message[0] == STATUS_REQUEST && req.peer.ip().is_loopback() {
             answer.extend_from_slice(&self.status(now).to_message());
             return Handled::default();
@@ -384,7 +411,7 @@ impl Registrar {
 
     /// WIRE.md section 9: a connection that keeps registering after resource refusals
     /// (cause 0x6) is closed.
-    fn after_registration(&mut self, conn: ConnId, handled: Handled, out: &mut impl Outbox<ShardMsg>) {
+    fn after_registration(&mut self, conn: ConnId, handled: Handled, now: Time, out: &mut impl Outbox<ShardMsg>) {
         let max = self.limits.max_refusals;
         let Some(c) = self.conns.get_mut(conn) else { return };
         if !handled.refused {
@@ -393,7 +420,12 @@ impl Registrar {
         }
         c.refusals += 1;
         if c.refusals > max {
-            warn!(peer = %c.peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
+            let peer = c.peer;
+            if self.close_log.allow(now) {
+                warn!(%peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
+            } else {
+                debug!(%peer, refusals = c.refusals, "closing connection: it keeps registering beyond its resource limits");
+            }
             self.procedures.stats_mut().refusal_closes += 1;
             out.close(conn);
         }
@@ -428,6 +460,20 @@ impl Registrar {
         self.deltas.0 = deltas;
     }
 
+    /// Copies this shard's counters into its metrics slot.
+    fn publish(&mut self, now: Time) {
+        let Some(m) = self.metrics.as_deref_mut() else { return };
+        let hs = self.procedures.handlespace();
+        let view = ShardView {
+            asap: self.procedures.stats(),
+            supervised_pes: self.procedures.supervised_pes(),
+            pes: hs.pe_count(),
+            pools: hs.pool_count(),
+            enrp: self.coordinator.as_ref().map(EnrpSnapshot::of),
+        };
+        m.publish(now, view);
+    }
+
     fn add_pes(&mut self, conn: ConnId, delta: i32) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.pes = c.pes.saturating_add_signed(delta);
@@ -438,7 +484,7 @@ impl Registrar {
 impl Service for Registrar {
     type Msg = ShardMsg;
 
-    fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, _now: Time, out: &mut impl Outbox<ShardMsg>) {
+    fn on_accept(&mut self, conn: ConnId, tag: Tag, peer: SocketAddr, now: Time, out: &mut impl Outbox<ShardMsg>) {
         if tag == ENRP || tag == ENRP_TLS {
             // Over mutual TLS the peer proved itself with its certificate; plaintext ENRP is
             // admitted by address (SECURITY.md).
@@ -449,9 +495,14 @@ impl Service for Registrar {
             return;
         }
         if tag != ASAP {
-            warn!(%peer, ?tag, "connection to a listener this registrar does not serve; closing");
+            if self.close_log.allow(now) {
+                warn!(%peer, ?tag, "connection to a listener this registrar does not serve; closing");
+            }
             out.close(conn);
             return;
+        }
+        if let Some(m) = self.metrics.as_deref_mut() {
+            m.connection_opened();
         }
         let c =
             Conn { peer, shards: 0, order: Sequencer::default(), pes: 0, registering: 0, refusals: 0, paused: false };
@@ -485,6 +536,9 @@ impl Service for Registrar {
                         paused: false,
                     };
                     self.conns.insert(conn, c);
+                    if let Some(m) = self.metrics.as_deref_mut() {
+                        m.connection_opened();
+                    }
                 }
                 self.procedures.on_dialled(conn, self.conns.get_mut(conn).is_some(), out);
             }
@@ -530,6 +584,9 @@ impl Service for Registrar {
             }
             return;
         };
+        if let Some(m) = self.metrics.as_deref_mut() {
+            m.connection_closed();
+        }
         if self.stopping {
             // The registrar is going away, not its PEs: their registrations stay with the peers,
             // which take them over (WIRE.md 7.6) instead of hearing them deleted.
@@ -569,6 +626,9 @@ impl Service for Registrar {
                 self.answer = answer;
             }
             ShardMsg::Reply { conn, seq, answer, registration, refused } => {
+                if let Some(m) = self.metrics.as_deref_mut() {
+                    m.answered();
+                }
                 if registration {
                     if let Some(c) = self.conns.get_mut(conn) {
                         c.registering = c.registering.saturating_sub(1);
@@ -576,7 +636,7 @@ impl Service for Registrar {
                 }
                 self.answered(conn, seq, &answer, out);
                 if registration {
-                    self.after_registration(conn, Handled { refused }, out);
+                    self.after_registration(conn, Handled { refused }, now, out);
                 }
             }
             ShardMsg::ConnectionClosed { conn } => {
@@ -610,13 +670,14 @@ impl Service for Registrar {
                 c.on_timer(now, out);
             }
         }
+        if self.metrics.as_ref().is_some_and(|m| m.next_publish() <= now) {
+            self.publish(now);
+        }
     }
 
     fn next_timer(&self) -> Option<Time> {
         let coordinator = self.coordinator.as_ref().and_then(Coordinator::next_timer);
-        match (self.procedures.next_timer(), coordinator) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let metrics = self.metrics.as_ref().map(|m| m.next_publish());
+        [self.procedures.next_timer(), coordinator, metrics].into_iter().flatten().min()
     }
 }

@@ -357,6 +357,19 @@ impl ShutdownHandle {
     }
 }
 
+/// Reads the engine's per-shard counters ([`Engine::stats_reader`]); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct StatsReader {
+    cells: Vec<Arc<StatsCell>>,
+}
+
+impl StatsReader {
+    /// Current counters of each shard, indexed by shard id.
+    pub fn read(&self) -> Vec<ShardStats> {
+        self.cells.iter().map(|s| s.snapshot()).collect()
+    }
+}
+
 /// A running engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -402,6 +415,12 @@ impl Engine {
     /// Current counters of each shard, indexed by shard id.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.stats.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// A handle that reads the shards' counters from another thread (a metrics endpoint)
+    /// while the engine runs, and after.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader { cells: self.stats.clone() }
     }
 
     /// Waits until every shard thread has ended (after [`ShutdownHandle::shutdown`], or after a

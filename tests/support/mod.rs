@@ -60,6 +60,11 @@ impl Registrar {
 
     /// Like [`Registrar::start`], with server id `id` (hex) and ENRP listening on `enrp`.
     pub fn start_as(engine: &str, cores: usize, id: &str, enrp: &str, config: &str) -> Self {
+        Self::start_with_args(engine, cores, id, enrp, config, &[])
+    }
+
+    /// Like [`Registrar::start_as`], with more command-line arguments.
+    pub fn start_with_args(engine: &str, cores: usize, id: &str, enrp: &str, config: &str, args: &[&str]) -> Self {
         let dir = TempDir::new("registrar");
         let file = dir.0.join("registrar.toml");
         let head = format!("asap = \"127.0.0.1:0\"\nenrp = \"{enrp}\"\nid = \"{id}\"\nlog = \"info\"\n");
@@ -67,6 +72,7 @@ impl Registrar {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rserpool"))
             .args(["registrar", "--engine", engine, "--cores", &cores.to_string(), "--config"])
             .arg(&file)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -119,6 +125,22 @@ impl Registrar {
             .unwrap_or_default();
         v.sort_unstable();
         v
+    }
+
+    /// The address of the metrics endpoint, from the log line announcing it (waits for it).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = self.log().iter().find_map(|l| {
+                let rest = l.split("metrics at http://").nth(1)?;
+                rest.split('/').next()?.parse().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "no metrics endpoint announced; log: {:?}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Opens a client connection.

@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use rserpool::config::{self, Config, EngineChoice, Profile, RegistrationCheck};
+use rserpool::config::{self, Config, EngineChoice, LogFormat, Profile, RegistrationCheck};
+use rserpool::metrics::{Exporter, MetricsHub, MetricsServer};
 use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, COORDINATOR, ENRP, ENRP_TLS};
 use rserpool::runtime::{self, EngineConfig, EngineKind, Listen, TlsAcceptor, TlsConnector};
 use rserpool::time::Time;
@@ -57,6 +59,12 @@ pub struct RegistrarArgs {
     /// enrp_multicast.enabled; default off].
     #[arg(long)]
     pub enrp_multicast: bool,
+    /// Log line format [config: log_format; default text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [config: metrics; default off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -72,6 +80,24 @@ pub enum EngineArg {
     Uring,
     /// The portable epoll engine.
     Epoll,
+}
+
+/// The values of `--log-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
+        }
+    }
 }
 
 impl From<EngineArg> for EngineChoice {
@@ -141,6 +167,12 @@ fn effective(args: &RegistrarArgs) -> Result<Config, String> {
     if let Some(m) = args.registration_check {
         c.security.registration_check = m.into();
     }
+    if let Some(f) = args.log_format {
+        c.log_format = f.into();
+    }
+    if args.metrics.is_some() {
+        c.metrics = args.metrics;
+    }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -207,17 +239,19 @@ fn dialable(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_target(false).with_ansi(ansi).try_init()
+        }
+        // One object per line: timestamp, level, fields (the message among them), thread.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_ansi(false).try_init(),
+    };
 }
 
 /// Runs the command; returns the process exit code.
@@ -239,7 +273,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
         }
         return 0;
     }
-    init_logging(&config.log);
+    init_logging(&config.log, config.log_format);
     let profile = match &config.profile {
         Some(path) => match Profile::load(path) {
             Ok(p) => p,
@@ -328,6 +362,18 @@ pub fn run(args: RegistrarArgs) -> i32 {
     };
     let discovery =
         config.enrp_multicast.enabled.then(|| std::sync::Arc::new(rserpool::enrp::Discovery::new(server_id, enrp)));
+    // The endpoint's address is taken before the shards start, so that a bad one stops here.
+    let metrics_listener = match config.metrics {
+        Some(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!("cannot listen on {addr} (metrics): {e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let hub = metrics_listener.is_some().then(|| Arc::new(MetricsHub::new(n)));
     let registrar = RegistrarConfig {
         server_id,
         shards: n as u16,
@@ -339,7 +385,9 @@ pub fn run(args: RegistrarArgs) -> i32 {
         peers: config.peers.clone(),
         security: config.security.clone(),
         discovery: discovery.clone(),
+        metrics: hub.clone(),
     };
+    let budgets = Arc::clone(&registrar.budgets);
     let engine = match runtime::start(engine_config, move |shard, _| Registrar::new(&registrar, shard, Time::ZERO)) {
         Ok(e) => e,
         Err(e) => {
@@ -384,6 +432,24 @@ pub fn run(args: RegistrarArgs) -> i32 {
         let peers: Vec<String> = config.peers.iter().map(ToString::to_string).collect();
         info!("ENRP peers: {}", peers.join(", "));
     }
+    let metrics = match (metrics_listener, hub) {
+        (Some(listener), Some(hub)) => {
+            let exporter = Exporter::new(server_id, hub, budgets, Some(engine.stats_reader()));
+            match MetricsServer::serve(listener, exporter) {
+                Ok(m) => {
+                    info!("metrics at http://{}/metrics", m.local_addr());
+                    Some(m)
+                }
+                Err(e) => {
+                    error!("cannot start the metrics endpoint: {e}");
+                    engine.shutdown_handle().shutdown();
+                    let _ = engine.join();
+                    return 1;
+                }
+            }
+        }
+        _ => None,
+    };
     let announcer = config
         .announce
         .enabled
@@ -401,6 +467,9 @@ pub fn run(args: RegistrarArgs) -> i32 {
         a.stop();
     }
     if let Some(m) = multicast {
+        m.stop();
+    }
+    if let Some(m) = metrics {
         m.stop();
     }
     match result {

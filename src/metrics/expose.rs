@@ -1,0 +1,360 @@
+//! The exposition: every metric of docs/METRICS.md encoded by `prometheus-client` on a scrape,
+//! from the shards' published snapshots, the registrar-wide budgets and the engine's
+//! per-shard counters.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::hub::{merge_all, MessageKind, MetricsHub, ShardSnapshot};
+use crate::asap::{Budgets, Stats};
+use crate::runtime::{ShardStats, StatsReader};
+
+/// The prefix of every metric name.
+pub const PREFIX: &str = "rserpool";
+
+/// The two text formats a scrape may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (what `curl` gets).
+    Prometheus,
+    /// OpenMetrics 1.0 text (what a Prometheus server asks for first).
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an HTTP `Accept` header asks for: OpenMetrics when it names it, else the
+    /// Prometheus text format.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.to_ascii_lowercase().contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The registrar's error causes by code (RFC 5352 section 5), as `cause` label values.
+pub const CAUSE_LABELS: [&str; 11] = [
+    "unspecified",
+    "unrecognized_parameter",
+    "unrecognized_message",
+    "invalid_values",
+    "non_unique_pe_identifier",
+    "inconsistent_pooling_policy",
+    "lack_of_resources",
+    "inconsistent_transport_type",
+    "inconsistent_data_control",
+    "unknown_pool_handle",
+    "rejected_security",
+];
+
+/// What a scrape reads.
+#[derive(Debug)]
+struct Sources {
+    hub: Arc<MetricsHub>,
+    budgets: Arc<Budgets>,
+    engine: Option<StatsReader>,
+    server_id: u32,
+}
+
+/// Renders the registrar's metrics; shared by the endpoint's thread (it only reads).
+#[derive(Debug)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Exporter {
+    /// An exporter of registrar `server_id`: the shards' slots in `hub`, the registrar-wide
+    /// `budgets`, and the engine's counters when `engine` is given.
+    pub fn new(server_id: u32, hub: Arc<MetricsHub>, budgets: Arc<Budgets>, engine: Option<StatsReader>) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(Sources { hub, budgets, engine, server_id }));
+        Self { registry }
+    }
+
+    /// The metrics now, in `format`.
+    pub fn render(&self, format: Format) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail, and the collector does not fail either.
+        let _ = match format {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry),
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &self.registry),
+        };
+        text
+    }
+}
+
+/// Writes metric families.
+struct Out<'a>(DescriptorEncoder<'a>);
+
+impl Out<'_> {
+    fn one(&mut self, name: &str, help: &str, t: MetricType, v: u64) -> fmt::Result {
+        let mut m = self.0.encode_descriptor(name, help, None, t)?;
+        match t {
+            MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+            _ => m.encode_gauge(&v),
+        }
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        self.one(name, help, MetricType::Counter, v)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: u64) -> fmt::Result {
+        self.one(name, help, MetricType::Gauge, v)
+    }
+
+    /// One family with a label: `values` as (label value, value).
+    fn family<L: AsRef<str>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        t: MetricType,
+        label: &str,
+        values: impl IntoIterator<Item = (L, u64)>,
+    ) -> fmt::Result {
+        let mut m = self.0.encode_descriptor(name, help, None, t)?;
+        for (l, v) in values {
+            let labels = [(label, l.as_ref())];
+            let mut e = m.encode_family(&labels)?;
+            match t {
+                MetricType::Counter => e.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                _ => e.encode_gauge(&v)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A per-shard family of the engine's counters.
+    fn per_shard(
+        &mut self,
+        name: &str,
+        help: &str,
+        t: MetricType,
+        shards: &[ShardStats],
+        f: impl Fn(&ShardStats) -> u64,
+    ) -> fmt::Result {
+        self.family(name, help, t, "shard", shards.iter().enumerate().map(|(i, s)| (i.to_string(), f(s))))
+    }
+}
+
+impl Collector for Sources {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let shards = self.hub.snapshots();
+        let total = merge_all(&shards);
+        let mut out = Out(encoder);
+        self.registrar(&mut out, &total, &shards)?;
+        asap(&mut out, &total)?;
+        enrp(&mut out, &total)?;
+        if let Some(engine) = &self.engine {
+            engine_counters(&mut out, &engine.read())?;
+        }
+        Ok(())
+    }
+}
+
+impl Sources {
+    fn registrar(&self, out: &mut Out<'_>, total: &ShardSnapshot, shards: &[ShardSnapshot]) -> fmt::Result {
+        let id = format!("{:#010x}", self.server_id);
+        out.family("server", "This registrar (value 1), by server id.", MetricType::Gauge, "server_id", [(id, 1)])?;
+        out.gauge("shards", "Shard threads.", shards.len() as u64)?;
+        out.gauge("pools", "Pools in the registrar.", self.budgets.pools.used() as u64)?;
+        out.gauge("pes_owned", "Pool elements this registrar is home of.", self.budgets.pes.used() as u64)?;
+        out.gauge("pes_learnt", "Pool elements learnt from peer registrars.", self.budgets.peer_pes.used() as u64)?;
+        out.gauge("pes_supervised", "Pool elements under keep-alive supervision.", total.supervised_pes)?;
+        let each = |f: fn(&ShardSnapshot) -> u64| shards.iter().enumerate().map(move |(i, s)| (i.to_string(), f(s)));
+        out.family(
+            "connections",
+            "ASAP connections (pool elements and users) open, by shard.",
+            MetricType::Gauge,
+            "shard",
+            each(|s| s.connections),
+        )?;
+        out.family(
+            "cross_shard_in_flight",
+            "Requests of a shard's connections out at the shards owning their pools, awaiting answers.",
+            MetricType::Gauge,
+            "shard",
+            each(|s| s.cross_shard_in_flight),
+        )?;
+        out.family(
+            "metrics_publications",
+            "Snapshots a shard has published for this endpoint (about one a second).",
+            MetricType::Counter,
+            "shard",
+            each(|s| s.publications),
+        )
+    }
+}
+
+fn asap(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
+    let a: &Stats = &t.asap;
+    out.family(
+        "asap_messages",
+        "ASAP messages handled, by type (counted on the shard owning their pool).",
+        MetricType::Counter,
+        "type",
+        MessageKind::ALL.iter().map(|k| (k.label(), t.messages[k.index()])),
+    )?;
+    let mut m = out.0.encode_descriptor(
+        "asap_request_duration",
+        "Time to handle one ASAP request on its pool's shard, by type; one request in N is timed (docs/METRICS.md).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for k in MessageKind::ALL {
+        let h = &t.latency[k.index()];
+        let labels = [("type", k.label())];
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            h.sum_ns() as f64 / 1e9,
+            h.count(),
+            &h.buckets_seconds(),
+            None,
+        )?;
+    }
+    drop(m);
+    let new = a.registrations.saturating_sub(a.reregistrations);
+    out.counter("registrations", "Registrations accepted that added a pool element.", new)?;
+    out.counter("reregistrations", "Registrations accepted of a pool element already registered.", a.reregistrations)?;
+    out.counter(
+        "registrations_rejected",
+        "Registrations rejected (any cause; see asap_errors_total).",
+        a.registrations_rejected,
+    )?;
+    out.counter("deregistrations", "Deregistrations that removed a pool element.", a.deregistrations)?;
+    out.counter("resolutions", "Handle resolutions answered from a pool.", a.resolutions)?;
+    out.counter("resolutions_unknown_pool", "Handle resolutions of a pool handle not known.", a.unknown_pool)?;
+    out.family(
+        "asap_errors",
+        "Error causes sent in answers (Operation Error or ASAP Error), by cause.",
+        MetricType::Counter,
+        "cause",
+        CAUSE_LABELS.iter().zip(a.errors),
+    )?;
+    out.counter("asap_bad_messages", "ASAP messages refused as malformed or of an unknown type.", a.bad_messages)?;
+    out.counter("keep_alives_sent", "Endpoint Keep Alives sent to pool elements.", a.keep_alives_sent)?;
+    out.counter(
+        "keep_alive_failures",
+        "Pool elements removed for not answering a keep-alive.",
+        a.keep_alive_failures,
+    )?;
+    out.counter(
+        "unreachable_removals",
+        "Pool elements removed after MAX-BAD-PE-REPORT unreachable reports.",
+        a.unreachable_removed,
+    )?;
+    out.counter("expirations", "Pool elements removed when their registration life ended.", a.expired)?;
+    out.counter(
+        "connection_loss_removals",
+        "Pool elements removed because the connection they registered over closed.",
+        a.connection_losses,
+    )?;
+    out.counter("framing_errors", "ASAP connections closed because their stream could not be framed.", a.framing_errors)?;
+    out.counter(
+        "refusal_closes",
+        "ASAP connections closed for registering on after resource refusals.",
+        a.refusal_closes,
+    )?;
+    out.counter("pe_id_collisions", "PE identifier collisions between registrars settled here.", a.collisions)?;
+    out.counter("pes_taken_over", "Pool elements whose home changed here by a takeover.", a.taken_over)
+}
+
+fn enrp(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
+    let e = t.enrp.clone().unwrap_or_default();
+    let s = &e.stats;
+    out.counter("enrp_updates_sent", "Handle Updates sent to peers (each once, not per peer).", s.updates_sent)?;
+    out.counter("enrp_updates_received", "Handle Updates received from peers.", s.updates_received)?;
+    out.counter("enrp_audits", "Audits of a peer's pool elements by checksum.", s.audits)?;
+    out.counter("enrp_audit_mismatches", "Audits that found a mismatch and fetched the peer's table.", s.mismatches)?;
+    out.counter("enrp_takeovers", "Takeovers of a dead peer's pool elements completed here.", s.takeovers)?;
+    out.counter("enrp_peers_lost", "Peers declared dead.", s.peers_lost)?;
+    out.counter("enrp_bad_messages", "ENRP messages from peers refused as malformed.", s.bad_messages)?;
+    out.gauge("enrp_peers_known", "Peer registrars known (connected or not).", e.peers_known)?;
+    out.gauge("enrp_peers_connected", "Peer registrars connected now.", e.peers_connected)?;
+    out.gauge("enrp_consistent", "1 once the handle table is consistent with the mesh, 0 while joining.", e.consistent)
+}
+
+fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    out.per_shard("connections_accepted", "Connections accepted (every listener).", Counter, s, |x| x.accepted)?;
+    out.per_shard("connections_closed", "Connections closed (accepted and dialled).", Counter, s, |x| x.closed)?;
+    out.per_shard(
+        "connections_rejected",
+        "Connections refused because the shard's table was full.",
+        Counter,
+        s,
+        |x| x.rejected,
+    )?;
+    out.per_shard("outbound_connects", "Outbound connections started.", Counter, s, |x| x.connects)?;
+    out.per_shard("outbound_connect_failures", "Outbound connections that failed.", Counter, s, |x| x.connect_failures)?;
+    out.per_shard(
+        "read_pauses",
+        "Times a connection stopped being read because its unsent answers reached max_send_queue.",
+        Counter,
+        s,
+        |x| x.read_pauses,
+    )?;
+    out.per_shard(
+        "send_queue_aborts",
+        "Connections aborted for unsent bytes beyond the hard limit.",
+        Counter,
+        s,
+        |x| x.send_queue_aborts,
+    )?;
+    out.per_shard(
+        "oversize_closes",
+        "Connections closed for a message beyond max_message_size.",
+        Counter,
+        s,
+        |x| x.oversize_closes,
+    )?;
+    out.per_shard("stale_drops", "Sends or closes for connections already gone.", Counter, s, |x| x.stale_drops)?;
+    out.per_shard(
+        "cross_shard_spilled",
+        "Cross-shard records that found their queue full and waited in the overflow list.",
+        Counter,
+        s,
+        |x| x.spilled,
+    )?;
+    out.per_shard(
+        "cross_shard_link_pauses",
+        "Times a connection stopped being read because a cross-shard queue it fed was full.",
+        Counter,
+        s,
+        |x| x.link_pauses,
+    )?;
+    out.per_shard(
+        "hold_expiries",
+        "Half-closed connections closed because answers owed to them took past max_hold.",
+        Counter,
+        s,
+        |x| x.hold_expiries,
+    )?;
+    out.per_shard(
+        "cross_shard_overflow_high_water",
+        "Most cross-shard records waiting in a shard's overflow lists at once.",
+        Gauge,
+        s,
+        |x| x.overflow_high_water,
+    )?;
+    out.per_shard(
+        "send_queue_high_water_bytes",
+        "Most unsent bytes seen on one connection of the shard.",
+        Gauge,
+        s,
+        |x| x.send_queue_high_water,
+    )
+}
+
