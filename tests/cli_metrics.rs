@@ -87,7 +87,7 @@ fn counters_move_by_exactly_the_requests_made_and_the_text_is_valid() {
     });
     assert_eq!(after.sum("rserpool_cross_shard_in_flight"), 0.0);
     assert_eq!(after.value("rserpool_enrp_consistent"), 1.0, "alone, hence consistent");
-    assert_eq!(after.value("rserpool_enrp_peers_known"), 0.0);
+    assert_eq!(after.sum("rserpool_enrp_peers"), 0.0, "no peers");
 
     // The same text passes Prometheus's own checker where it is installed; OpenMetrics on
     // request.
@@ -186,20 +186,129 @@ fn the_strict_reader_refuses_what_the_format_does_not_allow() {
     let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n";
     assert_eq!(parse(ok, Dialect::Prometheus).unwrap().get("a_total", &[("x", "1")]), Some(3.0));
     for bad in [
-        "a_total 3\n",                                                // no TYPE
-        "# TYPE a_total counter\na_total -1\n",                       // negative counter
-        "# TYPE a gauge\na 1\na 2\n",                                 // series twice
-        "# TYPE a gauge\na{x=\"1} 2\n",                               // unterminated label
-        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n", // family split
-        "# TYPE a gauge\nb 1\n",                                      // sample of another family
+        "a_total 3\n",                                                                             // no TYPE
+        "# TYPE a_total counter\na_total -1\n",                                                    // negative counter
+        "# TYPE a gauge\na 1\na 2\n",                                                              // series twice
+        "# TYPE a gauge\na{x=\"1} 2\n",                                                            // unterminated label
+        "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\n",                              // family split
+        "# TYPE a gauge\nb 1\n", // sample of another family
         "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 0\nh_count 1\n", // not cumulative
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 0\nh_count 1\n", // no +Inf
-        "# TYPE a gauge\na 1",                                        // no final newline
-        "# TYPE a gauge\na one\n",                                    // bad value
+        "# TYPE a gauge\na 1",   // no final newline
+        "# TYPE a gauge\na one\n", // bad value
     ] {
         assert!(parse(bad, Dialect::Prometheus).is_err(), "accepted: {bad:?}");
     }
     let om = "# TYPE a counter\na_total 3\n# EOF\n";
     assert_eq!(parse(om, Dialect::OpenMetrics).unwrap().value("a_total"), 3.0);
     assert!(parse("# TYPE a counter\na_total 3\n", Dialect::OpenMetrics).is_err(), "no EOF");
+}
+
+#[test]
+fn a_registration_refused_for_security_is_counted_by_its_cause() {
+    let r = Registrar::start_with_args("epoll", 1, "11223344", "127.0.0.1:0", "", &["--metrics", "127.0.0.1:0"]);
+    let m = r.metrics_addr();
+    let before = prom::settled(m);
+    let mut c = r.client();
+    // The default check (`source`): a PE on loopback may not register an address elsewhere.
+    let elsewhere = TransportRepr::new(TransportProtocol::Tcp, "192.0.2.7".parse().unwrap(), 7001);
+    assert_eq!(
+        c.register("guarded", pe(1, elsewhere, Policy::RoundRobin, 600_000)),
+        (true, Some(rserpool::wire::CauseCode::REJECTED_SECURITY))
+    );
+    assert_eq!(c.register("guarded", pe(2, tcp(7002), Policy::RoundRobin, 600_000)), (false, None));
+    let after = prom::settled(m);
+    let d = |name: &str| delta(&before, &after, name, &[]);
+    assert_eq!(d("rserpool_registrations_refused_security_total"), 1.0);
+    assert_eq!(d("rserpool_registrations_rejected_total"), 1.0);
+    assert_eq!(d("rserpool_registrations_total"), 1.0);
+    assert_eq!(delta(&before, &after, "rserpool_asap_errors_total", &[("cause", "rejected_security")]), 1.0);
+    assert_eq!(after.sum("rserpool_asap_errors_total") - before.sum("rserpool_asap_errors_total"), 1.0);
+    // Plaintext only: no TLS handshakes, none failed.
+    assert_eq!(after.sum("rserpool_tls_handshakes_total") + after.sum("rserpool_tls_failures_total"), 0.0);
+    drop(c);
+    assert!(r.terminate().success());
+}
+
+/// Short ENRP timers (as tests/enrp.rs) so that a death and its takeover happen within a
+/// second.
+const ENRP_TIMERS: &str = "[timers]
+peer_heartbeat = 100
+max_time_last_heard = 400
+max_time_no_response = 200
+takeover_expiry = 2000
+mentor_discovery = 300
+peer_reconnect = 100
+keep_alive_interval = 200
+keep_alive_timeout = 5000
+";
+
+#[test]
+fn two_registrars_count_their_handle_updates_audits_and_the_takeover() {
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (pa, pb) = (port(0), port(1));
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let a = Registrar::start_with_args("epoll", 2, "aaaa0001", &format!("127.0.0.1:{pa}"), ENRP_TIMERS, &metrics);
+    let config_b = format!("peers = [\"127.0.0.1:{pa}\"]\n{ENRP_TIMERS}");
+    let b = Registrar::start_with_args("epoll", 2, "bbbb0002", &format!("127.0.0.1:{pb}"), &config_b, &metrics);
+    let (ma, mb) = (a.metrics_addr(), b.metrics_addr());
+    let meshed = |m| {
+        let e = prom::scrape(m);
+        e.get("rserpool_enrp_peers", &[("state", "connected")]) == Some(1.0)
+            && e.value("rserpool_enrp_consistent") == 1.0
+    };
+    eventually("both registrars see each other and are consistent", || meshed(ma) && meshed(mb));
+    let (a0, b0) = (prom::settled(ma), prom::settled(mb));
+
+    // At A: three PEs, one re-registered, one deregistered; at B: one PE.
+    let mut at_a = a.client();
+    for id in [1, 2, 3, 1] {
+        assert_eq!(at_a.register("pool-m", pe(id, tcp(7000 + id as u16), Policy::RoundRobin, -1)), (false, None));
+    }
+    at_a.send(&handle_and_id(rserpool::wire::asap::MessageType::Deregistration, b"pool-m", 2));
+    at_a.recv();
+    let mut at_b = b.client();
+    assert_eq!(at_b.register("pool-n", pe(9, tcp(7009), Policy::RoundRobin, -1)), (false, None));
+    let ids = |r: &Registrar, pool: &str| {
+        let mut v: Vec<u32> = r.client().resolve(pool, Some(16)).unwrap_or_default().iter().map(|p| p.pe_id).collect();
+        v.sort_unstable();
+        v
+    };
+    eventually("each registrar has learnt the other's PEs", || ids(&b, "pool-m") == [1, 3] && ids(&a, "pool-n") == [9]);
+    let (a1, b1) = (prom::settled(ma), prom::settled(mb));
+    let d = |x: &Exposition, y: &Exposition, name: &str| delta(x, y, name, &[]);
+    // Every change made at one is announced once and received once by the other.
+    let sent_a = d(&a0, &a1, "rserpool_enrp_updates_sent_total");
+    assert_eq!(sent_a, 5.0, "3 registrations, a re-registration, a deregistration");
+    assert_eq!(d(&b0, &b1, "rserpool_enrp_updates_received_total"), sent_a);
+    assert_eq!(d(&b0, &b1, "rserpool_enrp_updates_sent_total"), 1.0);
+    assert_eq!(d(&a0, &a1, "rserpool_enrp_updates_received_total"), 1.0);
+    assert_eq!((a1.value("rserpool_pes_owned"), a1.value("rserpool_pes_learnt")), (2.0, 1.0));
+    assert_eq!((b1.value("rserpool_pes_owned"), b1.value("rserpool_pes_learnt")), (1.0, 2.0));
+    for e in [&a1, &b1] {
+        assert_eq!(e.value("rserpool_enrp_refused_peers_total"), 0.0, "loopback peers are admitted");
+        assert_eq!(e.value("rserpool_pe_id_collisions_total"), 0.0);
+        assert_eq!(e.value("rserpool_enrp_bad_messages_total"), 0.0);
+    }
+    // Heartbeats carry checksums: audits go on while the mesh is idle.
+    eventually("A audits B", || {
+        prom::scrape(ma).value("rserpool_enrp_audits_total") > a1.value("rserpool_enrp_audits_total")
+    });
+
+    // B dies: A declares it lost and takes its PE over.
+    b.kill();
+    eventually("A has taken over B's PE", || {
+        let e = prom::scrape(ma);
+        e.value("rserpool_enrp_takeovers_total") == a1.value("rserpool_enrp_takeovers_total") + 1.0
+            && e.value("rserpool_pes_taken_over_total") == a1.value("rserpool_pes_taken_over_total") + 1.0
+    });
+    let a2 = prom::settled(ma);
+    assert_eq!(d(&a1, &a2, "rserpool_enrp_peers_lost_total"), 1.0);
+    assert_eq!(a2.get("rserpool_enrp_peers", &[("state", "connected")]), Some(0.0));
+    assert_eq!(a2.sum("rserpool_enrp_peers"), 0.0, "a lost peer is forgotten");
+    assert_eq!((a2.value("rserpool_pes_owned"), a2.value("rserpool_pes_learnt")), (3.0, 0.0));
+    prom::promtool_check(&prom::get(ma, "/metrics", None).2);
+    drop(at_a);
+    drop(at_b);
+    assert!(a.terminate().success());
 }

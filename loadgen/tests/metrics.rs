@@ -1,11 +1,12 @@
 //! The registrar's `/metrics` during a loadgen run: an in-process registrar (two shards, so that
 //! requests cross between them) with its metrics endpoint, a bounded open-loop run of
-//! resolutions and registration churn, and the counters before and after. They must have moved
+//! resolutions and registration churn scraped all through (valid text, no counter going back),
+//! and the counters before and after. They must have moved
 //! by exactly the requests loadgen sent, by type; the text must be valid Prometheus text. The
 //! run is bounded by a request count; waits are bounded polls; nothing asserts on time.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,8 +92,32 @@ fn a_loadgen_run_moves_the_counters_by_exactly_the_requests_sent() {
     assert_eq!(before.value("rserpool_pes_owned"), holder.pes as f64);
     let accepted = before.sum("rserpool_connections_accepted_total");
 
+    // Scrapes all through the run: each one valid, no counter going back.
+    let done = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut last = prom::scrape(m);
+            let mut scrapes = 1u32;
+            while !done.load(Ordering::Relaxed) {
+                let now = prom::scrape(m);
+                for name in
+                    ["rserpool_resolutions_total", "rserpool_registrations_total", "rserpool_asap_messages_total"]
+                {
+                    assert!(now.sum(name) >= last.sum(name), "{name} went back");
+                }
+                last = now;
+                scrapes += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            scrapes
+        })
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let r = run::run(&run_config(addr), &plan, &stop).unwrap();
+    done.store(true, Ordering::Relaxed);
+    let scrapes = scraper.join().expect("every scrape during the run was valid");
+    eprintln!("{scrapes} scrapes during the run");
     assert_eq!(r.error_total(), 0, "{:?}", r.errors);
     assert_eq!(r.completed, REQUESTS);
     let op = |name: &str| r.ops.get(name).and_then(|v| v.as_u64()).unwrap_or(0) as f64;

@@ -208,23 +208,24 @@ fn asap(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
         "type",
         MessageKind::ALL.iter().map(|k| (k.label(), t.messages[k.index()])),
     )?;
-    let mut m = out.0.encode_descriptor(
-        "asap_request_duration",
-        "Time to handle one ASAP request on its pool's shard, by type; one request in N is timed (docs/METRICS.md).",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
-    for k in MessageKind::ALL {
-        let h = &t.latency[k.index()];
-        let labels = [("type", k.label())];
-        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-            h.sum_ns() as f64 / 1e9,
-            h.count(),
-            &h.buckets_seconds(),
-            None,
+    {
+        let mut m = out.0.encode_descriptor(
+            "asap_request_duration",
+            "Time to handle one ASAP request on its pool's shard, by type; one request in N is timed (docs/METRICS.md).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
         )?;
+        for k in MessageKind::ALL {
+            let h = &t.latency[k.index()];
+            let labels = [("type", k.label())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                h.sum_ns() as f64 / 1e9,
+                h.count(),
+                &h.buckets_seconds(),
+                None,
+            )?;
+        }
     }
-    drop(m);
     let new = a.registrations.saturating_sub(a.reregistrations);
     out.counter("registrations", "Registrations accepted that added a pool element.", new)?;
     out.counter("reregistrations", "Registrations accepted of a pool element already registered.", a.reregistrations)?;
@@ -232,6 +233,11 @@ fn asap(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
         "registrations_rejected",
         "Registrations rejected (any cause; see asap_errors_total).",
         a.registrations_rejected,
+    )?;
+    out.counter(
+        "registrations_refused_security",
+        "Registrations refused because the connection may not register those addresses (cause 0xA).",
+        a.security_refusals,
     )?;
     out.counter("deregistrations", "Deregistrations that removed a pool element.", a.deregistrations)?;
     out.counter("resolutions", "Handle resolutions answered from a pool.", a.resolutions)?;
@@ -245,11 +251,7 @@ fn asap(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
     )?;
     out.counter("asap_bad_messages", "ASAP messages refused as malformed or of an unknown type.", a.bad_messages)?;
     out.counter("keep_alives_sent", "Endpoint Keep Alives sent to pool elements.", a.keep_alives_sent)?;
-    out.counter(
-        "keep_alive_failures",
-        "Pool elements removed for not answering a keep-alive.",
-        a.keep_alive_failures,
-    )?;
+    out.counter("keep_alive_failures", "Pool elements removed for not answering a keep-alive.", a.keep_alive_failures)?;
     out.counter(
         "unreachable_removals",
         "Pool elements removed after MAX-BAD-PE-REPORT unreachable reports.",
@@ -261,7 +263,11 @@ fn asap(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
         "Pool elements removed because the connection they registered over closed.",
         a.connection_losses,
     )?;
-    out.counter("framing_errors", "ASAP connections closed because their stream could not be framed.", a.framing_errors)?;
+    out.counter(
+        "framing_errors",
+        "ASAP connections closed because their stream could not be framed.",
+        a.framing_errors,
+    )?;
     out.counter(
         "refusal_closes",
         "ASAP connections closed for registering on after resource refusals.",
@@ -281,8 +287,19 @@ fn enrp(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
     out.counter("enrp_takeovers", "Takeovers of a dead peer's pool elements completed here.", s.takeovers)?;
     out.counter("enrp_peers_lost", "Peers declared dead.", s.peers_lost)?;
     out.counter("enrp_bad_messages", "ENRP messages from peers refused as malformed.", s.bad_messages)?;
-    out.gauge("enrp_peers_known", "Peer registrars known (connected or not).", e.peers_known)?;
-    out.gauge("enrp_peers_connected", "Peer registrars connected now.", e.peers_connected)?;
+    out.counter(
+        "enrp_refused_peers",
+        "ENRP connections refused because their source is not an admitted peer.",
+        s.refused_peers,
+    )?;
+    let disconnected = e.peers_known.saturating_sub(e.peers_connected);
+    out.family(
+        "enrp_peers",
+        "Peer registrars known, by state.",
+        MetricType::Gauge,
+        "state",
+        [("connected", e.peers_connected), ("disconnected", disconnected)],
+    )?;
     out.gauge("enrp_consistent", "1 once the handle table is consistent with the mesh, 0 while joining.", e.consistent)
 }
 
@@ -298,7 +315,9 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
         |x| x.rejected,
     )?;
     out.per_shard("outbound_connects", "Outbound connections started.", Counter, s, |x| x.connects)?;
-    out.per_shard("outbound_connect_failures", "Outbound connections that failed.", Counter, s, |x| x.connect_failures)?;
+    out.per_shard("outbound_connect_failures", "Outbound connections that failed.", Counter, s, |x| {
+        x.connect_failures
+    })?;
     out.per_shard(
         "read_pauses",
         "Times a connection stopped being read because its unsent answers reached max_send_queue.",
@@ -313,13 +332,9 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
         s,
         |x| x.send_queue_aborts,
     )?;
-    out.per_shard(
-        "oversize_closes",
-        "Connections closed for a message beyond max_message_size.",
-        Counter,
-        s,
-        |x| x.oversize_closes,
-    )?;
+    out.per_shard("oversize_closes", "Connections closed for a message beyond max_message_size.", Counter, s, |x| {
+        x.oversize_closes
+    })?;
     out.per_shard("stale_drops", "Sends or closes for connections already gone.", Counter, s, |x| x.stale_drops)?;
     out.per_shard(
         "cross_shard_spilled",
@@ -342,6 +357,16 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
         s,
         |x| x.hold_expiries,
     )?;
+    out.per_shard("tls_handshakes", "TLS handshakes completed (accepted and dialled).", Counter, s, |x| {
+        x.tls_handshakes
+    })?;
+    out.per_shard(
+        "tls_failures",
+        "TLS connections closed for a TLS failure (refused certificate, protocol error, handshake timeout).",
+        Counter,
+        s,
+        |x| x.tls_failures,
+    )?;
     out.per_shard(
         "cross_shard_overflow_high_water",
         "Most cross-shard records waiting in a shard's overflow lists at once.",
@@ -358,3 +383,105 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
     )
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrp::EnrpStats;
+    use crate::metrics::hub::EnrpSnapshot;
+
+    /// The value of the sample line that starts with `series ` (name and labels as written).
+    fn sample(text: &str, series: &str) -> u64 {
+        let line = text.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+        let line = line.unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn every_counter_is_exported_under_its_documented_name() {
+        let hub = Arc::new(MetricsHub::new(2));
+        let budgets = Arc::new(Budgets::default());
+        budgets.pes.take(5);
+        budgets.peer_pes.take(6);
+        budgets.pools.take(2);
+        {
+            let mut s = hub.try_slot(1).unwrap();
+            s.asap = Stats {
+                registrations: 10,
+                reregistrations: 3,
+                registrations_rejected: 4,
+                resource_refusals: 1,
+                deregistrations: 5,
+                resolutions: 6,
+                unknown_pool: 7,
+                keep_alives_sent: 8,
+                keep_alive_failures: 9,
+                expired: 11,
+                unreachable_removed: 12,
+                connection_losses: 13,
+                bad_messages: 14,
+                framing_errors: 15,
+                refusal_closes: 16,
+                collisions: 17,
+                taken_over: 18,
+                security_refusals: 19,
+                errors: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 19],
+            };
+            s.enrp = Some(EnrpSnapshot {
+                stats: EnrpStats {
+                    updates_sent: 21,
+                    updates_received: 22,
+                    audits: 23,
+                    mismatches: 24,
+                    takeovers: 25,
+                    peers_lost: 26,
+                    bad_messages: 27,
+                    refused_peers: 28,
+                },
+                peers_known: 3,
+                peers_connected: 2,
+                consistent: 1,
+            });
+            s.connections = 30;
+        }
+        let text = Exporter::new(0x1122_3344, hub, budgets, None).render(Format::Prometheus);
+        for (series, v) in [
+            ("rserpool_registrations_total", 7),
+            ("rserpool_reregistrations_total", 3),
+            ("rserpool_registrations_rejected_total", 4),
+            ("rserpool_registrations_refused_security_total", 19),
+            ("rserpool_asap_errors_total{cause=\"rejected_security\"}", 19),
+            ("rserpool_deregistrations_total", 5),
+            ("rserpool_resolutions_total", 6),
+            ("rserpool_resolutions_unknown_pool_total", 7),
+            ("rserpool_keep_alives_sent_total", 8),
+            ("rserpool_keep_alive_failures_total", 9),
+            ("rserpool_expirations_total", 11),
+            ("rserpool_unreachable_removals_total", 12),
+            ("rserpool_connection_loss_removals_total", 13),
+            ("rserpool_asap_bad_messages_total", 14),
+            ("rserpool_framing_errors_total", 15),
+            ("rserpool_refusal_closes_total", 16),
+            ("rserpool_pe_id_collisions_total", 17),
+            ("rserpool_pes_taken_over_total", 18),
+            ("rserpool_enrp_updates_sent_total", 21),
+            ("rserpool_enrp_updates_received_total", 22),
+            ("rserpool_enrp_audits_total", 23),
+            ("rserpool_enrp_audit_mismatches_total", 24),
+            ("rserpool_enrp_takeovers_total", 25),
+            ("rserpool_enrp_peers_lost_total", 26),
+            ("rserpool_enrp_bad_messages_total", 27),
+            ("rserpool_enrp_refused_peers_total", 28),
+            ("rserpool_enrp_peers{state=\"connected\"}", 2),
+            ("rserpool_enrp_peers{state=\"disconnected\"}", 1),
+            ("rserpool_enrp_consistent", 1),
+            ("rserpool_pes_owned", 5),
+            ("rserpool_pes_learnt", 6),
+            ("rserpool_pools", 2),
+            ("rserpool_connections{shard=\"0\"}", 0),
+            ("rserpool_connections{shard=\"1\"}", 30),
+            ("rserpool_server{server_id=\"0x11223344\"}", 1),
+        ] {
+            assert_eq!(sample(&text, series), v, "{series}");
+        }
+    }
+}

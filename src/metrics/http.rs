@@ -41,9 +41,8 @@ impl MetricsServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(&listener, &exporter, &flag))?;
+        let thread =
+            std::thread::Builder::new().name("metrics".into()).spawn(move || serve(&listener, &exporter, &flag))?;
         Ok(Self { addr, stop, thread: Some(thread) })
     }
 
@@ -121,9 +120,9 @@ fn parse_head(head: &str) -> Option<Request> {
         return None;
     }
     let path = target.split('?').next().unwrap_or(target);
-    let accept = lines.filter_map(|l| l.split_once(':')).find_map(|(name, value)| {
-        name.trim().eq_ignore_ascii_case("accept").then(|| value.trim().to_string())
-    });
+    let accept = lines
+        .filter_map(|l| l.split_once(':'))
+        .find_map(|(name, value)| name.trim().eq_ignore_ascii_case("accept").then(|| value.trim().to_string()));
     Some(Request { method: method.into(), path: path.into(), accept })
 }
 
@@ -188,8 +187,9 @@ mod tests {
 
     #[test]
     fn request_heads_parse_to_method_path_and_accept() {
-        let r = parse_head("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nACCEPT: application/openmetrics-text;version=1.0.0")
-            .unwrap();
+        let r =
+            parse_head("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nACCEPT: application/openmetrics-text;version=1.0.0")
+                .unwrap();
         assert_eq!(r.method, "GET");
         assert_eq!(r.path, "/metrics");
         assert_eq!(Format::negotiate(r.accept.as_deref()), Format::OpenMetrics);

@@ -145,7 +145,9 @@ fn belongs(dialect: Dialect, kind: &str, family: &str, name: &str) -> bool {
     let suffix = name.strip_prefix(family);
     match (kind, suffix) {
         (_, None) => false,
-        ("histogram", Some(s)) => ["_bucket", "_sum", "_count"].contains(&s) || (s == "_created" && dialect == Dialect::OpenMetrics),
+        ("histogram", Some(s)) => {
+            ["_bucket", "_sum", "_count"].contains(&s) || (s == "_created" && dialect == Dialect::OpenMetrics)
+        }
         ("summary", Some(s)) => ["", "_sum", "_count"].contains(&s),
         ("counter", Some(s)) if dialect == Dialect::OpenMetrics => s == "_total" || s == "_created",
         (_, Some(s)) => s.is_empty(),
@@ -253,7 +255,9 @@ pub fn parse(text: &str, dialect: Dialect) -> Result<Exposition, String> {
         if !belongs(dialect, &fam.kind, &family, name) {
             return Err(at(format!("sample {name} is not of the {} family {family}", fam.kind)));
         }
-        if (fam.kind == "counter" || name.ends_with("_count") || name.ends_with("_bucket")) && !(value >= 0.0) {
+        if (fam.kind == "counter" || name.ends_with("_count") || name.ends_with("_bucket"))
+            && (value.is_nan() || value < 0.0)
+        {
             return Err(at("negative or NaN count".into()));
         }
         if !series.insert((name.to_string(), labels.clone())) {
@@ -275,11 +279,13 @@ pub fn parse(text: &str, dialect: Dialect) -> Result<Exposition, String> {
     Ok(exp)
 }
 
+/// One histogram series: its (le, count) buckets, `_count` and `_sum`.
+type HistogramSeries = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+
 /// Buckets cumulative, `le` increasing and ending at `+Inf`, which equals `_count`; one
 /// `_sum` and `_count` per series.
 fn check_histogram(name: &str, fam: &Family) -> Result<(), String> {
-    let mut by_series: BTreeMap<BTreeMap<String, String>, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> =
-        BTreeMap::new();
+    let mut by_series: BTreeMap<BTreeMap<String, String>, HistogramSeries> = BTreeMap::new();
     for s in &fam.samples {
         let mut key = s.labels.clone();
         let le = key.remove("le");
@@ -301,7 +307,7 @@ fn check_histogram(name: &str, fam: &Family) -> Result<(), String> {
             return Err(format!("{what}: the last bucket is not +Inf = _count"));
         }
         for w in buckets.windows(2) {
-            if !(w[0].0 < w[1].0) || w[0].1 > w[1].1 {
+            if w[0].0 >= w[1].0 || w[0].0.is_nan() || w[1].0.is_nan() || w[0].1 > w[1].1 {
                 return Err(format!("{what}: buckets not increasing and cumulative: {w:?}"));
             }
         }
@@ -368,8 +374,12 @@ pub fn settled(addr: std::net::SocketAddr) -> Exposition {
 pub fn promtool_check(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let Ok(mut child) =
-        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
     else {
         eprintln!("promtool not installed: the exposition is checked by the test's own reader only");
         return;

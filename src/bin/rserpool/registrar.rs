@@ -44,8 +44,9 @@ pub struct RegistrarArgs {
     /// I/O engine [config: engine; default auto = io_uring where allowed, else epoll].
     #[arg(long, value_enum)]
     pub engine: Option<EngineArg>,
-    /// Log filter, e.g. `info`, `debug`, `rserpool=debug` [config: log; env RUST_LOG wins].
-    #[arg(long, value_name = "FILTER")]
+    /// Log level or filter, e.g. `warn`, `info`, `debug`, `rserpool=debug` [config: log;
+    /// default info: nothing per request; env RUST_LOG wins].
+    #[arg(long, visible_alias = "log-level", value_name = "FILTER")]
     pub log: Option<String>,
     /// How a registration's addresses are checked against its connection: `source` (the
     /// connection's address must be one of the PE's), `allowlist` (every address inside
@@ -62,7 +63,8 @@ pub struct RegistrarArgs {
     /// Log line format [config: log_format; default text].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
-    /// Serve Prometheus metrics at http://ADDR/metrics [config: metrics; default off].
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (docs/METRICS.md
+    /// lists them) [config: metrics; default off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Print the effective configuration as TOML and exit.
