@@ -292,6 +292,12 @@ fn enrp(out: &mut Out<'_>, t: &ShardSnapshot) -> fmt::Result {
         "ENRP connections refused because their source is not an admitted peer.",
         s.refused_peers,
     )?;
+    out.counter("enrp_discovered", "Registrars heard by multicast Presence and dialled.", s.discovered)?;
+    out.counter(
+        "enrp_discovered_refused",
+        "Registrars heard by multicast Presence but not dialled: their address is not admitted.",
+        s.discovered_refused,
+    )?;
     let disconnected = e.peers_known.saturating_sub(e.peers_connected);
     out.family(
         "enrp_peers",
@@ -436,6 +442,8 @@ mod tests {
                     peers_lost: 26,
                     bad_messages: 27,
                     refused_peers: 28,
+                    discovered: 29,
+                    discovered_refused: 31,
                 },
                 peers_known: 3,
                 peers_connected: 2,
@@ -471,6 +479,8 @@ mod tests {
             ("rserpool_enrp_peers_lost_total", 26),
             ("rserpool_enrp_bad_messages_total", 27),
             ("rserpool_enrp_refused_peers_total", 28),
+            ("rserpool_enrp_discovered_total", 29),
+            ("rserpool_enrp_discovered_refused_total", 31),
             ("rserpool_enrp_peers{state=\"connected\"}", 2),
             ("rserpool_enrp_peers{state=\"disconnected\"}", 1),
             ("rserpool_enrp_consistent", 1),
