@@ -52,8 +52,8 @@ impl UpdateEncoder {
                 pe.id,
                 self.me,
                 pe.registration_life,
-                pe.wire_body(),
-                pe.asap_transport.as_deref(),
+                pe.wire_body_with_asap(),
+                None,
             )
         });
     }
@@ -248,8 +248,8 @@ impl EnrpShard {
                 end += 1;
                 continue;
             };
-            let mut add = (16 + pe.wire_body().len() + pe.asap_transport.as_ref().map_or(0, |t| t.encoded_len()))
-                .next_multiple_of(4);
+            // The stored parameters (user transport, policy, ASAP transport) are whole TLVs.
+            let mut add = 16 + pe.wire_body_with_asap().len();
             if current != Some(pool) {
                 add += 4 + hs.pool(pool).map_or(0, |pl| pl.handle().len()).next_multiple_of(4);
             }
@@ -274,8 +274,8 @@ impl EnrpShard {
                         pe.id,
                         pe.home,
                         pe.registration_life,
-                        pe.wire_body(),
-                        pe.asap_transport.as_deref(),
+                        pe.wire_body_with_asap(),
+                        None,
                     );
                 }
             });

@@ -386,18 +386,18 @@ fn least_used_with_degradation_degrades_after_selection() {
     assert_eq!(resolve_ids(&mut hs, 2), [2, 1]);
     assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
     let a = hs.lookup(b"pool", 1).unwrap();
-    assert_eq!(hs.pe(a).unwrap().degradation, 200);
+    assert_eq!(hs.pe_degradation(a).unwrap(), 200);
     assert_eq!(resolve_ids(&mut hs, 1), [2]);
     // Re-registration resets the degradation: A is back to 100 and first.
     hs.register(reg(b"pool", 1, lud(100), conn(1)), Time::ZERO).unwrap();
-    assert_eq!(hs.pe(a).unwrap().degradation, 0);
+    assert_eq!(hs.pe_degradation(a).unwrap(), 0);
     assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
     // Degradation saturates.
     let mut hs = self::hs();
     pool_of(&mut hs, 1, |_| Policy::LeastUsedDegradation { load: u32::MAX - 5, degradation: u32::MAX });
     resolve_ids(&mut hs, 1);
     resolve_ids(&mut hs, 1);
-    assert_eq!(hs.pe(hs.lookup(b"pool", 1).unwrap()).unwrap().degradation, u32::MAX);
+    assert_eq!(hs.pe_degradation(hs.lookup(b"pool", 1).unwrap()).unwrap(), u32::MAX);
     hs.validate().unwrap();
 }
 
@@ -426,7 +426,7 @@ fn max_increment_counts_the_head_of_a_response() {
     let mut hs = Handlespace::new(HandlespaceConfig { max_increment: 2, ..HandlespaceConfig::default() }, Time::ZERO);
     pool_of(&mut hs, 3, |_| Policy::LeastUsedDegradation { load: 0, degradation: 10 });
     assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
-    let deg: Vec<u32> = (1..=3).map(|id| hs.pe(hs.lookup(b"pool", id).unwrap()).unwrap().degradation).collect();
+    let deg: Vec<u32> = (1..=3).map(|id| hs.pe_degradation(hs.lookup(b"pool", id).unwrap()).unwrap()).collect();
     assert_eq!(deg, [10, 10, 0]);
 }
 
@@ -578,11 +578,11 @@ fn asap_transport_is_stored() {
     let mut r = reg(b"p", 1, Policy::RoundRobin, conn(1));
     r.asap_transport = Some(TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 3863));
     let k = hs.register(r.clone(), Time::ZERO).unwrap().pe;
-    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3863));
+    assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3863));
     r.asap_transport.as_mut().unwrap().port = 3864;
     hs.register(r.clone(), Time::ZERO).unwrap();
-    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3864));
+    assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3864));
     r.asap_transport = None;
     hs.register(r, Time::ZERO).unwrap();
-    assert_eq!(hs.pe(k).unwrap().asap_transport, None);
+    assert_eq!(hs.pe(k).unwrap().asap_transport(), None);
 }
