@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, PoolKey, Registration};
+use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, Registration};
 use rserpool::service::ConnId;
 use rserpool::time::Time;
 use rserpool::wire::policy::{Policy, PolicyType};
@@ -61,20 +61,22 @@ fn conn(i: usize) -> Option<ConnId> {
 /// them (each chunk ends by reading its last PE's handle and id, as rsplib's does); returns how
 /// many were walked.
 fn walk(hs: &Handlespace, owner: u32, chunk: usize) -> usize {
-    // Before the grouped owner index: collect the owner's PEs with their pools and sort.
-    let mut keys: Vec<(PoolKey, PeKey)> =
-        hs.owner_pes(owner).map(|k| (hs.pe_pool(k).expect("live"), k)).collect();
-    keys.sort_unstable_by_key(|e| e.0);
+    let mut keys: Vec<PeKey> = Vec::new();
+    hs.owner_pes_by_pool(owner, &mut keys);
     let mut total = 0;
-    let mut batch: Vec<PeKey> = Vec::with_capacity(chunk);
     for c in keys.chunks(chunk) {
-        batch.clear();
-        batch.extend(c.iter().map(|e| e.1));
-        let last = *batch.last().expect("non-empty chunk");
+        let last = *c.last().expect("non-empty chunk");
         black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));
-        total += batch.len();
+        total += c.len();
     }
     total
+}
+
+/// Resident set size of this process (Linux), kB.
+fn rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn main() {
@@ -90,7 +92,13 @@ fn main() {
         std::process::exit(1);
     };
 
-    let config = HandlespaceConfig { max_pes_per_connection: 1 << 20, max_increment: 1, ..HandlespaceConfig::default() };
+    let config = HandlespaceConfig {
+        max_pes: 1 << 26,
+        max_pes_per_pool: 1 << 26,
+        max_pes_per_connection: 1 << 20,
+        max_increment: 1,
+        ..HandlespaceConfig::default()
+    };
     let mut hs = Handlespace::new(config, Time::ZERO);
     let handles: Vec<Vec<u8>> = (0..pools).map(|i| format!("Pool-{i}").into_bytes()).collect();
     let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
@@ -116,6 +124,7 @@ fn main() {
     }
     let s = t0.elapsed().as_secs_f64();
     println!("{pol:<12} N={n:<7} pools={pools:<5} register      {:10.0} ops/s", n as f64 / s);
+    eprintln!("{pol:<12} N={n:<7} pools={pools:<5} RSS after fill {} kB, fill {s:.3} s", rss_kb());
 
     let mut rng = fastrand::Rng::with_seed(1);
     let t0 = Instant::now();

@@ -8,8 +8,8 @@
 use core::ops::{Index, IndexMut};
 
 use super::element::{PeSlot, NIL};
-use super::wheel::TimerSlots;
 use super::wheel::TimerLink;
+use super::wheel::TimerSlots;
 
 const PAGE_BITS: u32 = 12;
 const PAGE: usize = 1 << PAGE_BITS;

@@ -93,7 +93,9 @@ impl Conns {
                         return;
                     }
                     // Grow by at least half, so that filling slot by slot stays amortized O(1).
+                    // (reserve_exact: `resize` alone would double the capacity on top.)
                     let len = (slot + 1).max(table.len() + table.len() / 2).min(DIRECT_SLOTS);
+                    table.reserve_exact(len - table.len());
                     table.resize(len, ConnEntry::FREE);
                 }
                 table[slot] = e;

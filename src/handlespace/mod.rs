@@ -689,6 +689,50 @@ impl Handlespace {
         self.list_iter(head, List::Owner)
     }
 
+    /// Fills `out` with the PEs whose home is `owner`, grouped by pool (pools in slab order,
+    /// each group in the owner list's order), as an ENRP Handle Table export sends them: one
+    /// Pool Handle per group. One pass over the owner's list, then a counting sort by pool
+    /// (O(their number + pools); a comparison sort when they are few next to the pools).
+    pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
+        out.clear();
+        let Some(o) = self.owners.map.get(&owner) else { return };
+        out.reserve(o.count as usize);
+        let mut pools: Vec<u32> = Vec::with_capacity(o.count as usize);
+        let mut index = o.head;
+        while index != NIL {
+            let slot = &self.pes[index];
+            out.push(slot.key(index));
+            pools.push(slot.pool);
+            index = slot.owner_link.next;
+        }
+        let first = pools.first().copied().unwrap_or(0);
+        if pools.iter().all(|&p| p == first) {
+            return;
+        }
+        let capacity = self.pools.capacity();
+        if out.len() < capacity / 4 {
+            let mut pairs: Vec<(u32, PeKey)> = pools.into_iter().zip(out.iter().copied()).collect();
+            pairs.sort_by_key(|e| e.0);
+            out.clear();
+            out.extend(pairs.into_iter().map(|e| e.1));
+            return;
+        }
+        let mut starts = vec![0u32; capacity + 1];
+        for &p in &pools {
+            starts[p as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut sorted = vec![PeKey::default(); out.len()];
+        for (&p, &key) in pools.iter().zip(out.iter()) {
+            let at = &mut starts[p as usize];
+            sorted[*at as usize] = key;
+            *at += 1;
+        }
+        *out = sorted;
+    }
+
     /// Every owner holding at least one PE, with its PE count.
     pub fn owners(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
         self.owners.map.iter().map(|(&id, o)| (id, o.count as usize))

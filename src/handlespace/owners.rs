@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::checksum::PeChecksum;
 use super::arena::Arena;
+use super::checksum::PeChecksum;
 use super::element::{list_push, list_remove, List, NIL};
 
 /// What the handlespace knows about one owner.

@@ -556,6 +556,36 @@ fn owner_checksums_match_index_md() {
 }
 
 #[test]
+fn owner_pes_by_pool_groups_in_list_order() {
+    // Many PEs over few pools (the counting sort) and few PEs over many pools (the comparison
+    // sort) give what the owner list stably sorted by pool gives; other owners' PEs are left out.
+    for (pools, per_pool) in [(7u32, 40u32), (400, 1)] {
+        let mut hs = hs();
+        let handles: Vec<Vec<u8>> = (0..pools).map(|p| format!("pool-{p}").into_bytes()).collect();
+        for id in 1..=per_pool {
+            for (i, h) in handles.iter().enumerate().rev() {
+                let mut r = reg(h, id, Policy::RoundRobin, None);
+                r.home = if (id + i as u32) % 5 == 0 { PEER } else { ME };
+                hs.register(r, Time::ZERO).unwrap();
+            }
+        }
+        // A pool slot freed and reused, so slab order differs from creation order.
+        let gone = hs.lookup(&handles[0], 1).unwrap();
+        hs.remove(gone);
+        for owner in [ME, PEER] {
+            let mut naive: Vec<PeKey> = hs.owner_pes(owner).collect();
+            naive.sort_by_key(|k| hs.pe_pool(*k));
+            let mut grouped = vec![PeKey::default()];
+            hs.owner_pes_by_pool(owner, &mut grouped);
+            assert_eq!(grouped, naive, "{pools} pools");
+        }
+    }
+    let mut out = vec![PeKey::default()];
+    hs().owner_pes_by_pool(ME, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
 fn stale_keys_are_detected() {
     let mut hs = hs();
     let k = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
