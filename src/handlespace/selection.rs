@@ -186,6 +186,8 @@ impl Selector {
     }
 
     /// Takes a sequence number of an ordered index, renumbering first if they are used up.
+    // `>=`: SEQ_LIMIT is u32::MAX only outside unit tests (there it is small).
+    #[allow(clippy::absurd_extreme_comparisons)]
     fn next_seq<K: Copy + Ord>(
         next_seq: &mut u32,
         index: &mut OrdIndex<K>,
