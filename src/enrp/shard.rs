@@ -261,14 +261,7 @@ impl EnrpShard {
                         current = Some(pool);
                         w.tlv_bytes(ParamType::POOL_HANDLE, hs.pool(pool).map_or(&[][..], |pl| pl.handle()));
                     }
-                    pool_element::emit_encoded(
-                        w,
-                        pe.id,
-                        pe.home,
-                        pe.registration_life,
-                        pe.wire_body_with_asap(),
-                        None,
-                    );
+                    pool_element::emit_encoded(w, pe.id, pe.home, pe.registration_life, pe.wire_body_with_asap(), None);
                 }
             });
         });
