@@ -108,6 +108,12 @@ fn check(hs: &Handlespace) -> Result<(), TestCaseError> {
         let listed: BTreeSet<_> = hs.owner_pes(owner).collect();
         let expected = keys_by_owner.get(&owner).cloned().unwrap_or_default();
         prop_assert_eq!(listed, expected);
+        // Grouped by pool for table exports: the owner list's order, stably sorted by pool.
+        let mut naive: Vec<_> = hs.owner_pes(owner).collect();
+        naive.sort_by_key(|k| hs.pe_pool(*k));
+        let mut grouped = Vec::new();
+        hs.owner_pes_by_pool(owner, &mut grouped);
+        prop_assert_eq!(grouped, naive);
     }
     prop_assert_eq!(hs.owners().count(), by_owner.len());
     Ok(())

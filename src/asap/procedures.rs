@@ -637,7 +637,7 @@ impl Procedures {
                 // selected (the pool lookup is not needed on the usual path).
                 let policy = first.map_or_else(
                     || zero_policy(hs.pool(pool).map_or(PolicyType::ROUND_ROBIN, |p| p.policy_type())),
-                    |pe| pe.policy,
+                    |pe| pe.policy(),
                 );
                 let mut budget = max.saturating_sub(4 + 4 + handle.len().next_multiple_of(4) + policy.encoded_len());
                 let mut w = Writer::with_limit(answer, max);
@@ -712,7 +712,7 @@ impl Procedures {
                             let _ = asap::emit_keep_alive(&mut Writer::new(buf), true, id, handle, pe_id);
                         });
                         self.stats.keep_alives_sent += 1;
-                    } else if let Some(addr) = pe.asap_transport.as_deref().and_then(dialable) {
+                    } else if let Some(addr) = pe.asap_transport().as_ref().and_then(dialable) {
                         // Taken over: reach it over a connection to its ASAP transport (WIRE.md
                         // 7.6). One that cannot be reached fails its keep-alive.
                         self.dial(addr, key, out);

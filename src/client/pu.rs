@@ -448,7 +448,7 @@ fn cached_repr(pe: &crate::handlespace::PoolElement) -> PoolElementRepr {
         home_registrar: pe.home,
         registration_life: pe.registration_life,
         user_transport: pe.user_transport(),
-        policy: PolicyRepr::Known(pe.policy),
+        policy: PolicyRepr::Known(pe.policy()),
         asap_transport: None,
     }
 }

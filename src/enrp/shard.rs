@@ -47,14 +47,7 @@ impl UpdateEncoder {
     fn emit(&mut self, action: UpdateAction, c: &PeChange<'_>) {
         let pe = c.pe;
         let _ = enrp::emit_handle_update(&mut Writer::new(&mut self.updates), self.me, 0, action, c.pool_handle, |w| {
-            pool_element::emit_encoded(
-                w,
-                pe.id,
-                self.me,
-                pe.registration_life,
-                pe.wire_body(),
-                pe.asap_transport.as_deref(),
-            )
+            pool_element::emit_encoded(w, pe.id, self.me, pe.registration_life, pe.wire_body_with_asap(), None)
         });
     }
 }
@@ -222,11 +215,10 @@ impl EnrpShard {
         let hs = p.handlespace();
         if first || !self.exports.contains_key(&requester) {
             let keys: Vec<(PoolKey, PeKey)> = if own_only {
-                let mut keys: Vec<(PoolKey, PeKey)> =
-                    hs.owner_pes(self.me).filter_map(|k| Some((hs.pe_pool(k)?, k))).collect();
                 // Grouped by pool, one Pool Handle per group.
-                keys.sort_unstable_by_key(|e| e.0);
-                keys
+                let mut own = Vec::new();
+                hs.owner_pes_by_pool(self.me, &mut own);
+                own.into_iter().filter_map(|k| Some((hs.pe_pool(k)?, k))).collect()
             } else {
                 // Pool by pool already.
                 hs.pools().flat_map(|(pool, pl)| pl.pes().map(move |k| (pool, k))).collect()
@@ -248,8 +240,8 @@ impl EnrpShard {
                 end += 1;
                 continue;
             };
-            let mut add = (16 + pe.wire_body().len() + pe.asap_transport.as_ref().map_or(0, |t| t.encoded_len()))
-                .next_multiple_of(4);
+            // The stored parameters (user transport, policy, ASAP transport) are whole TLVs.
+            let mut add = 16 + pe.wire_body_with_asap().len();
             if current != Some(pool) {
                 add += 4 + hs.pool(pool).map_or(0, |pl| pl.handle().len()).next_multiple_of(4);
             }
@@ -269,14 +261,7 @@ impl EnrpShard {
                         current = Some(pool);
                         w.tlv_bytes(ParamType::POOL_HANDLE, hs.pool(pool).map_or(&[][..], |pl| pl.handle()));
                     }
-                    pool_element::emit_encoded(
-                        w,
-                        pe.id,
-                        pe.home,
-                        pe.registration_life,
-                        pe.wire_body(),
-                        pe.asap_transport.as_deref(),
-                    );
+                    pool_element::emit_encoded(w, pe.id, pe.home, pe.registration_life, pe.wire_body_with_asap(), None);
                 }
             });
         });

@@ -1,10 +1,16 @@
 //! A pool element (PE) as the handlespace stores it, and the stable key that names it.
+//!
+//! One PE is one 144-byte slot ([`PeSlot`]): the [`PoolElement`] itself (88 bytes: id, home,
+//! life, connection and its parameters as sent on the wire) followed by the links that index it
+//! (owner and connection lists, its lifetime timer, its place in the pool's selection index).
+//! What an answer reads (id, home, life and the encoded parameters) is the first 72 bytes of
+//! the slot; everything else is behind it.
 
 use crate::service::ConnId;
-use crate::wire::policy::Policy;
+use crate::wire::policy::{Policy, PolicyType};
 use crate::wire::transport::TransportRepr;
 
-use super::wheel::TimerKey;
+use super::wheel::{TimerLink, UNARMED};
 
 /// A stable handle to a PE: slab index plus a generation, so a key kept after the PE was removed
 /// (in a timer, a queue) is recognised as stale instead of naming a newer PE. The default key
@@ -15,8 +21,74 @@ pub struct PeKey {
     pub(crate) generation: u32,
 }
 
+/// Bytes of encoded parameters a PE keeps inline (in its slot); longer ones go to the heap.
+/// 53 bytes hold an SCTP transport with two IPv4 legs (24 bytes), a policy with up to one value
+/// (12) and an ASAP transport with one IPv4 address (16); or a TCP transport with one IPv6
+/// address (28), any policy (up to 16) and no ASAP transport.
+pub(crate) const INLINE: usize = 53;
+
+/// The parameters of a PE as sent on the wire, back to back: its user transport, its policy and
+/// (optionally) its ASAP transport. Each is a TLV whose length is a multiple of 4.
+#[derive(Clone)]
+pub(crate) enum Wire {
+    /// `body` bytes of user transport and policy, then `len - body` bytes of ASAP transport.
+    Inline { body: u8, len: u8, bytes: [u8; INLINE] },
+    /// The same, too long to keep inline.
+    Heap { body: u16, bytes: Box<[u8]> },
+}
+
+impl Wire {
+    /// Encodes the parameters (`scratch` avoids an allocation).
+    pub(crate) fn encode(
+        scratch: &mut Vec<u8>,
+        user_transport: &TransportRepr,
+        policy: &Policy,
+        asap_transport: Option<&TransportRepr>,
+    ) -> Self {
+        scratch.clear();
+        crate::wire::pool_element::encode_body(scratch, user_transport, policy);
+        let body = scratch.len();
+        if let Some(t) = asap_transport {
+            crate::wire::transport::emit(&mut crate::wire::Writer::new(scratch), t);
+        }
+        if scratch.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..scratch.len()].copy_from_slice(scratch);
+            Self::Inline { body: body as u8, len: scratch.len() as u8, bytes }
+        } else {
+            // Parameters are limited by the message size (64 KiB), so `body` fits.
+            Self::Heap { body: body as u16, bytes: scratch.as_slice().into() }
+        }
+    }
+
+    /// Every byte: user transport, policy, ASAP transport.
+    pub(crate) fn all(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes, .. } => &bytes[..usize::from(*len)],
+            Self::Heap { bytes, .. } => bytes,
+        }
+    }
+
+    /// User transport and policy.
+    pub(crate) fn body(&self) -> &[u8] {
+        match self {
+            Self::Inline { body, bytes, .. } => &bytes[..usize::from(*body)],
+            Self::Heap { body, bytes } => &bytes[..usize::from(*body)],
+        }
+    }
+
+    /// The ASAP transport's bytes (empty when there is none).
+    pub(crate) fn asap(&self) -> &[u8] {
+        match self {
+            Self::Inline { body, len, bytes } => &bytes[usize::from(*body)..usize::from(*len)],
+            Self::Heap { body, bytes } => &bytes[usize::from(*body)..],
+        }
+    }
+}
+
 /// A pool element: one registration with all its transport legs (WIRE.md section 3.2).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
+#[repr(C)]
 pub struct PoolElement {
     /// PE identifier, chosen by the PE; unique within its pool.
     pub id: u32,
@@ -25,48 +97,89 @@ pub struct PoolElement {
     /// Registration life in milliseconds as stored (capped); negative = no expiry (until
     /// deregistered or its connection drops).
     pub registration_life: i32,
-    /// The user transport and policy parameters as sent on the wire, encoded once per
-    /// (re-)registration: answers copy these bytes instead of encoding them again. Inline up to
-    /// 48 bytes (a TCP or UDP transport with any policy, SCTP with up to three IPv4 legs).
-    pub(crate) wire: smallvec::SmallVec<[u8; 48]>,
-    /// How a registrar reaches the PE's ASAP endpoint, when known. Boxed: rsplib PEs never send
-    /// one, and inline it would cost every PE ~56 bytes.
-    pub asap_transport: Option<Box<TransportRepr>>,
-    /// The PE's selection policy and its values (the pool's policy type).
-    pub policy: Policy,
-    /// Degradation accumulated by selections under Least Used with Degradation; reset to 0 by
-    /// a re-registration. 0 under every other policy.
-    pub degradation: u32,
-    /// Endpoint Unreachable reports received since the last (re-)registration.
-    pub unreachable_reports: u16,
+    /// Generation of its slot (see [`PeKey`]); kept here, next to what answers read.
+    pub(crate) generation: u32,
+    /// The user transport, policy and ASAP transport parameters as sent on the wire, encoded
+    /// once per (re-)registration: answers copy these bytes instead of encoding them again.
+    pub(crate) wire: Wire,
     /// The ASAP connection it registered over; `None` for a PE learnt from a peer registrar.
     pub conn: Option<ConnId>,
+}
+
+impl PartialEq for PoolElement {
+    fn eq(&self, other: &Self) -> bool {
+        (self.id, self.home, self.registration_life, self.conn, self.wire.all())
+            == (other.id, other.home, other.registration_life, other.conn, other.wire.all())
+    }
+}
+
+impl Eq for PoolElement {}
+
+impl core::fmt::Debug for PoolElement {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PoolElement")
+            .field("id", &format_args!("{:#010x}", self.id))
+            .field("home", &format_args!("{:#010x}", self.home))
+            .field("registration_life", &self.registration_life)
+            .field("user_transport", &self.user_transport())
+            .field("policy", &self.policy())
+            .field("asap_transport", &self.asap_transport())
+            .field("conn", &self.conn)
+            .finish()
+    }
 }
 
 impl PoolElement {
     /// How pool users reach the PE: protocol, port and every address (multi-homed legs).
     pub fn user_transport(&self) -> TransportRepr {
         // The bytes were encoded from a valid transport; the fallback is never taken.
-        crate::wire::pool_element::decode_body_transport(&self.wire)
+        crate::wire::pool_element::decode_body_transport(self.wire.body())
             .unwrap_or_else(|| TransportRepr::new(crate::wire::TransportProtocol::Tcp, [0u8; 4].into(), 0))
     }
 
-    /// The user transport and policy parameters exactly as a Pool Element parameter carries
-    /// them (for [`crate::wire::pool_element::emit_encoded`]).
-    pub fn wire_body(&self) -> &[u8] {
-        &self.wire
+    /// How a registrar reaches the PE's ASAP endpoint, when known.
+    pub fn asap_transport(&self) -> Option<TransportRepr> {
+        let asap = self.wire.asap();
+        (!asap.is_empty()).then(|| crate::wire::pool_element::decode_body_transport(asap)).flatten()
     }
 
-    /// Encodes the wire body of a PE with these values (`scratch` avoids an allocation).
-    pub(crate) fn encode(
-        scratch: &mut Vec<u8>,
-        user_transport: &TransportRepr,
-        policy: &Policy,
-    ) -> smallvec::SmallVec<[u8; 48]> {
-        scratch.clear();
-        crate::wire::pool_element::encode_body(scratch, user_transport, policy);
-        smallvec::SmallVec::from_slice(scratch)
+    /// The PE's selection policy and its values (the pool's policy type).
+    pub fn policy(&self) -> Policy {
+        decode_policy(self.wire.body()).unwrap_or(Policy::RoundRobin)
     }
+
+    /// The user transport and policy parameters exactly as a Pool Element parameter carries
+    /// them (for [`crate::wire::pool_element::emit_encoded`]): what a Handle Resolution Response
+    /// lists.
+    pub fn wire_body(&self) -> &[u8] {
+        self.wire.body()
+    }
+
+    /// The user transport, policy and ASAP transport parameters exactly as a Pool Element
+    /// parameter carries them: what ENRP sends (Handle Update, Handle Table Response).
+    pub fn wire_body_with_asap(&self) -> &[u8] {
+        self.wire.all()
+    }
+}
+
+/// The policy in a body made by [`crate::wire::pool_element::encode_body`]: it follows the user
+/// transport, whose length is a multiple of 4.
+pub(crate) fn decode_policy(body: &[u8]) -> Option<Policy> {
+    let at = usize::from(get_u16(body, 2)?);
+    let p = body.get(at..)?;
+    let len = usize::from(get_u16(p, 2)?);
+    let word = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(p.get(i..i + 4)?.try_into().ok()?)) };
+    let t = PolicyType(word(4)?);
+    match len {
+        8 => Policy::from_values(t, &[]),
+        12 => Policy::from_values(t, &[word(8)?]),
+        16 => Policy::from_values(t, &[word(8)?, word(12)?]),
+        _ => None,
+    }
+}
+
+fn get_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
 /// Index meaning "none" in the intrusive lists.
@@ -83,29 +196,64 @@ impl Link {
     pub(crate) const UNLINKED: Self = Self { prev: NIL, next: NIL };
 }
 
-/// The slab entry of a PE: its data plus the links that index it.
-#[derive(Debug)]
+/// The slot of a PE: its data, then the links that index it. A free slot has generation 0 and
+/// holds the next free slot's index in `pool`.
+#[derive(Clone)]
+#[repr(C)]
 pub(crate) struct PeSlot {
     pub(crate) pe: PoolElement,
-    pub(crate) generation: u32,
     /// Slab index of its pool.
     pub(crate) pool: u32,
+    /// Selection state: position in the pool's dense index, or rotation sequence number in an
+    /// ordered one.
+    pub(crate) sel_pos: u32,
+    /// Selection state of the ordered policies: the primary sort key (the WRR pass, or a value
+    /// derived from the policy values and the degradation).
+    pub(crate) sel_key: u64,
     pub(crate) owner_link: Link,
     pub(crate) conn_link: Link,
-    /// Its expiry timer, if its lifetime is finite.
-    pub(crate) timer: Option<TimerKey>,
-    /// Length of its connection's PE list, valid only at the head of that list (uses what
-    /// would be padding).
-    pub(crate) conn_count: u32,
-    /// Selection state: the ordered index's primary key (or WRR pass); unused by dense policies.
-    pub(crate) sel_primary: u64,
-    /// Selection state: rotation sequence number (ordered policies) or dense position.
-    pub(crate) sel_seq: u64,
+    /// Its registration lifetime timer (armed when `timer_bucket` is not `UNARMED`).
+    pub(crate) timer: TimerLink,
+    pub(crate) timer_bucket: u16,
+    /// Endpoint Unreachable reports received since the last (re-)registration.
+    pub(crate) unreachable_reports: u16,
+    /// Degradation accumulated by selections under Least Used with Degradation; reset to 0 by
+    /// a re-registration. 0 under every other policy.
+    pub(crate) degradation: u32,
 }
 
 impl PeSlot {
+    /// A free slot.
+    pub(crate) const VACANT: Self = Self {
+        pe: PoolElement {
+            id: 0,
+            home: 0,
+            registration_life: 0,
+            generation: 0,
+            wire: Wire::Inline { body: 0, len: 0, bytes: [0; INLINE] },
+            conn: None,
+        },
+        pool: NIL,
+        sel_pos: 0,
+        sel_key: 0,
+        owner_link: Link::UNLINKED,
+        conn_link: Link::UNLINKED,
+        timer: TimerLink::UNLINKED,
+        timer_bucket: UNARMED,
+        unreachable_reports: 0,
+        degradation: 0,
+    };
+
     pub(crate) fn key(&self, index: u32) -> PeKey {
-        PeKey { index, generation: self.generation }
+        PeKey { index, generation: self.pe.generation }
+    }
+
+    pub(crate) fn generation(&self) -> u32 {
+        self.pe.generation
+    }
+
+    pub(crate) fn has_timer(&self) -> bool {
+        self.timer_bucket != UNARMED
     }
 }
 
@@ -133,31 +281,44 @@ impl PeSlot {
 }
 
 /// Pushes PE `index` at the front of the list starting at `head`.
-pub(crate) fn list_push(pes: &mut slab::Slab<PeSlot>, head: &mut u32, index: u32, list: List) {
+pub(crate) fn list_push(pes: &mut super::arena::Arena, head: &mut u32, index: u32, list: List) {
     let old = *head;
-    *pes[index as usize].link_mut(list) = Link { prev: NIL, next: old };
+    *pes[index].link_mut(list) = Link { prev: NIL, next: old };
     if old != NIL {
-        pes[old as usize].link_mut(list).prev = index;
+        pes[old].link_mut(list).prev = index;
     }
     *head = index;
 }
 
 /// Unlinks PE `index` from the list starting at `head`.
-pub(crate) fn list_remove(pes: &mut slab::Slab<PeSlot>, head: &mut u32, index: u32, list: List) {
-    let Link { prev, next } = pes[index as usize].link(list);
+pub(crate) fn list_remove(pes: &mut super::arena::Arena, head: &mut u32, index: u32, list: List) {
+    let Link { prev, next } = pes[index].link(list);
     if prev != NIL {
-        pes[prev as usize].link_mut(list).next = next;
+        pes[prev].link_mut(list).next = next;
     } else {
         *head = next;
     }
     if next != NIL {
-        pes[next as usize].link_mut(list).prev = prev;
+        pes[next].link_mut(list).prev = prev;
     }
-    *pes[index as usize].link_mut(list) = Link::UNLINKED;
+    *pes[index].link_mut(list) = Link::UNLINKED;
 }
 
 /// Whether two transports name the same addresses (in any order): the test for "the same PE
 /// moved here" versus "PE identifier collision".
 pub(crate) fn same_addresses(a: &TransportRepr, b: &TransportRepr) -> bool {
     a.addresses.len() == b.addresses.len() && a.addresses.iter().all(|x| b.addresses.contains(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        // What the memory figures in results/handlespace/memory.md rest on.
+        assert_eq!(core::mem::size_of::<Wire>(), 56);
+        assert_eq!(core::mem::size_of::<PoolElement>(), 88);
+        assert_eq!(core::mem::size_of::<PeSlot>(), 144);
+    }
 }

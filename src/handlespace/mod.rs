@@ -4,23 +4,34 @@
 //! One [`Handlespace`] is one shard: the pools whose handle [`shard_of`] maps to one core. It
 //! has no locks and never reads the clock (time is an argument). Layout:
 //!
-//! - pools and PEs live in two slabs; [`PoolKey`] and [`PeKey`] are slab index + generation, so
-//!   a key that outlives its object is detected as stale;
-//! - handle → pool, (pool, PE id) → PE and connection → its first PE are hash tables that store
-//!   only slab indices and compare keys in the slabs (`ahash`, randomly seeded per process, so
-//!   peers cannot aim collisions; the shard choice uses the fixed hash in [`shard`]);
+//! - pools live in a slab, PEs in 144-byte slots in pages ([`arena`](self::arena)); [`PoolKey`]
+//!   and [`PeKey`] are index + generation, so a key that outlives its object is detected as stale;
+//! - a PE's slot holds all of it: id, home, life and its parameters encoded as sent on the wire
+//!   (user transport, policy and ASAP transport, inline up to 53 bytes), which answers copy, in
+//!   its first 64 bytes; then the links below. Nothing per PE is allocated elsewhere unless its
+//!   parameters are longer;
+//! - handle → pool and (pool, PE id) → PE are hash tables that store only indices and compare
+//!   keys in the slabs (`ahash`, randomly seeded per process, so peers cannot aim collisions;
+//!   the shard choice uses the fixed hash in [`shard`]). PE ids of one pool that differ only in
+//!   their last 4 bits hash to neighbouring buckets (so ids registered in order touch one cache
+//!   line per 16), each with its own tag;
+//! - connection → its PEs is indexed by the connection's slot number ([`conns`](self::conns));
 //! - each pool has a selection index chosen by its policy (`selection.rs` explains them);
 //! - an owner's PEs and a connection's PEs are intrusive doubly-linked lists through the PE
 //!   slots, so takeover and connection loss cost O(PEs concerned) and no extra allocation;
-//! - finite lifetimes are timers in a [`TimerWheel`].
+//! - finite lifetimes are timers of a timing wheel ([`wheel`]) linked through the PE slots.
 //!
-//! A registered PE with a 2-address IPv4 user transport costs 239-281 bytes including every index
-//! (about 56 more when it also carries an ASAP transport); `examples/handlespace_memory.rs`
-//! measures it and `results/handlespace/` records it.
+//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 180-215
+//! bytes including every index (least for Round Robin in one pool, most for Weighted Random in
+//! pools of 10); `examples/handlespace_memory.rs` measures it and
+//! `results/handlespace/memory.md` records it.
 
+mod arena;
 pub mod checksum;
+mod conns;
 mod element;
 mod error;
+mod ordindex;
 mod owners;
 mod pool;
 mod selection;
@@ -32,6 +43,11 @@ pub mod wheel;
 
 use hashbrown::HashTable;
 use slab::Slab;
+
+use self::arena::Arena;
+use self::conns::Conns;
+use self::element::Wire;
+use self::wheel::Wheel;
 
 use crate::service::ConnId;
 use crate::time::Time;
@@ -45,7 +61,7 @@ pub use self::shard::{shard_hash, shard_of, SHARD_HASH_SEED};
 pub use self::wheel::{TimerKey, TimerWheel};
 
 pub(crate) use self::element::same_addresses;
-use self::element::{list_push, list_remove, Link, List, PeSlot, NIL};
+use self::element::{list_push, list_remove, List, PeSlot, NIL};
 use self::owners::Owners;
 use self::selection::{SelectCtx, Selector};
 
@@ -143,15 +159,16 @@ pub struct Handlespace {
     /// Pool handle → pool slab index. The tables below store only slab indices (4 bytes a
     /// bucket) and compare keys in the slabs, which saves ~24 bytes per PE over a `HashMap`.
     pool_index: HashTable<u32>,
-    pes: Slab<PeSlot>,
-    /// (pool, PE id) → PE slab index.
+    pes: Arena,
+    /// (pool, PE id) → PE slot index.
     pe_index: HashTable<u32>,
     owners: Owners,
-    /// Connection → slab index of the first PE of its list (whose `conn_count` is the length).
-    conns: HashTable<u32>,
-    /// Hasher of the three tables (random keys: peers cannot aim collisions).
+    /// Connection → its PEs.
+    conns: Conns,
+    /// Hasher of the tables (random keys: peers cannot aim collisions).
     hasher: ahash::RandomState,
-    timers: TimerWheel<PeKey>,
+    /// Registration lifetimes, linked through the PE slots.
+    timers: Wheel,
     rng: fastrand::Rng,
     next_generation: u32,
     scratch: Vec<u32>,
@@ -159,24 +176,31 @@ pub struct Handlespace {
     wire_scratch: Vec<u8>,
 }
 
-const fn pe_index_key(pool: u32, pe_id: u32) -> u64 {
-    (pool as u64) << 32 | pe_id as u64
+/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool and the id without its
+/// last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
+/// land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so that they do
+/// not all match each other's tag).
+fn pe_hash(hasher: &ahash::RandomState, pool: u32, pe_id: u32) -> u64 {
+    let block = hasher.hash_one(u64::from(pool) << 32 | u64::from(pe_id >> 4));
+    let low = u64::from(pe_id & 15);
+    (block & !15) ^ low ^ (low << 57)
 }
 
 impl Handlespace {
     /// An empty handlespace whose timers start at `now`.
     pub fn new(config: HandlespaceConfig, now: Time) -> Self {
+        let hasher = ahash::RandomState::new();
         Self {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
             pools: Slab::new(),
             pool_index: HashTable::new(),
-            pes: Slab::new(),
+            pes: Arena::new(),
             pe_index: HashTable::new(),
             owners: Owners::default(),
-            conns: HashTable::new(),
-            hasher: ahash::RandomState::new(),
-            timers: TimerWheel::new(now),
+            conns: Conns::new(hasher.clone()),
+            hasher,
+            timers: Wheel::new(now),
             // Generation 0 is never handed out, so `PeKey::default()` names no PE.
             next_generation: 1,
             scratch: Vec::new(),
@@ -218,7 +242,7 @@ impl Handlespace {
     /// The PE with this identifier in the pool with this handle.
     pub fn lookup(&self, handle: &[u8], pe_id: u32) -> Option<PeKey> {
         let index = self.find_pe(self.find_pool(handle)?, pe_id)?;
-        Some(self.pes[index as usize].key(index))
+        Some(self.pes[index].key(index))
     }
 
     fn find_pool(&self, handle: &[u8]) -> Option<u32> {
@@ -227,15 +251,14 @@ impl Handlespace {
     }
 
     fn find_pe(&self, pool: u32, pe_id: u32) -> Option<u32> {
-        let hash = self.hasher.hash_one(pe_index_key(pool, pe_id));
+        let hash = pe_hash(&self.hasher, pool, pe_id);
         let pes = &self.pes;
-        self.pe_index.find(hash, |&i| pes[i as usize].pool == pool && pes[i as usize].pe.id == pe_id).copied()
+        self.pe_index.find(hash, |&i| pes[i].pe.id == pe_id && pes[i].pool == pool).copied()
     }
 
-    /// Slab index of the first PE registered over `conn`.
+    /// Slot index of the first PE registered over `conn`.
     fn find_conn(&self, conn: ConnId) -> Option<u32> {
-        let hash = self.hasher.hash_one(conn.to_u64());
-        self.conns.find(hash, |&i| self.pes[i as usize].pe.conn == Some(conn)).copied()
+        self.conns.get(&self.pes, conn).map(|e| e.head)
     }
 
     /// A PE by key; `None` if stale.
@@ -256,11 +279,24 @@ impl Handlespace {
 
     /// When a PE's registration expires; `None` if it has no expiry or the key is stale.
     pub fn pe_expiry(&self, key: PeKey) -> Option<Time> {
-        self.timers.deadline(self.slot(key)?.timer?)
+        let slot = self.slot(key)?;
+        slot.has_timer().then_some(Time(slot.timer.deadline))
+    }
+
+    /// The degradation a PE accumulated under Least Used with Degradation (0 under every other
+    /// policy); `None` if the key is stale.
+    pub fn pe_degradation(&self, key: PeKey) -> Option<u32> {
+        Some(self.slot(key)?.degradation)
+    }
+
+    /// The Endpoint Unreachable reports counted against a PE since its last (re-)registration;
+    /// `None` if the key is stale.
+    pub fn pe_unreachable_reports(&self, key: PeKey) -> Option<u16> {
+        Some(self.slot(key)?.unreachable_reports)
     }
 
     fn slot(&self, key: PeKey) -> Option<&PeSlot> {
-        self.pes.get(key.index as usize).filter(|s| s.generation == key.generation)
+        self.pes.get(key.index, key.generation)
     }
 
     fn new_generation(&mut self) -> u32 {
@@ -310,16 +346,17 @@ impl Handlespace {
                 });
             }
             if let Some(index) = self.find_pe(p, pe_id) {
-                let slot = &self.pes[index as usize];
-                let same_source = slot.pe.conn == conn && slot.pe.home == home;
-                if !same_source && !same_addresses(&slot.pe.user_transport(), &user_transport) {
+                let pe = &self.pes[index].pe;
+                let same_source = pe.conn == conn && pe.home == home;
+                if !same_source && !same_addresses(&pe.user_transport(), &user_transport) {
                     return Err(RegisterError::NonUniquePeIdentifier(pe_id));
                 }
-                if slot.pe.conn != conn && !self.conn_has_room(conn) {
+                if pe.conn != conn && !self.conn_has_room(conn) {
                     return Err(RegisterError::TooManyPesOnConnection);
                 }
                 let life = self.effective_life(registration_life);
-                return Ok(self.update(p, index, home, user_transport, asap_transport, policy, life, conn, now));
+                let wire = Wire::encode(&mut self.wire_scratch, &user_transport, &policy, asap_transport.as_ref());
+                return Ok(self.update(p, index, home, wire, &policy, life, conn, now));
             }
             if self.pools[p as usize].selector.len() >= self.config.max_pes_per_pool {
                 return Err(RegisterError::TooManyPesInPool);
@@ -355,40 +392,28 @@ impl Handlespace {
         };
         let life = self.effective_life(registration_life);
         let generation = self.new_generation();
-        let index = self.pes.insert(PeSlot {
-            pe: PoolElement {
-                id: pe_id,
-                home,
-                registration_life: life,
-                wire: PoolElement::encode(&mut self.wire_scratch, &user_transport, &policy),
-                asap_transport: asap_transport.map(Box::new),
-                policy,
-                degradation: 0,
-                unreachable_reports: 0,
-                conn,
-            },
+        let mut slot = PeSlot::VACANT;
+        slot.pe = PoolElement {
+            id: pe_id,
+            home,
+            registration_life: life,
             generation,
-            pool: p,
-            owner_link: Link::UNLINKED,
-            conn_link: Link::UNLINKED,
-            timer: None,
-            conn_count: 0,
-            sel_primary: 0,
-            sel_seq: 0,
-        }) as u32;
+            wire: Wire::encode(&mut self.wire_scratch, &user_transport, &policy, asap_transport.as_ref()),
+            conn,
+        };
+        slot.pool = p;
+        let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
         let (pes, hasher) = (&self.pes, &self.hasher);
-        let hash = hasher.hash_one(pe_index_key(p, pe_id));
-        self.pe_index.insert_unique(hash, index, |&i| {
-            hasher.hash_one(pe_index_key(pes[i as usize].pool, pes[i as usize].pe.id))
-        });
+        let hash = pe_hash(hasher, p, pe_id);
+        self.pe_index.insert_unique(hash, index, |&i| pe_hash(hasher, pes[i].pool, pes[i].pe.id));
         let pool = &mut self.pools[p as usize];
-        pool.selector.insert(&mut self.pes, index);
+        pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(pool.handle_words, pe_id);
         self.owners.add(&mut self.pes, home, index, words);
         self.link_conn(index, conn);
         if life >= 0 {
-            self.pes[index as usize].timer = Some(self.timers.insert(now.add_millis(life as u64), key));
+            self.timers.insert(&mut self.pes, index, now.add_millis(life as u64).as_millis());
         }
         let pool = PoolKey { index: p, generation: self.pools[p as usize].generation };
         Ok(Registered { pe: key, pool, added: true, previous_owner: None, previous_conn: None })
@@ -400,116 +425,88 @@ impl Handlespace {
         p: u32,
         index: u32,
         home: u32,
-        user_transport: TransportRepr,
-        asap_transport: Option<TransportRepr>,
-        policy: Policy,
+        wire: Wire,
+        policy: &Policy,
         life: i32,
         conn: Option<ConnId>,
         now: Time,
     ) -> Registered {
-        let words = checksum::pe_words(self.pools[p as usize].handle_words, self.pes[index as usize].pe.id);
-        let slot = &mut self.pes[index as usize];
+        let words = checksum::pe_words(self.pools[p as usize].handle_words, self.pes[index].pe.id);
+        let slot = &mut self.pes[index];
         let key = slot.key(index);
         let old_home = slot.pe.home;
         let old_conn = slot.pe.conn;
-        slot.pe.wire = PoolElement::encode(&mut self.wire_scratch, &user_transport, &policy);
-        match (&mut slot.pe.asap_transport, asap_transport) {
-            (Some(stored), Some(new)) => **stored = new,
-            (stored, new) => *stored = new.map(Box::new),
-        }
-        slot.pe.policy = policy;
+        slot.pe.wire = wire;
         slot.pe.registration_life = life;
-        slot.pe.degradation = 0;
-        slot.pe.unreachable_reports = 0;
-        let timer = slot.timer;
-        self.pools[p as usize].selector.update(&mut self.pes, index);
+        slot.degradation = 0;
+        slot.unreachable_reports = 0;
+        self.pools[p as usize].selector.update(&mut self.pes, index, policy);
         let previous_owner = (old_home != home).then(|| {
             self.owners.remove(&mut self.pes, old_home, index, words);
-            self.pes[index as usize].pe.home = home;
+            self.pes[index].pe.home = home;
             self.owners.add(&mut self.pes, home, index, words);
             old_home
         });
         let previous_conn = (old_conn != conn).then(|| {
             self.unlink_conn(index, old_conn);
-            self.pes[index as usize].pe.conn = conn;
+            self.pes[index].pe.conn = conn;
             self.link_conn(index, conn);
             old_conn
         });
-        let timer = match (timer, life >= 0) {
-            (Some(t), true) => {
-                self.timers.reschedule(t, now.add_millis(life as u64));
-                Some(t)
-            }
-            (None, true) => Some(self.timers.insert(now.add_millis(life as u64), key)),
-            (Some(t), false) => {
-                self.timers.cancel(t);
-                None
-            }
-            (None, false) => None,
-        };
-        self.pes[index as usize].timer = timer;
+        match (self.pes[index].has_timer(), life >= 0) {
+            (true, true) => self.timers.reschedule(&mut self.pes, index, now.add_millis(life as u64).as_millis()),
+            (false, true) => self.timers.insert(&mut self.pes, index, now.add_millis(life as u64).as_millis()),
+            (true, false) => self.timers.cancel(&mut self.pes, index),
+            (false, false) => {}
+        }
         let pool = PoolKey { index: p, generation: self.pools[p as usize].generation };
         Registered { pe: key, pool, added: false, previous_owner, previous_conn }
     }
 
     fn conn_has_room(&self, conn: Option<ConnId>) -> bool {
-        conn.and_then(|c| self.find_conn(c))
-            .is_none_or(|head| (self.pes[head as usize].conn_count as usize) < self.config.max_pes_per_connection)
+        conn.and_then(|c| self.conns.get(&self.pes, c))
+            .is_none_or(|e| (e.count as usize) < self.config.max_pes_per_connection)
     }
 
     fn link_conn(&mut self, index: u32, conn: Option<ConnId>) {
         let Some(c) = conn else { return };
-        let hash = self.hasher.hash_one(c.to_u64());
-        let Self { conns, pes, hasher, .. } = self;
-        if let Some(head) = conns.find_mut(hash, |&i| pes[i as usize].pe.conn == Some(c)) {
-            let count = pes[*head as usize].conn_count;
-            list_push(pes, head, index, List::Conn);
-            pes[index as usize].conn_count = count + 1;
-        } else {
-            let mut head = NIL;
-            list_push(pes, &mut head, index, List::Conn);
-            pes[index as usize].conn_count = 1;
-            conns.insert_unique(hash, index, |&i| hasher.hash_one(pes[i as usize].pe.conn.map_or(0, ConnId::to_u64)));
-        }
+        self.conns.update(&mut self.pes, c, |pes, e| {
+            list_push(pes, &mut e.head, index, List::Conn);
+            e.count += 1;
+        });
     }
 
+    /// Unlinks PE `index` from the list of `conn` (which its slot must still name).
     fn unlink_conn(&mut self, index: u32, conn: Option<ConnId>) {
         let Some(c) = conn else { return };
-        let hash = self.hasher.hash_one(c.to_u64());
-        let Self { conns, pes, .. } = self;
-        if let Ok(entry) = conns.find_entry(hash, |&i| pes[i as usize].pe.conn == Some(c)) {
-            let mut head = *entry.get();
-            let count = pes[head as usize].conn_count;
-            list_remove(pes, &mut head, index, List::Conn);
-            if head == NIL {
-                entry.remove();
-            } else {
-                pes[head as usize].conn_count = count - 1;
-                *entry.into_mut() = head;
+        self.conns.update(&mut self.pes, c, |pes, e| {
+            if e.head != NIL {
+                list_remove(pes, &mut e.head, index, List::Conn);
+                e.count -= 1;
             }
-        }
+        });
     }
 
     /// Removes a PE from every index and returns it with its pool's slab index; the pool is
     /// left in place (even if empty) so the caller can still read its handle.
     fn unlink(&mut self, index: u32) -> (PoolElement, u32) {
-        let (p, pe_id, home, conn, timer) = {
-            let s = &self.pes[index as usize];
-            (s.pool, s.pe.id, s.pe.home, s.pe.conn, s.timer)
+        let (p, pe_id, home, conn) = {
+            let s = &self.pes[index];
+            (s.pool, s.pe.id, s.pe.home, s.pe.conn)
         };
-        if let Some(t) = timer {
-            self.timers.cancel(t);
+        if self.pes[index].has_timer() {
+            self.timers.cancel(&mut self.pes, index);
         }
         let pool = &mut self.pools[p as usize];
         pool.selector.remove(&mut self.pes, index);
         let words = checksum::pe_words(pool.handle_words, pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        let hash = self.hasher.hash_one(pe_index_key(p, pe_id));
+        let hash = pe_hash(&self.hasher, p, pe_id);
         if let Ok(entry) = self.pe_index.find_entry(hash, |&i| i == index) {
             entry.remove();
         }
-        (self.pes.remove(index as usize).pe, p)
+        (self.pes.remove(index).pe, p)
     }
 
     /// Drops pool `p` if it has no PE left.
@@ -547,7 +544,7 @@ impl Handlespace {
     ) -> Result<Option<PoolElement>, DeregisterError> {
         let p = self.find_pool(handle).ok_or(DeregisterError::UnknownPool)?;
         let Some(index) = self.find_pe(p, pe_id) else { return Ok(None) };
-        if self.pes[index as usize].pe.conn != requester {
+        if self.pes[index].pe.conn != requester {
             return Err(DeregisterError::NotAuthorized);
         }
         Ok(Some(self.remove_index(index)))
@@ -586,9 +583,9 @@ impl Handlespace {
     pub fn report_unreachable(&mut self, handle: &[u8], pe_id: u32) -> Result<Unreachable, UnknownPool> {
         let p = self.find_pool(handle).ok_or(UnknownPool)?;
         let Some(index) = self.find_pe(p, pe_id) else { return Ok(Unreachable::UnknownPe) };
-        let slot = &mut self.pes[index as usize];
-        slot.pe.unreachable_reports = slot.pe.unreachable_reports.saturating_add(1);
-        let count = slot.pe.unreachable_reports;
+        let slot = &mut self.pes[index];
+        slot.unreachable_reports = slot.unreachable_reports.saturating_add(1);
+        let count = slot.unreachable_reports;
         if count >= self.config.max_bad_pe_reports {
             Ok(Unreachable::Removed(self.remove_index(index)))
         } else {
@@ -604,7 +601,7 @@ impl Handlespace {
         let old = slot.pe.conn;
         if old != conn {
             self.unlink_conn(key.index, old);
-            self.pes[key.index as usize].pe.conn = conn;
+            self.pes[key.index].pe.conn = conn;
             self.link_conn(key.index, conn);
         }
         true
@@ -623,12 +620,9 @@ impl Handlespace {
     pub fn expire(&mut self, now: Time, max: usize, mut removed: impl FnMut(PeKey, &[u8], PoolElement)) -> usize {
         let mut n = 0;
         while n < max {
-            let Some((_, key)) = self.timers.poll(now) else { break };
-            if self.slot(key).is_none() {
-                continue;
-            }
-            self.pes[key.index as usize].timer = None;
-            let (pe, p) = self.unlink(key.index);
+            let Some(index) = self.timers.poll(&mut self.pes, now) else { break };
+            let key = self.pes[index].key(index);
+            let (pe, p) = self.unlink(index);
             removed(key, &self.pools[p as usize].handle, pe);
             self.drop_pool_if_empty(p);
             n += 1;
@@ -651,7 +645,7 @@ impl Handlespace {
 
     /// Number of PEs registered over `conn`.
     pub fn connection_pe_count(&self, conn: ConnId) -> usize {
-        self.find_conn(conn).map_or(0, |head| self.pes[head as usize].conn_count as usize)
+        self.conns.get(&self.pes, conn).map_or(0, |e| e.count as usize)
     }
 
     /// The PEs registered over `conn`. O(their number).
@@ -666,7 +660,7 @@ impl Handlespace {
             if index == NIL {
                 return None;
             }
-            let slot = &self.pes[index as usize];
+            let slot = &self.pes[index];
             let key = slot.key(index);
             index = slot.link(list).next;
             Some(key)
@@ -696,6 +690,50 @@ impl Handlespace {
         self.list_iter(head, List::Owner)
     }
 
+    /// Fills `out` with the PEs whose home is `owner`, grouped by pool (pools in slab order,
+    /// each group in the owner list's order), as an ENRP Handle Table export sends them: one
+    /// Pool Handle per group. One pass over the owner's list, then a counting sort by pool
+    /// (O(their number + pools); a comparison sort when they are few next to the pools).
+    pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
+        out.clear();
+        let Some(o) = self.owners.map.get(&owner) else { return };
+        out.reserve(o.count as usize);
+        let mut pools: Vec<u32> = Vec::with_capacity(o.count as usize);
+        let mut index = o.head;
+        while index != NIL {
+            let slot = &self.pes[index];
+            out.push(slot.key(index));
+            pools.push(slot.pool);
+            index = slot.owner_link.next;
+        }
+        let first = pools.first().copied().unwrap_or(0);
+        if pools.iter().all(|&p| p == first) {
+            return;
+        }
+        let capacity = self.pools.capacity();
+        if out.len() < capacity / 4 {
+            let mut pairs: Vec<(u32, PeKey)> = pools.into_iter().zip(out.iter().copied()).collect();
+            pairs.sort_by_key(|e| e.0);
+            out.clear();
+            out.extend(pairs.into_iter().map(|e| e.1));
+            return;
+        }
+        let mut starts = vec![0u32; capacity + 1];
+        for &p in &pools {
+            starts[p as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut sorted = vec![PeKey::default(); out.len()];
+        for (&p, &key) in pools.iter().zip(out.iter()) {
+            let at = &mut starts[p as usize];
+            sorted[*at as usize] = key;
+            *at += 1;
+        }
+        *out = sorted;
+    }
+
     /// Every owner holding at least one PE, with its PE count.
     pub fn owners(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
         self.owners.map.iter().map(|(&id, o)| (id, o.count as usize))
@@ -708,7 +746,7 @@ impl Handlespace {
         if old != owner {
             let words = checksum::pe_words(self.pools[slot.pool as usize].handle_words, slot.pe.id);
             self.owners.remove(&mut self.pes, old, key.index, words);
-            self.pes[key.index as usize].pe.home = owner;
+            self.pes[key.index].pe.home = owner;
             self.owners.add(&mut self.pes, owner, key.index, words);
         }
         Some(old)
@@ -731,15 +769,16 @@ impl Handlespace {
             if self.find_pool(&pool.handle) != Some(p as u32) {
                 return Err(format!("pool {p} missing from the handle index"));
             }
+            pool.selector.validate(&self.pes).map_err(|e| format!("pool {p}: {e}"))?;
             for key in pool.pes() {
                 let slot = self.slot(key).ok_or_else(|| format!("stale PE {key:?} in pool {p}"))?;
-                if slot.pool != p as u32 || slot.pe.policy.policy_type() != pool.policy_type {
+                if slot.pool != p as u32 || slot.pe.policy().policy_type() != pool.policy_type {
                     return Err(format!("PE {key:?} disagrees with pool {p}"));
                 }
                 if self.find_pe(p as u32, slot.pe.id) != Some(key.index) {
                     return Err(format!("PE {key:?} missing from the id index"));
                 }
-                if (slot.pe.registration_life >= 0) != slot.timer.is_some_and(|t| self.timers.get(t) == Some(&key)) {
+                if (slot.pe.registration_life >= 0) != slot.has_timer() {
                     return Err(format!("PE {key:?} timer mismatch"));
                 }
                 total += 1;
@@ -748,7 +787,7 @@ impl Handlespace {
         if total != self.pes.len() || self.pe_index.len() != total || self.pool_index.len() != self.pools.len() {
             return Err("PE or pool counts differ between indexes".into());
         }
-        if self.timers.len() != self.pes.iter().filter(|(_, s)| s.timer.is_some()).count() {
+        if self.timers.len() != self.pes.iter().filter(|(_, s)| s.has_timer()).count() {
             return Err("stray timers".into());
         }
         let mut listed = 0;
@@ -756,7 +795,7 @@ impl Handlespace {
             let mut acc = checksum::PeChecksum::EMPTY;
             let mut n = 0;
             for key in self.owner_pes(owner) {
-                let slot = &self.pes[key.index as usize];
+                let slot = &self.pes[key.index];
                 if slot.pe.home != owner {
                     return Err(format!("PE {key:?} listed under owner {owner}"));
                 }
@@ -772,18 +811,18 @@ impl Handlespace {
             return Err("owner lists do not cover every PE".into());
         }
         let mut listed = 0;
-        for &head in &self.conns {
-            let conn = self.pes[head as usize].pe.conn;
-            if conn.and_then(|c| self.find_conn(c)) != Some(head) || self.pes[head as usize].conn_link.prev != NIL {
-                return Err(format!("connection list at {head} is not indexed"));
+        for e in self.conns.iter() {
+            let conn = self.pes[e.head].pe.conn;
+            if conn.and_then(|c| self.find_conn(c)) != Some(e.head) || self.pes[e.head].conn_link.prev != NIL {
+                return Err(format!("connection list at {} is not indexed", e.head));
             }
-            for key in self.list_iter(head, List::Conn) {
-                if self.pes[key.index as usize].pe.conn != conn {
+            for key in self.list_iter(e.head, List::Conn) {
+                if self.pes[key.index].pe.conn != conn {
                     return Err(format!("PE {key:?} listed under connection {conn:?}"));
                 }
                 listed += 1;
             }
-            if self.list_iter(head, List::Conn).count() != self.pes[head as usize].conn_count as usize {
+            if self.list_iter(e.head, List::Conn).count() != e.count as usize {
                 return Err(format!("connection {conn:?}: count mismatch"));
             }
         }

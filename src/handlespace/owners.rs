@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
-use slab::Slab;
-
+use super::arena::Arena;
 use super::checksum::PeChecksum;
-use super::element::{list_push, list_remove, List, PeSlot, NIL};
+use super::element::{list_push, list_remove, List, NIL};
 
 /// What the handlespace knows about one owner.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +23,7 @@ pub(crate) struct Owners {
 
 impl Owners {
     /// Links PE `index` (with checksum words `words`) to `owner`.
-    pub(crate) fn add(&mut self, pes: &mut Slab<PeSlot>, owner: u32, index: u32, words: u64) {
+    pub(crate) fn add(&mut self, pes: &mut Arena, owner: u32, index: u32, words: u64) {
         let entry = self.map.entry(owner).or_insert(Owner { head: NIL, count: 0, checksum: PeChecksum::EMPTY });
         list_push(pes, &mut entry.head, index, List::Owner);
         entry.count += 1;
@@ -32,7 +31,7 @@ impl Owners {
     }
 
     /// Unlinks PE `index` (with checksum words `words`) from `owner`.
-    pub(crate) fn remove(&mut self, pes: &mut Slab<PeSlot>, owner: u32, index: u32, words: u64) {
+    pub(crate) fn remove(&mut self, pes: &mut Arena, owner: u32, index: u32, words: u64) {
         if let Some(entry) = self.map.get_mut(&owner) {
             list_remove(pes, &mut entry.head, index, List::Owner);
             entry.count -= 1;
@@ -45,7 +44,7 @@ impl Owners {
 
     /// Moves every PE of `from` to `to`: rewrites each PE's home and splices the lists; the
     /// checksums add up. O(PEs moved). Returns how many moved.
-    pub(crate) fn take_over(&mut self, pes: &mut Slab<PeSlot>, from: u32, to: u32) -> usize {
+    pub(crate) fn take_over(&mut self, pes: &mut Arena, from: u32, to: u32) -> usize {
         if from == to {
             return 0;
         }
@@ -53,15 +52,15 @@ impl Owners {
         let mut tail = NIL;
         let mut index = moved.head;
         while index != NIL {
-            let slot = &mut pes[index as usize];
+            let slot = &mut pes[index];
             slot.pe.home = to;
             tail = index;
             index = slot.owner_link.next;
         }
         let entry = self.map.entry(to).or_insert(Owner { head: NIL, count: 0, checksum: PeChecksum::EMPTY });
         if entry.head != NIL {
-            pes[tail as usize].owner_link.next = entry.head;
-            pes[entry.head as usize].owner_link.prev = tail;
+            pes[tail].owner_link.next = entry.head;
+            pes[entry.head].owner_link.prev = tail;
         }
         entry.head = moved.head;
         entry.count += moved.count;

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | Round Robin, Random | dense vector of PE keys (swap-remove; each PE knows its position) | O(N) |
 //! | Weighted Random, Randomized Least Used | dense vector + 8-ary sum tree of weights | O(N log n) |
-//! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE) | O(N + M log n) |
+//! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE): a sorted head vector and a B-tree ([`super::ordindex`]) | O(N + M), O(M log n) when rotation passes the head |
 //!
 //! (M = max-increment, the number of PEs of a response that count as *selected*.)
 //!
@@ -19,34 +19,52 @@
 //!   weights afterwards. The sum tree ([`super::sumtree`]) reads one cache line per level. RLU's
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn
 //!   while another PE has a positive weight; if all weights are 0 the pool behaves as Random.
-//! - The **ordered** policies keep a `BTreeMap` keyed by (primary, sequence) packed in a `u128`: the primary is
+//! - The **ordered** policies keep an ordered index ([`super::ordindex`]) keyed by (primary,
+//!   sequence) packed in a `u64` (primary in the high half) or, for WRR, a `u128`: the primary is
 //!   `u32::MAX - priority` (Priority), the load (Least Used), `load + accumulated degradation`
 //!   (LUD), `load + load degradation` (PLU), all saturating at 0xFFFFFFFF, or the stride-scheduling
-//!   *pass* (WRR). A response is the first N entries. Each selected PE gets a fresh sequence number
-//!   (so it moves behind its equals: "equal ones rotate"), LUD adds its load degradation, and WRR
-//!   advances its pass by its stride `2^32 / weight`, so over a round of `sum(weight)` selections
-//!   each PE is selected `weight` times (stride scheduling). A WRR PE of weight 0 sorts after all
-//!   others. A B-tree keeps both ends hot in cache, which is what rotation touches.
-
-use std::collections::btree_map::{self, BTreeMap};
-
-use slab::Slab;
+//!   *pass* (WRR, 64 bits). A response is the first N entries. Each selected PE gets a fresh
+//!   sequence number (so it moves behind its equals: "equal ones rotate"), LUD adds its load
+//!   degradation, and WRR advances its pass by its stride `2^32 / weight`, so over a round of
+//!   `sum(weight)` selections each PE is selected `weight` times (stride scheduling). A WRR PE of
+//!   weight 0 sorts after all others. Sequence numbers are 32 bits: before one would wrap, the
+//!   pool's are renumbered in order (once per four billion selections of a pool).
+//!
+//! Every PE's place in its index (dense position, or sequence number and primary) is kept in its
+//! slot, so removal and update find it without a search.
 
 use crate::wire::policy::{Policy, PolicyType};
 
+use super::arena::Arena;
 use super::element::{PeKey, PeSlot};
+use super::ordindex::{OrdIndex, OrdIter};
 use super::sumtree::SumTree;
 
 /// One unit of WRR stride: a PE of weight w advances its pass by `STRIDE_ONE / w` when selected.
 const STRIDE_ONE: u64 = 1 << 32;
 /// WRR pass of a PE with weight 0: after every other PE.
 const NEVER_PASS: u64 = u64::MAX;
+/// Rotation sequence numbers are renumbered before reaching this (small in unit tests, so that
+/// they exercise it).
+const SEQ_LIMIT: u32 = if cfg!(test) { 1000 } else { u32::MAX };
 
-/// The key of a PE in an ordered index: primary in the high 64 bits, rotation sequence in the
-/// low 64 (sequence numbers are unique within a pool, so keys are unique). One `u128` compares
-/// faster than a tuple.
-const fn ord_key(primary: u64, seq: u64) -> u128 {
-    (primary as u128) << 64 | seq as u128
+/// Key of a PE in an ordered index other than WRR's: primary (32 bits) then sequence.
+const fn ord_key(primary: u64, seq: u32) -> u64 {
+    primary << 32 | seq as u64
+}
+
+/// Key of a PE in a WRR index: pass (64 bits) then sequence.
+const fn wrr_key(pass: u64, seq: u32) -> u128 {
+    (pass as u128) << 32 | seq as u128
+}
+
+/// Appends to a vector that grows by one element at a time while small (pools of a few PEs
+/// hold no spare room: at 100,000 pools of 10 that is 5-10 bytes per PE), by doubling beyond.
+pub(crate) fn push_tight<T>(v: &mut Vec<T>, x: T) {
+    if v.len() == v.capacity() && v.capacity() < 16 {
+        v.reserve_exact(1);
+    }
+    v.push(x);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +81,6 @@ pub(crate) enum WeightedKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OrderedKind {
-    WeightedRoundRobin,
     Priority,
     LeastUsed,
     LeastUsedDegradation,
@@ -75,12 +92,13 @@ pub(crate) enum OrderedKind {
 pub(crate) enum Selector {
     Dense { kind: DenseKind, members: Vec<PeKey>, cursor: usize },
     Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: SumTree },
-    Ordered { kind: OrderedKind, set: BTreeMap<u128, PeKey>, next_seq: u64, virtual_time: u64 },
+    Ordered { kind: OrderedKind, index: OrdIndex<u64>, next_seq: u32 },
+    WeightedRoundRobin { index: OrdIndex<u128>, next_seq: u32, virtual_time: u64 },
 }
 
 /// What a selection may use besides the pool's own index.
 pub(crate) struct SelectCtx<'a> {
-    pub(crate) pes: &'a mut Slab<PeSlot>,
+    pub(crate) pes: &'a mut Arena,
     pub(crate) rng: &'a mut fastrand::Rng,
     /// Reused scratch space (positions), so a resolution never allocates in steady state.
     pub(crate) scratch: &'a mut Vec<u32>,
@@ -114,6 +132,17 @@ fn ordered_primary(policy: &Policy, accumulated: u32) -> u64 {
     })
 }
 
+/// Renumbers the sequence numbers of an ordered index in order (0, 1, ...), in the index and in
+/// the slots; returns the next free one.
+fn renumber<K: Copy + Ord>(index: &mut OrdIndex<K>, pes: &mut Arena, key: impl Fn(&PeSlot, u32) -> K) -> u32 {
+    index.rekey(|i, pe| {
+        let slot = &mut pes[pe.index];
+        slot.sel_pos = i as u32;
+        key(slot, i as u32)
+    });
+    index.len() as u32
+}
+
 impl Selector {
     /// An empty index for a pool of `policy_type`; `None` for a type this handlespace does not
     /// implement.
@@ -121,13 +150,15 @@ impl Selector {
         let dense = |kind| Self::Dense { kind, members: Vec::new(), cursor: 0 };
         let weighted =
             |kind| Self::Weighted { kind, members: Vec::new(), weights: Vec::new(), tree: SumTree::default() };
-        let ordered = |kind| Self::Ordered { kind, set: BTreeMap::new(), next_seq: 0, virtual_time: 0 };
+        let ordered = |kind| Self::Ordered { kind, index: OrdIndex::default(), next_seq: 0 };
         Some(match policy_type {
             PolicyType::ROUND_ROBIN => dense(DenseKind::RoundRobin),
             PolicyType::RANDOM => dense(DenseKind::Random),
             PolicyType::WEIGHTED_RANDOM => weighted(WeightedKind::WeightedRandom),
             PolicyType::RANDOMIZED_LEAST_USED => weighted(WeightedKind::RandomizedLeastUsed),
-            PolicyType::WEIGHTED_ROUND_ROBIN => ordered(OrderedKind::WeightedRoundRobin),
+            PolicyType::WEIGHTED_ROUND_ROBIN => {
+                Self::WeightedRoundRobin { index: OrdIndex::default(), next_seq: 0, virtual_time: 0 }
+            }
             PolicyType::PRIORITY => ordered(OrderedKind::Priority),
             PolicyType::LEAST_USED => ordered(OrderedKind::LeastUsed),
             PolicyType::LEAST_USED_DEGRADATION => ordered(OrderedKind::LeastUsedDegradation),
@@ -140,7 +171,8 @@ impl Selector {
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::Dense { members, .. } | Self::Weighted { members, .. } => members.len(),
-            Self::Ordered { set, .. } => set.len(),
+            Self::Ordered { index, .. } => index.len(),
+            Self::WeightedRoundRobin { index, .. } => index.len(),
         }
     }
 
@@ -148,49 +180,68 @@ impl Selector {
     pub(crate) fn iter(&self) -> SelectorIter<'_> {
         match self {
             Self::Dense { members, .. } | Self::Weighted { members, .. } => SelectorIter::Slice(members.iter()),
-            Self::Ordered { set, .. } => SelectorIter::Set(set.values()),
+            Self::Ordered { index, .. } => SelectorIter::Ordered(index.iter()),
+            Self::WeightedRoundRobin { index, .. } => SelectorIter::Wrr(index.iter()),
         }
     }
 
-    /// Adds PE `index` (already in `pes`) to the index.
-    pub(crate) fn insert(&mut self, pes: &mut Slab<PeSlot>, index: u32) {
-        let slot = &mut pes[index as usize];
-        let key = slot.key(index);
+    /// Takes a sequence number of an ordered index, renumbering first if they are used up.
+    // `>=`: SEQ_LIMIT is u32::MAX only outside unit tests (there it is small).
+    #[allow(clippy::absurd_extreme_comparisons)]
+    fn next_seq<K: Copy + Ord>(
+        next_seq: &mut u32,
+        index: &mut OrdIndex<K>,
+        pes: &mut Arena,
+        key: impl Fn(&PeSlot, u32) -> K,
+    ) -> u32 {
+        if *next_seq >= SEQ_LIMIT {
+            *next_seq = renumber(index, pes, key);
+        }
+        let seq = *next_seq;
+        *next_seq += 1;
+        seq
+    }
+
+    /// Adds PE `index` (already in `pes`, with `policy`) to the index.
+    pub(crate) fn insert(&mut self, pes: &mut Arena, i: u32, policy: &Policy) {
+        let key = pes[i].key(i);
         match self {
             Self::Dense { members, .. } => {
-                slot.sel_seq = members.len() as u64;
-                members.push(key);
+                pes[i].sel_pos = members.len() as u32;
+                push_tight(members, key);
             }
             Self::Weighted { kind, members, weights, tree } => {
-                let w = weight_of(*kind, &slot.pe.policy);
-                slot.sel_seq = members.len() as u64;
-                members.push(key);
-                weights.push(w);
+                pes[i].sel_pos = members.len() as u32;
+                push_tight(members, key);
+                push_tight(weights, weight_of(*kind, policy));
                 tree.push(weights);
             }
-            Self::Ordered { kind, set, next_seq, virtual_time } => {
-                slot.sel_primary = match kind {
-                    OrderedKind::WeightedRoundRobin => {
-                        wrr_stride(&slot.pe.policy).map_or(NEVER_PASS, |s| virtual_time.saturating_add(s))
-                    }
-                    _ => ordered_primary(&slot.pe.policy, slot.pe.degradation),
-                };
-                slot.sel_seq = *next_seq;
-                *next_seq += 1;
-                set.insert(ord_key(slot.sel_primary, slot.sel_seq), key);
+            Self::Ordered { index, next_seq, .. } => {
+                let seq = Self::next_seq(next_seq, index, pes, |s, q| ord_key(s.sel_key, q));
+                let slot = &mut pes[i];
+                slot.sel_key = ordered_primary(policy, slot.degradation);
+                slot.sel_pos = seq;
+                index.insert(ord_key(slot.sel_key, seq), key);
+            }
+            Self::WeightedRoundRobin { index, next_seq, virtual_time } => {
+                let seq = Self::next_seq(next_seq, index, pes, |s, q| wrr_key(s.sel_key, q));
+                let slot = &mut pes[i];
+                slot.sel_key = wrr_stride(policy).map_or(NEVER_PASS, |s| virtual_time.saturating_add(s));
+                slot.sel_pos = seq;
+                index.insert(wrr_key(slot.sel_key, seq), key);
             }
         }
     }
 
-    /// Removes PE `index` from the index.
-    pub(crate) fn remove(&mut self, pes: &mut Slab<PeSlot>, index: u32) {
-        let slot = &pes[index as usize];
-        let pos = slot.sel_seq as usize;
+    /// Removes PE `i` from the index.
+    pub(crate) fn remove(&mut self, pes: &mut Arena, i: u32) {
+        let slot = &pes[i];
+        let pos = slot.sel_pos as usize;
         match self {
             Self::Dense { kind, members, cursor } => {
                 members.swap_remove(pos);
                 if let Some(moved) = members.get(pos) {
-                    pes[moved.index as usize].sel_seq = pos as u64;
+                    pes[moved.index].sel_pos = pos as u32;
                 }
                 if *kind == DenseKind::RoundRobin && *cursor >= members.len() {
                     *cursor = 0;
@@ -203,42 +254,54 @@ impl Selector {
                     tree.add(pos, u64::from(w_last).wrapping_sub(u64::from(weights[pos])));
                     weights[pos] = w_last;
                     members[pos] = members[last];
-                    pes[members[pos].index as usize].sel_seq = pos as u64;
+                    pes[members[pos].index].sel_pos = pos as u32;
                 }
                 members.pop();
                 weights.pop();
                 tree.pop(weights, w_last);
             }
-            Self::Ordered { set, .. } => {
-                set.remove(&ord_key(slot.sel_primary, slot.sel_seq));
+            Self::Ordered { index, .. } => {
+                index.remove(ord_key(slot.sel_key, slot.sel_pos));
+            }
+            Self::WeightedRoundRobin { index, .. } => {
+                index.remove(wrr_key(slot.sel_key, slot.sel_pos));
             }
         }
     }
 
-    /// Re-indexes PE `index` after its policy values changed (re-registration), keeping its
-    /// place in rotations: its dense position or its sequence number (and WRR pass) stay.
-    pub(crate) fn update(&mut self, pes: &mut Slab<PeSlot>, index: u32) {
-        let slot = &mut pes[index as usize];
+    /// Re-indexes PE `i` after its policy values changed to `policy` (re-registration),
+    /// keeping its place in rotations: its dense position or its sequence number (and WRR pass)
+    /// stay.
+    pub(crate) fn update(&mut self, pes: &mut Arena, i: u32, policy: &Policy) {
+        let key = pes[i].key(i);
+        let slot = &mut pes[i];
         match self {
             Self::Dense { .. } => {}
             Self::Weighted { kind, weights, tree, .. } => {
-                let pos = slot.sel_seq as usize;
-                let w = weight_of(*kind, &slot.pe.policy);
+                let pos = slot.sel_pos as usize;
+                let w = weight_of(*kind, policy);
                 tree.add(pos, u64::from(w).wrapping_sub(u64::from(weights[pos])));
                 weights[pos] = w;
             }
-            Self::Ordered { kind, set, virtual_time, .. } => {
-                let key = slot.key(index);
-                set.remove(&ord_key(slot.sel_primary, slot.sel_seq));
-                slot.sel_primary = match kind {
-                    OrderedKind::WeightedRoundRobin => match wrr_stride(&slot.pe.policy) {
-                        None => NEVER_PASS,
-                        Some(s) if slot.sel_primary == NEVER_PASS => virtual_time.saturating_add(s),
-                        Some(_) => slot.sel_primary,
-                    },
-                    _ => ordered_primary(&slot.pe.policy, slot.pe.degradation),
+            Self::Ordered { index, .. } => {
+                let primary = ordered_primary(policy, slot.degradation);
+                if primary != slot.sel_key {
+                    index.remove(ord_key(slot.sel_key, slot.sel_pos));
+                    slot.sel_key = primary;
+                    index.insert(ord_key(primary, slot.sel_pos), key);
+                }
+            }
+            Self::WeightedRoundRobin { index, virtual_time, .. } => {
+                let pass = match wrr_stride(policy) {
+                    None => NEVER_PASS,
+                    Some(s) if slot.sel_key == NEVER_PASS => virtual_time.saturating_add(s),
+                    Some(_) => slot.sel_key,
                 };
-                set.insert(ord_key(slot.sel_primary, slot.sel_seq), key);
+                if pass != slot.sel_key {
+                    index.remove(wrr_key(slot.sel_key, slot.sel_pos));
+                    slot.sel_key = pass;
+                    index.insert(wrr_key(pass, slot.sel_pos), key);
+                }
             }
         }
     }
@@ -305,44 +368,108 @@ impl Selector {
                 }
                 // Restore the zeroed weights from the PEs' policies (rare path).
                 for &p in &ctx.scratch[..subtracted] {
-                    let w = weight_of(*kind, &ctx.pes[members[p as usize].index as usize].pe.policy);
+                    let w = weight_of(*kind, &ctx.pes[members[p as usize].index].pe.policy());
                     weights[p as usize] = w;
                     tree.add(p as usize, u64::from(w));
                 }
             }
-            Self::Ordered { kind, set, next_seq, virtual_time } => {
+            Self::Ordered { kind, index, next_seq } => {
+                let first = index.first(n);
                 let start = out.len();
-                out.extend(set.values().take(n).copied());
-                let selected = (out.len() - start).min(ctx.max_increment);
-                // The selected ones are the first entries of the set: pop them, give each its
-                // new key, and put them back only afterwards so none is listed twice.
-                for _ in 0..selected {
-                    let Some((old, pe)) = set.pop_first() else { break };
-                    let old_primary = (old >> 64) as u64;
-                    let slot = &mut ctx.pes[pe.index as usize];
-                    match kind {
-                        OrderedKind::WeightedRoundRobin => {
-                            if let Some(stride) = wrr_stride(&slot.pe.policy) {
-                                *virtual_time = old_primary;
-                                slot.sel_primary = old_primary.saturating_add(stride);
-                            }
+                out.extend(first.iter().map(|e| e.1));
+                let selected = first.len().min(ctx.max_increment);
+                // The selected ones are the first entries, in order: each takes a new key (a new
+                // sequence number; LUD also its degradation) and moves behind its equals.
+                for j in 0..selected {
+                    let pe = out[start + j];
+                    let seq = Self::next_seq(next_seq, index, ctx.pes, |s, q| ord_key(s.sel_key, q));
+                    let slot = &mut ctx.pes[pe.index];
+                    let old = ord_key(slot.sel_key, slot.sel_pos);
+                    if *kind == OrderedKind::LeastUsedDegradation {
+                        let policy = slot.pe.policy();
+                        if let Policy::LeastUsedDegradation { degradation, .. } = policy {
+                            slot.degradation = slot.degradation.saturating_add(degradation);
                         }
-                        OrderedKind::LeastUsedDegradation => {
-                            if let Policy::LeastUsedDegradation { degradation, .. } = slot.pe.policy {
-                                slot.pe.degradation = slot.pe.degradation.saturating_add(degradation);
-                            }
-                            slot.sel_primary = ordered_primary(&slot.pe.policy, slot.pe.degradation);
-                        }
-                        _ => {}
+                        slot.sel_key = ordered_primary(&policy, slot.degradation);
                     }
-                    slot.sel_seq = *next_seq;
-                    *next_seq += 1;
-                }
-                for pe in &out[start..start + selected] {
-                    let slot = &ctx.pes[pe.index as usize];
-                    set.insert(ord_key(slot.sel_primary, slot.sel_seq), *pe);
+                    slot.sel_pos = seq;
+                    Self::move_selected(index, selected, old, ord_key(slot.sel_key, seq), pe);
                 }
             }
+            Self::WeightedRoundRobin { index, next_seq, virtual_time } => {
+                let first = index.first(n);
+                let start = out.len();
+                out.extend(first.iter().map(|e| e.1));
+                let selected = first.len().min(ctx.max_increment);
+                for j in 0..selected {
+                    let pe = out[start + j];
+                    let seq = Self::next_seq(next_seq, index, ctx.pes, |s, q| wrr_key(s.sel_key, q));
+                    let slot = &mut ctx.pes[pe.index];
+                    let old = wrr_key(slot.sel_key, slot.sel_pos);
+                    if let Some(stride) = wrr_stride(&slot.pe.policy()) {
+                        *virtual_time = slot.sel_key;
+                        slot.sel_key = slot.sel_key.saturating_add(stride);
+                    }
+                    slot.sel_pos = seq;
+                    Self::move_selected(index, selected, old, wrr_key(slot.sel_key, seq), pe);
+                }
+            }
+        }
+    }
+
+    /// Checks that every PE's slot records its place in the index (for `Handlespace::validate`).
+    pub(crate) fn validate(&self, pes: &Arena) -> Result<(), String> {
+        let live = |k: &PeKey| pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"));
+        match self {
+            Self::Dense { members, .. } | Self::Weighted { members, .. } => {
+                for (i, k) in members.iter().enumerate() {
+                    if live(k)?.sel_pos as usize != i {
+                        return Err(format!("{k:?} has the wrong position"));
+                    }
+                }
+                if let Self::Weighted { kind, weights, tree, .. } = self {
+                    let mut total = 0u64;
+                    for (k, &w) in members.iter().zip(weights) {
+                        if w != weight_of(*kind, &live(k)?.pe.policy()) {
+                            return Err(format!("{k:?} has the wrong weight"));
+                        }
+                        total += u64::from(w);
+                    }
+                    if weights.len() != members.len() || tree.total() != total {
+                        return Err("weights do not add up".into());
+                    }
+                }
+            }
+            Self::Ordered { index, next_seq, .. } => {
+                index.validate()?;
+                for (key, k) in index.iter() {
+                    let s = live(&k)?;
+                    if key != ord_key(s.sel_key, s.sel_pos) || s.sel_pos >= *next_seq {
+                        return Err(format!("{k:?} has the wrong key"));
+                    }
+                }
+            }
+            Self::WeightedRoundRobin { index, next_seq, .. } => {
+                index.validate()?;
+                for (key, k) in index.iter() {
+                    let s = live(&k)?;
+                    if key != wrr_key(s.sel_key, s.sel_pos) || s.sel_pos >= *next_seq {
+                        return Err(format!("{k:?} has the wrong key"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A selected PE moves from key `old` to `new` (larger). With one PE selected per response
+    /// (the usual max-increment) it is the first entry, which moves without a search.
+    fn move_selected<K: Copy + Ord>(index: &mut OrdIndex<K>, selected: usize, old: K, new: K, pe: PeKey) {
+        if selected == 1 {
+            index.move_first(new);
+        } else {
+            index.remove(old);
+            index.insert(new, pe);
         }
     }
 }
@@ -376,7 +503,8 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
 /// Iterator over the PEs of one pool.
 pub(crate) enum SelectorIter<'a> {
     Slice(core::slice::Iter<'a, PeKey>),
-    Set(btree_map::Values<'a, u128, PeKey>),
+    Ordered(OrdIter<'a, u64>),
+    Wrr(OrdIter<'a, u128>),
 }
 
 impl Iterator for SelectorIter<'_> {
@@ -384,7 +512,8 @@ impl Iterator for SelectorIter<'_> {
     fn next(&mut self) -> Option<PeKey> {
         match self {
             Self::Slice(it) => it.next().copied(),
-            Self::Set(it) => it.next().copied(),
+            Self::Ordered(it) => it.next().map(|e| e.1),
+            Self::Wrr(it) => it.next().map(|e| e.1),
         }
     }
 }

@@ -386,18 +386,18 @@ fn least_used_with_degradation_degrades_after_selection() {
     assert_eq!(resolve_ids(&mut hs, 2), [2, 1]);
     assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
     let a = hs.lookup(b"pool", 1).unwrap();
-    assert_eq!(hs.pe(a).unwrap().degradation, 200);
+    assert_eq!(hs.pe_degradation(a).unwrap(), 200);
     assert_eq!(resolve_ids(&mut hs, 1), [2]);
     // Re-registration resets the degradation: A is back to 100 and first.
     hs.register(reg(b"pool", 1, lud(100), conn(1)), Time::ZERO).unwrap();
-    assert_eq!(hs.pe(a).unwrap().degradation, 0);
+    assert_eq!(hs.pe_degradation(a).unwrap(), 0);
     assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
     // Degradation saturates.
     let mut hs = self::hs();
     pool_of(&mut hs, 1, |_| Policy::LeastUsedDegradation { load: u32::MAX - 5, degradation: u32::MAX });
     resolve_ids(&mut hs, 1);
     resolve_ids(&mut hs, 1);
-    assert_eq!(hs.pe(hs.lookup(b"pool", 1).unwrap()).unwrap().degradation, u32::MAX);
+    assert_eq!(hs.pe_degradation(hs.lookup(b"pool", 1).unwrap()).unwrap(), u32::MAX);
     hs.validate().unwrap();
 }
 
@@ -426,7 +426,7 @@ fn max_increment_counts_the_head_of_a_response() {
     let mut hs = Handlespace::new(HandlespaceConfig { max_increment: 2, ..HandlespaceConfig::default() }, Time::ZERO);
     pool_of(&mut hs, 3, |_| Policy::LeastUsedDegradation { load: 0, degradation: 10 });
     assert_eq!(resolve_ids(&mut hs, 3), [1, 2, 3]);
-    let deg: Vec<u32> = (1..=3).map(|id| hs.pe(hs.lookup(b"pool", id).unwrap()).unwrap().degradation).collect();
+    let deg: Vec<u32> = (1..=3).map(|id| hs.pe_degradation(hs.lookup(b"pool", id).unwrap()).unwrap()).collect();
     assert_eq!(deg, [10, 10, 0]);
 }
 
@@ -556,6 +556,36 @@ fn owner_checksums_match_index_md() {
 }
 
 #[test]
+fn owner_pes_by_pool_groups_in_list_order() {
+    // Many PEs over few pools (the counting sort) and few PEs over many pools (the comparison
+    // sort) give what the owner list stably sorted by pool gives; other owners' PEs are left out.
+    for (pools, per_pool) in [(7u32, 40u32), (400, 1)] {
+        let mut hs = hs();
+        let handles: Vec<Vec<u8>> = (0..pools).map(|p| format!("pool-{p}").into_bytes()).collect();
+        for id in 1..=per_pool {
+            for (i, h) in handles.iter().enumerate().rev() {
+                let mut r = reg(h, id, Policy::RoundRobin, None);
+                r.home = if (id + i as u32) % 5 == 0 { PEER } else { ME };
+                hs.register(r, Time::ZERO).unwrap();
+            }
+        }
+        // A pool slot freed and reused, so slab order differs from creation order.
+        let gone = hs.lookup(&handles[0], 1).unwrap();
+        hs.remove(gone);
+        for owner in [ME, PEER] {
+            let mut naive: Vec<PeKey> = hs.owner_pes(owner).collect();
+            naive.sort_by_key(|k| hs.pe_pool(*k));
+            let mut grouped = vec![PeKey::default()];
+            hs.owner_pes_by_pool(owner, &mut grouped);
+            assert_eq!(grouped, naive, "{pools} pools");
+        }
+    }
+    let mut out = vec![PeKey::default()];
+    hs().owner_pes_by_pool(ME, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
 fn stale_keys_are_detected() {
     let mut hs = hs();
     let k = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
@@ -578,11 +608,11 @@ fn asap_transport_is_stored() {
     let mut r = reg(b"p", 1, Policy::RoundRobin, conn(1));
     r.asap_transport = Some(TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 3863));
     let k = hs.register(r.clone(), Time::ZERO).unwrap().pe;
-    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3863));
+    assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3863));
     r.asap_transport.as_mut().unwrap().port = 3864;
     hs.register(r.clone(), Time::ZERO).unwrap();
-    assert_eq!(hs.pe(k).unwrap().asap_transport.as_deref().map(|t| t.port), Some(3864));
+    assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3864));
     r.asap_transport = None;
     hs.register(r, Time::ZERO).unwrap();
-    assert_eq!(hs.pe(k).unwrap().asap_transport, None);
+    assert_eq!(hs.pe(k).unwrap().asap_transport(), None);
 }

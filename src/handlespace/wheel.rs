@@ -13,8 +13,10 @@
 //! 8 bytes. Deadlines further ahead than the wheel spans are parked in the top level and re-placed
 //! when reached.
 //!
-//! Used by the handlespace for registration lifetimes and open to other layers (the ASAP layer's
-//! keep-alive timers).
+//! The algorithm ([`Wheel`]) works on links kept wherever the caller keeps its entries
+//! ([`TimerSlots`]): [`TimerWheel`] keeps them in its own vector (the ASAP layer's keep-alive
+//! timers), the handlespace keeps them in its PE slots (registration lifetimes: no entry, no key
+//! and no allocation per timer).
 
 use crate::time::Time;
 
@@ -27,8 +29,8 @@ const MAX_AHEAD: u64 = (1 << (LEVEL_BITS * LEVELS as u32)) - (1 << (LEVEL_BITS *
 const NIL: u32 = u32::MAX;
 /// Bucket number of the list of timers already due.
 const DUE: u16 = u16::MAX;
-/// Bucket number of a free entry.
-const FREE: u16 = u16::MAX - 1;
+/// Bucket number of an entry that is in no list (free, or not armed).
+pub(crate) const UNARMED: u16 = u16::MAX - 1;
 
 /// A stable handle to a timer: slab index plus a generation, so a handle kept after its timer
 /// fired or was cancelled is recognised as stale.
@@ -38,140 +40,92 @@ pub struct TimerKey {
     generation: u32,
 }
 
-struct Entry<T> {
-    deadline: u64,
-    value: T,
+/// The list links and deadline of one timer, kept in the caller's entry (intrusive).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimerLink {
+    pub(crate) deadline: u64,
     prev: u32,
     next: u32,
-    generation: u32,
-    bucket: u16,
 }
 
-/// A hierarchical timing wheel holding values of type `T` until their deadlines. `T: Default`
-/// fills free entries, which saves the tag a slab entry would cost.
-pub struct TimerWheel<T> {
-    entries: Vec<Entry<T>>,
-    free: u32,
+impl TimerLink {
+    pub(crate) const UNLINKED: Self = Self { deadline: 0, prev: NIL, next: NIL };
+}
+
+/// Where the timers' links live: entries numbered by `u32`, each with a [`TimerLink`] and a
+/// bucket number ([`UNARMED`] when it is in no list).
+pub(crate) trait TimerSlots {
+    fn link(&self, i: u32) -> &TimerLink;
+    fn link_mut(&mut self, i: u32) -> &mut TimerLink;
+    fn bucket(&self, i: u32) -> u16;
+    fn set_bucket(&mut self, i: u32, bucket: u16);
+}
+
+/// The wheel itself: bucket heads and occupancy bits over entries that live elsewhere (in a
+/// [`TimerWheel`]'s own vector, or intrusively in the handlespace's PE slots).
+#[derive(Clone, Debug)]
+pub(crate) struct Wheel {
     len: usize,
     heads: [u32; LEVELS * SLOTS],
     occupied: [u64; LEVELS],
     due: u32,
     elapsed: u64,
-    next_generation: u32,
 }
 
-impl<T: Default> core::fmt::Debug for TimerWheel<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TimerWheel").field("len", &self.len()).field("elapsed", &self.elapsed).finish()
-    }
-}
-
-impl<T: Default> Default for TimerWheel<T> {
-    fn default() -> Self {
-        Self::new(Time::ZERO)
-    }
-}
-
-impl<T: Default> TimerWheel<T> {
-    /// An empty wheel whose current time is `now`.
-    pub fn new(now: Time) -> Self {
-        Self {
-            entries: Vec::new(),
-            free: NIL,
-            len: 0,
-            heads: [NIL; LEVELS * SLOTS],
-            occupied: [0; LEVELS],
-            due: NIL,
-            elapsed: now.as_millis(),
-            next_generation: 0,
-        }
+impl Wheel {
+    pub(crate) fn new(now: Time) -> Self {
+        Self { len: 0, heads: [NIL; LEVELS * SLOTS], occupied: [0; LEVELS], due: NIL, elapsed: now.as_millis() }
     }
 
-    /// Number of pending timers.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no timer is pending.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Arms a timer that fires at `deadline` (at once, on the next poll, if it is not later than
-    /// the wheel's current time).
-    pub fn insert(&mut self, deadline: Time, value: T) -> TimerKey {
-        let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1);
-        let entry = Entry { deadline: deadline.as_millis(), value, prev: NIL, next: NIL, generation, bucket: DUE };
-        let index = if self.free != NIL {
-            let index = self.free;
-            self.free = self.entries[index as usize].next;
-            self.entries[index as usize] = entry;
-            index
-        } else {
-            // Indices fit in u32: a wheel never holds 2^32 timers (memory runs out first).
-            self.entries.push(entry);
-            (self.entries.len() - 1) as u32
-        };
+    /// Arms entry `i` (not armed) to fire at `deadline`.
+    pub(crate) fn insert(&mut self, s: &mut impl TimerSlots, i: u32, deadline: u64) {
+        s.link_mut(i).deadline = deadline;
         self.len += 1;
-        self.place(index);
-        TimerKey { index, generation }
+        self.place(s, i);
     }
 
-    /// Disarms a pending timer and returns its value; `None` if the key is stale.
-    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        self.entry(key)?;
-        self.unlink(key.index);
-        Some(self.release(key.index).1)
+    /// Disarms entry `i` (armed).
+    pub(crate) fn cancel(&mut self, s: &mut impl TimerSlots, i: u32) {
+        self.unlink(s, i);
+        s.set_bucket(i, UNARMED);
+        self.len -= 1;
     }
 
-    /// Moves a pending timer to a new deadline; `false` if the key is stale. A later deadline
-    /// (the common case: a re-registration extends a lifetime) only rewrites the entry, which
-    /// stays in its earlier bucket and is re-placed when that bucket is reached; that saves
-    /// touching the neighbours of two lists.
-    pub fn reschedule(&mut self, key: TimerKey, deadline: Time) -> bool {
-        let Some(entry) = self.entry(key) else { return false };
-        if entry.bucket != DUE && deadline.as_millis() >= entry.deadline {
-            self.entries[key.index as usize].deadline = deadline.as_millis();
-            return true;
+    /// Moves armed entry `i` to `deadline`. A later deadline (the common case: a
+    /// re-registration extends a lifetime) only rewrites the entry, which stays in its earlier
+    /// bucket and is re-placed when that bucket is reached; that saves touching the neighbours
+    /// of two lists.
+    pub(crate) fn reschedule(&mut self, s: &mut impl TimerSlots, i: u32, deadline: u64) {
+        if s.bucket(i) != DUE && deadline >= s.link(i).deadline {
+            s.link_mut(i).deadline = deadline;
+            return;
         }
-        self.unlink(key.index);
-        self.entries[key.index as usize].deadline = deadline.as_millis();
-        self.place(key.index);
-        true
+        self.unlink(s, i);
+        s.link_mut(i).deadline = deadline;
+        self.place(s, i);
     }
 
-    /// The deadline of a pending timer.
-    pub fn deadline(&self, key: TimerKey) -> Option<Time> {
-        self.entry(key).map(|e| Time(e.deadline))
-    }
-
-    /// The value of a pending timer.
-    pub fn get(&self, key: TimerKey) -> Option<&T> {
-        self.entry(key).map(|e| &e.value)
-    }
-
-    /// A time at which [`poll`](Self::poll) may have work: never later than the earliest
-    /// deadline, and equal to it when that timer is in the lowest level (within 64 ms of the
-    /// wheel's time). Polling at an earlier value than the real deadline only cascades timers
-    /// and fires nothing; the next call then gives a closer time. `None` when no timer is pending.
-    pub fn next_expiry(&self) -> Option<Time> {
+    /// See [`TimerWheel::next_expiry`].
+    pub(crate) fn next_expiry(&self) -> Option<Time> {
         if self.due != NIL {
             return Some(Time(self.elapsed));
         }
         (0..LEVELS).find_map(|level| self.next_slot(level).map(|(_, start)| Time(start)))
     }
 
-    /// Removes and returns one timer whose deadline is not later than `now`, with its deadline;
-    /// `None` when there is none. Advances the wheel's time to `now` (time never goes back).
-    pub fn poll(&mut self, now: Time) -> Option<(Time, T)> {
+    /// Disarms and returns one entry whose deadline is not later than `now`; advances the
+    /// wheel's time to `now` (time never goes back).
+    pub(crate) fn poll(&mut self, s: &mut impl TimerSlots, now: Time) -> Option<u32> {
         let now = now.as_millis();
         loop {
             if self.due != NIL {
                 let index = self.due;
-                self.unlink(index);
-                let (deadline, value) = self.release(index);
-                return Some((Time(deadline), value));
+                self.cancel(s, index);
+                return Some(index);
             }
             let next = (0..LEVELS).find_map(|level| self.next_slot(level).map(|(slot, start)| (level, slot, start)));
             let Some((level, slot, start)) = next.filter(|&(_, _, start)| start <= now) else {
@@ -184,42 +138,16 @@ impl<T: Default> TimerWheel<T> {
             self.heads[bucket] = NIL;
             self.occupied[level] &= !(1u64 << slot);
             while index != NIL {
-                let entry = &mut self.entries[index as usize];
-                let next = entry.next;
-                if entry.deadline <= now {
-                    entry.bucket = DUE;
-                    self.push(DUE, index);
+                let link = *s.link(index);
+                if link.deadline <= now {
+                    s.set_bucket(index, DUE);
+                    self.push(s, DUE, index);
                 } else {
-                    self.place(index);
+                    self.place(s, index);
                 }
-                index = next;
+                index = link.next;
             }
         }
-    }
-
-    /// Fires every timer whose deadline is not later than `now`, passing each value to `fire`;
-    /// returns how many fired.
-    pub fn expire(&mut self, now: Time, mut fire: impl FnMut(T)) -> usize {
-        let mut n = 0;
-        while let Some((_, value)) = self.poll(now) {
-            fire(value);
-            n += 1;
-        }
-        n
-    }
-
-    fn entry(&self, key: TimerKey) -> Option<&Entry<T>> {
-        self.entries.get(key.index as usize).filter(|e| e.generation == key.generation && e.bucket != FREE)
-    }
-
-    /// Frees an unlinked entry and returns its deadline and value.
-    fn release(&mut self, index: u32) -> (u64, T) {
-        let entry = &mut self.entries[index as usize];
-        entry.bucket = FREE;
-        entry.next = self.free;
-        self.free = index;
-        self.len -= 1;
-        (entry.deadline, core::mem::take(&mut entry.value))
     }
 
     /// The first occupied slot of `level` at or after elapsed, and the time it starts.
@@ -243,8 +171,8 @@ impl<T: Default> TimerWheel<T> {
     }
 
     /// Puts an unlinked entry into the bucket its deadline calls for.
-    fn place(&mut self, index: u32) {
-        let deadline = self.entries[index as usize].deadline;
+    fn place(&mut self, s: &mut impl TimerSlots, index: u32) {
+        let deadline = s.link(index).deadline;
         let bucket = if deadline <= self.elapsed {
             DUE
         } else {
@@ -256,8 +184,8 @@ impl<T: Default> TimerWheel<T> {
             self.occupied[level] |= 1u64 << slot;
             (level * SLOTS + slot) as u16
         };
-        self.entries[index as usize].bucket = bucket;
-        self.push(bucket, index);
+        s.set_bucket(index, bucket);
+        self.push(s, bucket, index);
     }
 
     fn head_mut(&mut self, bucket: u16) -> &mut u32 {
@@ -268,26 +196,24 @@ impl<T: Default> TimerWheel<T> {
         }
     }
 
-    fn push(&mut self, bucket: u16, index: u32) {
+    fn push(&mut self, s: &mut impl TimerSlots, bucket: u16, index: u32) {
         let head = *self.head_mut(bucket);
         {
-            let entry = &mut self.entries[index as usize];
-            entry.prev = NIL;
-            entry.next = head;
+            let link = s.link_mut(index);
+            link.prev = NIL;
+            link.next = head;
         }
         if head != NIL {
-            self.entries[head as usize].prev = index;
+            s.link_mut(head).prev = index;
         }
         *self.head_mut(bucket) = index;
     }
 
-    fn unlink(&mut self, index: u32) {
-        let (prev, next, bucket) = {
-            let e = &self.entries[index as usize];
-            (e.prev, e.next, e.bucket)
-        };
+    fn unlink(&mut self, s: &mut impl TimerSlots, index: u32) {
+        let TimerLink { prev, next, .. } = *s.link(index);
+        let bucket = s.bucket(index);
         if prev != NIL {
-            self.entries[prev as usize].next = next;
+            s.link_mut(prev).next = next;
         } else {
             *self.head_mut(bucket) = next;
             if next == NIL && bucket != DUE {
@@ -296,8 +222,158 @@ impl<T: Default> TimerWheel<T> {
             }
         }
         if next != NIL {
-            self.entries[next as usize].prev = prev;
+            s.link_mut(next).prev = prev;
         }
+    }
+}
+
+struct Entry<T> {
+    link: TimerLink,
+    value: T,
+    generation: u32,
+    bucket: u16,
+}
+
+struct Entries<T>(Vec<Entry<T>>);
+
+impl<T> TimerSlots for Entries<T> {
+    fn link(&self, i: u32) -> &TimerLink {
+        &self.0[i as usize].link
+    }
+    fn link_mut(&mut self, i: u32) -> &mut TimerLink {
+        &mut self.0[i as usize].link
+    }
+    fn bucket(&self, i: u32) -> u16 {
+        self.0[i as usize].bucket
+    }
+    fn set_bucket(&mut self, i: u32, bucket: u16) {
+        self.0[i as usize].bucket = bucket;
+    }
+}
+
+/// A hierarchical timing wheel holding values of type `T` until their deadlines. `T: Default`
+/// fills free entries, which saves the tag a slab entry would cost.
+pub struct TimerWheel<T> {
+    wheel: Wheel,
+    entries: Entries<T>,
+    /// Free entries, linked through `link.next`.
+    free: u32,
+    next_generation: u32,
+}
+
+impl<T: Default> core::fmt::Debug for TimerWheel<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TimerWheel").field("len", &self.len()).field("elapsed", &self.wheel.elapsed).finish()
+    }
+}
+
+impl<T: Default> Default for TimerWheel<T> {
+    fn default() -> Self {
+        Self::new(Time::ZERO)
+    }
+}
+
+impl<T: Default> TimerWheel<T> {
+    /// An empty wheel whose current time is `now`.
+    pub fn new(now: Time) -> Self {
+        Self { wheel: Wheel::new(now), entries: Entries(Vec::new()), free: NIL, next_generation: 0 }
+    }
+
+    /// Number of pending timers.
+    pub fn len(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Whether no timer is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Arms a timer that fires at `deadline` (at once, on the next poll, if it is not later than
+    /// the wheel's current time).
+    pub fn insert(&mut self, deadline: Time, value: T) -> TimerKey {
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1);
+        let entry = Entry { link: TimerLink::UNLINKED, value, generation, bucket: UNARMED };
+        let entries = &mut self.entries.0;
+        let index = if self.free != NIL {
+            let index = self.free;
+            self.free = entries[index as usize].link.next;
+            entries[index as usize] = entry;
+            index
+        } else {
+            // Indices fit in u32: a wheel never holds 2^32 timers (memory runs out first).
+            entries.push(entry);
+            (entries.len() - 1) as u32
+        };
+        self.wheel.insert(&mut self.entries, index, deadline.as_millis());
+        TimerKey { index, generation }
+    }
+
+    /// Disarms a pending timer and returns its value; `None` if the key is stale.
+    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
+        self.entry(key)?;
+        self.wheel.cancel(&mut self.entries, key.index);
+        Some(self.release(key.index).1)
+    }
+
+    /// Moves a pending timer to a new deadline; `false` if the key is stale. A later deadline
+    /// only rewrites the entry (see [`Wheel::reschedule`]).
+    pub fn reschedule(&mut self, key: TimerKey, deadline: Time) -> bool {
+        if self.entry(key).is_none() {
+            return false;
+        }
+        self.wheel.reschedule(&mut self.entries, key.index, deadline.as_millis());
+        true
+    }
+
+    /// The deadline of a pending timer.
+    pub fn deadline(&self, key: TimerKey) -> Option<Time> {
+        self.entry(key).map(|e| Time(e.link.deadline))
+    }
+
+    /// The value of a pending timer.
+    pub fn get(&self, key: TimerKey) -> Option<&T> {
+        self.entry(key).map(|e| &e.value)
+    }
+
+    /// A time at which [`poll`](Self::poll) may have work: never later than the earliest
+    /// deadline, and equal to it when that timer is in the lowest level (within 64 ms of the
+    /// wheel's time). Polling at an earlier value than the real deadline only cascades timers
+    /// and fires nothing; the next call then gives a closer time. `None` when no timer is pending.
+    pub fn next_expiry(&self) -> Option<Time> {
+        self.wheel.next_expiry()
+    }
+
+    /// Removes and returns one timer whose deadline is not later than `now`, with its deadline;
+    /// `None` when there is none. Advances the wheel's time to `now` (time never goes back).
+    pub fn poll(&mut self, now: Time) -> Option<(Time, T)> {
+        let index = self.wheel.poll(&mut self.entries, now)?;
+        let (deadline, value) = self.release(index);
+        Some((Time(deadline), value))
+    }
+
+    /// Fires every timer whose deadline is not later than `now`, passing each value to `fire`;
+    /// returns how many fired.
+    pub fn expire(&mut self, now: Time, mut fire: impl FnMut(T)) -> usize {
+        let mut n = 0;
+        while let Some((_, value)) = self.poll(now) {
+            fire(value);
+            n += 1;
+        }
+        n
+    }
+
+    fn entry(&self, key: TimerKey) -> Option<&Entry<T>> {
+        self.entries.0.get(key.index as usize).filter(|e| e.generation == key.generation && e.bucket != UNARMED)
+    }
+
+    /// Frees a disarmed entry and returns its deadline and value.
+    fn release(&mut self, index: u32) -> (u64, T) {
+        let entry = &mut self.entries.0[index as usize];
+        entry.link.next = self.free;
+        self.free = index;
+        (entry.link.deadline, core::mem::take(&mut entry.value))
     }
 }
 

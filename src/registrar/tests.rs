@@ -657,8 +657,8 @@ fn a_pe_without_asap_transport_keeps_its_connections_address() {
     sim.send(pe, &registration(&h, 1, tcp("198.51.100.7", 7000), Policy::RoundRobin, -1));
     assert!(!reg_response(&sim.one(pe)).0);
     let stored = stored_pe(&sim, &h, 1);
-    let asap = stored.asap_transport.expect("an ASAP transport is kept (WIRE.md 3.2)");
-    assert_eq!(*asap, tcp("198.51.100.7", 5555), "the registering connection's remote address");
+    let asap = stored.asap_transport().expect("an ASAP transport is kept (WIRE.md 3.2)");
+    assert_eq!(asap, tcp("198.51.100.7", 5555), "the registering connection's remote address");
 }
 
 #[test]

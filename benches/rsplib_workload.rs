@@ -1,0 +1,158 @@
+//! rsplib's handlespace benchmark workload on our handlespace, printing the same lines as
+//! rsplib's own bench (`../shared/anchors/rsplib-hsbench/bench.c`), so that both can be run side
+//! by side (`results/handlespace/vs_rsplib.sh`).
+//!
+//! `cargo bench --bench rsplib_workload -- PES POOLS POLICY RESOLUTIONS ITEMS`, e.g.
+//! `taskset -c 1 cargo bench --bench rsplib_workload -- 1000000 1 LeastUsed 2000000 3`.
+//!
+//! The workload, as rsplib's: PE `i` (id `i + 1`, owner 0x11111111) goes to pool `i % POOLS`
+//! (handle `Pool-<n>`), with one IPv4 SCTP user transport, weight 1 / load 0 and a 30 s life;
+//! then every PE is registered again in id order with a random 24-bit load (the lifetime timer
+//! restarts); RESOLUTIONS handle resolutions of ITEMS PEs go round the pools; the owner's PEs are
+//! walked grouped by pool, 128 per chunk (an ENRP handle table export); every PE is deregistered
+//! in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
+//! registered over (one connection per PE), and a resolution applies the registrar's
+//! max-increment of 1 (rsplib's bench passes 0, which rotates nothing).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, Registration};
+use rserpool::service::ConnId;
+use rserpool::time::Time;
+use rserpool::wire::policy::{Policy, PolicyType};
+use rserpool::wire::transport::{TransportProtocol, TransportRepr};
+
+const OWNER: u32 = 0x1111_1111;
+
+fn policy_type(name: &str) -> Option<PolicyType> {
+    Some(match name {
+        "RoundRobin" => PolicyType::ROUND_ROBIN,
+        "WeightedRoundRobin" => PolicyType::WEIGHTED_ROUND_ROBIN,
+        "Random" => PolicyType::RANDOM,
+        "WeightedRandom" => PolicyType::WEIGHTED_RANDOM,
+        "Priority" => PolicyType::PRIORITY,
+        "LeastUsed" => PolicyType::LEAST_USED,
+        "LeastUsedDegradation" => PolicyType::LEAST_USED_DEGRADATION,
+        "PriorityLeastUsed" => PolicyType::PRIORITY_LEAST_USED,
+        "RandomizedLeastUsed" => PolicyType::RANDOMIZED_LEAST_USED,
+        _ => return None,
+    })
+}
+
+/// rsplib's PoolPolicySettings with weight 1, the given load, everything else 0, as our policy.
+fn policy(t: PolicyType, load: u32) -> Policy {
+    let values: &[u32] = match t {
+        PolicyType::WEIGHTED_ROUND_ROBIN | PolicyType::WEIGHTED_RANDOM => &[1],
+        PolicyType::PRIORITY => &[0],
+        PolicyType::LEAST_USED | PolicyType::RANDOMIZED_LEAST_USED => &[load],
+        PolicyType::LEAST_USED_DEGRADATION | PolicyType::PRIORITY_LEAST_USED => &[load, 0],
+        _ => &[],
+    };
+    Policy::from_values(t, values).expect("known policy")
+}
+
+fn conn(i: usize) -> Option<ConnId> {
+    Some(ConnId { shard: 0, generation: 0, slot: i as u32 })
+}
+
+/// The owner's PEs grouped by pool, `chunk` at a time, as an ENRP Handle Table export walks
+/// them (each chunk ends by reading its last PE's handle and id, as rsplib's does); returns how
+/// many were walked.
+fn walk(hs: &Handlespace, owner: u32, chunk: usize) -> usize {
+    let mut keys: Vec<PeKey> = Vec::new();
+    hs.owner_pes_by_pool(owner, &mut keys);
+    let mut total = 0;
+    for c in keys.chunks(chunk) {
+        let last = *c.last().expect("non-empty chunk");
+        black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));
+        total += c.len();
+    }
+    total
+}
+
+/// Resident set size of this process (Linux), kB.
+fn rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
+    let n: usize = arg(0, "10000").parse().expect("PES");
+    let pools: usize = arg(1, "1").parse().expect("POOLS");
+    let pol = arg(2, "RoundRobin");
+    let resolutions: usize = arg(3, "1000000").parse().expect("RESOLUTIONS");
+    let items: usize = arg(4, "3").parse().expect("ITEMS");
+    let Some(t) = policy_type(&pol) else {
+        eprintln!("bad policy");
+        std::process::exit(1);
+    };
+
+    let config = HandlespaceConfig {
+        max_pes: 1 << 26,
+        max_pes_per_pool: 1 << 26,
+        max_pes_per_connection: 1 << 20,
+        max_increment: 1,
+        ..HandlespaceConfig::default()
+    };
+    let mut hs = Handlespace::new(config, Time::ZERO);
+    let handles: Vec<Vec<u8>> = (0..pools).map(|i| format!("Pool-{i}").into_bytes()).collect();
+    let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let user = TransportRepr::new(TransportProtocol::Sctp, addr, 1234);
+    let now = Time::ZERO;
+    let reg = |i: usize, load: u32| Registration {
+        handle: &handles[i % pools],
+        pe_id: (i + 1) as u32,
+        home: OWNER,
+        user_transport: user.clone(),
+        asap_transport: Some(user.clone()),
+        policy: policy(t, load),
+        registration_life: 30_000,
+        conn: conn(i),
+    };
+
+    let t0 = Instant::now();
+    for i in 0..n {
+        if hs.register(reg(i, 0), now).is_err() {
+            eprintln!("reg failed at {i}");
+            std::process::exit(1);
+        }
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!("{pol:<12} N={n:<7} pools={pools:<5} register      {:10.0} ops/s", n as f64 / s);
+    eprintln!("{pol:<12} N={n:<7} pools={pools:<5} RSS after fill {} kB, fill {s:.3} s", rss_kb());
+
+    let mut rng = fastrand::Rng::with_seed(1);
+    let t0 = Instant::now();
+    for i in 0..n {
+        black_box(hs.register(reg(i, rng.u32(..) & 0xff_ffff), now).is_ok());
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!("{pol:<12} N={n:<7} pools={pools:<5} re-register   {:10.0} ops/s", n as f64 / s);
+
+    let mut out: Vec<PeKey> = Vec::with_capacity(items);
+    let t0 = Instant::now();
+    for i in 0..resolutions {
+        black_box(hs.resolve(&handles[i % pools], items, &mut out).is_ok());
+        black_box(&out);
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!("{pol:<12} N={n:<7} pools={pools:<5} handle-res({items}) {:9.0} ops/s", resolutions as f64 / s);
+
+    let t0 = Instant::now();
+    let total = walk(&hs, OWNER, 128);
+    let s = t0.elapsed().as_secs_f64();
+    println!("{pol:<12} N={n:<7} pools={pools:<5} table-export  {:10.0} PEs/s ({total} PEs)", total as f64 / s);
+
+    let t0 = Instant::now();
+    for i in 0..n {
+        black_box(hs.deregister(&handles[i % pools], (i + 1) as u32, conn(i)).is_ok());
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!("{pol:<12} N={n:<7} pools={pools:<5} deregister    {:10.0} ops/s", n as f64 / s);
+    assert_eq!(hs.pe_count(), 0);
+}

@@ -1,0 +1,126 @@
+//! The PE slots: pages of 4,096 [`PeSlot`]s, numbered by `u32`, with a free list through the
+//! free slots.
+//!
+//! Pages instead of one vector: growing never moves or copies the slots already there (a
+//! vector of ten million slots would copy 1.4 GB on its last doubling, and hold up to twice
+//! what it uses), and the memory held is the slots used rounded up to one page.
+
+use core::ops::{Index, IndexMut};
+
+use super::element::{PeSlot, NIL};
+use super::wheel::TimerLink;
+use super::wheel::TimerSlots;
+
+const PAGE_BITS: u32 = 12;
+const PAGE: usize = 1 << PAGE_BITS;
+
+/// The slots of every PE of a handlespace shard.
+pub(crate) struct Arena {
+    pages: Vec<Box<[PeSlot]>>,
+    /// First free slot below `high` (linked through `pool`), or `NIL`.
+    free: u32,
+    /// Slots ever handed out (every slot at or above is free and not in the list).
+    high: u32,
+    len: usize,
+}
+
+impl core::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Arena").field("len", &self.len).field("pages", &self.pages.len()).finish()
+    }
+}
+
+impl Arena {
+    pub(crate) fn new() -> Self {
+        Self { pages: Vec::new(), free: NIL, high: 0, len: 0 }
+    }
+
+    /// Number of PEs held.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The slot `index` if it holds a PE of generation `generation`.
+    #[inline]
+    pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&PeSlot> {
+        let page = self.pages.get((index >> PAGE_BITS) as usize)?;
+        let slot = &page[index as usize & (PAGE - 1)];
+        (slot.generation() == generation && generation != 0).then_some(slot)
+    }
+
+    /// Stores `slot` (whose generation is not 0) in a free slot and returns its index.
+    pub(crate) fn insert(&mut self, slot: PeSlot) -> u32 {
+        debug_assert_ne!(slot.generation(), 0);
+        self.len += 1;
+        if self.free != NIL {
+            let index = self.free;
+            self.free = self[index].pool;
+            self[index] = slot;
+            return index;
+        }
+        let index = self.high;
+        if index as usize == self.pages.len() * PAGE {
+            self.pages.push(vec![PeSlot::VACANT; PAGE].into_boxed_slice());
+        }
+        self.high += 1;
+        self[index] = slot;
+        index
+    }
+
+    /// Frees slot `index` (which holds a PE) and returns its contents.
+    pub(crate) fn remove(&mut self, index: u32) -> PeSlot {
+        let free = self.free;
+        let mut vacant = PeSlot::VACANT;
+        vacant.pool = free;
+        let slot = core::mem::replace(&mut self[index], vacant);
+        self.free = index;
+        self.len -= 1;
+        slot
+    }
+
+    /// Every PE slot with its index.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &PeSlot)> + '_ {
+        self.pages
+            .iter()
+            .flat_map(|p| p.iter())
+            .take(self.high as usize)
+            .enumerate()
+            .filter(|(_, s)| s.generation() != 0)
+            .map(|(i, s)| (i as u32, s))
+    }
+}
+
+impl Index<u32> for Arena {
+    type Output = PeSlot;
+    #[inline]
+    fn index(&self, index: u32) -> &PeSlot {
+        &self.pages[(index >> PAGE_BITS) as usize][index as usize & (PAGE - 1)]
+    }
+}
+
+impl IndexMut<u32> for Arena {
+    #[inline]
+    fn index_mut(&mut self, index: u32) -> &mut PeSlot {
+        &mut self.pages[(index >> PAGE_BITS) as usize][index as usize & (PAGE - 1)]
+    }
+}
+
+/// Registration lifetimes are timers linked through the slots.
+impl TimerSlots for Arena {
+    #[inline]
+    fn link(&self, i: u32) -> &TimerLink {
+        &self[i].timer
+    }
+    #[inline]
+    fn link_mut(&mut self, i: u32) -> &mut TimerLink {
+        &mut self[i].timer
+    }
+    #[inline]
+    fn bucket(&self, i: u32) -> u16 {
+        self[i].timer_bucket
+    }
+    #[inline]
+    fn set_bucket(&mut self, i: u32, bucket: u16) {
+        self[i].timer_bucket = bucket;
+    }
+}
