@@ -3,6 +3,7 @@
 //! assertions: waits are deadlock guards. The latency side by side is `loadgen abuse`
 //! (results/abuse/README.md).
 
+#[macro_use]
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
@@ -85,26 +86,6 @@ fn read_answers(s: TcpStream, handle: &str, want: u64) {
         let Body::HandleResolutionResponse { pool_handle, .. } = p.body() else { panic!("not a resolution response") };
         assert_eq!(*pool_handle, handle.as_bytes());
     }
-}
-
-macro_rules! both_engines {
-    ($($name:ident($engine:ident) $body:block)*) => {
-        mod uring {
-            use super::*;
-            $( #[test] fn $name() {
-                if let Err(reason) = rserpool::runtime::io_uring_support() {
-                    eprintln!("skipping the io_uring variant: {reason}");
-                    return;
-                }
-                let $engine = "uring";
-                $body
-            } )*
-        }
-        mod epoll {
-            use super::*;
-            $( #[test] fn $name() { let $engine = "epoll"; $body } )*
-        }
-    };
 }
 
 both_engines! {

@@ -2,6 +2,7 @@
 //! engines (io_uring and epoll). Timers are shortened through the config file; waits are
 //! deadlock guards, never timing assertions.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -38,28 +39,6 @@ const POLICIES: [Policy; 9] = [
     Policy::PriorityLeastUsed { load: 1000, degradation: 10 },
     Policy::RandomizedLeastUsed { load: 1000 },
 ];
-
-/// Defines one test per engine for each body.
-macro_rules! both_engines {
-    ($($name:ident($engine:ident) $body:block)*) => {
-        mod uring {
-            use super::*;
-            $( #[test] fn $name() {
-                // Hosts that block io_uring (container seccomp profiles) run the epoll suite only.
-                if let Err(reason) = rserpool::runtime::io_uring_support() {
-                    eprintln!("skipping the io_uring variant: {reason}");
-                    return;
-                }
-                let $engine = "uring";
-                $body
-            } )*
-        }
-        mod epoll {
-            use super::*;
-            $( #[test] fn $name() { let $engine = "epoll"; $body } )*
-        }
-    };
-}
 
 both_engines! {
     every_policy_with_one_to_three_legs(engine) {

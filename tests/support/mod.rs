@@ -329,3 +329,27 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Defines one test per engine (`mod uring`, `mod epoll`) for each body; the io_uring variant
+/// skips, with a message, where io_uring is blocked.
+#[allow(unused_macros)]
+macro_rules! both_engines {
+    ($($name:ident($engine:ident) $body:block)*) => {
+        mod uring {
+            use super::*;
+            $( #[test] fn $name() {
+                // Hosts that block io_uring (container seccomp profiles) run the epoll suite only.
+                if let Err(reason) = rserpool::runtime::io_uring_support() {
+                    eprintln!("skipping the io_uring variant: {reason}");
+                    return;
+                }
+                let $engine = "uring";
+                $body
+            } )*
+        }
+        mod epoll {
+            use super::*;
+            $( #[test] fn $name() { let $engine = "epoll"; $body } )*
+        }
+    };
+}
