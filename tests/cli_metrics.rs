@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::tcp;
+
 #[path = "support/prom.rs"]
 mod prom;
 
@@ -14,10 +16,6 @@ use std::time::{Duration, Instant};
 use prom::{Dialect, Exposition};
 use rserpool::wire::{Policy, TransportProtocol, TransportRepr};
 use support::*;
-
-fn tcp(port: u16) -> TransportRepr {
-    TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
-}
 
 /// `after - before` of the sample `name` with `labels`.
 fn delta(before: &Exposition, after: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {

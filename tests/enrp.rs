@@ -7,10 +7,12 @@
 
 mod support;
 
+use support::{free_port, tcp};
+
 use std::net::TcpListener;
 
 use rserpool::wire::asap::{self, Body, MessageType};
-use rserpool::wire::{Policy, PoolElementRepr, TransportProtocol, TransportRepr};
+use rserpool::wire::{Policy, PoolElementRepr};
 use support::{eventually, handle_and_id, Client, Registrar};
 
 /// Short ENRP timers so that deaths and takeovers happen within a second.
@@ -24,14 +26,6 @@ peer_reconnect = 100
 keep_alive_interval = 200
 keep_alive_timeout = 5000
 ";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tcp(port: u16) -> TransportRepr {
-    TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
-}
 
 fn start(engine: &str, id: &str, enrp: u16, peers: &[u16]) -> Registrar {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();

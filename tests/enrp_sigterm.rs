@@ -10,7 +10,8 @@
 
 mod support;
 
-use std::net::TcpListener;
+use support::{free_port, tcp};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,10 +26,6 @@ const CLIENTS: u32 = 6;
 const DEPTH: u32 = 16;
 /// A is stopped once this many registrations were acknowledged.
 const ACKED_BEFORE_STOP: usize = 3_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One client: registers PEs `client << 20 | i`, each in a pool of its own, `DEPTH` at a time,
 /// until A closes the connection; returns the (pool, PE id) pairs A acknowledged.
@@ -125,10 +122,6 @@ fn acknowledged_registrations_survive_sigterm(engine: &str) {
                 .is_ok_and(|pes| pes.iter().any(|p| p.pe_id == *id && p.home_registrar == 0xaaaa_0001))
         });
     }
-}
-
-fn tcp(port: u16) -> TransportRepr {
-    TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::tcp;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
@@ -18,7 +20,7 @@ use rserpool::registrar::{Registrar, RegistrarConfig, ASAP};
 use rserpool::runtime::{self, Engine, EngineConfig, EngineKind, Listen};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
-use rserpool::wire::{Policy, TransportProtocol, TransportRepr};
+use rserpool::wire::Policy;
 use support::{eventually, handle_and_id, handle_on, pe, registration, resolution, Client};
 
 const SHARDS: u16 = 3;
@@ -54,10 +56,6 @@ fn start(kind: EngineKind) -> Option<Engine> {
 
 fn pools() -> Vec<String> {
     (0..SHARDS).flat_map(|s| (0..2).map(move |k| handle_on(s, SHARDS, &format!("stress{k}")))).collect()
-}
-
-fn tcp(port: u16) -> TransportRepr {
-    TransportRepr::new(TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
 }
 
 /// A pool element: registers PES_EACH PEs over all pools in one burst, reads the answers in

@@ -13,8 +13,10 @@
 
 mod support;
 
+use support::free_port;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -80,10 +82,6 @@ impl Ca {
         std::fs::write(&issued.key, key.serialize_pem()).unwrap();
         issued
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn skip(engine: &str) -> bool {

@@ -287,6 +287,18 @@ pub fn parse_resolution(m: &[u8]) -> Result<Vec<PoolElementRepr>, CauseCode> {
     }
 }
 
+/// A port free on 127.0.0.1 right now (for a listener the test starts next).
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP transport on 127.0.0.1.
+#[allow(dead_code)]
+pub fn tcp(port: u16) -> TransportRepr {
+    TransportRepr::new(rserpool::wire::TransportProtocol::Tcp, "127.0.0.1".parse().unwrap(), port)
+}
+
 pub fn pe(id: u32, user: TransportRepr, policy: Policy, life: i32) -> PoolElementRepr {
     PoolElementRepr {
         pe_id: id,
