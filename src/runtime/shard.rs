@@ -1002,6 +1002,15 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         self.io.congested()
     }
 
+    /// Whether no live connection has output left to write.
+    fn all_sent(&self) -> bool {
+        self.io
+            .conns
+            .ids()
+            .into_iter()
+            .all(|id| self.io.conns.get(id).is_none_or(|c| c.state == ConnState::Dead || c.unsent() == 0))
+    }
+
     /// Whether work is ready without waiting.
     pub(crate) fn has_work(&self) -> bool {
         !self.io.local.is_empty() || !self.io.resumed.is_empty()
@@ -1076,11 +1085,13 @@ fn quiesce<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut
     loop {
         let more = step(core, driver);
         let spilling = core.flush_outgoing(driver);
-        if !more && !spilling && core.signals.quiescent() {
+        // Sent, not only queued: closing drops what a connection has not written yet (an
+        // io_uring send may still be in flight when the records are all handled).
+        if !more && !spilling && core.signals.quiescent() && core.all_sent() {
             return;
         }
         if Instant::now() >= limit {
-            tracing::warn!(shard = core.me, "stopping with records still in flight between shards");
+            tracing::warn!(shard = core.me, "stopping with records between shards or output still unsent");
             return;
         }
         let wait = if more || spilling { Duration::ZERO } else { Duration::from_millis(1) };
