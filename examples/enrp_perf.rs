@@ -7,6 +7,7 @@
 //! target/release/examples/enrp_perf sync     [--pes 1000000] [--rounds 3] [--cores 1,1] [--chunk N] [--max-message B] [--bin B]...
 //! target/release/examples/enrp_perf takeover [--pes 100000]  [--rounds 3] [--bin B]...
 //! target/release/examples/enrp_perf inproc   [--pes 1000000] [--rounds 3] [--chunk N]
+//! target/release/examples/enrp_perf updates  [--pes 100000]  [--rounds 3]
 //! ```
 //!
 //! **sync**: registrar A (one shard) gets `--pes` PEs registered over one pipelined connection
@@ -34,6 +35,13 @@
 //! for them) and B's import (its coordinator splitting each response, then its shard storing
 //! the entries), each timed by the thread's CPU clock; CPU per PE without the kernel or the
 //! other process.
+//!
+//! **updates**: the Handle Updates registrar A (one shard) encodes while `--pes` PEs register
+//! (1,000 pools) are fed to a registrar shard B that has A as its peer, in reads of whole
+//! messages of up to 16 KiB, twice: first every update adds a PE B does not hold, then the
+//! same updates again refresh PEs it holds (what re-registrations at A cause). CPU per update
+//! at B (thread CPU time, core 1), split into its coordinator's part (reading the peer
+//! connection) and its pool shard's (applying them).
 //!
 //! `ENRP_PERF_RECORD=DIR` runs each spawned registrar under `perf record` (DWARF call graphs)
 //! into `DIR/NAME.data`. One JSON line per round on stdout.
@@ -684,6 +692,82 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     )
 }
 
+/// Handle Updates into one registrar shard, in process: CPU per update at the receiver.
+fn updates_round(pes: usize, round: usize) -> String {
+    pin(1);
+    let (ida, idb) = (0xaaaa_0001u32, 0xbbbb_0002u32);
+    let a_addr: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+    let mut a = shard_of_registrar(ida, pes, None, Vec::new());
+    let mut out = Capture::default();
+    let client = ConnId { shard: 0, generation: 1, slot: 0 };
+    a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
+    let mut updates = Vec::new();
+    for i in 0..pes {
+        let m = registration(i % POOLS, 1 + i as u32, None);
+        assert_eq!(a.on_data(client, &m, Time::ZERO, &mut out), m.len());
+        out.sent.clear();
+        for p in out.posts.drain(..) {
+            if let ShardMsg::Enrp(EnrpMsg::Outgoing { updates: u, .. }) = p {
+                updates.extend_from_slice(&u);
+            }
+        }
+    }
+    drop(a);
+    // Whole messages, up to 16 KiB per read.
+    let mut reads: Vec<&[u8]> = Vec::new();
+    let (mut from, mut at) = (0, 0);
+    let mut count = 0usize;
+    while at < updates.len() {
+        let len = usize::from(u16::from_be_bytes([updates[at + 2], updates[at + 3]]));
+        if at + len - from > 16 * 1024 {
+            reads.push(&updates[from..at]);
+            from = at;
+        }
+        at += len;
+        count += 1;
+    }
+    reads.push(&updates[from..]);
+    assert_eq!(count, pes, "one Handle Update per registration");
+    let mut b = shard_of_registrar(idb, pes, None, vec![a_addr]);
+    let mut out = Capture::default();
+    b.on_timer(Time(1), &mut out);
+    let conn = out.dialled.expect("B dials A");
+    b.on_connect(conn, ENRP, Ok(a_addr), Time(1), &mut out);
+    let pass = |b: &mut Registrar, out: &mut Capture| {
+        let (mut coordinator_s, mut shard_s) = (0.0, 0.0);
+        for r in &reads {
+            let t = thread_cpu();
+            assert_eq!(b.on_data(conn, r, Time(2), out), r.len());
+            coordinator_s += thread_cpu() - t;
+            let t = thread_cpu();
+            while let Some(m) = out.posts.pop_front() {
+                b.on_message(0, m, Time(2), out);
+            }
+            shard_s += thread_cpu() - t;
+            out.sent.clear();
+        }
+        (coordinator_s, shard_s)
+    };
+    let (add_c, add_s) = pass(&mut b, &mut out);
+    assert_eq!(b.handlespace().pe_count(), pes, "B holds every PE");
+    let (refresh_c, refresh_s) = pass(&mut b, &mut out);
+    assert_eq!(b.handlespace().pe_count(), pes, "a refresh adds nothing");
+    let ns = |s: f64| s * 1e9 / pes as f64;
+    format!(
+        "{{\"mode\":\"updates\",\"round\":{round},\"updates\":{pes},\"reads\":{},\"bytes\":{},\
+         \"add_coordinator_ns\":{:.0},\"add_shard_ns\":{:.0},\"add_ns_per_update\":{:.0},\
+         \"refresh_coordinator_ns\":{:.0},\"refresh_shard_ns\":{:.0},\"refresh_ns_per_update\":{:.0}}}",
+        reads.len(),
+        updates.len(),
+        ns(add_c),
+        ns(add_s),
+        ns(add_c + add_s),
+        ns(refresh_c),
+        ns(refresh_s),
+        ns(refresh_c + refresh_s),
+    )
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "sync".into());
@@ -717,7 +801,8 @@ fn main() {
                 }
                 "takeover" => takeover_round(b, pes.unwrap_or(100_000), round),
                 "inproc" => inproc_round(pes.unwrap_or(1_000_000), chunk, round),
-                other => panic!("unknown mode {other} (sync, takeover, inproc)"),
+                "updates" => updates_round(pes.unwrap_or(100_000), round),
+                other => panic!("unknown mode {other} (sync, takeover, inproc, updates)"),
             };
             println!("{line}");
         }
