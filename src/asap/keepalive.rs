@@ -99,6 +99,11 @@ impl KeepAlive {
         }
     }
 
+    /// Whether `pe` is supervised.
+    pub(crate) fn contains(&self, pe: PeKey) -> bool {
+        self.entries.contains_key(&pe)
+    }
+
     /// Number of supervised PEs.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -44,9 +44,9 @@ impl Procedures {
             return Learnt::Ignored; // our own view of our own PEs is authoritative
         }
         let user = pe.user_transport().to_repr();
-        let existing = self.hs.lookup(pool_handle, pe.pe_id());
+        let mut spot = self.hs.locate(pool_handle, pe.pe_id());
         let me = self.id;
-        match existing.and_then(|k| self.hs.pe(k).map(|e| (k, e.home, same_addresses(&e.user_transport(), &user)))) {
+        match self.hs.at(spot).map(|(k, e)| (k, e.home, same_addresses(&e.user_transport(), &user))) {
             // This registrar's own view of its own PEs is authoritative (WIRE.md 7.4): a peer
             // that claims one of them (a takeover during a partition, a PE that moved and
             // whose connection here has not dropped yet) is ignored until that settles.
@@ -63,6 +63,7 @@ impl Procedures {
                 }
                 self.drop_pe(k, Reason::Collision, now, sink);
                 self.stats.collisions += 1;
+                spot = self.hs.locate(pool_handle, pe.pe_id());
             }
             None if self.budgets.peer_pes.used() >= self.limits.max_peer_pes => return Learnt::Refused,
             None => {}
@@ -77,7 +78,7 @@ impl Procedures {
             registration_life: pe.registration_life(),
             conn: None,
         };
-        let r = match self.hs.register(reg, now) {
+        let r = match self.hs.register_at(spot, reg, now) {
             Ok(r) => r,
             Err(_) => return Learnt::Refused,
         };

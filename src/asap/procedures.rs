@@ -803,7 +803,9 @@ pub(crate) fn changed(
     match change.change {
         Change::Updated if change.pe.home == id && change.reason == Reason::Takeover => keep_alive.arm_now(key, now),
         Change::Added | Change::Updated if change.pe.home == id => keep_alive.arm(key, now),
-        Change::Added | Change::Updated | Change::Removed => keep_alive.disarm(key),
+        // Only PEs this registrar was home of are supervised (a peer's PE costs no lookup).
+        Change::Updated | Change::Removed if change.home_before == id => keep_alive.disarm(key),
+        Change::Added | Change::Updated | Change::Removed => debug_assert!(!keep_alive.contains(key)),
     }
     sink.changed(&change);
 }

@@ -227,6 +227,8 @@ pub struct Coordinator {
     refused_logged: BTreeSet<std::net::IpAddr>,
     /// When to take what multicast discovery heard next.
     next_discovery: Time,
+    /// Handle Updates read but not yet forwarded, per pool shard ([`Coordinator::forward_updates`]).
+    pending_updates: Vec<Vec<u8>>,
 }
 
 /// Heartbeats between List Requests to every peer.
@@ -242,6 +244,7 @@ impl Coordinator {
             server_id: cfg.server_id,
             transport: TransportRepr::new(TransportProtocol::Tcp, cfg.address.ip(), cfg.address.port()),
         };
+        let cfg_shards = cfg.shards.max(1);
         let dials = cfg.peers.iter().filter(|a| **a != cfg.address).map(|a| (*a, (None, now))).collect();
         // With multicast discovery, peers may answer the first Presence: wait for a mentor.
         let sync = if cfg.peers.is_empty() && cfg.discovery.is_none() { Sync::Consistent } else { Sync::Joining };
@@ -266,6 +269,7 @@ impl Coordinator {
             stats: EnrpStats::default(),
             refused_logged: BTreeSet::new(),
             next_discovery: now,
+            pending_updates: vec![Vec::new(); usize::from(cfg_shards)],
         }
     }
 
@@ -427,11 +431,26 @@ impl Coordinator {
                 Err(e) => {
                     warn!(peer = ?link.peer, "closing ENRP connection: {e}");
                     out.close(conn);
+                    self.forward_updates(out);
                     return data.len();
                 }
             }
         }
+        self.forward_updates(out);
         used
+    }
+
+    /// Posts the Handle Updates gathered while reading to the shards owning their pools: one
+    /// record per shard for all that a read brought, not one per update. Called at the end of
+    /// every read and before anything else goes to a shard, which keeps every shard's input in
+    /// the order it arrived.
+    fn forward_updates<M: From<EnrpMsg>>(&mut self, out: &mut impl Outbox<M>) {
+        for (s, pending) in self.pending_updates.iter_mut().enumerate() {
+            if !pending.is_empty() {
+                let messages = Payload::from_vec(std::mem::take(pending));
+                out.post(s as ShardId, EnrpMsg::Updates { messages }.into());
+            }
+        }
     }
 
     /// One whole ENRP message from `conn`.
@@ -453,6 +472,9 @@ impl Coordinator {
         let sender = m.body().sender;
         if sender == 0 || sender == self.me() {
             return;
+        }
+        if !matches!(m.body().kind, Kind::HandleUpdate { .. }) {
+            self.forward_updates(out);
         }
         self.heard(conn, sender, now, out);
         match &m.body().kind {
@@ -549,7 +571,7 @@ impl Coordinator {
                 }
                 self.stats.updates_received += 1;
                 let shard = shard_of(pool_handle, self.cfg.shards);
-                out.post(shard, EnrpMsg::Update { message: Payload::from_slice(msg) }.into());
+                self.pending_updates[usize::from(shard)].extend_from_slice(msg);
             }
             Kind::ListRequest => {
                 let (me, info) = (self.me(), self.info.clone());

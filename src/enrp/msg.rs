@@ -20,10 +20,11 @@ pub enum EnrpMsg {
         /// Checksum words of PEs that stopped being this registrar's.
         sub: u64,
     },
-    /// A Handle Update from a peer (the whole validated message), for the pool's shard.
-    Update {
-        /// The message.
-        message: Payload,
+    /// Handle Updates from peers for pools of the receiving shard: whole validated messages,
+    /// back to back, in the order they arrived (one record for all those one read brought).
+    Updates {
+        /// The messages.
+        messages: Payload,
     },
     /// Handle table groups (Pool Handle, then its Pool Elements, as parameters) from a peer's
     /// Handle Table Response, for the shard owning those pools.

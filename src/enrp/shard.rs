@@ -12,7 +12,7 @@ use crate::handlespace::checksum::{handle_words, pe_words};
 use crate::handlespace::{PeKey, PoolKey};
 use crate::service::{ConnId, Outbox, Payload, ShardId};
 use crate::time::Time;
-use crate::wire::enrp::{self, Kind, UpdateAction};
+use crate::wire::enrp::{self, UpdateAction};
 use crate::wire::{pool_element, ParamType, Params, Writer};
 
 /// Encodes a Handle Update for every change to a PE this registrar owns (WIRE.md 7.4), and
@@ -120,7 +120,7 @@ impl EnrpShard {
         sink: &mut impl ChangeSink,
     ) {
         match msg {
-            EnrpMsg::Update { message } => self.update(&message, p, now, sink),
+            EnrpMsg::Updates { messages } => self.updates(&messages, p, now, sink),
             EnrpMsg::Table { groups } => self.table(&groups, p, now, sink),
             EnrpMsg::ReplaceBegin { owner } => {
                 self.replacing.insert(owner, p.owner_pes(owner).into_iter().collect());
@@ -159,17 +159,27 @@ impl EnrpShard {
         }
     }
 
-    /// A peer's Handle Update (validated by the coordinator).
-    fn update(&mut self, message: &[u8], p: &mut Procedures, now: Time, sink: &mut impl ChangeSink) {
-        let Ok(m) = enrp::parse(message) else { return };
-        let Kind::HandleUpdate { action, pool_handle, pool_element, .. } = &m.body().kind else { return };
-        match action {
-            UpdateAction::AddPe => {
-                let learnt = p.learn(pool_handle, pool_element, Reason::Peer, now, sink);
-                self.confirm(pool_element.home_registrar(), learnt);
+    /// Peers' Handle Updates, validated by the coordinator: only their parts are found.
+    fn updates(&mut self, messages: &[u8], p: &mut Procedures, now: Time, sink: &mut impl ChangeSink) {
+        let mut rest = messages;
+        while let Some(len) = rest.get(2..4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) {
+            let Some(msg) = rest.get(..len).filter(|m| m.len() >= 16) else { break };
+            rest = &rest[len..];
+            let action = u16::from_be_bytes([msg[12], msg[13]]);
+            let (mut handle, mut pe) = (None, None);
+            for param in Params::new(&msg[16..], 16) {
+                match param.param_type() {
+                    ParamType::POOL_HANDLE => handle = Some(param.value()),
+                    ParamType::POOL_ELEMENT => pe = Some(pool_element::locate(param)),
+                    _ => {}
+                }
             }
-            UpdateAction::DeletePe => {
-                p.forget(pool_handle, pool_element.pe_id(), pool_element.home_registrar(), now, sink);
+            let (Some(handle), Some(pe)) = (handle, pe) else { continue };
+            if action == UpdateAction::AddPe as u16 {
+                let learnt = p.learn(handle, &pe, Reason::Peer, now, sink);
+                self.confirm(pe.home_registrar(), learnt);
+            } else {
+                p.forget(handle, pe.pe_id(), pe.home_registrar(), now, sink);
             }
         }
     }

@@ -180,6 +180,14 @@ pub struct Handlespace {
 /// last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
 /// land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so that they do
 /// not all match each other's tag).
+/// Where a PE is or would go in a [`Handlespace`] (its pool's and its own slot, when they
+/// exist), valid until the handlespace next changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spot {
+    pool: Option<u32>,
+    pe: Option<u32>,
+}
+
 fn pe_hash(hasher: &ahash::RandomState, pool: u32, pe_id: u32) -> u64 {
     let block = hasher.hash_one(u64::from(pool) << 32 | u64::from(pe_id >> 4));
     let low = u64::from(pe_id & 15);
@@ -241,8 +249,21 @@ impl Handlespace {
 
     /// The PE with this identifier in the pool with this handle.
     pub fn lookup(&self, handle: &[u8], pe_id: u32) -> Option<PeKey> {
-        let index = self.find_pe(self.find_pool(handle)?, pe_id)?;
-        Some(self.pes[index].key(index))
+        self.at(self.locate(handle, pe_id)).map(|(key, _)| key)
+    }
+
+    /// Where PE `pe_id` of pool `handle` is, or would go: one lookup whose result
+    /// [`Handlespace::register_at`] uses instead of looking again.
+    pub fn locate(&self, handle: &[u8], pe_id: u32) -> Spot {
+        let pool = self.find_pool(handle);
+        Spot { pool, pe: pool.and_then(|p| self.find_pe(p, pe_id)) }
+    }
+
+    /// The PE at `spot`, if there is one.
+    pub fn at(&self, spot: Spot) -> Option<(PeKey, &PoolElement)> {
+        let index = spot.pe?;
+        let slot = &self.pes[index];
+        Some((slot.key(index), &slot.pe))
     }
 
     fn find_pool(&self, handle: &[u8]) -> Option<u32> {
@@ -319,7 +340,15 @@ impl Handlespace {
     /// the new owner and connection); otherwise the identifier collides. An update keeps the
     /// PE's place in rotations and resets its degradation and unreachable count.
     pub fn register(&mut self, reg: Registration<'_>, now: Time) -> Result<Registered, RegisterError> {
+        let spot = self.locate(reg.handle, reg.pe_id);
+        self.register_at(spot, reg, now)
+    }
+
+    /// [`Handlespace::register`] at `spot`, which [`Handlespace::locate`] returned for this
+    /// registration's handle and identifier with no change to the handlespace since.
+    pub fn register_at(&mut self, spot: Spot, reg: Registration<'_>, now: Time) -> Result<Registered, RegisterError> {
         let Registration { handle, pe_id, home, user_transport, asap_transport, policy, registration_life, conn } = reg;
+        debug_assert_eq!(spot, self.locate(handle, pe_id), "a stale spot");
         if handle.is_empty() {
             return Err(RegisterError::EmptyHandle);
         }
@@ -327,7 +356,7 @@ impl Handlespace {
             return Err(RegisterError::HandleTooLong { len: handle.len(), max: self.config.max_handle_len });
         }
         let policy_type = policy.policy_type();
-        let pool_index = self.find_pool(handle);
+        let pool_index = spot.pool;
         if let Some(p) = pool_index {
             let pool = &self.pools[p as usize];
             if pool.policy_type != policy_type {
@@ -345,7 +374,7 @@ impl Handlespace {
                     found: user_transport.transport_use,
                 });
             }
-            if let Some(index) = self.find_pe(p, pe_id) {
+            if let Some(index) = spot.pe {
                 let pe = &self.pes[index].pe;
                 let same_source = pe.conn == conn && pe.home == home;
                 if !same_source && !same_addresses(&pe.user_transport(), &user_transport) {
