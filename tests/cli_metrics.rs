@@ -84,6 +84,12 @@ fn counters_move_by_exactly_the_requests_made_and_the_text_is_valid() {
         e.sum("rserpool_connections_closed_total") == 1.0 && e.sum("rserpool_connections") == 1.0
     });
     assert_eq!(after.sum("rserpool_cross_shard_in_flight"), 0.0);
+    // Queue depths, sampled per shard: present for both shards, and nothing waits once idle.
+    for gauge in ["rserpool_cross_shard_inbound_queued", "rserpool_cross_shard_overflow_queued"] {
+        for shard in ["0", "1"] {
+            assert_eq!(after.get(gauge, &[("shard", shard)]), Some(0.0), "{gauge} of shard {shard}");
+        }
+    }
     assert_eq!(after.value("rserpool_enrp_consistent"), 1.0, "alone, hence consistent");
     assert_eq!(after.sum("rserpool_enrp_peers"), 0.0, "no peers");
 

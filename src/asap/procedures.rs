@@ -252,13 +252,36 @@ impl Procedures {
         sink: &mut impl ChangeSink,
     ) -> Handled {
         let msg = req.message;
-        // The hot path: a resolution as every client sends it, straight to the answer.
-        if let Some((pool_handle, items)) = asap::canonical_handle_resolution(msg) {
-            if pool_handle.len() <= self.limits.max_pool_handle {
-                self.resolve(pool_handle, items, answer);
-                return Handled::default();
-            }
+        if self.try_resolve(msg, answer) {
+            return Handled::default();
         }
+        self.handle_parsed(req, now, answer, sink)
+    }
+
+    /// The hot path: answers `msg` if it is a Handle Resolution as every client sends it, and
+    /// says whether it was. Small enough to inline into the caller, so that a resolution does
+    /// not pay for the set-up of everything else [`Procedures::handle`] can do.
+    #[inline]
+    pub fn try_resolve(&mut self, msg: &[u8], answer: &mut Vec<u8>) -> bool {
+        match asap::canonical_handle_resolution(msg) {
+            Some((pool_handle, items)) if pool_handle.len() <= self.limits.max_pool_handle => {
+                self.resolve(pool_handle, items, answer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Procedures::handle`] past the hot path: the message parsed in full.
+    #[inline(never)]
+    fn handle_parsed(
+        &mut self,
+        req: &Request<'_>,
+        now: Time,
+        answer: &mut Vec<u8>,
+        sink: &mut impl ChangeSink,
+    ) -> Handled {
+        let msg = req.message;
         let m = match asap::parse(msg) {
             Ok(m) => m,
             Err(e) => {
@@ -632,18 +655,23 @@ impl Procedures {
             Ok(pool) => {
                 self.stats.resolutions += 1;
                 let hs = &self.hs;
-                let first = self.selected.first().and_then(|k| hs.pe(*k));
-                // The first PE's values; the pool's type with zero values only when none was
-                // selected (the pool lookup is not needed on the usual path).
-                let policy = first.map_or_else(
-                    || zero_policy(hs.pool(pool).map_or(PolicyType::ROUND_ROBIN, |p| p.policy_type())),
-                    |pe| pe.policy(),
-                );
-                let mut budget = max.saturating_sub(4 + 4 + handle.len().next_multiple_of(4) + policy.encoded_len());
+                // The first PE's policy parameter as stored; the pool's type with zero values
+                // only when none was selected (the pool lookup is not needed on the usual path).
+                let first = self.selected.first().and_then(|k| hs.pe(*k)).map(|pe| pe.policy_param());
+                let zero = match first {
+                    Some(_) => None,
+                    None => Some(zero_policy(hs.pool(pool).map_or(PolicyType::ROUND_ROBIN, |p| p.policy_type()))),
+                };
+                let policy_len = first.map_or_else(|| zero.as_ref().map_or(0, Policy::encoded_len), <[u8]>::len);
+                let mut budget = max.saturating_sub(4 + 4 + handle.len().next_multiple_of(4) + policy_len);
                 let mut w = Writer::with_limit(answer, max);
                 let _ = w.message(MessageType::HandleResolutionResponse as u8, 0, |w| {
                     w.tlv_bytes(ParamType::POOL_HANDLE, handle);
-                    policy::emit(w, &policy);
+                    match (first, &zero) {
+                        (Some(bytes), _) => w.bytes(bytes),
+                        (None, Some(policy)) => policy::emit(w, policy),
+                        (None, None) => {}
+                    }
                     for pe in self.selected.iter().filter_map(|k| hs.pe(*k)) {
                         let body = pe.wire_body();
                         if 16 + body.len() > budget {

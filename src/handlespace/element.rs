@@ -148,6 +148,12 @@ impl PoolElement {
         decode_policy(self.wire.body()).unwrap_or(Policy::RoundRobin)
     }
 
+    /// The policy parameter exactly as a Pool Element parameter carries it (a Handle
+    /// Resolution Response copies the first PE's).
+    pub fn policy_param(&self) -> &[u8] {
+        policy_param(self.wire.body()).unwrap_or(&[])
+    }
+
     /// The user transport and policy parameters exactly as a Pool Element parameter carries
     /// them (for [`crate::wire::pool_element::emit_encoded`]): what a Handle Resolution Response
     /// lists.
@@ -162,12 +168,18 @@ impl PoolElement {
     }
 }
 
-/// The policy in a body made by [`crate::wire::pool_element::encode_body`]: it follows the user
-/// transport, whose length is a multiple of 4.
-pub(crate) fn decode_policy(body: &[u8]) -> Option<Policy> {
+/// The policy parameter in a body made by [`crate::wire::pool_element::encode_body`]: it
+/// follows the user transport, whose length is a multiple of 4 (as is the policy's).
+fn policy_param(body: &[u8]) -> Option<&[u8]> {
     let at = usize::from(get_u16(body, 2)?);
     let p = body.get(at..)?;
-    let len = usize::from(get_u16(p, 2)?);
+    p.get(..usize::from(get_u16(p, 2)?))
+}
+
+/// The policy in a body made by [`crate::wire::pool_element::encode_body`].
+pub(crate) fn decode_policy(body: &[u8]) -> Option<Policy> {
+    let p = policy_param(body)?;
+    let len = p.len();
     let word = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(p.get(i..i + 4)?.try_into().ok()?)) };
     let t = PolicyType(word(4)?);
     match len {

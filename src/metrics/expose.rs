@@ -381,6 +381,20 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
         |x| x.overflow_high_water,
     )?;
     out.per_shard(
+        "cross_shard_inbound_queued",
+        "Records waiting in the shard's incoming cross-shard queues (sampled every 100 ms).",
+        Gauge,
+        s,
+        |x| x.inbound_queued,
+    )?;
+    out.per_shard(
+        "cross_shard_overflow_queued",
+        "Records waiting in the shard's overflow lists (sampled every 100 ms).",
+        Gauge,
+        s,
+        |x| x.overflow_queued,
+    )?;
+    out.per_shard(
         "send_queue_high_water_bytes",
         "Most unsent bytes seen on one connection of the shard.",
         Gauge,

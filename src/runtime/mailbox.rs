@@ -162,6 +162,11 @@ impl<M> Outgoing<M> {
         self.spilling > 0
     }
 
+    /// Records waiting in the overflow lists.
+    pub(crate) fn overflow_len(&self) -> usize {
+        self.overflow_len
+    }
+
     /// Decides which targets need a wake-up for what was pushed since the last call, appending
     /// them to `out`. Called once per loop iteration, so many pushes cost one wake-up.
     pub(crate) fn take_wakes(&mut self, signals: &Signals, out: &mut Vec<ShardId>) {
@@ -192,6 +197,11 @@ impl<M> Incoming<M> {
     /// Whether any queue holds a record.
     pub(crate) fn pending(&self) -> bool {
         self.links.iter().flatten().any(|c| !c.is_empty())
+    }
+
+    /// Records waiting in all queues towards this shard.
+    pub(crate) fn queued(&self) -> usize {
+        self.links.iter().flatten().map(Consumer::slots).sum()
     }
 
     /// Number of shards (including this one, which has no queue to itself).
@@ -237,6 +247,7 @@ mod tests {
         assert_eq!(congested, 18, "two fit the queue, the rest wait");
         assert!(out0.spilling());
         assert_eq!(stats[0].snapshot().overflow_high_water, 18);
+        assert_eq!((in1.queued(), out0.overflow_len()), (2, 18), "depths: the queue full, the rest overflowed");
         let signals = Signals::new(2);
         let mut wakes = Vec::new();
         out0.take_wakes(&signals, &mut wakes);

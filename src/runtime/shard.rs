@@ -28,7 +28,7 @@ use super::clock::Clock;
 use super::conn::{pause, ConnState, ConnTable};
 use super::mailbox::{Envelope, Incoming, Outgoing};
 use super::signals::Signals;
-use super::stats::{Counter, StatsCell};
+use super::stats::{Counter, StatsCell, QUEUE_SAMPLE_MS};
 use super::tls::{Greeting, TlsFailure, TlsSession};
 use super::{EngineError, Transport};
 use crate::service::{ConnId, Outbox, Payload, Service, ShardId, Tag};
@@ -467,6 +467,8 @@ pub(crate) struct ShardCore<S: Service, H> {
     plain: Vec<u8>,
     /// Records from shards (this one included) handled before draining began.
     records_handled: u64,
+    /// When the queue depths are next sampled into the stats.
+    next_queue_sample: Time,
 }
 
 /// What a shard needs besides its service and driver.
@@ -515,6 +517,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                 draining: false,
             },
             records_handled: 0,
+            next_queue_sample: p.now,
             inbox: p.inbox,
             signals: p.signals,
             wakes: Vec::new(),
@@ -878,6 +881,12 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         let mut more = false;
         let now = self.io.now;
         if self.inbox.shards() > 1 {
+            if now >= self.next_queue_sample {
+                // Sampled, not kept exact: reading the queues' counters touches cache lines
+                // the other shards write.
+                self.io.stats.queue_depths(self.inbox.queued(), self.io.out.overflow_len());
+                self.next_queue_sample = now.add_millis(QUEUE_SAMPLE_MS);
+            }
             self.signals.clear_notified(self.me);
             for from in 0..self.inbox.shards() {
                 let mut budget = INBOUND_BUDGET;

@@ -42,7 +42,15 @@ pub struct ShardStats {
     /// TLS connections closed for a TLS failure: a refused certificate, a protocol error, or a
     /// handshake that did not complete in time.
     pub tls_failures: u64,
+    /// Records waiting in this shard's incoming cross-shard queues when last sampled (every
+    /// 100 ms while the shard runs).
+    pub inbound_queued: u64,
+    /// Records waiting in this shard's overflow lists when last sampled.
+    pub overflow_queued: u64,
 }
+
+/// How often a shard samples its queue depths into [`ShardStats`], in milliseconds.
+pub(crate) const QUEUE_SAMPLE_MS: u64 = 100;
 
 /// The live counters of one shard.
 #[derive(Debug, Default)]
@@ -63,6 +71,8 @@ pub(crate) struct StatsCell {
     send_queue_high_water: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_failures: AtomicU64,
+    inbound_queued: AtomicU64,
+    overflow_queued: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -117,6 +127,12 @@ impl StatsCell {
         self.overflow_high_water.fetch_max(records as u64, Relaxed);
     }
 
+    /// Records the current queue depths (a sample, not a count).
+    pub(crate) fn queue_depths(&self, inbound: usize, overflow: usize) {
+        self.inbound_queued.store(inbound as u64, Relaxed);
+        self.overflow_queued.store(overflow as u64, Relaxed);
+    }
+
     /// Reads all counters.
     pub(crate) fn snapshot(&self) -> ShardStats {
         ShardStats {
@@ -136,6 +152,8 @@ impl StatsCell {
             send_queue_high_water: self.send_queue_high_water.load(Relaxed),
             tls_handshakes: self.tls_handshakes.load(Relaxed),
             tls_failures: self.tls_failures.load(Relaxed),
+            inbound_queued: self.inbound_queued.load(Relaxed),
+            overflow_queued: self.overflow_queued.load(Relaxed),
         }
     }
 }
