@@ -89,6 +89,13 @@ pub struct Timers {
     /// How long a connection whose client has closed its sending side stays open while answers
     /// to its earlier requests are still being prepared by other shards.
     pub max_hold: u64,
+    /// How long Handle Updates for peers are gathered before they are written (0, the default:
+    /// each as soon as the shard loop that made it ends). One write per peer per window instead
+    /// of a few updates per write: a peer pays its wake-up and read once for all of them, for
+    /// more propagation delay. Measured at 50,000 updates/s on loopback with 1 ms: the
+    /// receiver's CPU per update 1.4 us instead of 5.0 us, propagation p99 3-6.7 ms instead of
+    /// 0.5-0.8 ms (results/enrp/README.md).
+    pub update_coalesce: u64,
 }
 
 impl Default for Timers {
@@ -106,6 +113,7 @@ impl Default for Timers {
             mentor_discovery: 5_000,
             peer_reconnect: 1_000,
             max_hold: 30_000,
+            update_coalesce: 0,
         }
     }
 }

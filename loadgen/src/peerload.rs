@@ -70,6 +70,10 @@ pub struct PeerLoadArgs {
     /// The registrar binary (default: `rserpool` next to this binary).
     #[arg(long, value_name = "PATH")]
     pub registrar_bin: Option<PathBuf>,
+    /// More registrar configuration for both registrars (TOML appended to the generated
+    /// `[limits]` table, which it must not repeat), e.g. `[timers]` with `update_coalesce = 1`.
+    #[arg(long, value_name = "FILE")]
+    pub registrar_config: Option<PathBuf>,
     /// Folder for results.
     #[arg(long, default_value = "results/enrp")]
     pub out: PathBuf,
@@ -165,10 +169,13 @@ fn start_churn(
 pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     let bin = args.registrar_bin.clone().unwrap_or_else(crate::servers::default_registrar_bin);
     let churn = PropagationConfig { rate: args.rate, watch: false, ..PropagationConfig::default() };
-    let config = format!(
+    let mut config = format!(
         "[limits]\nmax_pes_per_connection = {}\n",
         (churn.slots.div_ceil(churn.churn_connections)).max(args.pools * args.pool_size) + 16
     );
+    if let Some(extra) = &args.registrar_config {
+        config.push_str(&std::fs::read_to_string(extra)?);
+    }
     let (a, b) = propagation::spawn_peers(&bin, args.a_core, args.b_core, &config)?;
     core_affinity::set_for_current(core_affinity::CoreId { id: args.client_core });
     let took = propagation::check_peering(a.addr, b.addr, Duration::from_secs(30))?;

@@ -229,7 +229,16 @@ pub struct Coordinator {
     next_discovery: Time,
     /// Handle Updates read but not yet forwarded, per pool shard ([`Coordinator::forward_updates`]).
     pending_updates: Vec<Vec<u8>>,
+    /// This registrar's Handle Updates not yet written to the peers ([`Coordinator::write_updates`]).
+    outbound: Vec<u8>,
+    /// When `outbound` is written at the latest.
+    outbound_due: Option<Time>,
+    /// The registrar is stopping: updates are written at once.
+    stopping: bool,
 }
+
+/// Gathered Handle Updates are written without waiting once they reach this many bytes.
+const OUTBOUND_FLUSH_BYTES: usize = 32 * 1024;
 
 /// Heartbeats between List Requests to every peer.
 const LIST_EVERY: u64 = 10;
@@ -270,6 +279,9 @@ impl Coordinator {
             refused_logged: BTreeSet::new(),
             next_discovery: now,
             pending_updates: vec![Vec::new(); usize::from(cfg_shards)],
+            outbound: Vec::new(),
+            outbound_due: None,
+            stopping: false,
         }
     }
 
@@ -440,6 +452,29 @@ impl Coordinator {
         used
     }
 
+    /// Writes this registrar's gathered Handle Updates to every connected peer. Called when the
+    /// window closes, and before anything else goes to the peers (a Presence announces a
+    /// checksum that includes them).
+    fn write_updates<M>(&mut self, out: &mut impl Outbox<M>) {
+        self.outbound_due = None;
+        if self.outbound.is_empty() {
+            return;
+        }
+        for p in self.peers.values() {
+            if let Some(c) = p.conn {
+                out.send(c, &mut |buf| buf.extend_from_slice(&self.outbound));
+            }
+        }
+        self.outbound.clear();
+    }
+
+    /// The registrar is stopping: what is gathered goes out now, and later updates at once
+    /// (timers no longer run).
+    pub fn on_stop<M>(&mut self, out: &mut impl Outbox<M>) {
+        self.stopping = true;
+        self.write_updates(out);
+    }
+
     /// Posts the Handle Updates gathered while reading to the shards owning their pools: one
     /// record per shard for all that a read brought, not one per update. Called at the end of
     /// every read and before anything else goes to a shard, which keeps every shard's input in
@@ -447,7 +482,9 @@ impl Coordinator {
     fn forward_updates<M: From<EnrpMsg>>(&mut self, out: &mut impl Outbox<M>) {
         for (s, pending) in self.pending_updates.iter_mut().enumerate() {
             if !pending.is_empty() {
-                let messages = Payload::from_vec(std::mem::take(pending));
+                // Copied, so that a small batch travels inline and `pending` keeps its capacity.
+                let messages = Payload::from_slice(pending);
+                pending.clear();
                 out.post(s as ShardId, EnrpMsg::Updates { messages }.into());
             }
         }
@@ -475,6 +512,7 @@ impl Coordinator {
         }
         if !matches!(m.body().kind, Kind::HandleUpdate { .. }) {
             self.forward_updates(out);
+            self.write_updates(out);
         }
         self.heard(conn, sender, now, out);
         match &m.body().kind {
@@ -741,10 +779,12 @@ impl Coordinator {
                     return;
                 }
                 self.stats.updates_sent += count_messages(&updates);
-                for p in self.peers.values() {
-                    if let Some(c) = p.conn {
-                        out.send(c, &mut |buf| buf.extend_from_slice(&updates));
-                    }
+                self.outbound.extend_from_slice(&updates);
+                let window = self.cfg.timers.update_coalesce;
+                if self.stopping || window == 0 || self.outbound.len() >= OUTBOUND_FLUSH_BYTES {
+                    self.write_updates(out);
+                } else if self.outbound_due.is_none() {
+                    self.outbound_due = Some(now.add_millis(window));
                 }
             }
             EnrpMsg::SumPart { token, sum, count, .. } => {
@@ -878,7 +918,8 @@ impl Coordinator {
         }
     }
 
-    fn send_presence<M>(&self, conn: ConnId, receiver: u32, reply_required: bool, out: &mut impl Outbox<M>) {
+    fn send_presence<M>(&mut self, conn: ConnId, receiver: u32, reply_required: bool, out: &mut impl Outbox<M>) {
+        self.write_updates(out);
         let (me, sum, info) = (self.me(), self.own_checksum(), &self.info);
         out.send(conn, &mut |buf| {
             let _ = enrp::emit_presence(&mut Writer::new(buf), me, receiver, reply_required, sum, info);
@@ -936,6 +977,9 @@ impl Coordinator {
     /// Dials, heartbeats, liveness probes, deaths, takeover expiries, the end of waiting for a
     /// mentor, registrars heard by multicast.
     pub fn on_timer<M: From<EnrpMsg>>(&mut self, now: Time, out: &mut impl Outbox<M>) {
+        if self.outbound_due.is_some_and(|due| now >= due) {
+            self.write_updates(out);
+        }
         self.poll_discovery(now);
         let tag = self.cfg.tag;
         let reconnect = self.cfg.timers.peer_reconnect;
@@ -1033,6 +1077,9 @@ impl Coordinator {
         }
         if self.cfg.discovery.is_some() {
             earliest(self.next_discovery);
+        }
+        if let Some(due) = self.outbound_due {
+            earliest(due);
         }
         Some(next)
     }

@@ -362,12 +362,16 @@ mod coordinator_tests {
     }
 
     fn coordinator(allowlist: &[&str], discovery: Option<Arc<Discovery>>) -> Coordinator {
+        coordinator_with(allowlist, discovery, Timers::default())
+    }
+
+    fn coordinator_with(allowlist: &[&str], discovery: Option<Arc<Discovery>>, timers: Timers) -> Coordinator {
         let cfg = EnrpConfig {
             server_id: ME,
             address: addr("127.0.0.1:9901"),
             peers: Vec::new(),
             allowlist: allowlist.iter().map(|n| n.parse().unwrap()).collect(),
-            timers: Timers::default(),
+            timers,
             shards: 1,
             max_message_size: 4096,
             tag: ENRP,
@@ -446,6 +450,56 @@ mod coordinator_tests {
         assert!(c.on_discovered(0xe5, addr("127.0.0.2:9901"), now));
         c.on_timer(now, &mut out);
         assert!(out.dials.is_empty(), "b2 is connected at that address: no dial while it is up");
+    }
+
+    #[test]
+    fn handle_updates_for_peers_are_gathered_for_the_window_then_written_in_one_piece() {
+        let window = 2;
+        let mut c = coordinator_with(&[], None, Timers { update_coalesce: window, ..Timers::default() });
+        let mut out = Out::default();
+        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
+        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
+        let hello = presence_of(0xb2, "127.0.0.2:9901");
+        c.on_data(conn, &hello, Time::ZERO, &mut out);
+        out.sent.clear();
+        let update = |byte: u8| EnrpMsg::Outgoing { updates: [byte; 8][..].into(), add: 0, sub: 0 };
+        let t0 = Time::from_millis(100);
+        c.on_message(update(1), t0, &mut out);
+        c.on_message(update(2), t0, &mut out);
+        assert!(out.sent.is_empty(), "gathered, not written");
+        let due = t0.add_millis(window);
+        assert_eq!(c.next_timer(), Some(due), "the window's end is the next timer");
+        c.on_timer(t0.add_millis(window - 1), &mut out);
+        assert!(out.sent.is_empty(), "not before the window ends");
+        c.on_timer(due, &mut out);
+        let expected: Vec<u8> = [[1u8; 8], [2u8; 8]].concat();
+        assert_eq!(out.sent, vec![(conn, expected)], "one write with both, in order");
+        assert_ne!(c.next_timer(), Some(due), "nothing left to write");
+        // Anything else to the peer (here a Presence) writes the gathered updates first.
+        c.on_message(update(3), due, &mut out);
+        let probe = presence_of(0xb2, "127.0.0.2:9901");
+        let mut asks = probe.clone();
+        asks[1] |= 1; // Reply required: we answer with our Presence.
+        c.on_data(conn, &asks, due, &mut out);
+        assert_eq!(out.sent[1], (conn, vec![3u8; 8]));
+        assert_eq!(out.sent[2].1[0], 1, "then the Presence");
+        // A stopping registrar writes at once.
+        c.on_message(update(4), due, &mut out);
+        c.on_stop(&mut out);
+        c.on_message(update(5), due, &mut out);
+        assert_eq!(out.sent[3..], [(conn, vec![4u8; 8]), (conn, vec![5u8; 8])]);
+    }
+
+    #[test]
+    fn without_a_window_handle_updates_are_written_at_once() {
+        let mut c = coordinator(&[], None);
+        let mut out = Out::default();
+        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
+        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
+        c.on_data(conn, &presence_of(0xb2, "127.0.0.2:9901"), Time::ZERO, &mut out);
+        out.sent.clear();
+        c.on_message(EnrpMsg::Outgoing { updates: [7u8; 8][..].into(), add: 0, sub: 0 }, Time::ZERO, &mut out);
+        assert_eq!(out.sent, vec![(conn, vec![7u8; 8])]);
     }
 
     #[test]

@@ -601,8 +601,11 @@ impl Service for Registrar {
         }
     }
 
-    fn on_stop(&mut self, _now: Time, _out: &mut impl Outbox<ShardMsg>) {
+    fn on_stop(&mut self, _now: Time, out: &mut impl Outbox<ShardMsg>) {
         self.stopping = true;
+        if let Some(c) = self.coordinator.as_mut() {
+            c.on_stop(out);
+        }
     }
 
     fn on_message(&mut self, _from: ShardId, msg: ShardMsg, now: Time, out: &mut impl Outbox<ShardMsg>) {
