@@ -600,6 +600,23 @@ fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<Sock
     Registrar::new(&config, 0, Time::ZERO)
 }
 
+/// Registrar shard `id` with `pes` PEs registered over one connection (1,000 pools); `post`
+/// sees every message the shard posted meanwhile.
+fn loaded_registrar(id: u32, pes: usize, chunk: Option<usize>, mut post: impl FnMut(ShardMsg)) -> Registrar {
+    let mut a = shard_of_registrar(id, pes, chunk, Vec::new());
+    let mut out = Capture::default();
+    let client = ConnId { shard: 0, generation: 1, slot: 0 };
+    a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
+    for i in 0..pes {
+        let m = registration(i % POOLS, 1 + i as u32, None);
+        assert_eq!(a.on_data(client, &m, Time::ZERO, &mut out), m.len());
+        out.sent.clear();
+        out.posts.drain(..).for_each(&mut post);
+    }
+    assert_eq!(a.handlespace().pe_count(), pes);
+    a
+}
+
 /// CPU time of the calling thread, seconds (unlike the wall clock, not inflated when other
 /// processes take the core).
 fn thread_cpu() -> f64 {
@@ -615,19 +632,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     pin(1);
     let (ida, idb) = (0xaaaa_0001u32, 0xbbbb_0002u32);
     let a_addr: SocketAddr = "127.0.0.1:9901".parse().unwrap();
-    let mut a = shard_of_registrar(ida, pes, chunk, Vec::new());
-    let mut out = Capture::default();
-    let client = ConnId { shard: 0, generation: 1, slot: 0 };
-    a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
-    for i in 0..pes {
-        let m = registration(i % POOLS, 1 + i as u32, None);
-        assert_eq!(a.on_data(client, &m, Time::ZERO, &mut out), m.len());
-        if out.sent.len() > 1 << 20 {
-            out.sent.clear();
-        }
-        out.posts.clear();
-    }
-    assert_eq!(a.handlespace().pe_count(), pes);
+    let mut a = loaded_registrar(ida, pes, chunk, |_| {});
     // Export: one chunk per Export message, as the coordinator asks for them.
     let peer_conn = ConnId { shard: 0, generation: 1, slot: 9 };
     let mut chunks: Vec<Vec<u8>> = Vec::new();
@@ -697,22 +702,12 @@ fn updates_round(pes: usize, round: usize) -> String {
     pin(1);
     let (ida, idb) = (0xaaaa_0001u32, 0xbbbb_0002u32);
     let a_addr: SocketAddr = "127.0.0.1:9901".parse().unwrap();
-    let mut a = shard_of_registrar(ida, pes, None, Vec::new());
-    let mut out = Capture::default();
-    let client = ConnId { shard: 0, generation: 1, slot: 0 };
-    a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
     let mut updates = Vec::new();
-    for i in 0..pes {
-        let m = registration(i % POOLS, 1 + i as u32, None);
-        assert_eq!(a.on_data(client, &m, Time::ZERO, &mut out), m.len());
-        out.sent.clear();
-        for p in out.posts.drain(..) {
-            if let ShardMsg::Enrp(EnrpMsg::Outgoing { updates: u, .. }) = p {
-                updates.extend_from_slice(&u);
-            }
+    drop(loaded_registrar(ida, pes, None, |p| {
+        if let ShardMsg::Enrp(EnrpMsg::Outgoing { updates: u, .. }) = p {
+            updates.extend_from_slice(&u);
         }
-    }
-    drop(a);
+    }));
     // Whole messages, up to 16 KiB per read.
     let mut reads: Vec<&[u8]> = Vec::new();
     let (mut from, mut at) = (0, 0);

@@ -384,6 +384,16 @@ mod coordinator_tests {
         Discovery::new(id, addr(enrp)).presence()
     }
 
+    /// Peer 0xb2 dials `c` and introduces itself; returns its connection (nothing sent yet).
+    fn with_peer(c: &mut Coordinator, out: &mut Out) -> ConnId {
+        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
+        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
+        let hello = presence_of(0xb2, "127.0.0.2:9901");
+        assert_eq!(c.on_data(conn, &hello, Time::ZERO, out), hello.len());
+        out.sent.clear();
+        conn
+    }
+
     /// The dials made by timers run until `until` milliseconds.
     fn run(c: &mut Coordinator, out: &mut Out, from: u64, until: u64) {
         let mut now = from;
@@ -436,11 +446,7 @@ mod coordinator_tests {
     fn a_known_peer_is_not_dialled_again_but_a_new_id_at_a_known_address_is() {
         let mut c = coordinator(&[], None);
         let mut out = Out::default();
-        // Peer b2 dialled us and introduced itself.
-        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
-        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
-        let hello = presence_of(0xb2, "127.0.0.2:9901");
-        assert_eq!(c.on_data(conn, &hello, Time::ZERO, &mut out), hello.len());
+        with_peer(&mut c, &mut out);
         assert_eq!(c.known_peers(), vec![0xb2]);
         let now = Time::from_millis(10);
         assert!(!c.on_discovered(0xb2, addr("127.0.0.2:9901"), now), "known already");
@@ -457,11 +463,7 @@ mod coordinator_tests {
         let window = 2;
         let mut c = coordinator_with(&[], None, Timers { update_coalesce: window, ..Timers::default() });
         let mut out = Out::default();
-        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
-        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
-        let hello = presence_of(0xb2, "127.0.0.2:9901");
-        c.on_data(conn, &hello, Time::ZERO, &mut out);
-        out.sent.clear();
+        let conn = with_peer(&mut c, &mut out);
         let update = |byte: u8| EnrpMsg::Outgoing { updates: [byte; 8][..].into(), add: 0, sub: 0 };
         let t0 = Time::from_millis(100);
         c.on_message(update(1), t0, &mut out);
@@ -494,10 +496,7 @@ mod coordinator_tests {
     fn without_a_window_handle_updates_are_written_at_once() {
         let mut c = coordinator(&[], None);
         let mut out = Out::default();
-        let conn = ConnId { shard: 0, generation: 0, slot: 1 };
-        assert!(c.on_accept(conn, addr("127.0.0.2:50000"), false));
-        c.on_data(conn, &presence_of(0xb2, "127.0.0.2:9901"), Time::ZERO, &mut out);
-        out.sent.clear();
+        let conn = with_peer(&mut c, &mut out);
         c.on_message(EnrpMsg::Outgoing { updates: [7u8; 8][..].into(), add: 0, sub: 0 }, Time::ZERO, &mut out);
         assert_eq!(out.sent, vec![(conn, vec![7u8; 8])]);
     }
