@@ -89,6 +89,9 @@ pub struct Timers {
     /// How long a connection whose client has closed its sending side stays open while answers
     /// to its earlier requests are still being prepared by other shards.
     pub max_hold: u64,
+    /// A client that takes none of its answers for this long while the registrar has stopped
+    /// reading it (more than `limits.max_send_queue` unsent) is disconnected (0: never).
+    pub send_stall_timeout: u64,
     /// How long Handle Updates for peers are gathered before they are written (0, the default:
     /// each as soon as the shard loop that made it ends). One write per peer per window instead
     /// of a few updates per write: a peer pays its wake-up and read once for all of them, for
@@ -113,6 +116,7 @@ impl Default for Timers {
             mentor_discovery: 5_000,
             peer_reconnect: 1_000,
             max_hold: 30_000,
+            send_stall_timeout: 60_000,
             update_coalesce: 0,
         }
     }

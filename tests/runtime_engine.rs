@@ -375,6 +375,7 @@ on_both_engines!(
     cross_shard_post_and_reply,
     cross_shard_close,
     backpressure_isolates_a_client_that_never_reads,
+    a_client_that_never_reads_is_disconnected_after_the_stall_limit,
     stale_conn_id_gets_nothing,
     stale_conn_id_gets_nothing_across_shards,
     service_close_flushes_then_closes,
@@ -566,6 +567,35 @@ fn backpressure_isolates_a_client_that_never_reads(kind: EngineKind) {
     }
     assert_eq!(shared.big_done.load(SeqCst) as usize, REQUESTS);
     assert_eq!(engine.stats()[0].send_queue_aborts, 0);
+}
+
+fn a_client_that_never_reads_is_disconnected_after_the_stall_limit(kind: EngineKind) {
+    let cfg = EngineConfig {
+        max_send_queue_bytes: 64 * 1024,
+        max_send_queue_hard_bytes: 1 << 30,
+        max_message_size: 1024,
+        send_stall_timeout: Duration::from_millis(200),
+        ..config(kind, 1)
+    };
+    let Some((engine, _)) = start(cfg) else {
+        return;
+    };
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&engine.local_addr().into()).unwrap();
+    let mut stuck: TcpStream = sock.into();
+    let mut requests = Vec::new();
+    for _ in 0..512 {
+        requests.extend(frame(&[&[BIG], &(16u32 * 1024).to_be_bytes()]));
+    }
+    stuck.write_all(&requests).unwrap();
+    wait_until("the connection is aborted for not reading", || engine.stats()[0].stall_aborts == 1);
+    wait_until("and closed", || engine.stats()[0].closed == 1);
+    // Others are served as before.
+    let mut other = connect(engine.local_addr());
+    other.write_all(&frame(&[&[ECHO, 7]])).unwrap();
+    assert_eq!(read_frame(&mut other).unwrap(), [ECHO, 7]);
+    assert_eq!(engine.stats()[0].send_queue_aborts, 0, "not the hard limit: the stall limit");
 }
 
 fn stale_conn_id_gets_nothing(kind: EngineKind) {

@@ -357,6 +357,13 @@ fn engine_counters(out: &mut Out<'_>, s: &[ShardStats]) -> fmt::Result {
         |x| x.link_pauses,
     )?;
     out.per_shard(
+        "send_stall_aborts",
+        "Connections aborted because their peer took none of their answers for send_stall_timeout.",
+        Counter,
+        s,
+        |x| x.stall_aborts,
+    )?;
+    out.per_shard(
         "hold_expiries",
         "Half-closed connections closed because answers owed to them took past max_hold.",
         Counter,

@@ -138,6 +138,8 @@ pub(crate) struct Conn<H> {
     pub(crate) held: bool,
     /// When a held, draining connection is closed anyway.
     pub(crate) hold_deadline: Option<crate::time::Time>,
+    /// Since when reading has been paused because the peer does not take its answers.
+    pub(crate) stalled_since: Option<crate::time::Time>,
     /// The peer has closed its sending side: nothing more will arrive.
     pub(crate) eof: bool,
     /// `Some` for a TLS connection: `pending` then holds plaintext, `sendq` ciphertext.
@@ -215,6 +217,7 @@ impl<H> ConnTable<H> {
             touched: false,
             held: false,
             hold_deadline: None,
+            stalled_since: None,
             eof: false,
             tls: None,
         };

@@ -256,6 +256,10 @@ pub struct EngineConfig {
     /// How long a TLS handshake may take (a dialled connection's TCP connect included) before
     /// the connection is closed.
     pub tls_handshake_timeout: Duration,
+    /// A connection whose reading is paused because its peer does not take its answers (more
+    /// than `max_send_queue_bytes` unsent) is aborted once no write has taken any of them for
+    /// this long (zero: never).
+    pub send_stall_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -282,6 +286,7 @@ impl Default for EngineConfig {
             cross_shard_wake: CrossShardWake::MsgRing,
             dial_tls: Vec::new(),
             tls_handshake_timeout: Duration::from_secs(10),
+            send_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -338,6 +343,7 @@ impl EngineConfig {
             queue: self.cross_shard_queue,
             max_hold: u64::try_from(self.max_hold.as_millis()).unwrap_or(u64::MAX),
             handshake_timeout: u64::try_from(self.tls_handshake_timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+            send_stall: u64::try_from(self.send_stall_timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Limits {
     pub(crate) max_hold: u64,
     /// Milliseconds a TLS handshake may take.
     pub(crate) handshake_timeout: u64,
+    /// Milliseconds a connection may stay paused because its peer does not read (0: no limit).
+    pub(crate) send_stall: u64,
 }
 
 /// What connections accepted on one listener are: their tag, and the TLS they speak.
@@ -139,6 +141,8 @@ pub(crate) struct Plumbing<H, M> {
     resumed: Vec<ConnId>,
     /// Half-closed connections the service holds open, by deadline.
     holds: VecDeque<(Time, ConnId)>,
+    /// Connections paused because their peer does not read, by when the pause times out.
+    stalls: VecDeque<(Time, ConnId)>,
     /// TLS for outbound connections, by tag.
     dial_tls: Vec<(Tag, TlsConnector)>,
     /// TLS connections whose handshake must complete by the deadline.
@@ -186,6 +190,10 @@ impl<H: ConnHandle, M> Plumbing<H, M> {
         {
             conn.paused |= pause::SEND_QUEUE;
             event = Some(Counter::ReadPauses);
+            if self.limits.send_stall > 0 {
+                conn.stalled_since = Some(self.now);
+                self.stalls.push_back((self.now.add_millis(self.limits.send_stall), id));
+            }
         }
         if unsent > self.high_water {
             self.high_water = unsent;
@@ -509,6 +517,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
                 link_blocked: Vec::new(),
                 resumed: Vec::new(),
                 holds: VecDeque::new(),
+                stalls: VecDeque::new(),
                 dial_tls: p.dial_tls,
                 handshakes: VecDeque::new(),
                 tls_warned: None,
@@ -828,6 +837,12 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         };
         conn.sendq.complete(n);
         let resume = conn.paused & pause::SEND_QUEUE != 0 && conn.unsent() <= self.io.limits.resume_at;
+        if resume {
+            conn.stalled_since = None;
+        } else if n > 0 && conn.stalled_since.is_some() {
+            // Progress: the stall limit counts from the last write that took bytes.
+            conn.stalled_since = Some(self.io.now);
+        }
         self.io.conns.touch(id);
         if resume {
             self.io.unpause(id, pause::SEND_QUEUE);
@@ -954,6 +969,31 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         }
     }
 
+    /// Aborts connections that have stayed paused for `send_stall` because their peer does not
+    /// read what they are sent: such a peer would otherwise hold its connection slot and its
+    /// queued answers for ever.
+    pub(crate) fn expire_stalls(&mut self) {
+        let stall = self.io.limits.send_stall;
+        while let Some(&(deadline, id)) = self.io.stalls.front() {
+            if deadline > self.io.now {
+                break;
+            }
+            self.io.stalls.pop_front();
+            let Some(conn) = self.io.conns.get(id) else { continue };
+            let (Some(since), true) = (conn.stalled_since, conn.paused & pause::SEND_QUEUE != 0) else { continue };
+            if since.add_millis(stall) > self.io.now {
+                // It wrote since: look again a full limit after that write.
+                self.io.stalls.push_back((since.add_millis(stall), id));
+                continue;
+            }
+            if conn.state == ConnState::Open {
+                self.io.stats.bump(Counter::StallAborts);
+                tracing::debug!(conn = ?id, unsent = conn.unsent(), "peer has not read its answers within the limit; aborting");
+                self.abort(id);
+            }
+        }
+    }
+
     /// Closes TLS connections whose handshake has not completed within the limit.
     pub(crate) fn expire_handshakes(&mut self) {
         while let Some(&(deadline, id)) = self.io.handshakes.front() {
@@ -1028,7 +1068,15 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
     /// The earliest protocol time something is due here (service timer, hold limit).
     pub(crate) fn next_due(&self) -> Option<Time> {
         let timer = if self.io.congested() { None } else { self.service.next_timer() };
-        [timer, self.io.holds.front().map(|h| h.0), self.io.handshakes.front().map(|h| h.0)].into_iter().flatten().min()
+        [
+            timer,
+            self.io.holds.front().map(|h| h.0),
+            self.io.handshakes.front().map(|h| h.0),
+            self.io.stalls.front().map(|h| h.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// How long the next poll may sleep.
@@ -1118,6 +1166,7 @@ pub(crate) fn step<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driv
     let more = core.run_inbound();
     core.expire_holds();
     core.expire_handshakes();
+    core.expire_stalls();
     core.io.retry_spill();
     reconcile_touched(core, driver);
     more
@@ -1226,6 +1275,7 @@ mod tests {
             queue: 4,
             max_hold: 1000,
             handshake_timeout: 1000,
+            send_stall: 5000,
         }
     }
 
@@ -1286,6 +1336,35 @@ mod tests {
         assert_eq!(c.sendq.unsent(), 140);
         assert_eq!(c.paused, pause::SEND_QUEUE, "the kept input's replies pause it again");
         assert_eq!(stats.snapshot().read_pauses, 2);
+    }
+
+    #[test]
+    fn a_peer_that_takes_nothing_for_the_stall_limit_is_aborted_and_one_that_reads_is_not() {
+        let (mut core, _, stats) = core(40, limits());
+        let (stuck, slow) = (core.accept((), peer(), &plain()).unwrap(), core.accept((), peer(), &plain()).unwrap());
+        core.io.now = Time(100);
+        for id in [stuck, slow] {
+            core.received(id, &[0, 0, 0, 0]); // 160 unsent bytes: paused
+            assert_eq!(core.io.conns.get(id).unwrap().paused, pause::SEND_QUEUE);
+        }
+        // `slow` has 20 of its bytes written at 3000, staying above the resume mark.
+        core.io.now = Time(3000);
+        assert!(core.io.conns.get_mut(slow).unwrap().sendq.start().is_some());
+        core.sent(slow, 20);
+        assert_eq!(core.io.conns.get(slow).unwrap().paused, pause::SEND_QUEUE, "still paused");
+        core.io.now = Time(5099);
+        core.expire_stalls();
+        assert!(!core.io.conns.get(stuck).unwrap().must_close(), "not before the limit");
+        core.io.now = Time(5100);
+        core.expire_stalls();
+        assert!(core.io.conns.get(stuck).unwrap().must_close(), "aborted at the limit");
+        assert!(!core.io.conns.get(slow).unwrap().must_close(), "it wrote 2.1 s ago");
+        assert_eq!(stats.snapshot().stall_aborts, 1);
+        assert_eq!(core.next_due(), Some(Time(8000)), "looked at again a full limit after its write");
+        core.io.now = Time(8000);
+        core.expire_stalls();
+        assert!(core.io.conns.get(slow).unwrap().must_close(), "then nothing more for the limit");
+        assert_eq!(stats.snapshot().stall_aborts, 2);
     }
 
     #[test]

@@ -130,6 +130,8 @@ impl SimConfig {
             max_hold: u64::try_from(self.max_hold.as_millis()).unwrap_or(u64::MAX),
             // No TLS here (see the module documentation), so no handshake to bound.
             handshake_timeout: u64::MAX,
+            // Simulated peers always read in the end; a stall limit would only add a timer.
+            send_stall: 0,
         }
     }
 }

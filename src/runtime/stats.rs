@@ -37,6 +37,9 @@ pub struct ShardStats {
     pub connect_failures: u64,
     /// Largest number of unsent bytes seen on any one connection of this shard.
     pub send_queue_high_water: u64,
+    /// Connections aborted because their peer took none of their answers for
+    /// `send_stall_timeout` while reading was paused.
+    pub stall_aborts: u64,
     /// TLS handshakes completed (accepted and dialled connections).
     pub tls_handshakes: u64,
     /// TLS connections closed for a TLS failure: a refused certificate, a protocol error, or a
@@ -69,6 +72,7 @@ pub(crate) struct StatsCell {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     send_queue_high_water: AtomicU64,
+    stall_aborts: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_failures: AtomicU64,
     inbound_queued: AtomicU64,
@@ -92,6 +96,7 @@ pub(crate) enum Counter {
     ConnectFailures,
     TlsHandshakes,
     TlsFailures,
+    StallAborts,
 }
 
 impl StatsCell {
@@ -112,6 +117,7 @@ impl StatsCell {
             Counter::ConnectFailures => &self.connect_failures,
             Counter::TlsHandshakes => &self.tls_handshakes,
             Counter::TlsFailures => &self.tls_failures,
+            Counter::StallAborts => &self.stall_aborts,
         };
         cell.fetch_add(1, Relaxed);
     }
@@ -150,6 +156,7 @@ impl StatsCell {
             connects: self.connects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
             send_queue_high_water: self.send_queue_high_water.load(Relaxed),
+            stall_aborts: self.stall_aborts.load(Relaxed),
             tls_handshakes: self.tls_handshakes.load(Relaxed),
             tls_failures: self.tls_failures.load(Relaxed),
             inbound_queued: self.inbound_queued.load(Relaxed),

@@ -360,6 +360,7 @@ pub fn run(args: RegistrarArgs) -> i32 {
         max_message_size: config.limits.max_message_size,
         cross_shard_queue: profile.cross_shard_queue,
         max_hold: std::time::Duration::from_millis(config.timers.max_hold),
+        send_stall_timeout: std::time::Duration::from_millis(config.timers.send_stall_timeout),
         ..EngineConfig::default()
     };
     let discovery =
