@@ -10,10 +10,14 @@
 
 const FAN_BITS: u32 = 3;
 const FAN: usize = 1 << FAN_BITS;
+/// Up to this many leaves there are no sums: a search scans the leaves (half a cache line of
+/// weights at most twice over), and the many small pools of a large registrar need no
+/// allocations for levels (about 7 bytes per PE in pools of ten).
+const LINEAR: usize = 32;
 
 /// Sums over groups of a leaf vector: `levels[k][i]` is the sum of leaves
-/// `i * 8^(k+1) .. (i + 1) * 8^(k+1)`. The top level (or the leaves, when there is no level)
-/// has at most 8 entries.
+/// `i * 8^(k+1) .. (i + 1) * 8^(k+1)`. The top level has at most 8 entries; without levels,
+/// the leaves are at most [`LINEAR`].
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SumTree {
     levels: Vec<Vec<u64>>,
@@ -46,7 +50,7 @@ impl SumTree {
                     top.chunks(FAN).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).collect()
                 }
                 Some(_) => break,
-                None if leaves.len() > FAN => {
+                None if leaves.len() > LINEAR => {
                     leaves.chunks(FAN).map(|c| c.iter().map(|&x| u64::from(x)).sum()).collect()
                 }
                 None => break,
@@ -68,14 +72,14 @@ impl SumTree {
             }
         }
         self.total = self.total.wrapping_sub(u64::from(w));
-        // Drop the top level when the level below it fits in FAN entries.
+        // Drop the top level when the level below it fits in FAN entries (the leaves: LINEAR).
         loop {
-            let below = match self.levels.len() {
+            let (below, fits) = match self.levels.len() {
                 0 => break,
-                1 => leaves.len(),
-                l => self.levels[l - 2].len(),
+                1 => (leaves.len(), LINEAR),
+                l => (self.levels[l - 2].len(), FAN),
             };
-            if below > FAN {
+            if below > fits {
                 break;
             }
             self.levels.pop();
@@ -105,7 +109,7 @@ impl SumTree {
             }
         }
         let start = node * FAN;
-        let end = (start + FAN).min(leaves.len());
+        let end = if self.levels.is_empty() { leaves.len() } else { (start + FAN).min(leaves.len()) };
         node = start;
         while node + 1 < end && r >= u64::from(leaves[node]) {
             r -= u64::from(leaves[node]);
@@ -162,12 +166,14 @@ mod tests {
             w.push(1);
             t.push(&w);
             let expect = (1..).take_while(|&k| (n as usize - 1) >> (FAN_BITS * k) > 0).count();
+            let expect = if n as usize <= LINEAR { 0 } else { expect };
             assert_eq!(t.levels.len(), expect, "n {n}");
         }
         while let Some(x) = w.pop() {
             t.pop(&w, x);
             let n = w.len();
             let expect = (1..).take_while(|&k| n.saturating_sub(1) >> (FAN_BITS * k) > 0).count();
+            let expect = if n <= LINEAR { 0 } else { expect };
             assert_eq!(t.levels.len(), expect, "n {n}");
         }
         assert_eq!(t.total(), 0);
