@@ -234,26 +234,13 @@ fn a_registration_refused_for_security_is_counted_by_its_cause() {
     assert!(r.terminate().success());
 }
 
-/// Short ENRP timers (as tests/enrp.rs) so that a death and its takeover happen within a
-/// second.
-const ENRP_TIMERS: &str = "[timers]
-peer_heartbeat = 100
-max_time_last_heard = 400
-max_time_no_response = 200
-takeover_expiry = 2000
-mentor_discovery = 300
-peer_reconnect = 100
-keep_alive_interval = 200
-keep_alive_timeout = 5000
-";
-
 #[test]
 fn two_registrars_count_their_handle_updates_audits_and_the_takeover() {
     let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (pa, pb) = (port(0), port(1));
     let metrics = ["--metrics", "127.0.0.1:0"];
-    let a = Registrar::start_with_args("epoll", 2, "aaaa0001", &format!("127.0.0.1:{pa}"), ENRP_TIMERS, &metrics);
-    let config_b = format!("peers = [\"127.0.0.1:{pa}\"]\n{ENRP_TIMERS}");
+    let a = Registrar::start_with_args("epoll", 2, "aaaa0001", &format!("127.0.0.1:{pa}"), SHORT_ENRP_TIMERS, &metrics);
+    let config_b = format!("peers = [\"127.0.0.1:{pa}\"]\n{SHORT_ENRP_TIMERS}");
     let b = Registrar::start_with_args("epoll", 2, "bbbb0002", &format!("127.0.0.1:{pb}"), &config_b, &metrics);
     let (ma, mb) = (a.metrics_addr(), b.metrics_addr());
     let meshed = |m| {

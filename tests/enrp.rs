@@ -13,23 +13,11 @@ use std::net::TcpListener;
 
 use rserpool::wire::asap::{self, Body, MessageType};
 use rserpool::wire::{Policy, PoolElementRepr};
-use support::{eventually, handle_and_id, Client, Registrar};
-
-/// Short ENRP timers so that deaths and takeovers happen within a second.
-const TIMERS: &str = "[timers]
-peer_heartbeat = 100
-max_time_last_heard = 400
-max_time_no_response = 200
-takeover_expiry = 2000
-mentor_discovery = 300
-peer_reconnect = 100
-keep_alive_interval = 200
-keep_alive_timeout = 5000
-";
+use support::{eventually, handle_and_id, Client, Registrar, SHORT_ENRP_TIMERS};
 
 fn start(engine: &str, id: &str, enrp: u16, peers: &[u16]) -> Registrar {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    let config = format!("peers = [{}]\n{TIMERS}", peers.join(", "));
+    let config = format!("peers = [{}]\n{SHORT_ENRP_TIMERS}", peers.join(", "));
     Registrar::start_as(engine, 2, id, &format!("127.0.0.1:{enrp}"), &config)
 }
 

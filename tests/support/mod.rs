@@ -24,6 +24,19 @@ use rserpool::wire::{
 /// not a timing assertion).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Short ENRP timers for registrar processes in tests, so that a death and its takeover happen
+/// within a second (a `[timers]` table to put in a configuration file).
+pub const SHORT_ENRP_TIMERS: &str = "[timers]
+peer_heartbeat = 100
+max_time_last_heard = 400
+max_time_no_response = 200
+takeover_expiry = 2000
+mentor_discovery = 300
+peer_reconnect = 100
+keep_alive_interval = 200
+keep_alive_timeout = 5000
+";
+
 /// A registrar process, killed when dropped.
 pub struct Registrar {
     child: Child,
