@@ -59,7 +59,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Protocol timers in milliseconds (WIRE.md section 8).
+/// Protocol timers in milliseconds (WIRE.md section 8); `update_coalesce_us` in microseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timers {
@@ -92,13 +92,12 @@ pub struct Timers {
     /// A client that takes none of its answers for this long while the registrar has stopped
     /// reading it (more than `limits.max_send_queue` unsent) is disconnected (0: never).
     pub send_stall_timeout: u64,
-    /// How long Handle Updates for peers are gathered before they are written (0, the default:
-    /// each as soon as the shard loop that made it ends). One write per peer per window instead
-    /// of a few updates per write: a peer pays its wake-up and read once for all of them, for
-    /// more propagation delay. Measured at 50,000 updates/s on loopback with 1 ms: the
-    /// receiver's CPU per update 1.4 us instead of 5.0 us, propagation p99 3-6.7 ms instead of
-    /// 0.5-0.8 ms (results/enrp/README.md).
-    pub update_coalesce: u64,
+    /// How long Handle Updates for peers are gathered before they are written, in
+    /// **microseconds** (default 200; 0: each as soon as the shard loop that made it ends). One
+    /// write per peer per window instead of a few updates per write: a peer pays its wake-up and
+    /// read once for all of them, for at most this much more propagation delay
+    /// (results/enrp/README.md has the measurements).
+    pub update_coalesce_us: u64,
 }
 
 impl Default for Timers {
@@ -117,7 +116,7 @@ impl Default for Timers {
             peer_reconnect: 1_000,
             max_hold: 30_000,
             send_stall_timeout: 60_000,
-            update_coalesce: 0,
+            update_coalesce_us: 200,
         }
     }
 }

@@ -149,4 +149,17 @@ pub trait Service {
 
     /// The earliest time at which [`Service::on_timer`] should run, if any.
     fn next_timer(&self) -> Option<Time>;
+
+    /// Output the service holds back to write in fewer, larger pieces (ENRP Handle Updates for
+    /// peers): `Some(window)` asks for [`Service::on_flush`] `window` after the end of the first
+    /// engine iteration that saw it. Finer than [`Time`]: the real engines keep microseconds
+    /// (the simulator rounds up to its next millisecond).
+    fn gathering(&self) -> Option<core::time::Duration> {
+        None
+    }
+
+    /// The window [`Service::gathering`] asked for has passed: write what was held back.
+    fn on_flush(&mut self, now: Time, out: &mut impl Outbox<Self::Msg>) {
+        let _ = (now, out);
+    }
 }

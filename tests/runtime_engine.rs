@@ -31,6 +31,7 @@ const DIAL: u8 = 10; // [address as text] -> connects out; reports [DIAL, 1] whe
 const DIAL_CLOSED: u8 = 11; // sent to the connection that dialled when the outbound one closes
 const HELLO: u8 = 12; // the first frame a service sends on an outbound connection
 const ROUTE_BACK: u8 = 13; // like ROUTE, but the answer comes back through the connection's shard, which holds the connection meanwhile
+const GATHER: u8 = 14; // [byte] -> held back; the gathered bytes go out as one [GATHER, bytes..] when the engine flushes
 const STALE: u8 = 99; // what a stale send would deliver
 /// The tag of outbound connections.
 const OUT_TAG: Tag = Tag(7);
@@ -55,6 +56,7 @@ struct Shared {
     closed: AtomicU64,
     big_done: AtomicU64,
     timers_fired: AtomicU64,
+    flushes: AtomicU64,
     remembered: Mutex<Option<ConnId>>,
 }
 
@@ -67,6 +69,8 @@ struct TestService {
     dialled: std::collections::HashMap<ConnId, ConnId>,
     /// Answers other shards still owe each connection.
     owed: std::collections::HashMap<ConnId, u32>,
+    /// Bytes held back by GATHER, and the connection they go to.
+    gathered: Option<(ConnId, Vec<u8>)>,
 }
 
 fn put_frame(buf: &mut Vec<u8>, parts: &[&[u8]]) {
@@ -93,6 +97,7 @@ impl TestService {
             tags: Default::default(),
             dialled: Default::default(),
             owed: Default::default(),
+            gathered: None,
         }
     }
 
@@ -156,6 +161,7 @@ impl TestService {
                     None => out.send(conn, &mut |b| put_frame(b, &[&[DIAL, 0]])),
                 }
             }
+            GATHER => self.gathered.get_or_insert_with(|| (conn, Vec::new())).1.extend_from_slice(p),
             _ => {}
         }
     }
@@ -250,6 +256,17 @@ impl Service for TestService {
 
     fn next_timer(&self) -> Option<Time> {
         self.timers.iter().map(|(t, _)| *t).min()
+    }
+
+    fn gathering(&self) -> Option<Duration> {
+        self.gathered.as_ref().map(|_| Duration::from_micros(300))
+    }
+
+    fn on_flush(&mut self, _now: Time, out: &mut impl Outbox<Post>) {
+        if let Some((conn, bytes)) = self.gathered.take() {
+            self.shared.flushes.fetch_add(1, SeqCst);
+            out.send(conn, &mut |b| put_frame(b, &[&[GATHER], &bytes]));
+        }
     }
 }
 
@@ -383,6 +400,7 @@ on_both_engines!(
     oversize_message_closes,
     connection_limit,
     timers_fire,
+    gathered_output_is_flushed_without_further_events,
     shutdown_stops_everything,
     listeners_are_tagged,
     outbound_connections,
@@ -741,6 +759,23 @@ fn timers_fire(kind: EngineKind) {
     assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
     assert_eq!(read_frame(&mut c).unwrap(), [TIMER]);
     assert_eq!(shared.timers_fired.load(SeqCst), 2);
+}
+
+/// Output a service gathers goes out after its window although nothing else happens (no input,
+/// no timer): the engine wakes for it, and only `on_flush` writes it.
+fn gathered_output_is_flushed_without_further_events(kind: EngineKind) {
+    let Some((engine, shared)) = start(config(kind, 1)) else {
+        return;
+    };
+    let mut c = connect(engine.local_addr());
+    let mut both = frame(&[&[GATHER, b'a']]);
+    both.extend_from_slice(&frame(&[&[GATHER, b'b']]));
+    c.write_all(&both).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [GATHER, b'a', b'b'], "both in one flush");
+    assert_eq!(shared.flushes.load(SeqCst), 1);
+    c.write_all(&frame(&[&[GATHER, b'c']])).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap(), [GATHER, b'c']);
+    assert_eq!(shared.flushes.load(SeqCst), 2);
 }
 
 fn shutdown_stops_everything(kind: EngineKind) {

@@ -12,6 +12,7 @@
 //! - [`bare_echo`]: the bare io_uring echo server, the kernel path's ceiling;
 //! - [`propagation`]: how long a change at one registrar takes to show at an ENRP peer;
 //! - [`peerload`]: a registrar's resolution throughput with and without a peer's updates;
+//! - [`peerfeed`]: a stand-in ENRP peer that writes a registrar pre-encoded Handle Updates;
 //! - [`fuzz`], [`fuzz_cli`], [`abuse`], [`live`]: live fuzzing and abuse of a registrar process;
 //! - [`setup`], [`servers`], [`report`], [`plot`], [`compare`], [`sweep`]: the commands.
 
@@ -29,6 +30,7 @@ pub mod fuzz;
 pub mod fuzz_cli;
 pub mod live;
 pub mod pacing;
+pub mod peerfeed;
 pub mod peerload;
 pub mod plot;
 pub mod progress;

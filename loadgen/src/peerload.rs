@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use rserpool::registrar::{StatusReport, STATUS_REQUEST};
 
+use crate::peerfeed;
 use crate::propagation::{self, PropagationConfig};
 use crate::report::{self, Machine};
 use crate::run::{self, IoKind, RunConfig};
@@ -40,9 +41,15 @@ pub struct PeerLoadArgs {
     /// Resolution connections to B.
     #[arg(short = 'c', long, default_value_t = 64)]
     pub connections: usize,
-    /// Resolutions in flight per connection.
+    /// Resolutions in flight per connection (at most, with `--resolve-rate`).
     #[arg(short = 'd', long, default_value_t = 1)]
     pub depth: usize,
+    /// Offer resolutions at this rate (open loop) instead of as fast as B answers. Both runs of
+    /// a round then ask B for the same work, and B's extra CPU with updates is what they cost
+    /// it while it serves: the share of its core a saturated B would lose to them (the figure
+    /// to read where the clients cannot saturate B, e.g. on a 2-core machine).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub resolve_rate: Option<f64>,
     /// Warm-up seconds of each run, not recorded.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
@@ -64,6 +71,14 @@ pub struct PeerLoadArgs {
     /// Core of registrar A.
     #[arg(long, default_value_t = 0)]
     pub a_core: usize,
+    /// Instead of registrar A and its churn clients, a stand-in peer (`peerfeed`) writes B
+    /// pre-encoded Handle Updates at `--rate`, one write per `--feed-window-us`: the same
+    /// updates at almost no CPU, so that the resolution client keeps its core while they run.
+    #[arg(long)]
+    pub feed: bool,
+    /// The feed's write interval, microseconds (a registrar's `timers.update_coalesce_us`).
+    #[arg(long, default_value_t = 500)]
+    pub feed_window_us: u64,
     /// Core of this process's client threads (resolutions at B, churn at A).
     #[arg(long, default_value_t = 0)]
     pub client_core: usize,
@@ -71,7 +86,7 @@ pub struct PeerLoadArgs {
     #[arg(long, value_name = "PATH")]
     pub registrar_bin: Option<PathBuf>,
     /// More registrar configuration for both registrars (TOML appended to the generated
-    /// `[limits]` table, which it must not repeat), e.g. `[timers]` with `update_coalesce = 1`.
+    /// `[limits]` table, which it must not repeat), e.g. `[timers]` with `update_coalesce_us = 300`.
     #[arg(long, value_name = "FILE")]
     pub registrar_config: Option<PathBuf>,
     /// Folder for results.
@@ -149,6 +164,55 @@ struct Doc<'a> {
     samples: &'a [Sample],
 }
 
+/// What makes B receive updates: churn at a real registrar A, or the stand-in feed.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Churn { churn: &'a PropagationConfig, a: SocketAddr, b: SocketAddr },
+    Feed { b_enrp: SocketAddr, rate: f64, window: Duration },
+}
+
+/// A running source of updates.
+enum Running {
+    Churn(std::thread::JoinHandle<io::Result<propagation::PropagationResult>>),
+    Feed(std::thread::JoinHandle<io::Result<peerfeed::FeedResult>>, Instant),
+}
+
+impl Source<'_> {
+    /// Starts it in a thread pinned to `core`; it stops when `stop` is raised.
+    fn start(&self, core: usize, stop: &Arc<AtomicBool>) -> Running {
+        match *self {
+            Source::Churn { churn, a, b } => Running::Churn(start_churn(churn, a, b, core, stop)),
+            Source::Feed { b_enrp, rate, window } => {
+                let cfg = peerfeed::FeedConfig { to: b_enrp, rate, window, slots: 4096 };
+                let s = Arc::clone(stop);
+                let t = std::thread::spawn(move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    peerfeed::run(&cfg, &s, &std::sync::atomic::AtomicU64::new(0))
+                });
+                Running::Feed(t, Instant::now())
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Waits for it to end (after its stop flag was raised); returns the updates per second it
+    /// offered.
+    fn join(self) -> io::Result<f64> {
+        match self {
+            Running::Churn(t) => {
+                let r = t.join().map_err(|_| io::Error::other("churn thread panicked"))??;
+                Ok(r.recorded as f64 / r.measured_s.max(1e-9))
+            }
+            Running::Feed(t, started) => {
+                let secs = started.elapsed().as_secs_f64();
+                let r = t.join().map_err(|_| io::Error::other("feed thread panicked"))??;
+                Ok(r.sent as f64 / secs.max(1e-9))
+            }
+        }
+    }
+}
+
 /// Starts the churn at A in a thread pinned to `core`; it stops when `stop` is raised.
 fn start_churn(
     churn: &PropagationConfig,
@@ -176,10 +240,23 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     if let Some(extra) = &args.registrar_config {
         config.push_str(&std::fs::read_to_string(extra)?);
     }
-    let (a, b) = propagation::spawn_peers(&bin, args.a_core, args.b_core, &config)?;
+    let (a, b) = if args.feed {
+        (None, propagation::spawn_registrar(&bin, args.b_core, "b0000002", None, &config)?)
+    } else {
+        let (a, b) = propagation::spawn_peers(&bin, args.a_core, args.b_core, &config)?;
+        (Some(a), b)
+    };
     core_affinity::set_for_current(core_affinity::CoreId { id: args.client_core });
-    let took = propagation::check_peering(a.addr, b.addr, Duration::from_secs(30))?;
-    eprintln!("A {} and B {} peer ({took:?})", a.addr, b.addr);
+    let source = match &a {
+        Some(a) => {
+            let took = propagation::check_peering(a.addr, b.addr, Duration::from_secs(30))?;
+            eprintln!("A {} and B {} peer ({took:?})", a.addr, b.addr);
+            Source::Churn { churn: &churn, a: a.addr, b: b.addr }
+        }
+        None => {
+            Source::Feed { b_enrp: b.enrp, rate: args.rate, window: Duration::from_micros(args.feed_window_us.max(1)) }
+        }
+    };
     let spec = WorkloadSpec { pools: args.pools, pool_size: args.pool_size, ..WorkloadSpec::default() };
     let plan = Plan::new(spec, args.connections.max(1), None);
     let _holder = setup::register_static(b.addr, &plan)?;
@@ -188,7 +265,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         addr: b.addr,
         connections: args.connections.max(1),
         depth: args.depth.max(1),
-        rate: None,
+        rate: args.resolve_rate,
         threads: 1,
         cores: vec![args.client_core],
         warmup_s: args.warmup,
@@ -204,14 +281,14 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     // First A's updates alone: B's CPU per update.
     let alone = {
         let churn_stop = Arc::new(AtomicBool::new(false));
-        let t = start_churn(&churn, a.addr, b.addr, args.client_core, &churn_stop);
+        let t = source.start(args.client_core, &churn_stop);
         std::thread::sleep(Duration::from_millis(500));
         let (u0, c0, t0) = (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), Instant::now());
         std::thread::sleep(Duration::from_secs_f64(args.duration.max(1.0)));
         let (u1, c1, secs) =
             (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), t0.elapsed().as_secs_f64());
         churn_stop.store(true, Ordering::Relaxed);
-        t.join().map_err(|_| io::Error::other("churn thread panicked"))??;
+        t.join()?;
         let cpu = c1.zip(c0).map_or(0.0, |(x, y)| x.saturating_sub(y) as f64 / 100.0 / secs);
         let rate = (u1 - u0) as f64 / secs;
         let u = UpdatesAlone {
@@ -234,7 +311,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
                 break 'rounds;
             }
             let churn_stop = Arc::new(AtomicBool::new(false));
-            let churn_thread = updates.then(|| start_churn(&churn, a.addr, b.addr, args.client_core, &churn_stop));
+            let churn_thread = updates.then(|| source.start(args.client_core, &churn_stop));
             if updates {
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -242,13 +319,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
             let r = run::run(&cfg, &plan, &stop)?;
             let (u1, secs) = (status(b.addr)?.updates_received, t0.elapsed().as_secs_f64());
             churn_stop.store(true, Ordering::Relaxed);
-            let churn_offered = match churn_thread {
-                Some(t) => {
-                    let cr = t.join().map_err(|_| io::Error::other("churn thread panicked"))??;
-                    Some(cr.recorded as f64 / cr.measured_s.max(1e-9))
-                }
-                None => None,
-            };
+            let churn_offered = churn_thread.map(Running::join).transpose()?;
             let s = Sample {
                 round,
                 updates,
@@ -282,7 +353,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     let doc = Doc {
         machine: &machine,
         args: format!("{args:?}"),
-        server_commands: [a.command.as_str(), b.command.as_str()],
+        server_commands: [a.as_ref().map_or("(the feed, no registrar A)", |a| a.command.as_str()), b.command.as_str()],
         updates_alone: &alone,
         samples: &samples,
     };
@@ -300,7 +371,7 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
     let mut s = format!(
         "# Resolution throughput at B with and without a peer's Handle Updates\n\n\
          {} UTC, nproc {}, kernel {}, git {}. B on core {}, A on core {}, clients on core {}; \
-         {} connections x depth {}, {} pools x {} PEs at B, {:.0} updates/s asked at A; \
+         {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s asked at A; \
          {} s measured per run after {} s warm-up.\n\n\
          A's updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
          {:.2} us of B's CPU per update.\n\n\
@@ -315,6 +386,7 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
         args.client_core,
         args.connections,
         args.depth,
+        args.resolve_rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0} resolutions/s")),
         args.pools,
         args.pool_size,
         args.rate,
@@ -325,6 +397,16 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
         alone.b_cpu,
         alone.b_us_per_update
     );
+    if args.feed {
+        let note = format!(
+            "\nUpdates from the stand-in peer (`--feed`, no registrar A): pre-encoded Handle Updates, one \
+             write per {} us.\n\n",
+            args.feed_window_us
+        );
+        if let Some(at) = s.find("\n\n| round") {
+            s.insert_str(at, note.trim_end());
+        }
+    }
     for x in samples {
         s += &format!(
             "| {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} |\n",
@@ -357,5 +439,29 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
         cw / cq,
         median(paired)
     );
+    // B's extra CPU with updates, per round (each round's two runs side by side).
+    let extra: Vec<(f64, f64)> = samples
+        .chunks(2)
+        .filter(|c| c.len() == 2 && c[0].updates && !c[1].updates)
+        .filter_map(|c| Some((c[0].b_cpu? - c[1].b_cpu?, c[0].b_updates_per_s)))
+        .collect();
+    if !extra.is_empty() {
+        let cores = median(extra.iter().map(|e| e.0).collect());
+        let per_update = median(extra.iter().filter(|e| e.1 > 0.0).map(|e| e.0 * 1e6 / e.1).collect());
+        let rounds: Vec<String> = extra.iter().map(|e| format!("{:.3}", e.0)).collect();
+        s += &format!(
+            "\nB's CPU with updates minus without, same round: {cores:.3} cores (rounds: {}), {per_update:.2} us \
+             per update received.\n",
+            rounds.join(", ")
+        );
+        if args.resolve_rate.is_some() {
+            s += &format!(
+                "At a fixed offered rate both runs ask B for the same answers, so this is the share of B's \
+                 core the updates take while it serves: a B saturated by resolutions would lose about \
+                 {:.1} % of its answers to them.\n",
+                cores * 100.0
+            );
+        }
+    }
     s
 }

@@ -828,6 +828,8 @@ pub struct Spawned {
     pub command: String,
     /// Its ASAP address.
     pub addr: SocketAddr,
+    /// Its ENRP address.
+    pub enrp: SocketAddr,
 }
 
 impl Spawned {
@@ -859,55 +861,63 @@ pub fn spawn_peers(
     b_core: usize,
     config: &str,
 ) -> io::Result<(Spawned, Spawned)> {
+    let a = spawn_registrar(bin, a_core, "a0000001", None, config)?;
+    let b = spawn_registrar(bin, b_core, "b0000002", Some(a.enrp), config)?;
+    Ok((a, b))
+}
+
+/// Starts a registrar with server id `id` (hex) from `bin`: one shard on `core`, ASAP and ENRP
+/// on free loopback ports, `config` (TOML) as its configuration file, `peer` as its ENRP peer.
+pub fn spawn_registrar(
+    bin: &std::path::Path,
+    core: usize,
+    id: &str,
+    peer: Option<SocketAddr>,
+    config: &str,
+) -> io::Result<Spawned> {
     let dir = std::env::temp_dir().join(format!("loadgen-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let cfg_path = dir.join("registrar.toml");
+    let cfg_path = dir.join(format!("registrar-{id}.toml"));
     std::fs::write(&cfg_path, config)?;
-    let port = crate::servers::free_port;
-    let (a_asap, a_enrp, b_asap, b_enrp) = (port()?, port()?, port()?, port()?);
-    let start = |core: usize, asap: u16, enrp: u16, id: &str, peer: Option<u16>| -> io::Result<Spawned> {
-        let profile = dir.join(format!("profile-{id}.toml"));
-        std::fs::write(&profile, format!("description = \"loadgen: {id} on core {core}\"\nshard_cores = [{core}]\n"))?;
-        let mut a: Vec<String> = vec![
-            "-c".into(),
-            core.to_string(),
-            bin.display().to_string(),
-            "registrar".into(),
-            "--asap".into(),
-            format!("127.0.0.1:{asap}"),
-            "--enrp".into(),
-            format!("127.0.0.1:{enrp}"),
-            "--id".into(),
-            id.into(),
-            "--cores".into(),
-            "1".into(),
-            "--log".into(),
-            "warn".into(),
-            "--profile".into(),
-            profile.display().to_string(),
-            "--config".into(),
-            cfg_path.display().to_string(),
-        ];
-        if let Some(p) = peer {
-            a.push("--peer".into());
-            a.push(format!("127.0.0.1:{p}"));
-        }
-        let command = format!("taskset {}", a.join(" "));
-        let child = Command::new("taskset")
-            .args(&a)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| io::Error::other(format!("cannot start {command}: {e}")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], asap));
-        let s = Spawned { child, command, addr };
-        crate::setup::wait_for_port(addr, Duration::from_secs(10))?;
-        Ok(s)
-    };
-    let a = start(a_core, a_asap, a_enrp, "a0000001", None)?;
-    let b = start(b_core, b_asap, b_enrp, "b0000002", Some(a_enrp))?;
-    Ok((a, b))
+    let (asap, enrp) = (crate::servers::free_port()?, crate::servers::free_port()?);
+    let profile = dir.join(format!("profile-{id}.toml"));
+    std::fs::write(&profile, format!("description = \"loadgen: {id} on core {core}\"\nshard_cores = [{core}]\n"))?;
+    let mut a: Vec<String> = vec![
+        "-c".into(),
+        core.to_string(),
+        bin.display().to_string(),
+        "registrar".into(),
+        "--asap".into(),
+        format!("127.0.0.1:{asap}"),
+        "--enrp".into(),
+        format!("127.0.0.1:{enrp}"),
+        "--id".into(),
+        id.into(),
+        "--cores".into(),
+        "1".into(),
+        "--log".into(),
+        "warn".into(),
+        "--profile".into(),
+        profile.display().to_string(),
+        "--config".into(),
+        cfg_path.display().to_string(),
+    ];
+    if let Some(p) = peer {
+        a.push("--peer".into());
+        a.push(p.to_string());
+    }
+    let command = format!("taskset {}", a.join(" "));
+    let child = Command::new("taskset")
+        .args(&a)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| io::Error::other(format!("cannot start {command}: {e}")))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], asap));
+    let s = Spawned { child, command, addr, enrp: SocketAddr::from(([127, 0, 0, 1], enrp)) };
+    crate::setup::wait_for_port(addr, Duration::from_secs(10))?;
+    Ok(s)
 }
 
 /// The configuration `--spawn` gives both registrars: the user's file, else room for the

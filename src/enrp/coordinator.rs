@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -231,8 +232,6 @@ pub struct Coordinator {
     pending_updates: Vec<Vec<u8>>,
     /// This registrar's Handle Updates not yet written to the peers ([`Coordinator::write_updates`]).
     outbound: Vec<u8>,
-    /// When `outbound` is written at the latest.
-    outbound_due: Option<Time>,
     /// The registrar is stopping: updates are written at once.
     stopping: bool,
 }
@@ -280,7 +279,6 @@ impl Coordinator {
             next_discovery: now,
             pending_updates: vec![Vec::new(); usize::from(cfg_shards)],
             outbound: Vec::new(),
-            outbound_due: None,
             stopping: false,
         }
     }
@@ -456,7 +454,6 @@ impl Coordinator {
     /// window closes, and before anything else goes to the peers (a Presence announces a
     /// checksum that includes them).
     fn write_updates<M>(&mut self, out: &mut impl Outbox<M>) {
-        self.outbound_due = None;
         if self.outbound.is_empty() {
             return;
         }
@@ -466,6 +463,17 @@ impl Coordinator {
             }
         }
         self.outbound.clear();
+    }
+
+    /// How long the Handle Updates gathered for the peers may wait (`timers.update_coalesce_us`),
+    /// while there are any.
+    pub fn gathering(&self) -> Option<Duration> {
+        (!self.outbound.is_empty()).then(|| Duration::from_micros(self.cfg.timers.update_coalesce_us))
+    }
+
+    /// The gathering window has passed: the updates go to the peers.
+    pub fn on_flush<M>(&mut self, out: &mut impl Outbox<M>) {
+        self.write_updates(out);
     }
 
     /// The registrar is stopping: what is gathered goes out now, and later updates at once
@@ -780,11 +788,9 @@ impl Coordinator {
                 }
                 self.stats.updates_sent += count_messages(&updates);
                 self.outbound.extend_from_slice(&updates);
-                let window = self.cfg.timers.update_coalesce;
+                let window = self.cfg.timers.update_coalesce_us;
                 if self.stopping || window == 0 || self.outbound.len() >= OUTBOUND_FLUSH_BYTES {
                     self.write_updates(out);
-                } else if self.outbound_due.is_none() {
-                    self.outbound_due = Some(now.add_millis(window));
                 }
             }
             EnrpMsg::SumPart { token, sum, count, .. } => {
@@ -977,9 +983,6 @@ impl Coordinator {
     /// Dials, heartbeats, liveness probes, deaths, takeover expiries, the end of waiting for a
     /// mentor, registrars heard by multicast.
     pub fn on_timer<M: From<EnrpMsg>>(&mut self, now: Time, out: &mut impl Outbox<M>) {
-        if self.outbound_due.is_some_and(|due| now >= due) {
-            self.write_updates(out);
-        }
         self.poll_discovery(now);
         let tag = self.cfg.tag;
         let reconnect = self.cfg.timers.peer_reconnect;
@@ -1077,9 +1080,6 @@ impl Coordinator {
         }
         if self.cfg.discovery.is_some() {
             earliest(self.next_discovery);
-        }
-        if let Some(due) = self.outbound_due {
-            earliest(due);
         }
         Some(next)
     }

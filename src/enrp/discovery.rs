@@ -460,23 +460,23 @@ mod coordinator_tests {
 
     #[test]
     fn handle_updates_for_peers_are_gathered_for_the_window_then_written_in_one_piece() {
-        let window = 2;
-        let mut c = coordinator_with(&[], None, Timers { update_coalesce: window, ..Timers::default() });
+        let window = 300;
+        let mut c = coordinator_with(&[], None, Timers { update_coalesce_us: window, ..Timers::default() });
         let mut out = Out::default();
         let conn = with_peer(&mut c, &mut out);
         let update = |byte: u8| EnrpMsg::Outgoing { updates: [byte; 8][..].into(), add: 0, sub: 0 };
-        let t0 = Time::from_millis(100);
-        c.on_message(update(1), t0, &mut out);
-        c.on_message(update(2), t0, &mut out);
+        let due = Time::from_millis(100);
+        assert_eq!(c.gathering(), None, "nothing gathered");
+        c.on_message(update(1), due, &mut out);
+        c.on_message(update(2), due, &mut out);
         assert!(out.sent.is_empty(), "gathered, not written");
-        let due = t0.add_millis(window);
-        assert_eq!(c.next_timer(), Some(due), "the window's end is the next timer");
-        c.on_timer(t0.add_millis(window - 1), &mut out);
-        assert!(out.sent.is_empty(), "not before the window ends");
+        assert_eq!(c.gathering(), Some(std::time::Duration::from_micros(window)), "the engine is asked for a flush");
         c.on_timer(due, &mut out);
+        assert!(out.sent.is_empty(), "timers do not write them");
+        c.on_flush(&mut out);
         let expected: Vec<u8> = [[1u8; 8], [2u8; 8]].concat();
         assert_eq!(out.sent, vec![(conn, expected)], "one write with both, in order");
-        assert_ne!(c.next_timer(), Some(due), "nothing left to write");
+        assert_eq!(c.gathering(), None, "nothing left to write");
         // Anything else to the peer (here a Presence) writes the gathered updates first.
         c.on_message(update(3), due, &mut out);
         let probe = presence_of(0xb2, "127.0.0.2:9901");
@@ -494,7 +494,7 @@ mod coordinator_tests {
 
     #[test]
     fn without_a_window_handle_updates_are_written_at_once() {
-        let mut c = coordinator(&[], None);
+        let mut c = coordinator_with(&[], None, Timers { update_coalesce_us: 0, ..Timers::default() });
         let mut out = Out::default();
         let conn = with_peer(&mut c, &mut out);
         c.on_message(EnrpMsg::Outgoing { updates: [7u8; 8][..].into(), add: 0, sub: 0 }, Time::ZERO, &mut out);

@@ -94,9 +94,10 @@ impl World {
             (t.peer_heartbeat, t.max_time_last_heard, t.max_time_no_response) = (100, 350, 150);
             (t.takeover_expiry, t.mentor_discovery, t.peer_reconnect) = (600, 200, 100);
             (t.keep_alive_interval, t.keep_alive_timeout) = (300, 500);
-            // Registrars differ in how long they gather Handle Updates (0: written at once), so
-            // both ways meet in every mesh; by index, so the seeds' scenarios stay as they were.
-            t.update_coalesce = [0, 1, 5][i % 3];
+            // Registrars differ in how long they gather Handle Updates (0: written at once; the
+            // simulator flushes the others at its next millisecond or later), so both ways meet
+            // in every mesh; by index, so the seeds' scenarios stay as they were.
+            t.update_coalesce_us = [0, 300, 5_000][i % 3];
             let factory = move |s, _| {
                 let mut c = config.clone();
                 c.server_id = id.get();

@@ -683,4 +683,14 @@ impl Service for Registrar {
         let metrics = self.metrics.as_ref().map(|m| m.next_publish());
         [self.procedures.next_timer(), coordinator, metrics].into_iter().flatten().min()
     }
+
+    fn gathering(&self) -> Option<std::time::Duration> {
+        self.coordinator.as_ref().and_then(Coordinator::gathering)
+    }
+
+    fn on_flush(&mut self, _now: Time, out: &mut impl Outbox<ShardMsg>) {
+        if let Some(c) = self.coordinator.as_mut() {
+            c.on_flush(out);
+        }
+    }
 }

@@ -22,6 +22,16 @@ impl Clock {
         Time(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// Microseconds since the origin (for output gathered for less than a millisecond).
+    pub(crate) fn now_us(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant `us` microseconds after the origin, if representable.
+    pub(crate) fn instant_us(&self, us: u64) -> Option<Instant> {
+        self.origin.checked_add(Duration::from_micros(us))
+    }
+
     /// The instant at which protocol time `t` begins, or `None` if it is beyond any
     /// representable instant (for example [`Time::NEVER`]).
     pub(crate) fn instant(&self, t: Time) -> Option<Instant> {

@@ -61,7 +61,9 @@
 //! **Timers.** The wait of each iteration is bounded by the service's `next_timer()`
 //! (`io_uring_enter` with a timeout argument, `epoll_wait` with a timeout). A service does a
 //! bounded amount of timer work per call and is called again, without sleeping, while work is
-//! due, so a bulk expiry cannot stall a shard's connections.
+//! due, so a bulk expiry cannot stall a shard's connections. Output a service gathers
+//! (`Service::gathering`, e.g. ENRP Handle Updates for peers) bounds the wait too, in
+//! microseconds: `on_flush` runs once the window after the iteration that started it has passed.
 //!
 //! **Closing.** A connection closes when the peer closes (after its queued replies are written),
 //! on an error, or when the service calls `Outbox::close` (after the bytes already queued are

@@ -477,6 +477,10 @@ pub(crate) struct ShardCore<S: Service, H> {
     records_handled: u64,
     /// When the queue depths are next sampled into the stats.
     next_queue_sample: Time,
+    /// The engine clock in microseconds (`io.now` is the same in milliseconds).
+    now_us: u64,
+    /// When [`Service::on_flush`] is due (microseconds), once [`Service::gathering`] asked.
+    flush_at_us: Option<u64>,
 }
 
 /// What a shard needs besides its service and driver.
@@ -527,11 +531,19 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
             },
             records_handled: 0,
             next_queue_sample: p.now,
+            now_us: p.now.as_millis().saturating_mul(1000),
+            flush_at_us: None,
             inbox: p.inbox,
             signals: p.signals,
             wakes: Vec::new(),
             plain: Vec::new(),
         }
+    }
+
+    /// Sets the clock: `now_us` microseconds since the engine's origin.
+    pub(crate) fn set_now(&mut self, now_us: u64) {
+        self.now_us = now_us;
+        self.io.now = Time(now_us / 1000);
     }
 
     /// The service (for the simulator's invariant checks).
@@ -931,7 +943,26 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         if !self.io.draining && !self.io.congested() && self.service.next_timer().is_some_and(|t| t <= now) {
             self.service.on_timer(now, &mut self.io);
         }
+        self.flush_gathered();
         more
+    }
+
+    /// Runs [`Service::on_flush`] once its window has passed.
+    fn flush_gathered(&mut self) {
+        if !self.io.draining && self.flush_at_us.is_some_and(|at| at <= self.now_us) {
+            self.flush_at_us = None;
+            self.service.on_flush(self.io.now, &mut self.io);
+        }
+    }
+
+    /// Starts the gathering window when the service has begun to gather (at the end of an
+    /// iteration: input handed over in it may have started it).
+    fn arm_flush(&mut self) {
+        if self.flush_at_us.is_none() && !self.io.draining {
+            let window = self.service.gathering();
+            self.flush_at_us =
+                window.map(|w| self.now_us.saturating_add(u64::try_from(w.as_micros()).unwrap_or(u64::MAX)));
+        }
     }
 
     /// Counts one record handled, after everything it caused was sent.
@@ -1073,6 +1104,7 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
             self.io.holds.front().map(|h| h.0),
             self.io.handshakes.front().map(|h| h.0),
             self.io.stalls.front().map(|h| h.0),
+            self.flush_at_us.map(|us| Time(us.div_ceil(1000))),
         ]
         .into_iter()
         .flatten()
@@ -1095,6 +1127,9 @@ impl<S: Service, H: ConnHandle> ShardCore<S, H> {
         if let Some(at) = self.next_due().and_then(|t| clock.instant(t)) {
             earliest(at);
         }
+        if let Some(at) = self.flush_at_us.and_then(|us| clock.instant_us(us)) {
+            earliest(at);
+        }
         let now = Instant::now();
         if spilling {
             earliest(now + SPILL_RETRY);
@@ -1114,7 +1149,7 @@ pub(crate) fn run<S: Service, D: Driver>(
         if let Err(e) = driver.poll(core, timeout) {
             break Err(e);
         }
-        core.io.now = clock.now();
+        core.set_now(clock.now_us());
         if core.stopping() {
             break Ok(());
         }
@@ -1156,7 +1191,7 @@ fn quiesce<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driver: &mut
             tracing::warn!(shard = core.me, error = %e, "poll failed while stopping");
             return;
         }
-        core.io.now = clock.now();
+        core.set_now(clock.now_us());
     }
 }
 
@@ -1169,6 +1204,7 @@ pub(crate) fn step<S: Service, D: Driver>(core: &mut ShardCore<S, D::Conn>, driv
     core.expire_stalls();
     core.io.retry_spill();
     reconcile_touched(core, driver);
+    core.arm_flush();
     more
 }
 

@@ -1103,7 +1103,7 @@ impl<S: Service> Sim<S> {
     fn step(&mut self, (n, i): (usize, usize)) {
         let node = &mut self.nodes[n];
         let (core, driver) = (&mut node.cores[i], &mut node.drivers[i]);
-        core.io.now = self.now;
+        core.set_now(self.now.as_millis().saturating_mul(1000));
         let _ = driver.poll(core, None);
         shard::step(core, driver);
         core.flush_outgoing(driver);
