@@ -176,10 +176,6 @@ pub struct Handlespace {
     wire_scratch: Vec<u8>,
 }
 
-/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool and the id without its
-/// last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
-/// land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so that they do
-/// not all match each other's tag).
 /// Where a PE is or would go in a [`Handlespace`] (its pool's and its own slot, when they
 /// exist), valid until the handlespace next changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,8 +184,15 @@ pub struct Spot {
     pe: Option<u32>,
 }
 
-fn pe_hash(hasher: &ahash::RandomState, pool: u32, pe_id: u32) -> u64 {
-    let block = hasher.hash_one(u64::from(pool) << 32 | u64::from(pe_id >> 4));
+/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's handle hash and the id
+/// without its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ
+/// only there land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so
+/// that they do not all match each other's tag).
+///
+/// Keyed by the pool's handle hash rather than its slab index, so that a lookup by handle and
+/// id can compute both hashes at once and probe the two tables without waiting for the first.
+fn pe_hash(hasher: &ahash::RandomState, pool_hash: u64, pe_id: u32) -> u64 {
+    let block = hasher.hash_one(pool_hash ^ u64::from(pe_id >> 4));
     let low = u64::from(pe_id & 15);
     (block & !15) ^ low ^ (low << 57)
 }
@@ -255,8 +258,12 @@ impl Handlespace {
     /// Where PE `pe_id` of pool `handle` is, or would go: one lookup whose result
     /// [`Handlespace::register_at`] uses instead of looking again.
     pub fn locate(&self, handle: &[u8], pe_id: u32) -> Spot {
-        let pool = self.find_pool(handle);
-        Spot { pool, pe: pool.and_then(|p| self.find_pe(p, pe_id)) }
+        let hash = self.hasher.hash_one(handle);
+        // Both hashes first: the PE table's probe does not depend on the pool's, so the CPU
+        // overlaps their cache misses.
+        let pe_hash = pe_hash(&self.hasher, hash, pe_id);
+        let pool = self.find_pool_hashed(hash, handle);
+        Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)) }
     }
 
     /// The PE at `spot`, if there is one.
@@ -267,12 +274,20 @@ impl Handlespace {
     }
 
     fn find_pool(&self, handle: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(handle);
+        self.find_pool_hashed(self.hasher.hash_one(handle), handle)
+    }
+
+    #[inline]
+    fn find_pool_hashed(&self, hash: u64, handle: &[u8]) -> Option<u32> {
         self.pool_index.find(hash, |&i| *self.pools[i as usize].handle == *handle).copied()
     }
 
     fn find_pe(&self, pool: u32, pe_id: u32) -> Option<u32> {
-        let hash = pe_hash(&self.hasher, pool, pe_id);
+        self.find_pe_hashed(pe_hash(&self.hasher, self.pools[pool as usize].hash, pe_id), pool, pe_id)
+    }
+
+    #[inline]
+    fn find_pe_hashed(&self, hash: u64, pool: u32, pe_id: u32) -> Option<u32> {
         let pes = &self.pes;
         self.pe_index.find(hash, |&i| pes[i].pe.id == pe_id && pes[i].pool == pool).copied()
     }
@@ -404,18 +419,20 @@ impl Handlespace {
             None => {
                 let selector = Selector::new(policy_type).ok_or(RegisterError::UnknownPolicy(policy_type.0))?;
                 let generation = self.new_generation();
+                let hash = self.hasher.hash_one(handle);
                 let p = self.pools.insert(Pool {
                     handle: smallvec::SmallVec::from_slice(handle),
-                    handle_words: checksum::handle_words(handle),
+                    hash,
+                    // At most 64 KiB of handle (the message limit): 32,768 words of < 2^16.
+                    handle_words: u32::try_from(checksum::handle_words(handle)).unwrap_or(u32::MAX),
                     policy_type,
                     protocol: user_transport.protocol,
                     transport_use: user_transport.transport_use,
                     generation,
                     selector,
                 }) as u32;
-                let (pools, hasher) = (&self.pools, &self.hasher);
-                let hash = hasher.hash_one(handle);
-                self.pool_index.insert_unique(hash, p, |&i| hasher.hash_one(&*pools[i as usize].handle));
+                let pools = &self.pools;
+                self.pool_index.insert_unique(hash, p, |&i| pools[i as usize].hash);
                 p
             }
         };
@@ -433,12 +450,13 @@ impl Handlespace {
         slot.pool = p;
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
-        let (pes, hasher) = (&self.pes, &self.hasher);
-        let hash = pe_hash(hasher, p, pe_id);
-        self.pe_index.insert_unique(hash, index, |&i| pe_hash(hasher, pes[i].pool, pes[i].pe.id));
+        let (pes, pools, hasher) = (&self.pes, &self.pools, &self.hasher);
+        let hash = pe_hash(hasher, pools[p as usize].hash, pe_id);
+        let rehash = |&i: &u32| pe_hash(hasher, pools[pes[i].pool as usize].hash, pes[i].pe.id);
+        self.pe_index.insert_unique(hash, index, rehash);
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
-        let words = checksum::pe_words(pool.handle_words, pe_id);
+        let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
         self.owners.add(&mut self.pes, home, index, words);
         self.link_conn(index, conn);
         if life >= 0 {
@@ -460,7 +478,7 @@ impl Handlespace {
         conn: Option<ConnId>,
         now: Time,
     ) -> Registered {
-        let words = checksum::pe_words(self.pools[p as usize].handle_words, self.pes[index].pe.id);
+        let words = checksum::pe_words(u64::from(self.pools[p as usize].handle_words), self.pes[index].pe.id);
         let slot = &mut self.pes[index];
         let key = slot.key(index);
         let old_home = slot.pe.home;
@@ -528,10 +546,10 @@ impl Handlespace {
         }
         let pool = &mut self.pools[p as usize];
         pool.selector.remove(&mut self.pes, index);
-        let words = checksum::pe_words(pool.handle_words, pe_id);
+        let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        let hash = pe_hash(&self.hasher, p, pe_id);
+        let hash = pe_hash(&self.hasher, self.pools[p as usize].hash, pe_id);
         if let Ok(entry) = self.pe_index.find_entry(hash, |&i| i == index) {
             entry.remove();
         }
@@ -542,8 +560,7 @@ impl Handlespace {
     fn drop_pool_if_empty(&mut self, p: u32) {
         if self.pools[p as usize].selector.len() == 0 {
             let pool = self.pools.remove(p as usize);
-            let hash = self.hasher.hash_one(&*pool.handle);
-            if let Ok(entry) = self.pool_index.find_entry(hash, |&i| i == p) {
+            if let Ok(entry) = self.pool_index.find_entry(pool.hash, |&i| i == p) {
                 entry.remove();
             }
         }
@@ -571,8 +588,9 @@ impl Handlespace {
         pe_id: u32,
         requester: Option<ConnId>,
     ) -> Result<Option<PoolElement>, DeregisterError> {
-        let p = self.find_pool(handle).ok_or(DeregisterError::UnknownPool)?;
-        let Some(index) = self.find_pe(p, pe_id) else { return Ok(None) };
+        let spot = self.locate(handle, pe_id);
+        spot.pool.ok_or(DeregisterError::UnknownPool)?;
+        let Some(index) = spot.pe else { return Ok(None) };
         if self.pes[index].pe.conn != requester {
             return Err(DeregisterError::NotAuthorized);
         }
@@ -610,8 +628,9 @@ impl Handlespace {
     /// Endpoint Unreachable: counts a report against PE `pe_id` and removes it once the count
     /// reaches MAX-BAD-PE-REPORT.
     pub fn report_unreachable(&mut self, handle: &[u8], pe_id: u32) -> Result<Unreachable, UnknownPool> {
-        let p = self.find_pool(handle).ok_or(UnknownPool)?;
-        let Some(index) = self.find_pe(p, pe_id) else { return Ok(Unreachable::UnknownPe) };
+        let spot = self.locate(handle, pe_id);
+        spot.pool.ok_or(UnknownPool)?;
+        let Some(index) = spot.pe else { return Ok(Unreachable::UnknownPe) };
         let slot = &mut self.pes[index];
         slot.unreachable_reports = slot.unreachable_reports.saturating_add(1);
         let count = slot.unreachable_reports;
@@ -773,7 +792,7 @@ impl Handlespace {
         let slot = self.slot(key)?;
         let old = slot.pe.home;
         if old != owner {
-            let words = checksum::pe_words(self.pools[slot.pool as usize].handle_words, slot.pe.id);
+            let words = checksum::pe_words(u64::from(self.pools[slot.pool as usize].handle_words), slot.pe.id);
             self.owners.remove(&mut self.pes, old, key.index, words);
             self.pes[key.index].pe.home = owner;
             self.owners.add(&mut self.pes, owner, key.index, words);

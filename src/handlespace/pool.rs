@@ -19,8 +19,12 @@ pub struct PoolKey {
 pub struct Pool {
     /// Inline up to 24 bytes: the handle lookup compares it without another cache miss.
     pub(crate) handle: smallvec::SmallVec<[u8; 24]>,
-    /// Sum of the handle's 16-bit words, for the PE checksum of each of its PEs.
-    pub(crate) handle_words: u64,
+    /// The handle's hash in its handlespace's tables (kept: rehashing and removal need no
+    /// rehash of the bytes, and the PE table's hash builds on it).
+    pub(crate) hash: u64,
+    /// Sum of the handle's 16-bit words, for the PE checksum of each of its PEs (a handle fits
+    /// in one message, so at most 32,768 words: the sum fits 32 bits).
+    pub(crate) handle_words: u32,
     pub(crate) policy_type: PolicyType,
     pub(crate) protocol: TransportProtocol,
     pub(crate) transport_use: TransportUse,
