@@ -78,8 +78,10 @@ fn acknowledged_registrations_survive_sigterm(engine: &str) {
         &format!("127.0.0.1:{pb}"),
         &format!("peers = [\"127.0.0.1:{pa}\"]\n"),
     );
+    // The warm-up PE's connection stays open: closing it would withdraw the PE, and A could see
+    // the withdrawal before a new connection's registration reaches it (updates are gathered).
+    let mut c = b.client();
     eventually("A and B peer", || {
-        let mut c = b.client();
         c.register("warm-up", support::pe(1, tcp(7000), Policy::RoundRobin, -1)) == (false, None) && {
             let mut at_a = a.client();
             at_a.resolve("warm-up", None).is_ok_and(|pes| pes.len() == 1)

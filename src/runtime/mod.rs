@@ -63,7 +63,9 @@
 //! bounded amount of timer work per call and is called again, without sleeping, while work is
 //! due, so a bulk expiry cannot stall a shard's connections. Output a service gathers
 //! (`Service::gathering`, e.g. ENRP Handle Updates for peers) bounds the wait too, in
-//! microseconds: `on_flush` runs once the window after the iteration that started it has passed.
+//! microseconds: `on_flush` runs once the window after the iteration that started it has passed
+//! (io_uring waits to the microsecond; `epoll_wait` takes whole milliseconds, rounded up, so on
+//! epoll a window shorter than that is served a little late).
 //!
 //! **Closing.** A connection closes when the peer closes (after its queued replies are written),
 //! on an error, or when the service calls `Outbox::close` (after the bytes already queued are
