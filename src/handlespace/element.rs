@@ -104,6 +104,9 @@ pub struct PoolElement {
     pub(crate) wire: Wire,
     /// The ASAP connection it registered over; `None` for a PE learnt from a peer registrar.
     pub conn: Option<ConnId>,
+    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
+    /// index rehashes from the slot alone. (It fills what would be padding.)
+    pub(crate) pool_tag: u32,
 }
 
 impl PartialEq for PoolElement {
@@ -244,6 +247,7 @@ impl PeSlot {
             generation: 0,
             wire: Wire::Inline { body: 0, len: 0, bytes: [0; INLINE] },
             conn: None,
+            pool_tag: 0,
         },
         pool: NIL,
         sel_pos: 0,

@@ -184,15 +184,22 @@ pub struct Spot {
     pe: Option<u32>,
 }
 
-/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's handle hash and the id
-/// without its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ
-/// only there land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so
-/// that they do not all match each other's tag).
+/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's tag and the id without
+/// its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
+/// land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so that they do
+/// not all match each other's tag).
 ///
-/// Keyed by the pool's handle hash rather than its slab index, so that a lookup by handle and
-/// id can compute both hashes at once and probe the two tables without waiting for the first.
-fn pe_hash(hasher: &ahash::RandomState, pool_hash: u64, pe_id: u32) -> u64 {
-    let block = hasher.hash_one(pool_hash ^ u64::from(pe_id >> 4));
+/// The pool's tag is half of its handle hash ([`pool_tag`]), not its slab index, so that a lookup
+/// by handle and id computes both hashes at once and probes the two tables without waiting for
+/// the first.
+/// The part of a pool's handle hash that its PEs' index entries hash on (pools that share it
+/// only share buckets: the index compares the pool).
+fn pool_tag(handle_hash: u64) -> u32 {
+    (handle_hash >> 32) as u32
+}
+
+fn pe_hash(hasher: &ahash::RandomState, pool_tag: u32, pe_id: u32) -> u64 {
+    let block = hasher.hash_one(u64::from(pool_tag) << 32 | u64::from(pe_id >> 4));
     let low = u64::from(pe_id & 15);
     (block & !15) ^ low ^ (low << 57)
 }
@@ -261,7 +268,7 @@ impl Handlespace {
         let hash = self.hasher.hash_one(handle);
         // Both hashes first: the PE table's probe does not depend on the pool's, so the CPU
         // overlaps their cache misses.
-        let pe_hash = pe_hash(&self.hasher, hash, pe_id);
+        let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
         let pool = self.find_pool_hashed(hash, handle);
         Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)) }
     }
@@ -283,7 +290,7 @@ impl Handlespace {
     }
 
     fn find_pe(&self, pool: u32, pe_id: u32) -> Option<u32> {
-        self.find_pe_hashed(pe_hash(&self.hasher, self.pools[pool as usize].hash, pe_id), pool, pe_id)
+        self.find_pe_hashed(pe_hash(&self.hasher, pool_tag(self.pools[pool as usize].hash), pe_id), pool, pe_id)
     }
 
     #[inline]
@@ -446,14 +453,14 @@ impl Handlespace {
             generation,
             wire: Wire::encode(&mut self.wire_scratch, &user_transport, &policy, asap_transport.as_ref()),
             conn,
+            pool_tag: pool_tag(self.pools[p as usize].hash),
         };
         slot.pool = p;
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
-        let (pes, pools, hasher) = (&self.pes, &self.pools, &self.hasher);
-        let hash = pe_hash(hasher, pools[p as usize].hash, pe_id);
-        let rehash = |&i: &u32| pe_hash(hasher, pools[pes[i].pool as usize].hash, pes[i].pe.id);
-        self.pe_index.insert_unique(hash, index, rehash);
+        let (pes, hasher) = (&self.pes, &self.hasher);
+        let hash = pe_hash(hasher, pes[index].pe.pool_tag, pe_id);
+        self.pe_index.insert_unique(hash, index, |&i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
@@ -549,7 +556,7 @@ impl Handlespace {
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        let hash = pe_hash(&self.hasher, self.pools[p as usize].hash, pe_id);
+        let hash = pe_hash(&self.hasher, self.pes[index].pe.pool_tag, pe_id);
         if let Ok(entry) = self.pe_index.find_entry(hash, |&i| i == index) {
             entry.remove();
         }
