@@ -12,7 +12,9 @@
 //!   parameters are longer;
 //! - handle → pool and (pool, PE id) → PE are hash tables that store only indices and compare
 //!   keys in the slabs (`ahash`, randomly seeded per process, so peers cannot aim collisions;
-//!   the shard choice uses the fixed hash in [`shard`]). PE ids of one pool that differ only in
+//!   the shard choice uses the fixed hash in [`shard`]). The PE table hashes a tag of the
+//!   pool's handle hash (kept in each PE slot), not the pool's index, so a lookup by handle and
+//!   id probes both tables at once. PE ids of one pool that differ only in
 //!   their last 4 bits hash to neighbouring buckets (so ids registered in order touch one cache
 //!   line per 16), each with its own tag;
 //! - connection → its PEs is indexed by the connection's slot number ([`conns`](self::conns));
