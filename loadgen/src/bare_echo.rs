@@ -13,7 +13,7 @@
 //! other than one send in flight per connection.
 //!
 //! This module is safe code: setup, binding, pinning and the stop handle. The `unsafe` is in
-//! its two children, [`server`] (the io_uring loop) and [`bufring`] (the provided buffer ring).
+//! its two children, `server` (the io_uring loop) and `bufring` (the provided buffer ring).
 
 mod bufring;
 mod server;

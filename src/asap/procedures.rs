@@ -711,7 +711,7 @@ impl Procedures {
         self.settle_budgets();
     }
 
-    /// Timer work due at `now`, at most [`TIMER_BUDGET`] items per call: registration lives
+    /// Timer work due at `now`, at most `TIMER_BUDGET` items per call: registration lives
     /// that ended, keep-alive probes to send (wherever the PE's connection lives), PEs that
     /// did not answer theirs.
     pub fn on_timer<M>(&mut self, now: Time, out: &mut impl Outbox<M>, sink: &mut impl ChangeSink) {

@@ -4,7 +4,7 @@
 //! One [`Handlespace`] is one shard: the pools whose handle [`shard_of`] maps to one core. It
 //! has no locks and never reads the clock (time is an argument). Layout:
 //!
-//! - pools live in a slab, PEs in 144-byte slots in pages ([`arena`](self::arena)); [`PoolKey`]
+//! - pools live in a slab, PEs in 144-byte slots in pages (`arena`); [`PoolKey`]
 //!   and [`PeKey`] are index + generation, so a key that outlives its object is detected as stale;
 //! - a PE's slot holds all of it: id, home, life and its parameters encoded as sent on the wire
 //!   (user transport, policy and ASAP transport, inline up to 53 bytes), which answers copy, in
@@ -17,7 +17,7 @@
 //!   id probes both tables at once. PE ids of one pool that differ only in
 //!   their last 4 bits hash to neighbouring buckets (so ids registered in order touch one cache
 //!   line per 16), each with its own tag;
-//! - connection → its PEs is indexed by the connection's slot number ([`conns`](self::conns));
+//! - connection → its PEs is indexed by the connection's slot number (`conns`);
 //! - each pool has a selection index chosen by its policy (`selection.rs` explains them);
 //! - an owner's PEs and a connection's PEs are intrusive doubly-linked lists through the PE
 //!   slots, so takeover and connection loss cost O(PEs concerned) and no extra allocation;

@@ -13,8 +13,8 @@
 //! 8 bytes. Deadlines further ahead than the wheel spans are parked in the top level and re-placed
 //! when reached.
 //!
-//! The algorithm ([`Wheel`]) works on links kept wherever the caller keeps its entries
-//! ([`TimerSlots`]): [`TimerWheel`] keeps them in its own vector (the ASAP layer's keep-alive
+//! The algorithm (`Wheel`) works on links kept wherever the caller keeps its entries
+//! (`TimerSlots`): [`TimerWheel`] keeps them in its own vector (the ASAP layer's keep-alive
 //! timers), the handlespace keeps them in its PE slots (registration lifetimes: no entry, no key
 //! and no allocation per timer).
 
@@ -318,7 +318,7 @@ impl<T: Default> TimerWheel<T> {
     }
 
     /// Moves a pending timer to a new deadline; `false` if the key is stale. A later deadline
-    /// only rewrites the entry (see [`Wheel::reschedule`]).
+    /// only rewrites the entry (see `Wheel::reschedule`).
     pub fn reschedule(&mut self, key: TimerKey, deadline: Time) -> bool {
         if self.entry(key).is_none() {
             return false;

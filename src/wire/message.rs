@@ -1,6 +1,6 @@
 //! The common message header and the parameter walk shared by ASAP and ENRP messages: a
-//! per-message-type [`Schema`] says which parameters may appear at the top level, which may
-//! repeat and which are mandatory, and one validating pass fills [`Slots`] with borrowed views.
+//! per-message-type `Schema` says which parameters may appear at the top level, which may
+//! repeat and which are mandatory, and one validating pass fills `Slots` with borrowed views.
 
 use core::fmt;
 
