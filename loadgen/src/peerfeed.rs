@@ -12,8 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rserpool::wire::enrp::{self, UpdateAction};
@@ -74,29 +73,21 @@ fn encode(slots: usize) -> Encoded {
 pub struct FeedResult {
     /// Handle Updates written.
     pub sent: u64,
-    /// Writes (one per window, when updates were due).
-    pub writes: u64,
 }
 
 /// Connects to the registrar, announces itself, and writes Handle Updates at `cfg.rate` until
 /// `stop` is raised; then deletes what it added (so the registrar holds none of its PEs) and
 /// closes. Everything the registrar sends is read and dropped.
-pub fn run(cfg: &FeedConfig, stop: &AtomicBool, sent_total: &AtomicU64) -> io::Result<FeedResult> {
+pub fn run(cfg: &FeedConfig, stop: &AtomicBool) -> io::Result<FeedResult> {
     let slots = cfg.slots.max(1);
     let encoded = encode(slots);
     let mut s = TcpStream::connect(cfg.to)?;
     s.set_nodelay(true)?;
     let mut reader = s.try_clone()?;
-    let drained = Arc::new(AtomicBool::new(false));
-    let done = Arc::clone(&drained);
+    // Ends when the socket is shut down below (or the registrar closes).
     let drain = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
-        while !done.load(Ordering::Relaxed) {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
     let local = s.local_addr()?;
     let info = ServerInformationRepr {
@@ -139,8 +130,6 @@ pub fn run(cfg: &FeedConfig, stop: &AtomicBool, sent_total: &AtomicU64) -> io::R
         }
         if !buf.is_empty() {
             s.write_all(&buf)?;
-            result.writes += 1;
-            sent_total.store(result.sent, Ordering::Relaxed);
         }
     }
     buf.clear();
@@ -150,7 +139,6 @@ pub fn run(cfg: &FeedConfig, stop: &AtomicBool, sent_total: &AtomicU64) -> io::R
         }
     }
     s.write_all(&buf)?;
-    drained.store(true, Ordering::Relaxed);
     let _ = s.shutdown(std::net::Shutdown::Both);
     let _ = drain.join();
     Ok(result)

@@ -187,7 +187,7 @@ impl Source<'_> {
                 let s = Arc::clone(stop);
                 let t = std::thread::spawn(move || {
                     core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                    peerfeed::run(&cfg, &s, &std::sync::atomic::AtomicU64::new(0))
+                    peerfeed::run(&cfg, &s)
                 });
                 Running::Feed(t, Instant::now())
             }
@@ -278,7 +278,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let sig = crate::cli::stop_flag();
-    // First A's updates alone: B's CPU per update.
+    // First the updates alone: B's CPU per update.
     let alone = {
         let churn_stop = Arc::new(AtomicBool::new(false));
         let t = source.start(args.client_core, &churn_stop);
@@ -298,7 +298,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
             b_us_per_update: if rate > 0.0 { cpu * 1e6 / rate } else { 0.0 },
         };
         eprintln!(
-            "A's updates alone: B received {:.0}/s, B CPU {:.3} cores = {:.2} us per update",
+            "updates alone: B received {:.0}/s, B CPU {:.3} cores = {:.2} us per update",
             u.b_updates_per_s, u.b_cpu, u.b_us_per_update
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -368,21 +368,29 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
 
 /// The table of every run, then medians and ratios.
 pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, samples: &[Sample]) -> String {
+    let peer = if args.feed {
+        format!(
+            "the updates from the stand-in peer (`--feed`, no registrar A: pre-encoded Handle Updates, one \
+             write per {} us)",
+            args.feed_window_us
+        )
+    } else {
+        format!("A on core {}", args.a_core)
+    };
     let mut s = format!(
         "# Resolution throughput at B with and without a peer's Handle Updates\n\n\
-         {} UTC, nproc {}, kernel {}, git {}. B on core {}, A on core {}, clients on core {}; \
-         {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s asked at A; \
+         {} UTC, nproc {}, kernel {}, git {}. B on core {}, {peer}, clients on core {}; \
+         {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s asked; \
          {} s measured per run after {} s warm-up.\n\n\
-         A's updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
+         The updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
          {:.2} us of B's CPU per update.\n\n\
-         | round | updates from A | answers/s | B CPU (cores) | capacity (answers/s per B core) | client CPU | p50 us | p99 us | updates B received/s |\n\
+         | round | updates | answers/s | B CPU (cores) | capacity (answers/s per B core) | client CPU | p50 us | p99 us | updates B received/s |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         machine.date,
         machine.nproc,
         machine.kernel,
         machine.git_revision,
         args.b_core,
-        args.a_core,
         args.client_core,
         args.connections,
         args.depth,
@@ -397,16 +405,6 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
         alone.b_cpu,
         alone.b_us_per_update
     );
-    if args.feed {
-        let note = format!(
-            "\nUpdates from the stand-in peer (`--feed`, no registrar A): pre-encoded Handle Updates, one \
-             write per {} us.\n\n",
-            args.feed_window_us
-        );
-        if let Some(at) = s.find("\n\n| round") {
-            s.insert_str(at, note.trim_end());
-        }
-    }
     for x in samples {
         s += &format!(
             "| {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} |\n",
