@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Kept for the record of its 08:51 run: it needs a build from before 86dbcb3, when the window
+# was `[timers] update_coalesce` in milliseconds; results/enrp/gather.sh replaces it.
 # A/B of this session's ENRP receive changes and of the update coalescing window (raw/coalesce/):
 #  - `loadgen peer-updates` (B's CPU per received update; resolution throughput at B with and
 #    without 50,000 updates/s from A), one round each, x3, alternating: the build before the

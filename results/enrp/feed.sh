@@ -11,14 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 WINDOWS=${WINDOWS:-"200 500"}
-if [ -x /work/quiet.sh ]; then
-    /work/quiet.sh stop
-    trap '/work/quiet.sh cont' EXIT
-fi
+. results/enrp/lib.sh
 out=results/enrp/raw/feed
 mkdir -p "$out"
-cargo build --release -q --bin rserpool -p rserpool
-cargo build --release -q -p loadgen
+build_release
 for r in $(seq 1 "$ROUNDS"); do
     for w in $WINDOWS; do
         d=$(mktemp -d)

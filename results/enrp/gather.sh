@@ -8,14 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
-if [ -x /work/quiet.sh ]; then
-    /work/quiet.sh stop
-    trap '/work/quiet.sh cont' EXIT
-fi
+. results/enrp/lib.sh
 out=results/enrp/raw/gather
 mkdir -p "$out"
-cargo build --release -q --bin rserpool -p rserpool
-cargo build --release -q -p loadgen
+build_release
 L=target/release/loadgen
 for w in 0 200 500 1000; do
     printf '[timers]\nupdate_coalesce_us = %s\n' "$w" > "$out/timers-$w.toml"

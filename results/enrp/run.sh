@@ -18,14 +18,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
-if [ -x /work/quiet.sh ]; then
-    /work/quiet.sh stop
-    trap '/work/quiet.sh cont' EXIT
-fi
+. results/enrp/lib.sh
 out=results/enrp/raw
 mkdir -p "$out"
-cargo build --release -q --bin rserpool --example enrp_perf -p rserpool
-cargo build --release -q -p loadgen
+build_release --example enrp_perf
 E=target/release/examples/enrp_perf
 L=target/release/loadgen
 NEW=target/release/rserpool
