@@ -10,21 +10,22 @@
 //!   (user transport, policy and ASAP transport, inline up to 53 bytes), which answers copy, in
 //!   its first 64 bytes; then the links below. Nothing per PE is allocated elsewhere unless its
 //!   parameters are longer;
-//! - handle → pool and (pool, PE id) → PE are hash tables that store only indices and compare
-//!   keys in the slabs (`ahash`, randomly seeded per process, so peers cannot aim collisions;
-//!   the shard choice uses the fixed hash in [`shard`]). The PE table hashes a tag of the
-//!   pool's handle hash (kept in each PE slot), not the pool's index, so a lookup by handle and
-//!   id probes both tables at once. PE ids of one pool that differ only in
-//!   their last 4 bits hash to neighbouring buckets (so ids registered in order touch one cache
-//!   line per 16), each with its own tag;
+//! - handle → pool and (pool, PE id) → PE are hash tables (`index`) that store only slab
+//!   indices, in 64-byte chunks of tags and entries so that a probe reads one cache line, and
+//!   compare keys in the slabs (`ahash`, randomly seeded per process, so peers cannot aim
+//!   collisions; the shard choice uses the fixed hash in [`shard`]). The PE table hashes a tag of
+//!   the pool's handle hash (kept in each PE slot), not the pool's index, so a lookup by handle
+//!   and id probes both tables at once. PE ids of one pool that differ only in their last 4 bits
+//!   hash to neighbouring chunks (so ids registered in order fill a kilobyte of the table in
+//!   turn), each with its own tag. Both tables grow by rebuilding from their slab, in slab order;
 //! - connection → its PEs is indexed by the connection's slot number (`conns`);
 //! - each pool has a selection index chosen by its policy (`selection.rs` explains them);
 //! - an owner's PEs and a connection's PEs are intrusive doubly-linked lists through the PE
 //!   slots, so takeover and connection loss cost O(PEs concerned) and no extra allocation;
 //! - finite lifetimes are timers of a timing wheel ([`wheel`]) linked through the PE slots.
 //!
-//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 180-215
-//! bytes including every index (least for Round Robin in one pool, most for Weighted Random in
+//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 170-197
+//! bytes including every index (least for Round Robin in one pool, most for Least Used in
 //! pools of 10); `examples/handlespace_memory.rs` measures it and
 //! `results/handlespace/memory.md` records it.
 
@@ -33,6 +34,7 @@ pub mod checksum;
 mod conns;
 mod element;
 mod error;
+mod index;
 mod ordindex;
 mod owners;
 mod pool;
@@ -43,12 +45,12 @@ mod sumtree;
 mod tests;
 pub mod wheel;
 
-use hashbrown::HashTable;
 use slab::Slab;
 
 use self::arena::Arena;
 use self::conns::Conns;
 use self::element::Wire;
+use self::index::ChunkIndex;
 use self::wheel::Wheel;
 
 use crate::service::ConnId;
@@ -158,12 +160,12 @@ pub enum Unreachable {
 pub struct Handlespace {
     config: HandlespaceConfig,
     pools: Slab<Pool>,
-    /// Pool handle → pool slab index. The tables below store only slab indices (4 bytes a
-    /// bucket) and compare keys in the slabs, which saves ~24 bytes per PE over a `HashMap`.
-    pool_index: HashTable<u32>,
+    /// Pool handle → pool slab index. The tables below store only slab indices (4 bytes an
+    /// entry) and compare keys in the slabs, which saves ~24 bytes per PE over a `HashMap`.
+    pool_index: ChunkIndex,
     pes: Arena,
     /// (pool, PE id) → PE slot index.
-    pe_index: HashTable<u32>,
+    pe_index: ChunkIndex,
     owners: Owners,
     /// Connection → its PEs.
     conns: Conns,
@@ -186,20 +188,22 @@ pub struct Spot {
     pe: Option<u32>,
 }
 
-/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's tag and the id without
-/// its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
-/// land in neighbouring buckets) and mixed into the top 7 bits (hashbrown's tag, so that they do
-/// not all match each other's tag).
-///
-/// The pool's tag is half of its handle hash ([`pool_tag`]), not its slab index, so that a lookup
-/// by handle and id computes both hashes at once and probes the two tables without waiting for
-/// the first.
 /// The part of a pool's handle hash that its PEs' index entries hash on (pools that share it
 /// only share buckets: the index compares the pool).
 fn pool_tag(handle_hash: u64) -> u32 {
     (handle_hash >> 32) as u32
 }
 
+/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's tag and the id without
+/// its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
+/// land in the neighbouring chunks of one kilobyte, which ids registered in order then fill in
+/// turn) and mixed into the top 7 bits (the index's tag, so that they do not all match each
+/// other's tag). (Sharing one chunk among them was tried: at 4 ids per chunk, ids in order
+/// overflow their chunks so often that one pool of a million got 10-30 % slower.)
+///
+/// The pool's tag is half of its handle hash ([`pool_tag`]), not its slab index, so that a lookup
+/// by handle and id computes both hashes at once and probes the two tables without waiting for
+/// the first.
 fn pe_hash(hasher: &ahash::RandomState, pool_tag: u32, pe_id: u32) -> u64 {
     let block = hasher.hash_one(u64::from(pool_tag) << 32 | u64::from(pe_id >> 4));
     let low = u64::from(pe_id & 15);
@@ -214,9 +218,9 @@ impl Handlespace {
             rng: fastrand::Rng::with_seed(config.seed),
             config,
             pools: Slab::new(),
-            pool_index: HashTable::new(),
+            pool_index: ChunkIndex::new(),
             pes: Arena::new(),
-            pe_index: HashTable::new(),
+            pe_index: ChunkIndex::new(),
             owners: Owners::default(),
             conns: Conns::new(hasher.clone()),
             hasher,
@@ -288,7 +292,7 @@ impl Handlespace {
 
     #[inline]
     fn find_pool_hashed(&self, hash: u64, handle: &[u8]) -> Option<u32> {
-        self.pool_index.find(hash, |&i| *self.pools[i as usize].handle == *handle).copied()
+        self.pool_index.find(hash, |i| *self.pools[i as usize].handle == *handle)
     }
 
     fn find_pe(&self, pool: u32, pe_id: u32) -> Option<u32> {
@@ -298,7 +302,7 @@ impl Handlespace {
     #[inline]
     fn find_pe_hashed(&self, hash: u64, pool: u32, pe_id: u32) -> Option<u32> {
         let pes = &self.pes;
-        self.pe_index.find(hash, |&i| pes[i].pe.id == pe_id && pes[i].pool == pool).copied()
+        self.pe_index.find(hash, |i| pes[i].pe.id == pe_id && pes[i].pool == pool)
     }
 
     /// Slot index of the first PE registered over `conn`.
@@ -429,6 +433,11 @@ impl Handlespace {
                 let selector = Selector::new(policy_type).ok_or(RegisterError::UnknownPolicy(policy_type.0))?;
                 let generation = self.new_generation();
                 let hash = self.hasher.hash_one(handle);
+                if self.pool_index.len() >= self.pool_index.capacity() {
+                    let pools = &self.pools;
+                    let capacity = (self.pool_index.capacity() * 2).max(16);
+                    self.pool_index.rebuild(capacity, pools.iter().map(|(i, _)| i as u32), |i| pools[i as usize].hash);
+                }
                 let p = self.pools.insert(Pool {
                     handle: smallvec::SmallVec::from_slice(handle),
                     hash,
@@ -441,7 +450,7 @@ impl Handlespace {
                     selector,
                 }) as u32;
                 let pools = &self.pools;
-                self.pool_index.insert_unique(hash, p, |&i| pools[i as usize].hash);
+                self.pool_index.insert(hash, p, |i| pools[i as usize].hash);
                 p
             }
         };
@@ -458,11 +467,14 @@ impl Handlespace {
             pool_tag: pool_tag(self.pools[p as usize].hash),
         };
         slot.pool = p;
+        if self.pe_index.len() >= self.pe_index.capacity() {
+            self.grow_pe_index();
+        }
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
         let (pes, hasher) = (&self.pes, &self.hasher);
         let hash = pe_hash(hasher, pes[index].pe.pool_tag, pe_id);
-        self.pe_index.insert_unique(hash, index, |&i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
+        self.pe_index.insert(hash, index, |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
@@ -473,6 +485,17 @@ impl Handlespace {
         }
         let pool = PoolKey { index: p, generation: self.pools[p as usize].generation };
         Ok(Registered { pe: key, pool, added: true, previous_owner: None, previous_conn: None })
+    }
+
+    /// Doubles the PE index ahead of an insertion that would fill it, rebuilding it from the
+    /// arena in slot order: growing it in place would read every PE's slot in the table's
+    /// (random) order to hash it again, a cache miss per PE; the arena reads them in turn.
+    #[cold]
+    fn grow_pe_index(&mut self) {
+        let (pes, hasher) = (&self.pes, &self.hasher);
+        let capacity = (self.pe_index.capacity() * 2).max(16);
+        self.pe_index
+            .rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -559,9 +582,7 @@ impl Handlespace {
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
         let hash = pe_hash(&self.hasher, self.pes[index].pe.pool_tag, pe_id);
-        if let Ok(entry) = self.pe_index.find_entry(hash, |&i| i == index) {
-            entry.remove();
-        }
+        self.pe_index.remove(hash, index);
         (self.pes.remove(index).pe, p)
     }
 
@@ -569,9 +590,7 @@ impl Handlespace {
     fn drop_pool_if_empty(&mut self, p: u32) {
         if self.pools[p as usize].selector.len() == 0 {
             let pool = self.pools.remove(p as usize);
-            if let Ok(entry) = self.pool_index.find_entry(pool.hash, |&i| i == p) {
-                entry.remove();
-            }
+            self.pool_index.remove(pool.hash, p);
         }
     }
 

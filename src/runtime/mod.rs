@@ -124,6 +124,7 @@ mod rlimit;
 mod shard;
 mod signals;
 pub mod sim;
+pub(crate) mod simd;
 mod stats;
 pub(crate) mod tls;
 mod transport;
