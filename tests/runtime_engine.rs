@@ -338,14 +338,18 @@ fn read_frame(s: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Reads until EOF (or reset); fails if any data arrives.
+/// Reads until EOF (or reset); fails if any data arrives. An interrupted read (EINTR, which a
+/// read with a timeout gets instead of being restarted; seen once in CI) is retried.
 fn expect_closed(s: &mut TcpStream) {
     let mut b = [0u8; 64];
-    match s.read(&mut b) {
-        Ok(0) => {}
-        Ok(n) => panic!("expected the connection to be closed, got {n} more bytes: {:?}", &b[..n]),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("expected EOF, got {e}"),
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return,
+            Ok(n) => panic!("expected the connection to be closed, got {n} more bytes: {:?}", &b[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("expected EOF, got {e}"),
+        }
     }
 }
 
