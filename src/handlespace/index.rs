@@ -244,6 +244,17 @@ mod tests {
         assert_eq!(index.len(), 400 - 134);
     }
 
+    #[test]
+    fn a_rebuild_given_more_entries_than_room_grows_as_it_goes() {
+        let mut index = ChunkIndex::new();
+        let hash_of = |v: u32| u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        index.rebuild(1, 0..1000, hash_of);
+        assert_eq!(index.len(), 1000);
+        assert!(index.capacity() >= 1000);
+        assert!((0..1000).all(|v| index.find(hash_of(v), |x| x == v) == Some(v)));
+        assert_eq!(index.find(hash_of(1000), |x| x == 1000), None);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u32),
