@@ -2,82 +2,151 @@
 //! Least Used family): its PEs sorted by a unique key, where a resolution reads the first few and
 //! moves the selected ones to new keys.
 //!
-//! Two parts: a small sorted vector, the *head*, holds the smallest keys (up to [`HEAD_MAX`]),
-//! and a B-tree, the *tail*, the rest; every key of the head is below every key of the tail. A
-//! resolution reads the head only (refilled from the tail when it runs short), and a selected PE
-//! whose new key still belongs in the head (Least Used with distinct loads: it stays first) is
-//! moved within the head, usually in place. Pools of up to [`HEAD_MAX`] PEs never touch a tree
-//! node; larger ones touch the tree when a PE is added, removed or rotated past the head.
+//! Three parts, every key of one below every key of the next: a small sorted vector, the
+//! *head*, holds the smallest keys (up to [`HEAD_MAX`]); a B-tree, the *middle*; a sorted
+//! double-ended queue, the *back*, the largest. A resolution reads the head only (refilled from
+//! the middle, then the back, when it runs short), and a selected PE whose new key still belongs
+//! in the head (Least Used with distinct loads: it stays first) is moved within the head, usually
+//! in place. A key above every other, as rotation gives a PE whose equals are all behind it (Weighted Round Robin with equal weights,
+//! Round-Robin-like rotation among equal loads or priorities), goes to the end of the back and
+//! comes back to the head from its front: O(1), no tree node touched. A key that lands inside the
+//! back's range first moves the back into the B-tree (each entry at most once per visit to the
+//! back, so the amortized cost stays the B-tree's O(log n)). Pools of up to [`HEAD_MAX`] PEs
+//! touch neither.
 
 use std::collections::btree_map::{self, BTreeMap};
+use std::collections::{vec_deque, VecDeque};
 
 use super::element::PeKey;
 
 /// Most entries in the head.
 pub(crate) const HEAD_MAX: usize = 32;
-/// Entries moved from the tail when the head runs short.
+/// Entries moved from the middle or back when the head runs short.
 const REFILL: usize = 16;
+/// A removal this close to an end of the back shifts the entries between; farther in, the back
+/// moves into the B-tree first.
+const BACK_SHIFT_MAX: usize = 32;
 
 /// An ordered set of (key, PE), keys unique.
 #[derive(Debug)]
 pub(crate) struct OrdIndex<K> {
     head: Vec<(K, PeKey)>,
-    tail: BTreeMap<K, PeKey>,
+    middle: BTreeMap<K, PeKey>,
+    back: VecDeque<(K, PeKey)>,
 }
 
 impl<K: Copy + Ord> Default for OrdIndex<K> {
     fn default() -> Self {
-        Self { head: Vec::new(), tail: BTreeMap::new() }
+        Self { head: Vec::new(), middle: BTreeMap::new(), back: VecDeque::new() }
     }
 }
 
 impl<K: Copy + Ord> OrdIndex<K> {
     pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        self.head.len() + self.middle.len() + self.back.len()
+    }
+
+    /// Whether nothing lies beyond the head.
+    fn rest_is_empty(&self) -> bool {
+        self.middle.is_empty() && self.back.is_empty()
+    }
+
+    /// The smallest key beyond the head.
+    fn rest_first(&self) -> Option<K> {
+        self.middle.first_key_value().map(|(&k, _)| k).or_else(|| self.back.front().map(|e| e.0))
     }
 
     /// Adds `pe` under `key` (not in the set).
     pub(crate) fn insert(&mut self, key: K, pe: PeKey) {
-        match self.head.last() {
-            Some(&(last, _)) if key < last || self.tail.is_empty() => {
-                let at = self.head.partition_point(|e| e.0 < key);
-                super::selection::push_tight(&mut self.head, (key, pe));
-                self.head[at..].rotate_right(1);
-                if self.head.len() > HEAD_MAX {
-                    if let Some((k, p)) = self.head.pop() {
-                        self.tail.insert(k, p);
-                    }
+        let into_head = match self.head.last() {
+            Some(&(last, _)) => key < last || self.rest_is_empty(),
+            None => self.rest_is_empty(),
+        };
+        if !into_head {
+            self.insert_rest(key, pe);
+            return;
+        }
+        let at = self.head.partition_point(|e| e.0 < key);
+        super::selection::push_tight(&mut self.head, (key, pe));
+        self.head[at..].rotate_right(1);
+        if self.head.len() > HEAD_MAX {
+            if let Some((k, p)) = self.head.pop() {
+                // Below everything beyond the head.
+                if self.middle.is_empty() {
+                    self.back.push_front((k, p));
+                } else {
+                    self.middle.insert(k, p);
                 }
             }
-            None if self.tail.is_empty() => super::selection::push_tight(&mut self.head, (key, pe)),
-            _ => {
-                self.tail.insert(key, pe);
+        }
+    }
+
+    /// Adds `pe` under `key`, which is above every key of the head.
+    fn insert_rest(&mut self, key: K, pe: PeKey) {
+        match (self.back.front(), self.back.back()) {
+            (_, Some(&(last, _))) if key > last => self.back.push_back((key, pe)),
+            (Some(&(first, _)), _) if key < first => {
+                if self.middle.is_empty() {
+                    self.back.push_front((key, pe));
+                } else {
+                    self.middle.insert(key, pe);
+                }
             }
+            (Some(_), _) => {
+                self.spill_back();
+                self.middle.insert(key, pe);
+            }
+            (None, _) => {
+                // The back starts with a key above the whole middle.
+                if self.middle.last_key_value().is_none_or(|(&last, _)| key > last) {
+                    self.back.push_back((key, pe));
+                } else {
+                    self.middle.insert(key, pe);
+                }
+            }
+        }
+    }
+
+    /// Moves the back into the B-tree: built in bulk from the sorted back when the tree is
+    /// empty, else inserted in order (each at the tree's right edge).
+    fn spill_back(&mut self) {
+        if self.middle.is_empty() {
+            self.middle = self.back.drain(..).collect();
+        } else {
+            self.middle.extend(self.back.drain(..));
         }
     }
 
     /// Removes the entry of `key`; whether there was one.
     pub(crate) fn remove(&mut self, key: K) -> bool {
         if self.head.last().is_some_and(|&(last, _)| key <= last) {
-            match self.head.binary_search_by(|e| e.0.cmp(&key)) {
+            return match self.head.binary_search_by(|e| e.0.cmp(&key)) {
                 Ok(at) => {
                     self.head.remove(at);
                     true
                 }
                 Err(_) => false,
-            }
-        } else {
-            self.tail.remove(&key).is_some()
+            };
         }
+        if self.back.front().is_some_and(|&(first, _)| key >= first) {
+            let Ok(at) = self.back.binary_search_by(|e| e.0.cmp(&key)) else { return false };
+            if at.min(self.back.len() - 1 - at) > BACK_SHIFT_MAX {
+                self.spill_back();
+                return self.middle.remove(&key).is_some();
+            }
+            self.back.remove(at);
+            return true;
+        }
+        self.middle.remove(&key).is_some()
     }
 
-    /// The first `min(n, len)` entries, in order (moving entries from the tail into the head if
-    /// it holds fewer).
+    /// The first `min(n, len)` entries, in order (moving entries from the middle or back into
+    /// the head if it holds fewer).
     pub(crate) fn first(&mut self, n: usize) -> &[(K, PeKey)] {
-        if self.head.len() < n && !self.tail.is_empty() {
+        if self.head.len() < n && !self.rest_is_empty() {
             let want = n.max(REFILL).min(HEAD_MAX.max(n));
             while self.head.len() < want {
-                let Some(e) = self.tail.pop_first() else { break };
+                let Some(e) = self.middle.pop_first().or_else(|| self.back.pop_front()) else { break };
                 self.head.push(e);
             }
         }
@@ -89,49 +158,63 @@ impl<K: Copy + Ord> OrdIndex<K> {
     pub(crate) fn move_first(&mut self, key: K) {
         let stays = match self.head.get(1) {
             Some(&(next, _)) => key < next,
-            None => self.tail.first_key_value().is_none_or(|(&next, _)| key < next),
+            None => self.rest_first().is_none_or(|next| key < next),
         };
         if stays {
             self.head[0].0 = key;
         } else {
             let pe = self.head[0].1;
-            // Move within the head if the key still belongs there, else out to the tail.
+            // Move within the head if the key still belongs there, else beyond it.
             let at = self.head.partition_point(|e| e.0 < key);
-            if at < self.head.len() || self.tail.is_empty() {
+            if at < self.head.len() || self.rest_is_empty() {
                 self.head[..at].rotate_left(1);
                 self.head[at - 1] = (key, pe);
             } else {
                 self.head.remove(0);
-                self.tail.insert(key, pe);
+                self.insert_rest(key, pe);
             }
         }
     }
 
     /// Every entry, in order.
     pub(crate) fn iter(&self) -> OrdIter<'_, K> {
-        OrdIter { head: self.head.iter(), tail: self.tail.iter() }
+        OrdIter { head: self.head.iter(), middle: self.middle.iter(), back: self.back.iter() }
     }
 
     /// Replaces every key by `f(position, pe)` (which must keep the order), e.g. to renumber
-    /// rotation sequence numbers before they wrap.
+    /// rotation sequence numbers before they wrap. Everything beyond the head ends in the back.
     pub(crate) fn rekey(&mut self, mut f: impl FnMut(usize, PeKey) -> K) {
-        let tail = core::mem::take(&mut self.tail);
+        let middle = core::mem::take(&mut self.middle);
+        let back = core::mem::take(&mut self.back);
         let n = self.head.len();
         for (i, e) in self.head.iter_mut().enumerate() {
             e.0 = f(i, e.1);
         }
-        self.tail = tail.into_values().enumerate().map(|(i, pe)| (f(n + i, pe), pe)).collect();
+        self.back = middle
+            .into_values()
+            .chain(back.into_iter().map(|e| e.1))
+            .enumerate()
+            .map(|(i, pe)| (f(n + i, pe), pe))
+            .collect();
     }
 
-    /// Checks the invariants (sorted head, head below tail).
+    /// Checks the invariants (each part sorted, head below middle below back).
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !self.head.windows(2).all(|w| w[0].0 < w[1].0) {
             return Err("ordered index head not sorted".into());
         }
-        if let (Some(&(last, _)), Some((&first, _))) = (self.head.last(), self.tail.first_key_value()) {
-            if last >= first {
-                return Err("ordered index head not below its tail".into());
-            }
+        if !self.back.iter().zip(self.back.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
+            return Err("ordered index back not sorted".into());
+        }
+        let ends = [
+            self.head.last().map(|e| e.0),
+            self.middle.first_key_value().map(|(&k, _)| k),
+            self.middle.last_key_value().map(|(&k, _)| k),
+            self.back.front().map(|e| e.0),
+        ];
+        let boundaries = [(ends[0], ends[1]), (ends[2], ends[3]), (ends[0], ends[3])];
+        if boundaries.iter().any(|&(below, above)| matches!((below, above), (Some(b), Some(a)) if b >= a)) {
+            return Err("ordered index parts overlap".into());
         }
         Ok(())
     }
@@ -140,13 +223,18 @@ impl<K: Copy + Ord> OrdIndex<K> {
 /// Entries of an [`OrdIndex`], in order.
 pub(crate) struct OrdIter<'a, K> {
     head: core::slice::Iter<'a, (K, PeKey)>,
-    tail: btree_map::Iter<'a, K, PeKey>,
+    middle: btree_map::Iter<'a, K, PeKey>,
+    back: vec_deque::Iter<'a, (K, PeKey)>,
 }
 
 impl<K: Copy> Iterator for OrdIter<'_, K> {
     type Item = (K, PeKey);
     fn next(&mut self) -> Option<(K, PeKey)> {
-        self.head.next().copied().or_else(|| self.tail.next().map(|(&k, &p)| (k, p)))
+        self.head
+            .next()
+            .copied()
+            .or_else(|| self.middle.next().map(|(&k, &p)| (k, p)))
+            .or_else(|| self.back.next().copied())
     }
 }
 
@@ -212,5 +300,48 @@ mod tests {
         let keys: Vec<u64> = idx.iter().map(|e| e.0).collect();
         assert_eq!(keys, (0..100).collect::<Vec<u64>>());
         idx.validate().unwrap();
+    }
+
+    #[test]
+    fn rotation_past_every_key_goes_round_the_back_without_the_tree() {
+        // Weighted Round Robin with equal weights: the first PE always moves behind all others.
+        let mut idx: OrdIndex<u64> = OrdIndex::default();
+        for i in 0..1000u32 {
+            idx.insert(u64::from(i), pe(i));
+        }
+        let mut next = 1000u64;
+        for round in 0..5000u32 {
+            let first = idx.first(3).to_vec();
+            assert_eq!(
+                first.iter().map(|e| e.1.index).collect::<Vec<_>>(),
+                (0..3).map(|k| (round + k) % 1000).collect::<Vec<_>>()
+            );
+            idx.move_first(next);
+            next += 1;
+        }
+        assert!(idx.middle.is_empty(), "rotation went through the B-tree");
+        assert_eq!(idx.len(), 1000);
+        idx.validate().unwrap();
+    }
+
+    #[test]
+    fn a_key_inside_the_back_or_a_removal_deep_in_it_moves_the_back_into_the_tree() {
+        let mut idx: OrdIndex<u64> = OrdIndex::default();
+        for i in 0..300u32 {
+            idx.insert(u64::from(i) * 10, pe(i));
+        }
+        assert!(idx.middle.is_empty() && idx.back.len() == 300 - HEAD_MAX);
+        assert!(idx.remove(2990), "near the end: shifted");
+        assert!(idx.middle.is_empty());
+        assert!(idx.remove(1500), "deep inside: through the tree");
+        assert!(idx.back.is_empty() && !idx.middle.is_empty());
+        idx.insert(3000, pe(300));
+        idx.insert(1505, pe(301));
+        idx.validate().unwrap();
+        let keys: Vec<u64> = idx.iter().map(|e| e.0).collect();
+        let mut want: Vec<u64> = (0..300).map(|i| i * 10).filter(|&k| k != 2990 && k != 1500).collect();
+        want.extend([3000, 1505]);
+        want.sort_unstable();
+        assert_eq!(keys, want);
     }
 }
