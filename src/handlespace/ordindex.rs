@@ -309,15 +309,14 @@ mod tests {
         for i in 0..1000u32 {
             idx.insert(u64::from(i), pe(i));
         }
-        let mut next = 1000u64;
         for round in 0..5000u32 {
+            let next = 1000 + u64::from(round);
             let first = idx.first(3).to_vec();
             assert_eq!(
                 first.iter().map(|e| e.1.index).collect::<Vec<_>>(),
                 (0..3).map(|k| (round + k) % 1000).collect::<Vec<_>>()
             );
             idx.move_first(next);
-            next += 1;
         }
         assert!(idx.middle.is_empty(), "rotation went through the B-tree");
         assert_eq!(idx.len(), 1000);
