@@ -3,16 +3,19 @@
 //! moves the selected ones to new keys.
 //!
 //! Three parts, every key of one below every key of the next: a small sorted vector, the
-//! *head*, holds the smallest keys (up to [`HEAD_MAX`]); a B-tree, the *middle*; a sorted
+//! *head*, holds the smallest keys (up to [`HEAD_MAX`]); a B-tree, the *middle*; and a sorted
 //! double-ended queue, the *back*, the largest. A resolution reads the head only (refilled from
 //! the middle, then the back, when it runs short), and a selected PE whose new key still belongs
-//! in the head (Least Used with distinct loads: it stays first) is moved within the head, usually
-//! in place. A key above every other, as rotation gives a PE whose equals are all behind it (Weighted Round Robin with equal weights,
-//! Round-Robin-like rotation among equal loads or priorities), goes to the end of the back and
-//! comes back to the head from its front: O(1), no tree node touched. A key that lands inside the
-//! back's range first moves the back into the B-tree (each entry at most once per visit to the
-//! back, so the amortized cost stays the B-tree's O(log n)). Pools of up to [`HEAD_MAX`] PEs
-//! touch neither.
+//! in the head (Least Used with distinct loads: it stays first) is moved within the head,
+//! usually in place.
+//!
+//! A key above every other goes to the end of the back and returns to the head from its front,
+//! in O(1) and without touching a tree node. Rotation gives such keys whenever the selected PE's
+//! equals all stay ahead of it (Weighted Round Robin with equal weights, rotation among equal
+//! priorities or loads), and so does a fill in key order. A key that lands inside the back's
+//! range, or a removal deep inside it, first moves the back into the B-tree (each entry at most
+//! once per visit to the back, so the amortized cost stays the B-tree's O(log n)). Pools of up
+//! to [`HEAD_MAX`] PEs touch neither.
 
 use std::collections::btree_map::{self, BTreeMap};
 use std::collections::{vec_deque, VecDeque};

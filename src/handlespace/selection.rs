@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | Round Robin, Random | dense vector of PE keys (swap-remove; each PE knows its position) | O(N) |
 //! | Weighted Random, Randomized Least Used | dense vector + 8-ary sum tree of weights | O(N log n) |
-//! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE): a sorted head vector and a B-tree ([`super::ordindex`]) | O(N + M), O(M log n) when rotation passes the head |
+//! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE): a sorted head vector, a B-tree and a sorted deque of the largest keys ([`super::ordindex`]) | O(N + M); O(M log n) when rotation moves a PE into the B-tree's range, O(M) when past every key |
 //!
 //! (M = max-increment, the number of PEs of a response that count as *selected*.)
 //!
