@@ -24,7 +24,7 @@
 //!   slots, so takeover and connection loss cost O(PEs concerned) and no extra allocation;
 //! - finite lifetimes are timers of a timing wheel ([`wheel`]) linked through the PE slots.
 //!
-//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 170-197
+//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 170-198
 //! bytes including every index (least for Round Robin in one pool, most for Least Used in
 //! pools of 10); `examples/handlespace_memory.rs` measures it and
 //! `results/handlespace/memory.md` records it.
@@ -434,9 +434,7 @@ impl Handlespace {
                 let generation = self.new_generation();
                 let hash = self.hasher.hash_one(handle);
                 if self.pool_index.len() >= self.pool_index.capacity() {
-                    let pools = &self.pools;
-                    let capacity = (self.pool_index.capacity() * 2).max(16);
-                    self.pool_index.rebuild(capacity, pools.iter().map(|(i, _)| i as u32), |i| pools[i as usize].hash);
+                    self.grow_pool_index();
                 }
                 let p = self.pools.insert(Pool {
                     handle: smallvec::SmallVec::from_slice(handle),
@@ -496,6 +494,15 @@ impl Handlespace {
         let capacity = (self.pe_index.capacity() * 2).max(16);
         self.pe_index
             .rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
+    }
+
+    /// Doubles the pool index ahead of an insertion that would fill it, rebuilding it from the
+    /// pool slab in slab order (as [`Handlespace::grow_pe_index`]).
+    #[cold]
+    fn grow_pool_index(&mut self) {
+        let pools = &self.pools;
+        let capacity = (self.pool_index.capacity() * 2).max(16);
+        self.pool_index.rebuild(capacity, pools.iter().map(|(i, _)| i as u32), |i| pools[i as usize].hash);
     }
 
     #[allow(clippy::too_many_arguments)]
