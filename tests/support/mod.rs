@@ -300,9 +300,31 @@ pub fn parse_resolution(m: &[u8]) -> Result<Vec<PoolElementRepr>, CauseCode> {
     }
 }
 
-/// A port free on 127.0.0.1 right now (for a listener the test starts next).
+/// A port free on 127.0.0.1 right now, below the ephemeral range (for a listener the test starts
+/// next).
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
+    // A port from the kernel (bind to port 0) is free only until someone binds port 0 again:
+    // a registrar a test started before using it could be given it for its own listener (CI saw
+    // "Address already in use" that way). Ports below the kernel's ephemeral range are never
+    // given out like that; each call of this process tries the next one, from a start that
+    // differs between processes.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        let span = ephemeral_low - 10_000;
+        let start = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
