@@ -109,10 +109,21 @@ impl ChunkIndex {
         None
     }
 
+    /// Whether the next insertion grows the index.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len >= self.capacity()
+    }
+
+    /// The capacity a growth rebuilds to: twice the present one.
+    pub(crate) fn grown_capacity(&self) -> usize {
+        (self.capacity() * 2).max(2 * MAX_LOAD)
+    }
+
     /// Adds `value` under `hash` (the caller knows it is not there yet); a full index first
-    /// grows, finding its entries' hashes with `hash_of`.
+    /// grows, finding its entries' hashes with `hash_of` (a caller that can list its entries in
+    /// a better order grows it first with [`ChunkIndex::rebuild`]).
     pub(crate) fn insert(&mut self, hash: u64, value: u32, hash_of: impl Fn(u32) -> u64) {
-        if self.len >= self.capacity() {
+        if self.is_full() {
             self.grow(&hash_of);
         }
         self.place(hash, value);
@@ -120,9 +131,10 @@ impl ChunkIndex {
 
     #[cold]
     fn grow(&mut self, hash_of: HashOf<'_>) {
+        let capacity = self.grown_capacity();
         let old = core::mem::take(&mut self.chunks);
         let values = old.iter().flat_map(|c| (0..WIDTH).filter(|&k| c.ctrl[k] != EMPTY).map(|k| c.items[k]));
-        self.rebuild_dyn((self.len + 1).max(old.len() * 2 * MAX_LOAD), values, hash_of);
+        self.rebuild_dyn(capacity, values, hash_of);
     }
 
     /// Replaces the contents by `values`, with room for at least `capacity` entries before the
@@ -141,7 +153,7 @@ impl ChunkIndex {
         self.chunks = vec![VACANT; capacity.div_ceil(MAX_LOAD).next_power_of_two()];
         self.len = 0;
         for v in values {
-            if self.len >= self.capacity() {
+            if self.is_full() {
                 self.grow(hash_of);
             }
             self.place(hash_of(v), v);

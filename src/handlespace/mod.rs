@@ -433,7 +433,7 @@ impl Handlespace {
                 let selector = Selector::new(policy_type).ok_or(RegisterError::UnknownPolicy(policy_type.0))?;
                 let generation = self.new_generation();
                 let hash = self.hasher.hash_one(handle);
-                if self.pool_index.len() >= self.pool_index.capacity() {
+                if self.pool_index.is_full() {
                     self.grow_pool_index();
                 }
                 let p = self.pools.insert(Pool {
@@ -465,7 +465,7 @@ impl Handlespace {
             pool_tag: pool_tag(self.pools[p as usize].hash),
         };
         slot.pool = p;
-        if self.pe_index.len() >= self.pe_index.capacity() {
+        if self.pe_index.is_full() {
             self.grow_pe_index();
         }
         let index = self.pes.insert(slot);
@@ -491,7 +491,7 @@ impl Handlespace {
     #[cold]
     fn grow_pe_index(&mut self) {
         let (pes, hasher) = (&self.pes, &self.hasher);
-        let capacity = (self.pe_index.capacity() * 2).max(16);
+        let capacity = self.pe_index.grown_capacity();
         self.pe_index
             .rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
     }
@@ -501,7 +501,7 @@ impl Handlespace {
     #[cold]
     fn grow_pool_index(&mut self) {
         let pools = &self.pools;
-        let capacity = (self.pool_index.capacity() * 2).max(16);
+        let capacity = self.pool_index.grown_capacity();
         self.pool_index.rebuild(capacity, pools.iter().map(|(i, _)| i as u32), |i| pools[i as usize].hash);
     }
 
