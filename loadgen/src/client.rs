@@ -80,7 +80,7 @@ impl Default for Clock {
 /// What the progress display reads from a running thread.
 #[derive(Debug, Default)]
 pub struct Live {
-    /// Valid answers so far (warm-up included).
+    /// Valid answers so far (warm-up included), as of the thread's last loop iteration.
     pub answers: AtomicU64,
     /// Errors so far.
     pub errors: AtomicU64,
@@ -576,9 +576,10 @@ pub fn drive<I: Io>(
         d.now = clock.now();
         io.process(&mut d)?;
         iterations += 1;
+        // Every iteration: a watcher may cut the run into windows of its own.
+        live.answers.store(d.answers, Ordering::Relaxed);
         if d.now >= next_live {
             next_live = d.now + 250_000_000;
-            live.answers.store(d.answers, Ordering::Relaxed);
             live.errors.store(d.errors, Ordering::Relaxed);
             if !d.interval.is_empty() {
                 live.p99_ns.store(d.interval.value_at_quantile(0.99), Ordering::Relaxed);

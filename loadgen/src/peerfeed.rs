@@ -13,6 +13,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rserpool::wire::enrp::{self, UpdateAction};
@@ -36,6 +37,9 @@ pub struct FeedConfig {
     pub window: Duration,
     /// PEs that come and go (each update adds an absent one or deletes a present one, in turn).
     pub slots: usize,
+    /// Writes updates only while this is raised (when given): a paused feed stays connected
+    /// and keeps announcing itself, and owes nothing for the time it was paused.
+    pub active: Option<Arc<AtomicBool>>,
 }
 
 /// The Handle Updates of every slot, pre-encoded: `adds[i]` and `deletes[i]`.
@@ -107,20 +111,27 @@ pub fn run(cfg: &FeedConfig, stop: &AtomicBool) -> io::Result<FeedResult> {
     let mut result = FeedResult::default();
     let start = Instant::now();
     let mut last_presence = start;
-    let mut tick = start;
+    let (mut tick, mut last) = (start, start);
+    // Updates owed for the time the feed was active, written whole.
+    let mut owed = 0.0f64;
     while !stop.load(Ordering::Relaxed) {
         tick += cfg.window;
         if let Some(wait) = tick.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let due = (start.elapsed().as_secs_f64() * cfg.rate) as u64;
+        let now = Instant::now();
+        if cfg.active.as_ref().is_none_or(|a| a.load(Ordering::Relaxed)) {
+            owed += now.duration_since(last).as_secs_f64() * cfg.rate;
+        }
+        last = now;
         buf.clear();
         if last_presence.elapsed() >= Duration::from_secs(10) {
             // Well inside MAX-TIME-LAST-HEARD, so the registrar never probes the feed.
             presence(&mut buf);
             last_presence = Instant::now();
         }
-        while result.sent < due {
+        while owed >= 1.0 {
+            owed -= 1.0;
             let i = next;
             next = (next + 1) % slots;
             let update = if present[i] { &encoded.deletes[i] } else { &encoded.adds[i] };

@@ -79,9 +79,24 @@ pub struct PeerLoadArgs {
     /// The feed's write interval, microseconds (a registrar's `timers.update_coalesce_us`).
     #[arg(long, default_value_t = 500)]
     pub feed_window_us: u64,
+    /// With `--feed`: instead of separate runs with and without updates, one client run per
+    /// round in which the feed is switched on and off every this many milliseconds, `--pairs`
+    /// times each, and answers/s compared window against neighbouring window. Both windows of
+    /// a pair share the run's connections and whatever operating mode client and B settled
+    /// into, so the ratio is not swamped by run-to-run spread.
+    #[arg(long, value_name = "MS", requires = "feed")]
+    pub alternate_ms: Option<u64>,
+    /// Pairs of windows (one with updates, one without) per round, with `--alternate-ms`.
+    #[arg(long, default_value_t = 20)]
+    pub pairs: usize,
     /// Core of this process's client threads (resolutions at B, churn at A).
     #[arg(long, default_value_t = 0)]
     pub client_core: usize,
+    /// Core of the feed's thread (default: the client's). On B's core, what the feed's writes
+    /// cost (the sender's system calls and, on loopback, the TCP receive path) is charged to
+    /// B instead of the client: a conservative setting where the client's core is the limit.
+    #[arg(long, requires = "feed")]
+    pub feed_core: Option<usize>,
     /// The registrar binary (default: `rserpool` next to this binary).
     #[arg(long, value_name = "PATH")]
     pub registrar_bin: Option<PathBuf>,
@@ -121,7 +136,8 @@ pub struct Sample {
     pub errors: u64,
 }
 
-fn status(addr: SocketAddr) -> io::Result<StatusReport> {
+/// The status report of the registrar whose ASAP address is `addr`.
+pub fn status(addr: SocketAddr) -> io::Result<StatusReport> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(&[STATUS_REQUEST, 0, 0, 4])?;
@@ -178,12 +194,13 @@ enum Running {
 }
 
 impl Source<'_> {
-    /// Starts it in a thread pinned to `core`; it stops when `stop` is raised.
-    fn start(&self, core: usize, stop: &Arc<AtomicBool>) -> Running {
+    /// Starts it in a thread pinned to `core`; it stops when `stop` is raised. A feed writes
+    /// only while `active` is raised, when given (churn ignores it).
+    fn start(&self, core: usize, stop: &Arc<AtomicBool>, active: Option<&Arc<AtomicBool>>) -> Running {
         match *self {
             Source::Churn { churn, a, b } => Running::Churn(start_churn(churn, a, b, core, stop)),
             Source::Feed { b_enrp, rate, window } => {
-                let cfg = peerfeed::FeedConfig { to: b_enrp, rate, window, slots: 4096 };
+                let cfg = peerfeed::FeedConfig { to: b_enrp, rate, window, slots: 4096, active: active.cloned() };
                 let s = Arc::clone(stop);
                 let t = std::thread::spawn(move || {
                     core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -281,7 +298,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
     // First the updates alone: B's CPU per update.
     let alone = {
         let churn_stop = Arc::new(AtomicBool::new(false));
-        let t = source.start(args.client_core, &churn_stop);
+        let t = source.start(args.feed_core.unwrap_or(args.client_core), &churn_stop, None);
         std::thread::sleep(Duration::from_millis(500));
         let (u0, c0, t0) = (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), Instant::now());
         std::thread::sleep(Duration::from_secs_f64(args.duration.max(1.0)));
@@ -304,6 +321,20 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         std::thread::sleep(Duration::from_millis(500));
         u
     };
+    if let Some(ms) = args.alternate_ms {
+        let window = Duration::from_millis(ms.max(10));
+        let pairs = alternate(args, &source, &b, &cfg, &plan, window, &sig)?;
+        let machine = Machine::now();
+        let path = report::out_path(&args.out, "peer-updates-alternating-{date}.json", &machine);
+        let doc = AltDoc { machine: &machine, args: format!("{args:?}"), server_command: &b.command, updates_alone: &alone, pairs: &pairs };
+        report::write_json(&path, &doc)?;
+        let md = alternating_markdown(&machine, args, &alone, &pairs);
+        let md_path = path.with_extension("md");
+        std::fs::write(&md_path, &md)?;
+        print!("{md}");
+        eprintln!("wrote {} and {}", path.display(), md_path.display());
+        return Ok(i32::from(pairs.is_empty()));
+    }
     let mut samples = Vec::new();
     'rounds: for round in 1..=args.rounds {
         for updates in [true, false] {
@@ -311,7 +342,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
                 break 'rounds;
             }
             let churn_stop = Arc::new(AtomicBool::new(false));
-            let churn_thread = updates.then(|| source.start(args.client_core, &churn_stop));
+            let churn_thread = updates.then(|| source.start(args.client_core, &churn_stop, None));
             if updates {
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -461,5 +492,226 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
             );
         }
     }
+    s
+}
+
+/// One window of an alternating run.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Window {
+    /// Answers per second in the window.
+    pub answers_per_s: f64,
+    /// B's CPU over the window, cores.
+    pub b_cpu: f64,
+    /// Handle Updates B received per second in the window.
+    pub b_updates_per_s: f64,
+}
+
+/// Two neighbouring windows of one client run, the feed on in one and off in the other.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WindowPair {
+    /// Round (client run) number.
+    pub round: usize,
+    /// Whether the window with updates came first.
+    pub on_first: bool,
+    /// The window with updates.
+    pub on: Window,
+    /// The window without.
+    pub off: Window,
+}
+
+impl WindowPair {
+    /// Answers/s with updates over answers/s without.
+    pub fn ratio(&self) -> f64 {
+        self.on.answers_per_s / self.off.answers_per_s
+    }
+}
+
+/// The JSON document of an alternating run.
+#[derive(Serialize)]
+struct AltDoc<'a> {
+    machine: &'a Machine,
+    args: String,
+    server_command: &'a str,
+    updates_alone: &'a UpdatesAlone,
+    pairs: &'a [WindowPair],
+}
+
+/// What the watcher reads at a window's edge.
+struct Mark {
+    answers: u64,
+    b_ticks: Option<u64>,
+    updates: u64,
+    at: Instant,
+}
+
+impl Mark {
+    fn take(live: &crate::client::Live, b: &propagation::Spawned) -> io::Result<Self> {
+        let updates = status(b.addr)?.updates_received;
+        Ok(Self {
+            answers: live.answers.load(Ordering::Relaxed),
+            b_ticks: run::cpu_ticks(Some(b.pid())),
+            updates,
+            at: Instant::now(),
+        })
+    }
+
+    fn window_to(&self, later: &Self) -> Window {
+        let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        Window {
+            answers_per_s: later.answers.saturating_sub(self.answers) as f64 / secs,
+            b_cpu: later.b_ticks.zip(self.b_ticks).map_or(0.0, |(x, y)| x.saturating_sub(y) as f64 / 100.0 / secs),
+            b_updates_per_s: later.updates.saturating_sub(self.updates) as f64 / secs,
+        }
+    }
+}
+
+/// `--alternate-ms`: per round one client run against B with the feed switched on and off
+/// window by window (on-off, then off-on, so that a drift within the run weighs on both
+/// sides alike). Each window is measured after a settling fifth of it, so that updates
+/// written just before the switch do not count against the window without.
+fn alternate(
+    args: &PeerLoadArgs,
+    source: &Source,
+    b: &propagation::Spawned,
+    cfg: &RunConfig,
+    plan: &Arc<Plan>,
+    window: Duration,
+    sig: &Arc<AtomicBool>,
+) -> io::Result<Vec<WindowPair>> {
+    let settle = window / 5;
+    let mut pairs = Vec::new();
+    for round in 1..=args.rounds {
+        if sig.load(Ordering::Relaxed) {
+            break;
+        }
+        let (feed_stop, active) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let feed = source.start(args.feed_core.unwrap_or(args.client_core), &feed_stop, Some(&active));
+        let client_stop = Arc::new(AtomicBool::new(false));
+        // Longer than the windows need: the run is stopped when they are done.
+        let run_cfg = RunConfig { duration_s: 3600.0, ..cfg.clone() };
+        let live = Arc::new(crate::client::Live::default());
+        let client = {
+            let (plan, stop, live) = (Arc::clone(plan), Arc::clone(&client_stop), Arc::clone(&live));
+            std::thread::spawn(move || run::run_watched(&run_cfg, &plan, &stop, &[live]))
+        };
+        std::thread::sleep(Duration::from_secs_f64(args.warmup) + Duration::from_millis(200));
+        let mut measured = || -> io::Result<()> {
+            for i in 0..args.pairs {
+                if sig.load(Ordering::Relaxed) || client.is_finished() {
+                    break;
+                }
+                let on_first = i % 2 == 0;
+                let mut got = [Window::default(); 2];
+                for (k, on) in [on_first, !on_first].into_iter().enumerate() {
+                    active.store(on, Ordering::Relaxed);
+                    std::thread::sleep(settle);
+                    let from = Mark::take(&live, b)?;
+                    std::thread::sleep(window - settle);
+                    got[k] = from.window_to(&Mark::take(&live, b)?);
+                }
+                let (on, off) = if on_first { (got[0], got[1]) } else { (got[1], got[0]) };
+                let p = WindowPair { round, on_first, on, off };
+                eprintln!(
+                    "round {round} pair {}: with {:.0} / without {:.0} answers/s = {:.3} (B cpu {:.2} / {:.2}, B received {:.0} / {:.0} updates/s)",
+                    i + 1,
+                    on.answers_per_s,
+                    off.answers_per_s,
+                    p.ratio(),
+                    on.b_cpu,
+                    off.b_cpu,
+                    on.b_updates_per_s,
+                    off.b_updates_per_s
+                );
+                pairs.push(p);
+            }
+            Ok(())
+        };
+        let outcome = measured();
+        client_stop.store(true, Ordering::Relaxed);
+        feed_stop.store(true, Ordering::Relaxed);
+        let r = client.join().map_err(|_| io::Error::other("client thread panicked"))?;
+        feed.join()?;
+        outcome?;
+        let r = r?;
+        if r.error_total() > 0 {
+            return Err(io::Error::other(format!("round {round}: {} resolution errors", r.error_total())));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(pairs)
+}
+
+/// The report of an alternating run: the ratios per pair, then their medians.
+pub fn alternating_markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, pairs: &[WindowPair]) -> String {
+    let ms = args.alternate_ms.unwrap_or(0);
+    let mut s = format!(
+        "# Resolution throughput at B, updates switched on and off within each client run\n\n\
+         {} UTC, nproc {}, kernel {}, git {}. B on core {}, the stand-in peer (`--feed`, one write per {} us) \
+         on core {}, the client on core {}; {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s \
+         while on. {} round(s), each one client run of {} pairs of {ms} ms windows (on-off, then off-on), \
+         each window measured after its first fifth.\n\n\
+         The updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
+         {:.2} us of B's CPU per update.\n\n\
+         | round | with updates: answers/s | without | with / without | B CPU with / without | updates B received/s with / without |\n\
+         |---|---|---|---|---|---|\n",
+        machine.date,
+        machine.nproc,
+        machine.kernel,
+        machine.git_revision,
+        args.b_core,
+        args.feed_window_us,
+        args.feed_core.unwrap_or(args.client_core),
+        args.client_core,
+        args.connections,
+        args.depth,
+        args.resolve_rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0} resolutions/s")),
+        args.pools,
+        args.pool_size,
+        args.rate,
+        args.rounds,
+        args.pairs,
+        alone.seconds,
+        alone.b_updates_per_s,
+        alone.b_cpu,
+        alone.b_us_per_update
+    );
+    for p in pairs {
+        s += &format!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.2} / {:.2} | {:.0} / {:.0} |\n",
+            p.round,
+            p.on.answers_per_s,
+            p.off.answers_per_s,
+            p.ratio(),
+            p.on.b_cpu,
+            p.off.b_cpu,
+            p.on.b_updates_per_s,
+            p.off.b_updates_per_s
+        );
+    }
+    let ratios: Vec<f64> = pairs.iter().map(WindowPair::ratio).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+    let sum = |f: fn(&WindowPair) -> f64| pairs.iter().map(f).sum::<f64>();
+    s += &format!(
+        "\n| pairs | median of ratios | mean of ratios | all windows with / all without | B CPU with - without (median) |\n\
+         |---|---|---|---|---|\n| {} | {:.3} | {:.3} | {:.3} | {:.3} cores |\n",
+        pairs.len(),
+        median(ratios.clone()),
+        mean,
+        sum(|p| p.on.answers_per_s) / sum(|p| p.off.answers_per_s),
+        median(pairs.iter().map(|p| p.on.b_cpu - p.off.b_cpu).collect()),
+    );
+    for round in 1..=args.rounds {
+        let r: Vec<f64> = pairs.iter().filter(|p| p.round == round).map(WindowPair::ratio).collect();
+        if !r.is_empty() {
+            let off: Vec<f64> = pairs.iter().filter(|p| p.round == round).map(|p| p.off.answers_per_s).collect();
+            s += &format!(
+                "\nRound {round}: median ratio {:.3} over {} pairs; answers/s without updates, median {:.0}.",
+                median(r.clone()),
+                r.len(),
+                median(off)
+            );
+        }
+    }
+    s.push('\n');
     s
 }

@@ -153,7 +153,28 @@ impl RunResult {
 
 /// Connects, runs, and merges. The server must be ready (pools registered, keys set).
 pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Result<RunResult> {
-    let threads = cfg.threads.max(1).min(cfg.connections.max(1));
+    let lives: Vec<Arc<Live>> = (0..client_threads(cfg)).map(|_| Arc::new(Live::default())).collect();
+    run_watched(cfg, plan, stop, &lives)
+}
+
+/// The client threads a run of `cfg` starts.
+pub fn client_threads(cfg: &RunConfig) -> usize {
+    cfg.threads.max(1).min(cfg.connections.max(1))
+}
+
+/// [`run`], with each client thread's running counts published in `lives` (one per
+/// [`client_threads`]), so that another thread can read them while it runs; the answer
+/// count is current to the thread's last loop iteration.
+pub fn run_watched(
+    cfg: &RunConfig,
+    plan: &Arc<Plan>,
+    stop: &Arc<AtomicBool>,
+    lives: &[Arc<Live>],
+) -> io::Result<RunResult> {
+    let threads = client_threads(cfg);
+    if lives.len() != threads {
+        return Err(io::Error::other(format!("{} live counters for {threads} client threads", lives.len())));
+    }
     let mut per_thread: Vec<Vec<TcpStream>> = (0..threads).map(|_| Vec::new()).collect();
     for i in 0..cfg.connections {
         let s = TcpStream::connect(cfg.addr)
@@ -163,7 +184,6 @@ pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Res
     }
     let clock = Clock::new();
     let start = clock.now() + 100_000_000;
-    let lives: Vec<Arc<Live>> = (0..threads).map(|_| Arc::new(Live::default())).collect();
     let mut handles = Vec::new();
     let mut base = 0;
     for (t, streams) in per_thread.into_iter().enumerate() {
@@ -223,7 +243,7 @@ pub fn run(cfg: &RunConfig, plan: &Arc<Plan>, stop: &Arc<AtomicBool>) -> io::Res
             last = Some(CpuSample::take(&clock, cfg.server_pid));
         }
         if let Some(p) = progress.as_mut() {
-            p.update(&lives, now.saturating_sub(start));
+            p.update(lives, now.saturating_sub(start));
         }
     }
     let last = last.unwrap_or_else(|| CpuSample::take(&clock, cfg.server_pid));
