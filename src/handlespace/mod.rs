@@ -186,6 +186,10 @@ pub struct Handlespace {
 pub struct Spot {
     pool: Option<u32>,
     pe: Option<u32>,
+    /// The handle's hash and the PE's index hash, so that what follows the lookup (a new
+    /// pool, a new or removed PE) does not hash them again.
+    hash: u64,
+    pe_hash: u64,
 }
 
 /// The part of a pool's handle hash that its PEs' index entries hash on (pools that share it
@@ -276,7 +280,7 @@ impl Handlespace {
         // overlaps their cache misses.
         let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
         let pool = self.find_pool_hashed(hash, handle);
-        Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)) }
+        Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)), hash, pe_hash }
     }
 
     /// The PE at `spot`, if there is one.
@@ -432,7 +436,7 @@ impl Handlespace {
             None => {
                 let selector = Selector::new(policy_type).ok_or(RegisterError::UnknownPolicy(policy_type.0))?;
                 let generation = self.new_generation();
-                let hash = self.hasher.hash_one(handle);
+                let hash = spot.hash;
                 if self.pool_index.is_full() {
                     self.grow_pool_index();
                 }
@@ -471,8 +475,7 @@ impl Handlespace {
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
         let (pes, hasher) = (&self.pes, &self.hasher);
-        let hash = pe_hash(hasher, pes[index].pe.pool_tag, pe_id);
-        self.pe_index.insert(hash, index, |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
+        self.pe_index.insert(spot.pe_hash, index, |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
@@ -573,9 +576,16 @@ impl Handlespace {
         });
     }
 
-    /// Removes a PE from every index and returns it with its pool's slab index; the pool is
-    /// left in place (even if empty) so the caller can still read its handle.
-    fn unlink(&mut self, index: u32) -> (PoolElement, u32) {
+    /// The PE index's hash of the PE in slot `index`.
+    fn index_hash(&self, index: u32) -> u64 {
+        let pe = &self.pes[index].pe;
+        pe_hash(&self.hasher, pe.pool_tag, pe.id)
+    }
+
+    /// Removes a PE (whose index hash is `hash`) from every index and returns it with its
+    /// pool's slab index; the pool is left in place (even if empty) so the caller can still
+    /// read its handle.
+    fn unlink(&mut self, index: u32, hash: u64) -> (PoolElement, u32) {
         let (p, pe_id, home, conn) = {
             let s = &self.pes[index];
             (s.pool, s.pe.id, s.pe.home, s.pe.conn)
@@ -588,7 +598,6 @@ impl Handlespace {
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        let hash = pe_hash(&self.hasher, self.pes[index].pe.pool_tag, pe_id);
         self.pe_index.remove(hash, index);
         (self.pes.remove(index).pe, p)
     }
@@ -601,8 +610,9 @@ impl Handlespace {
         }
     }
 
-    fn remove_index(&mut self, index: u32) -> PoolElement {
-        let (pe, p) = self.unlink(index);
+    /// Removes PE `index` (whose index hash is `hash`) and drops its pool if emptied.
+    fn remove_index(&mut self, index: u32, hash: u64) -> PoolElement {
+        let (pe, p) = self.unlink(index, hash);
         self.drop_pool_if_empty(p);
         pe
     }
@@ -611,7 +621,7 @@ impl Handlespace {
     /// and returns it; `None` if the key is stale. An emptied pool is removed.
     pub fn remove(&mut self, key: PeKey) -> Option<PoolElement> {
         self.slot(key)?;
-        Some(self.remove_index(key.index))
+        Some(self.remove_index(key.index, self.index_hash(key.index)))
     }
 
     /// Deregistration over ASAP: removes PE `pe_id` of pool `handle` if `requester` is the
@@ -629,7 +639,7 @@ impl Handlespace {
         if self.pes[index].pe.conn != requester {
             return Err(DeregisterError::NotAuthorized);
         }
-        Ok(Some(self.remove_index(index)))
+        Ok(Some(self.remove_index(index, spot.pe_hash)))
     }
 
     /// Handle resolution: clears `out` and fills it with up to `n` distinct PEs of pool
@@ -670,7 +680,7 @@ impl Handlespace {
         slot.unreachable_reports = slot.unreachable_reports.saturating_add(1);
         let count = slot.unreachable_reports;
         if count >= self.config.max_bad_pe_reports {
-            Ok(Unreachable::Removed(self.remove_index(index)))
+            Ok(Unreachable::Removed(self.remove_index(index, spot.pe_hash)))
         } else {
             Ok(Unreachable::Counted(count))
         }
@@ -705,7 +715,7 @@ impl Handlespace {
         while n < max {
             let Some(index) = self.timers.poll(&mut self.pes, now) else { break };
             let key = self.pes[index].key(index);
-            let (pe, p) = self.unlink(index);
+            let (pe, p) = self.unlink(index, self.index_hash(index));
             removed(key, &self.pools[p as usize].handle, pe);
             self.drop_pool_if_empty(p);
             n += 1;
@@ -718,7 +728,7 @@ impl Handlespace {
     pub fn remove_connection(&mut self, conn: ConnId, mut removed: impl FnMut(&[u8], PoolElement)) -> usize {
         let mut n = 0;
         while let Some(head) = self.find_conn(conn) {
-            let (pe, p) = self.unlink(head);
+            let (pe, p) = self.unlink(head, self.index_hash(head));
             removed(&self.pools[p as usize].handle, pe);
             self.drop_pool_if_empty(p);
             n += 1;
