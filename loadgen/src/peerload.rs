@@ -326,7 +326,13 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         let pairs = alternate(args, &source, &b, &cfg, &plan, window, &sig)?;
         let machine = Machine::now();
         let path = report::out_path(&args.out, "peer-updates-alternating-{date}.json", &machine);
-        let doc = AltDoc { machine: &machine, args: format!("{args:?}"), server_command: &b.command, updates_alone: &alone, pairs: &pairs };
+        let doc = AltDoc {
+            machine: &machine,
+            args: format!("{args:?}"),
+            server_command: &b.command,
+            updates_alone: &alone,
+            pairs: &pairs,
+        };
         report::write_json(&path, &doc)?;
         let md = alternating_markdown(&machine, args, &alone, &pairs);
         let md_path = path.with_extension("md");
@@ -642,7 +648,12 @@ fn alternate(
 }
 
 /// The report of an alternating run: the ratios per pair, then their medians.
-pub fn alternating_markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, pairs: &[WindowPair]) -> String {
+pub fn alternating_markdown(
+    machine: &Machine,
+    args: &PeerLoadArgs,
+    alone: &UpdatesAlone,
+    pairs: &[WindowPair],
+) -> String {
     let ms = args.alternate_ms.unwrap_or(0);
     let mut s = format!(
         "# Resolution throughput at B, updates switched on and off within each client run\n\n\
@@ -691,9 +702,18 @@ pub fn alternating_markdown(machine: &Machine, args: &PeerLoadArgs, alone: &Upda
     let ratios: Vec<f64> = pairs.iter().map(WindowPair::ratio).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
     let sum = |f: fn(&WindowPair) -> f64| pairs.iter().map(f).sum::<f64>();
+    // Answers per core of B's CPU, per pair: the figure to read in open loop, where both
+    // windows are asked for the same answers and B's CPU is what differs.
+    let capacity = median(
+        pairs
+            .iter()
+            .filter(|p| p.on.b_cpu > 0.0 && p.off.b_cpu > 0.0)
+            .map(|p| (p.on.answers_per_s / p.on.b_cpu) / (p.off.answers_per_s / p.off.b_cpu))
+            .collect(),
+    );
     s += &format!(
-        "\n| pairs | median of ratios | mean of ratios | all windows with / all without | B CPU with - without (median) |\n\
-         |---|---|---|---|---|\n| {} | {:.3} | {:.3} | {:.3} | {:.3} cores |\n",
+        "\n| pairs | median of ratios | mean of ratios | all windows with / all without | B CPU with - without (median) | capacity (answers per B core) with / without, median of ratios |\n\
+         |---|---|---|---|---|---|\n| {} | {:.3} | {:.3} | {:.3} | {:.3} cores | {capacity:.3} |\n",
         pairs.len(),
         median(ratios.clone()),
         mean,
