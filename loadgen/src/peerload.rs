@@ -13,7 +13,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,6 +168,17 @@ pub struct UpdatesAlone {
     pub b_cpu: f64,
     /// B's CPU per update received, microseconds.
     pub b_us_per_update: f64,
+}
+
+impl UpdatesAlone {
+    /// One sentence for the reports.
+    fn describe(&self) -> String {
+        format!(
+            "The updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
+             {:.2} us of B's CPU per update.",
+            self.seconds, self.b_updates_per_s, self.b_cpu, self.b_us_per_update
+        )
+    }
 }
 
 /// The JSON document.
@@ -325,7 +336,6 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         let window = Duration::from_millis(ms.max(10));
         let pairs = alternate(args, &source, &b, &cfg, &plan, window, &sig)?;
         let machine = Machine::now();
-        let path = report::out_path(&args.out, "peer-updates-alternating-{date}.json", &machine);
         let doc = AltDoc {
             machine: &machine,
             args: format!("{args:?}"),
@@ -333,12 +343,8 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
             updates_alone: &alone,
             pairs: &pairs,
         };
-        report::write_json(&path, &doc)?;
         let md = alternating_markdown(&machine, args, &alone, &pairs);
-        let md_path = path.with_extension("md");
-        std::fs::write(&md_path, &md)?;
-        print!("{md}");
-        eprintln!("wrote {} and {}", path.display(), md_path.display());
+        write_reports(&args.out, "peer-updates-alternating-{date}.json", &machine, &doc, &md)?;
         return Ok(i32::from(pairs.is_empty()));
     }
     let mut samples = Vec::new();
@@ -386,7 +392,6 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         }
     }
     let machine = Machine::now();
-    let path = report::out_path(&args.out, "peer-updates-{date}.json", &machine);
     let doc = Doc {
         machine: &machine,
         args: format!("{args:?}"),
@@ -394,13 +399,38 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
         updates_alone: &alone,
         samples: &samples,
     };
-    report::write_json(&path, &doc)?;
     let md = markdown(&machine, args, &alone, &samples);
+    write_reports(&args.out, "peer-updates-{date}.json", &machine, &doc, &md)?;
+    Ok(if samples.iter().any(|s| s.errors > 0) { 1 } else { 0 })
+}
+
+/// Writes `doc` as JSON to `out`/`name` (its `{date}` filled in) and `md` next to it, and
+/// prints `md`.
+fn write_reports(out: &Path, name: &str, machine: &Machine, doc: &impl Serialize, md: &str) -> io::Result<()> {
+    let path = report::out_path(out, name, machine);
+    report::write_json(&path, doc)?;
     let md_path = path.with_extension("md");
-    std::fs::write(&md_path, &md)?;
+    std::fs::write(&md_path, md)?;
     print!("{md}");
     eprintln!("wrote {} and {}", path.display(), md_path.display());
-    Ok(if samples.iter().any(|s| s.errors > 0) { 1 } else { 0 })
+    Ok(())
+}
+
+/// When and where, for the reports.
+fn machine_line(m: &Machine) -> String {
+    format!("{} UTC, nproc {}, kernel {}, git {}", m.date, m.nproc, m.kernel, m.git_revision)
+}
+
+/// The resolution workload, for the reports.
+fn workload_line(args: &PeerLoadArgs) -> String {
+    format!(
+        "{} connections x depth {}, {}, {} pools x {} PEs at B",
+        args.connections,
+        args.depth,
+        args.resolve_rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0} resolutions/s")),
+        args.pools,
+        args.pool_size
+    )
 }
 
 /// The table of every run, then medians and ratios.
@@ -416,31 +446,19 @@ pub fn markdown(machine: &Machine, args: &PeerLoadArgs, alone: &UpdatesAlone, sa
     };
     let mut s = format!(
         "# Resolution throughput at B with and without a peer's Handle Updates\n\n\
-         {} UTC, nproc {}, kernel {}, git {}. B on core {}, {peer}, clients on core {}; \
-         {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s asked; \
+         {}. B on core {}, {peer}, clients on core {}; {}, {:.0} updates/s asked; \
          {} s measured per run after {} s warm-up.\n\n\
-         The updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
-         {:.2} us of B's CPU per update.\n\n\
+         {}\n\n\
          | round | updates | answers/s | B CPU (cores) | capacity (answers/s per B core) | client CPU | p50 us | p99 us | updates B received/s |\n\
          |---|---|---|---|---|---|---|---|---|\n",
-        machine.date,
-        machine.nproc,
-        machine.kernel,
-        machine.git_revision,
+        machine_line(machine),
         args.b_core,
         args.client_core,
-        args.connections,
-        args.depth,
-        args.resolve_rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0} resolutions/s")),
-        args.pools,
-        args.pool_size,
+        workload_line(args),
         args.rate,
         args.duration,
         args.warmup,
-        alone.seconds,
-        alone.b_updates_per_s,
-        alone.b_cpu,
-        alone.b_us_per_update
+        alone.describe()
     );
     for x in samples {
         s += &format!(
@@ -657,34 +675,22 @@ pub fn alternating_markdown(
     let ms = args.alternate_ms.unwrap_or(0);
     let mut s = format!(
         "# Resolution throughput at B, updates switched on and off within each client run\n\n\
-         {} UTC, nproc {}, kernel {}, git {}. B on core {}, the stand-in peer (`--feed`, one write per {} us) \
-         on core {}, the client on core {}; {} connections x depth {}, {}, {} pools x {} PEs at B, {:.0} updates/s \
-         while on. {} round(s), each one client run of {} pairs of {ms} ms windows (on-off, then off-on), \
+         {}. B on core {}, the stand-in peer (`--feed`, one write per {} us) on core {}, the client on \
+         core {}; {}, {:.0} updates/s while on. {} round(s), each one client run of {} pairs of {ms} ms windows (on-off, then off-on), \
          each window measured after its first fifth.\n\n\
-         The updates alone (no resolutions, {:.1} s): B received {:.0} updates/s and used {:.3} cores: \
-         {:.2} us of B's CPU per update.\n\n\
+         {}\n\n\
          | round | with updates: answers/s | without | with / without | B CPU with / without | updates B received/s with / without |\n\
          |---|---|---|---|---|---|\n",
-        machine.date,
-        machine.nproc,
-        machine.kernel,
-        machine.git_revision,
+        machine_line(machine),
         args.b_core,
         args.feed_window_us,
         args.feed_core.unwrap_or(args.client_core),
         args.client_core,
-        args.connections,
-        args.depth,
-        args.resolve_rate.map_or("closed loop".to_string(), |r| format!("open loop at {r:.0} resolutions/s")),
-        args.pools,
-        args.pool_size,
+        workload_line(args),
         args.rate,
         args.rounds,
         args.pairs,
-        alone.seconds,
-        alone.b_updates_per_s,
-        alone.b_cpu,
-        alone.b_us_per_update
+        alone.describe()
     );
     for p in pairs {
         s += &format!(
