@@ -186,9 +186,9 @@ pub struct Handlespace {
 pub struct Spot {
     pool: Option<u32>,
     pe: Option<u32>,
-    /// The handle's hash and the PE's index hash, so that what follows the lookup (a new
-    /// pool, a new or removed PE) does not hash them again.
+    /// The handle's hash, for a pool that registration creates (not hashed again).
     hash: u64,
+    /// The PE's hash in the PE index, for a PE that is then added or removed.
     pe_hash: u64,
 }
 
