@@ -374,46 +374,75 @@ impl Selector {
                 }
             }
             Self::Ordered { kind, index, next_seq } => {
-                let first = index.first(n);
-                let start = out.len();
-                out.extend(first.iter().map(|e| e.1));
-                let selected = first.len().min(ctx.max_increment);
-                // The selected ones are the first entries, in order: each takes a new key (a new
-                // sequence number; LUD also its degradation) and moves behind its equals.
-                for j in 0..selected {
-                    let pe = out[start + j];
-                    let seq = Self::next_seq(next_seq, index, ctx.pes, |s, q| ord_key(s.sel_key, q));
-                    let slot = &mut ctx.pes[pe.index];
-                    let old = ord_key(slot.sel_key, slot.sel_pos);
-                    if *kind == OrderedKind::LeastUsedDegradation {
-                        let policy = slot.pe.policy();
-                        if let Policy::LeastUsedDegradation { degradation, .. } = policy {
-                            slot.degradation = slot.degradation.saturating_add(degradation);
+                let lud = *kind == OrderedKind::LeastUsedDegradation;
+                Self::select_ordered(
+                    index,
+                    next_seq,
+                    ctx,
+                    n,
+                    out,
+                    |s, q| ord_key(s.sel_key, q),
+                    |slot| {
+                        // LUD: a selected PE also accumulates its degradation.
+                        if lud {
+                            let policy = slot.pe.policy();
+                            if let Policy::LeastUsedDegradation { degradation, .. } = policy {
+                                slot.degradation = slot.degradation.saturating_add(degradation);
+                            }
+                            slot.sel_key = ordered_primary(&policy, slot.degradation);
                         }
-                        slot.sel_key = ordered_primary(&policy, slot.degradation);
-                    }
-                    slot.sel_pos = seq;
-                    Self::move_selected(index, selected, old, ord_key(slot.sel_key, seq), pe);
-                }
+                    },
+                );
             }
             Self::WeightedRoundRobin { index, next_seq, virtual_time } => {
-                let first = index.first(n);
-                let start = out.len();
-                out.extend(first.iter().map(|e| e.1));
-                let selected = first.len().min(ctx.max_increment);
-                for j in 0..selected {
-                    let pe = out[start + j];
-                    let seq = Self::next_seq(next_seq, index, ctx.pes, |s, q| wrr_key(s.sel_key, q));
-                    let slot = &mut ctx.pes[pe.index];
-                    let old = wrr_key(slot.sel_key, slot.sel_pos);
-                    if let Some(stride) = wrr_stride(&slot.pe.policy()) {
-                        *virtual_time = slot.sel_key;
-                        slot.sel_key = slot.sel_key.saturating_add(stride);
-                    }
-                    slot.sel_pos = seq;
-                    Self::move_selected(index, selected, old, wrr_key(slot.sel_key, seq), pe);
-                }
+                Self::select_ordered(
+                    index,
+                    next_seq,
+                    ctx,
+                    n,
+                    out,
+                    |s, q| wrr_key(s.sel_key, q),
+                    |slot| {
+                        // A selected PE's pass advances by its stride; the pool's virtual time
+                        // follows the last pass served.
+                        if let Some(stride) = wrr_stride(&slot.pe.policy()) {
+                            *virtual_time = slot.sel_key;
+                            slot.sel_key = slot.sel_key.saturating_add(stride);
+                        }
+                    },
+                );
             }
+        }
+    }
+
+    /// Selection from an ordered index: the first `n` entries, of which the first
+    /// `max_increment` are selected. Each selected one takes a new sequence number (and
+    /// whatever else `advance` changes in its slot) and moves to its new key `key_of(slot, seq)`,
+    /// behind its equals.
+    // Inlined into `select` as the two branches it replaced were (without, LUD's resolution
+    // measured ~3 % slower; with, the same as before: 11 alternated rounds, 100,000 PEs).
+    #[inline(always)]
+    fn select_ordered<K: Copy + Ord>(
+        index: &mut OrdIndex<K>,
+        next_seq: &mut u32,
+        ctx: &mut SelectCtx<'_>,
+        n: usize,
+        out: &mut Vec<PeKey>,
+        key_of: impl Fn(&PeSlot, u32) -> K + Copy,
+        mut advance: impl FnMut(&mut PeSlot),
+    ) {
+        let first = index.first(n);
+        let start = out.len();
+        out.extend(first.iter().map(|e| e.1));
+        let selected = first.len().min(ctx.max_increment);
+        for j in 0..selected {
+            let pe = out[start + j];
+            let seq = Self::next_seq(next_seq, index, ctx.pes, key_of);
+            let slot = &mut ctx.pes[pe.index];
+            let old = key_of(slot, slot.sel_pos);
+            advance(slot);
+            slot.sel_pos = seq;
+            Self::move_selected(index, selected, old, key_of(slot, seq), pe);
         }
     }
 
@@ -441,22 +470,27 @@ impl Selector {
                 }
             }
             Self::Ordered { index, next_seq, .. } => {
-                index.validate()?;
-                for (key, k) in index.iter() {
-                    let s = live(&k)?;
-                    if key != ord_key(s.sel_key, s.sel_pos) || s.sel_pos >= *next_seq {
-                        return Err(format!("{k:?} has the wrong key"));
-                    }
-                }
+                Self::validate_ordered(index, *next_seq, pes, |s, q| ord_key(s.sel_key, q))?;
             }
             Self::WeightedRoundRobin { index, next_seq, .. } => {
-                index.validate()?;
-                for (key, k) in index.iter() {
-                    let s = live(&k)?;
-                    if key != wrr_key(s.sel_key, s.sel_pos) || s.sel_pos >= *next_seq {
-                        return Err(format!("{k:?} has the wrong key"));
-                    }
-                }
+                Self::validate_ordered(index, *next_seq, pes, |s, q| wrr_key(s.sel_key, q))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks an ordered index and that each PE's slot gives its key there.
+    fn validate_ordered<K: Copy + Ord>(
+        index: &OrdIndex<K>,
+        next_seq: u32,
+        pes: &Arena,
+        key_of: impl Fn(&PeSlot, u32) -> K,
+    ) -> Result<(), String> {
+        index.validate()?;
+        for (key, k) in index.iter() {
+            let s = pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"))?;
+            if key != key_of(s, s.sel_pos) || s.sel_pos >= next_seq {
+                return Err(format!("{k:?} has the wrong key"));
             }
         }
         Ok(())
