@@ -317,7 +317,7 @@ pub fn cmd_peer_load(args: &PeerLoadArgs) -> io::Result<i32> {
             (status(b.addr)?.updates_received, run::cpu_ticks(Some(b.pid())), t0.elapsed().as_secs_f64());
         churn_stop.store(true, Ordering::Relaxed);
         t.join()?;
-        let cpu = c1.zip(c0).map_or(0.0, |(x, y)| x.saturating_sub(y) as f64 / 100.0 / secs);
+        let cpu = run::cores_used(c0, c1, secs).unwrap_or(0.0);
         let rate = (u1 - u0) as f64 / secs;
         let u = UpdatesAlone {
             seconds: secs,
@@ -583,7 +583,7 @@ impl Mark {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         Window {
             answers_per_s: later.answers.saturating_sub(self.answers) as f64 / secs,
-            b_cpu: later.b_ticks.zip(self.b_ticks).map_or(0.0, |(x, y)| x.saturating_sub(y) as f64 / 100.0 / secs),
+            b_cpu: run::cores_used(self.b_ticks, later.b_ticks, secs).unwrap_or(0.0),
             b_updates_per_s: later.updates.saturating_sub(self.updates) as f64 / secs,
         }
     }

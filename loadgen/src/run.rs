@@ -98,9 +98,14 @@ impl CpuSample {
         if secs < 0.2 {
             return (None, None);
         }
-        let share = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / TICKS_PER_S / secs);
-        (share(self.server, later.server), share(self.client, later.client))
+        (cores_used(self.server, later.server, secs), cores_used(self.client, later.client, secs))
     }
+}
+
+/// Cores a process used over `secs` seconds, from its CPU ticks ([`cpu_ticks`]) before and
+/// after; `None` where either reading is missing.
+pub fn cores_used(before: Option<u64>, after: Option<u64>, secs: f64) -> Option<f64> {
+    Some(after?.saturating_sub(before?) as f64 / TICKS_PER_S / secs)
 }
 
 /// What a run measured.
