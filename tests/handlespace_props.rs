@@ -91,8 +91,8 @@ fn check(hs: &Handlespace) -> Result<(), TestCaseError> {
     let mut by_owner: BTreeMap<u32, Vec<(Vec<u8>, u32)>> = BTreeMap::new();
     let mut keys_by_owner: BTreeMap<u32, BTreeSet<_>> = BTreeMap::new();
     let mut total = 0;
-    for (_, pool) in hs.pools() {
-        for key in pool.pes() {
+    for (pool_key, pool) in hs.pools() {
+        for key in hs.pool_pes(pool_key) {
             let pe = hs.pe(key).ok_or_else(|| TestCaseError::fail("stale key in pool"))?;
             by_owner.entry(pe.home).or_default().push((pool.handle().to_vec(), pe.id));
             keys_by_owner.entry(pe.home).or_default().insert(key);
@@ -160,8 +160,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Advance { ms } => {
                 now = now.add_millis(ms);
                 hs.expire(now, usize::MAX, |_, _, _| {});
-                for (_, pool) in hs.pools() {
-                    for key in pool.pes() {
+                for (pool_key, _) in hs.pools() {
+                    for key in hs.pool_pes(pool_key) {
                         if let Some(t) = hs.pe_expiry(key) {
                             prop_assert!(t > now, "PE should have expired at {:?} (now {:?})", t, now);
                         }

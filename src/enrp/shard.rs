@@ -231,7 +231,7 @@ impl EnrpShard {
                 own.into_iter().filter_map(|k| Some((hs.pe_pool(k)?, k))).collect()
             } else {
                 // Pool by pool already.
-                hs.pools().flat_map(|(pool, pl)| pl.pes().map(move |k| (pool, k))).collect()
+                hs.pools().flat_map(|(pool, _)| hs.pool_pes(pool).map(move |k| (pool, k))).collect()
             };
             self.exports.insert(requester, Export { keys, next: 0 });
         }

@@ -151,6 +151,14 @@ impl PoolElement {
         decode_policy(self.wire.body()).unwrap_or(Policy::RoundRobin)
     }
 
+    /// The first two values of its policy (0 where the policy has fewer), without decoding the
+    /// policy: what a selection under Least Used with Degradation reads.
+    pub(crate) fn policy_values(&self) -> [u32; 2] {
+        let p = policy_param(self.wire.body()).unwrap_or(&[]);
+        let word = |i: usize| p.get(i..i + 4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        [word(8), word(12)]
+    }
+
     /// The policy parameter exactly as a Pool Element parameter carries it (a Handle
     /// Resolution Response copies the first PE's).
     pub fn policy_param(&self) -> &[u8] {

@@ -262,6 +262,12 @@ impl Handlespace {
         self.pools.get(key.index as usize).filter(|p| p.generation == key.generation)
     }
 
+    /// Every PE of pool `key`, in the order of its selection index (nothing for a stale key).
+    /// O(pool size).
+    pub fn pool_pes(&self, key: PoolKey) -> impl Iterator<Item = PeKey> + '_ {
+        self.pool(key).into_iter().flat_map(move |p| p.selector.iter(&self.pes, key.index))
+    }
+
     /// Every pool, in no particular order.
     pub fn pools(&self) -> impl Iterator<Item = (PoolKey, &Pool)> + '_ {
         self.pools.iter().map(|(i, p)| (PoolKey { index: i as u32, generation: p.generation }, p))
@@ -666,6 +672,7 @@ impl Handlespace {
             rng: &mut self.rng,
             scratch: &mut self.scratch,
             max_increment: self.config.max_increment,
+            pool: p,
         };
         self.pools[p as usize].selector.select(&mut ctx, n, out);
     }
@@ -862,8 +869,8 @@ impl Handlespace {
             if self.find_pool(&pool.handle) != Some(p as u32) {
                 return Err(format!("pool {p} missing from the handle index"));
             }
-            pool.selector.validate(&self.pes).map_err(|e| format!("pool {p}: {e}"))?;
-            for key in pool.pes() {
+            pool.selector.validate(&self.pes, p as u32).map_err(|e| format!("pool {p}: {e}"))?;
+            for key in pool.selector.iter(&self.pes, p as u32) {
                 let slot = self.slot(key).ok_or_else(|| format!("stale PE {key:?} in pool {p}"))?;
                 if slot.pool != p as u32 || slot.pe.policy().policy_type() != pool.policy_type {
                     return Err(format!("PE {key:?} disagrees with pool {p}"));

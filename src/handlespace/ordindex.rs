@@ -16,6 +16,15 @@
 //! range, or a removal deep inside it, first moves the back into the B-tree (each entry at most
 //! once per visit to the back, so the amortized cost stays the B-tree's O(log n)). Pools of up
 //! to [`HEAD_MAX`] PEs touch neither.
+//!
+//! A PE that leaves the pool is taken out of the head at once, but beyond the head it is only
+//! *forgotten*: its entry stays, dead, and its key is noted. A refill of the head drops the
+//! dead entries it meets; once the noted keys are half of what lies beyond the head, they are
+//! sorted and the middle and the back are rebuilt without them in one ordered pass. A removal
+//! from a large B-tree is a search through nodes that are not in the cache (about 1 us per PE
+//! at a million PEs in one pool); this costs a sort and a sequential pass, amortized over the
+//! removals. A refill tells dead entries from live ones with the caller's `live` test (the
+//! entry's slot still holds that PE, in this pool, under this key); iteration yields both.
 
 use std::collections::btree_map::{self, BTreeMap};
 use std::collections::{vec_deque, VecDeque};
@@ -29,6 +38,9 @@ const REFILL: usize = 16;
 /// A removal this close to an end of the back shifts the entries between; farther in, the back
 /// moves into the B-tree first.
 const BACK_SHIFT_MAX: usize = 32;
+/// Dead entries are dropped in bulk once there are at least this many and they are half of
+/// what lies beyond the head (so the index holds at most twice its live entries, plus this).
+const PURGE_MIN: usize = 64;
 
 /// An ordered set of (key, PE), keys unique.
 #[derive(Debug)]
@@ -36,17 +48,33 @@ pub(crate) struct OrdIndex<K> {
     head: Vec<(K, PeKey)>,
     middle: BTreeMap<K, PeKey>,
     back: VecDeque<(K, PeKey)>,
+    /// Entries in the middle and the back whose PE was forgotten.
+    dead: usize,
+    /// The keys forgotten beyond the head since the last purge (some of whose entries a
+    /// refill may have dropped already).
+    graves: Vec<K>,
 }
 
 impl<K: Copy + Ord> Default for OrdIndex<K> {
     fn default() -> Self {
-        Self { head: Vec::new(), middle: BTreeMap::new(), back: VecDeque::new() }
+        Self { head: Vec::new(), middle: BTreeMap::new(), back: VecDeque::new(), dead: 0, graves: Vec::new() }
     }
 }
 
 impl<K: Copy + Ord> OrdIndex<K> {
+    /// Number of live entries.
     pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.middle.len() + self.back.len()
+        self.head.len() + self.middle.len() + self.back.len() - self.dead
+    }
+
+    /// Number of entries in the head (the first ones [`iter`](Self::iter) gives; all live).
+    pub(crate) fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
+    /// Number of dead entries (forgotten, not yet dropped).
+    pub(crate) fn dead(&self) -> usize {
+        self.dead
     }
 
     /// Whether nothing lies beyond the head.
@@ -143,14 +171,61 @@ impl<K: Copy + Ord> OrdIndex<K> {
         self.middle.remove(&key).is_some()
     }
 
-    /// The first `min(n, len)` entries, in order (moving entries from the middle or back into
-    /// the head if it holds fewer).
-    pub(crate) fn first(&mut self, n: usize) -> &[(K, PeKey)] {
+    /// Takes the live entry of `key` out of the set: at once if it is in the head, else by
+    /// counting it dead (see the module's doc).
+    pub(crate) fn forget(&mut self, key: K) {
+        if self.head.last().is_some_and(|&(last, _)| key <= last) {
+            let found = self.head.binary_search_by(|e| e.0.cmp(&key));
+            debug_assert!(found.is_ok(), "forgetting a key not in the head's range");
+            if let Ok(at) = found {
+                self.head.remove(at);
+            }
+            return;
+        }
+        self.dead += 1;
+        self.graves.push(key);
+        if self.graves.len() >= PURGE_MIN && self.graves.len() * 2 > self.middle.len() + self.back.len() {
+            self.purge();
+        }
+    }
+
+    /// Drops every dead entry: their keys sorted, the middle and the back are walked in order
+    /// beside them (the middle rebuilt in bulk, the back filtered in place), reading no slot.
+    fn purge(&mut self) {
+        let mut graves = core::mem::take(&mut self.graves);
+        if self.dead > 0 {
+            // Fast on the runs that removals in key order (or id order, under rotation) leave.
+            graves.sort_unstable();
+            let mut next = 0;
+            let mut alive = |k: K| {
+                while graves.get(next).is_some_and(|&g| g < k) {
+                    next += 1;
+                }
+                graves.get(next) != Some(&k)
+            };
+            if !self.middle.is_empty() {
+                self.middle = core::mem::take(&mut self.middle).into_iter().filter(|e| alive(e.0)).collect();
+            }
+            self.back.retain(|e| alive(e.0));
+            self.dead = 0;
+        }
+        graves.clear();
+        self.graves = graves;
+    }
+
+    /// The first `min(n, len)` live entries, in order (moving entries from the middle or back
+    /// into the head if it holds fewer, and dropping the dead ones met on the way).
+    pub(crate) fn first(&mut self, n: usize, live: impl Fn(K, PeKey) -> bool) -> &[(K, PeKey)] {
         if self.head.len() < n && !self.rest_is_empty() {
             let want = n.max(REFILL).min(HEAD_MAX.max(n));
             while self.head.len() < want {
-                let Some(e) = self.middle.pop_first().or_else(|| self.back.pop_front()) else { break };
-                self.head.push(e);
+                let Some((k, p)) = self.middle.pop_first().or_else(|| self.back.pop_front()) else { break };
+                // Without dead entries, no slot need be read.
+                if self.dead == 0 || live(k, p) {
+                    self.head.push((k, p));
+                } else {
+                    self.dead -= 1;
+                }
             }
         }
         &self.head[..n.min(self.head.len())]
@@ -179,14 +254,16 @@ impl<K: Copy + Ord> OrdIndex<K> {
         }
     }
 
-    /// Every entry, in order.
+    /// Every entry, dead ones included, in order.
     pub(crate) fn iter(&self) -> OrdIter<'_, K> {
         OrdIter { head: self.head.iter(), middle: self.middle.iter(), back: self.back.iter() }
     }
 
-    /// Replaces every key by `f(position, pe)` (which must keep the order), e.g. to renumber
-    /// rotation sequence numbers before they wrap. Everything beyond the head ends in the back.
+    /// Drops the dead entries, then replaces every key by `f(position, pe)` (which must keep
+    /// the order), e.g. to renumber rotation sequence numbers before they wrap. Everything
+    /// beyond the head ends in the back.
     pub(crate) fn rekey(&mut self, mut f: impl FnMut(usize, PeKey) -> K) {
+        self.purge();
         let middle = core::mem::take(&mut self.middle);
         let back = core::mem::take(&mut self.back);
         let n = self.head.len();
@@ -252,45 +329,91 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-        /// Against a BTreeMap model: inserts, removals, reads of the first n and moves of the
-        /// first entry to a larger key give the same ordered contents, whatever the sizes.
+        /// Against a BTreeMap model of the live entries: inserts, removals, forgetting, reads of
+        /// the first n and moves of the first entry to a larger key give the same ordered live
+        /// contents, whatever the sizes, and the dead entries are exactly the rest.
         #[test]
-        fn matches_btreemap(ops in prop::collection::vec((0u8..5, 0u32..400, 0usize..50), 1..600)) {
+        fn matches_btreemap(ops in prop::collection::vec((0u8..7, 0u32..400, 0usize..50), 1..600)) {
             let mut idx: OrdIndex<u32> = OrdIndex::default();
             let mut model: BTreeMap<u32, PeKey> = BTreeMap::new();
+            // As in the handlespace, a key is never reused while its dead entry may remain.
+            let held = |idx: &OrdIndex<u32>, k: u32| idx.iter().any(|e| e.0 == k);
             for (op, x, n) in ops {
                 match op {
-                    0 | 1 if !model.contains_key(&x) => {
+                    0 | 1 if !held(&idx, x) => {
                         idx.insert(x, pe(x));
                         model.insert(x, pe(x));
                     }
-                    2 => {
-                        prop_assert_eq!(idx.remove(x), model.remove(&x).is_some());
+                    2 if model.contains_key(&x) => {
+                        prop_assert!(idx.remove(x));
+                        model.remove(&x);
                     }
+                    2 if !held(&idx, x) => prop_assert!(!idx.remove(x)),
                     3 => {
-                        let got: Vec<_> = idx.first(n).to_vec();
+                        let got: Vec<_> = idx.first(n, |k, _| model.contains_key(&k)).to_vec();
                         let want: Vec<_> = model.iter().take(n).map(|(&k, &p)| (k, p)).collect();
                         prop_assert_eq!(got, want);
                     }
                     4 if !model.is_empty() => {
-                        idx.first(1);
+                        idx.first(1, |k, _| model.contains_key(&k));
                         let (&old, &p) = model.iter().next().unwrap();
                         let new = old + 1 + x;
-                        if !model.contains_key(&new) {
+                        if !held(&idx, new) {
                             idx.move_first(new);
                             model.remove(&old);
                             model.insert(new, p);
                         }
+                    }
+                    5 | 6 if !model.is_empty() => {
+                        // Forget the x-th live entry (its slot "still holds it" to `live`).
+                        let k = *model.keys().nth(x as usize % model.len()).unwrap();
+                        idx.forget(k);
+                        model.remove(&k);
                     }
                     _ => {}
                 }
                 idx.validate().map_err(TestCaseError::fail)?;
                 prop_assert_eq!(idx.len(), model.len());
                 let all: Vec<_> = idx.iter().collect();
+                let live: Vec<_> = all.iter().copied().filter(|e| model.contains_key(&e.0)).collect();
                 let want: Vec<_> = model.iter().map(|(&k, &p)| (k, p)).collect();
-                prop_assert_eq!(all, want);
+                prop_assert_eq!(live, want);
+                prop_assert_eq!(idx.dead(), all.len() - model.len());
+                prop_assert!(idx.head.iter().all(|e| model.contains_key(&e.0)), "a dead entry in the head");
             }
         }
+    }
+
+    #[test]
+    fn forgetting_keeps_the_index_within_twice_its_live_entries() {
+        // Deregistrations in random key order from a pool held in the B-tree.
+        let mut idx: OrdIndex<u64> = OrdIndex::default();
+        let mut live = std::collections::HashSet::new();
+        for i in 0..10_000u32 {
+            let k = u64::from(i) * 7919 % 10_007;
+            idx.insert(k, pe(i));
+            live.insert(k);
+        }
+        idx.spill_back();
+        assert!(idx.back.is_empty() && idx.middle.len() == 10_000 - HEAD_MAX);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut order: Vec<u64> = live.iter().copied().collect();
+        order.sort_unstable();
+        rng.shuffle(&mut order);
+        for k in order.iter().take(9_000) {
+            live.remove(k);
+            idx.forget(*k);
+            assert_eq!(idx.len(), live.len());
+            assert!(idx.middle.len() + idx.back.len() + idx.head.len() <= 2 * live.len() + PURGE_MIN);
+        }
+        assert!(idx.dead() > 0, "nothing left dead: every removal searched");
+        let rest: Vec<u64> = idx.iter().map(|e| e.0).filter(|k| live.contains(k)).collect();
+        let mut want: Vec<u64> = live.iter().copied().collect();
+        want.sort_unstable();
+        assert_eq!(rest, want);
+        let first: Vec<u64> = idx.first(5, |k, _| live.contains(&k)).iter().map(|e| e.0).collect();
+        assert_eq!(first, want[..5]);
+        idx.validate().unwrap();
     }
 
     #[test]
@@ -314,7 +437,7 @@ mod tests {
         }
         for round in 0..5000u32 {
             let next = 1000 + u64::from(round);
-            let first = idx.first(3).to_vec();
+            let first = idx.first(3, |_, _| true).to_vec();
             assert_eq!(
                 first.iter().map(|e| e.1.index).collect::<Vec<_>>(),
                 (0..3).map(|k| (round + k) % 1000).collect::<Vec<_>>()

@@ -3,10 +3,9 @@
 use crate::wire::policy::PolicyType;
 use crate::wire::transport::{TransportProtocol, TransportUse};
 
-use super::element::PeKey;
 use super::selection::Selector;
 
-/// A stable handle to a pool: slab index plus a generation (see [`PeKey`]).
+/// A stable handle to a pool: slab index plus a generation (see [`PeKey`](super::PeKey)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PoolKey {
     pub(crate) index: u32,
@@ -56,10 +55,5 @@ impl Pool {
     /// Number of PEs in the pool (never 0: an empty pool is removed).
     pub fn pe_count(&self) -> usize {
         self.selector.len()
-    }
-
-    /// Every PE of the pool, in the order of its selection index. O(pool size).
-    pub fn pes(&self) -> impl Iterator<Item = PeKey> + '_ {
-        self.selector.iter()
     }
 }

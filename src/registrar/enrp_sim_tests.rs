@@ -286,8 +286,8 @@ impl World {
         let mut v = View::new();
         for s in 0..self.sim.node_shards(n) {
             let hs = self.sim.node_service(n, s).handlespace();
-            for (_, pool) in hs.pools() {
-                for key in pool.pes() {
+            for (pool_key, pool) in hs.pools() {
+                for key in hs.pool_pes(pool_key) {
                     let pe = hs.pe(key).unwrap();
                     let handle = String::from_utf8(pool.handle().to_vec()).unwrap();
                     let addrs = pe.user_transport().addresses.to_vec();
