@@ -46,83 +46,68 @@ const PURGE_MIN: usize = 64;
 #[derive(Debug)]
 pub(crate) struct OrdIndex<K> {
     head: Vec<(K, PeKey)>,
+    /// Everything beyond the head, boxed: pools of up to [`HEAD_MAX`] PEs (most pools) never
+    /// need it, and every pool's selector is as large as its largest variant.
+    rest: Option<Box<Rest<K>>>,
+}
+
+/// The part of an [`OrdIndex`] beyond its head: the middle, the back and the dead entries'
+/// bookkeeping.
+#[derive(Debug)]
+struct Rest<K> {
     middle: BTreeMap<K, PeKey>,
     back: VecDeque<(K, PeKey)>,
     /// Entries in the middle and the back whose PE was forgotten.
     dead: usize,
-    /// The keys forgotten beyond the head since the last purge (some of whose entries a
-    /// refill may have dropped already).
+    /// The keys forgotten since the last purge (some of whose entries a refill of the head
+    /// may have dropped already).
     graves: Vec<K>,
 }
 
-impl<K: Copy + Ord> Default for OrdIndex<K> {
+impl<K> Default for OrdIndex<K> {
     fn default() -> Self {
-        Self { head: Vec::new(), middle: BTreeMap::new(), back: VecDeque::new(), dead: 0, graves: Vec::new() }
+        Self { head: Vec::new(), rest: None }
     }
 }
 
-impl<K: Copy + Ord> OrdIndex<K> {
-    /// Number of live entries.
-    pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.middle.len() + self.back.len() - self.dead
+impl<K> Default for Rest<K> {
+    fn default() -> Self {
+        Self { middle: BTreeMap::new(), back: VecDeque::new(), dead: 0, graves: Vec::new() }
     }
+}
 
-    /// Number of entries in the head (the first ones [`iter`](Self::iter) gives; all live).
-    pub(crate) fn head_len(&self) -> usize {
-        self.head.len()
-    }
-
-    /// Number of dead entries (forgotten, not yet dropped).
-    pub(crate) fn dead(&self) -> usize {
-        self.dead
-    }
-
-    /// Whether nothing lies beyond the head.
-    fn rest_is_empty(&self) -> bool {
+impl<K: Copy + Ord> Rest<K> {
+    fn is_empty(&self) -> bool {
         self.middle.is_empty() && self.back.is_empty()
     }
 
-    /// The smallest key beyond the head.
-    fn rest_first(&self) -> Option<K> {
+    /// Entries held, dead ones included.
+    fn held(&self) -> usize {
+        self.middle.len() + self.back.len()
+    }
+
+    fn first_key(&self) -> Option<K> {
         self.middle.first_key_value().map(|(&k, _)| k).or_else(|| self.back.front().map(|e| e.0))
     }
 
-    /// Adds `pe` under `key` (not in the set).
-    pub(crate) fn insert(&mut self, key: K, pe: PeKey) {
-        let into_head = match self.head.last() {
-            Some(&(last, _)) => key < last || self.rest_is_empty(),
-            None => self.rest_is_empty(),
-        };
-        if !into_head {
-            self.insert_rest(key, pe);
-            return;
-        }
-        let at = self.head.partition_point(|e| e.0 < key);
-        super::selection::push_tight(&mut self.head, (key, pe));
-        self.head[at..].rotate_right(1);
-        if self.head.len() > HEAD_MAX {
-            if let Some((k, p)) = self.head.pop() {
-                // Below everything beyond the head.
-                if self.middle.is_empty() {
-                    self.back.push_front((k, p));
-                } else {
-                    self.middle.insert(k, p);
-                }
-            }
+    fn pop_first(&mut self) -> Option<(K, PeKey)> {
+        self.middle.pop_first().or_else(|| self.back.pop_front())
+    }
+
+    /// Adds `pe` under `key`, which is below every key here.
+    fn push_first(&mut self, key: K, pe: PeKey) {
+        if self.middle.is_empty() {
+            self.back.push_front((key, pe));
+        } else {
+            self.middle.insert(key, pe);
         }
     }
 
-    /// Adds `pe` under `key`, which is above every key of the head.
-    fn insert_rest(&mut self, key: K, pe: PeKey) {
+    /// Adds `pe` under `key` (not here).
+    fn insert(&mut self, key: K, pe: PeKey) {
         match (self.back.front(), self.back.back()) {
             (_, Some(&(last, _))) if key > last => self.back.push_back((key, pe)),
-            (Some(&(first, _)), _) if key < first => {
-                if self.middle.is_empty() {
-                    self.back.push_front((key, pe));
-                } else {
-                    self.middle.insert(key, pe);
-                }
-            }
+            (Some(&(first, _)), _) if key < first => self.push_first(key, pe),
             (Some(_), _) => {
                 self.spill_back();
                 self.middle.insert(key, pe);
@@ -149,16 +134,7 @@ impl<K: Copy + Ord> OrdIndex<K> {
     }
 
     /// Removes the entry of `key`; whether there was one.
-    pub(crate) fn remove(&mut self, key: K) -> bool {
-        if self.head.last().is_some_and(|&(last, _)| key <= last) {
-            return match self.head.binary_search_by(|e| e.0.cmp(&key)) {
-                Ok(at) => {
-                    self.head.remove(at);
-                    true
-                }
-                Err(_) => false,
-            };
-        }
+    fn remove(&mut self, key: K) -> bool {
         if self.back.front().is_some_and(|&(first, _)| key >= first) {
             let Ok(at) = self.back.binary_search_by(|e| e.0.cmp(&key)) else { return false };
             if at.min(self.back.len() - 1 - at) > BACK_SHIFT_MAX {
@@ -171,20 +147,11 @@ impl<K: Copy + Ord> OrdIndex<K> {
         self.middle.remove(&key).is_some()
     }
 
-    /// Takes the live entry of `key` out of the set: at once if it is in the head, else by
-    /// counting it dead (see the module's doc).
-    pub(crate) fn forget(&mut self, key: K) {
-        if self.head.last().is_some_and(|&(last, _)| key <= last) {
-            let found = self.head.binary_search_by(|e| e.0.cmp(&key));
-            debug_assert!(found.is_ok(), "forgetting a key not in the head's range");
-            if let Ok(at) = found {
-                self.head.remove(at);
-            }
-            return;
-        }
+    /// Counts the entry of `key` dead, and drops the dead in bulk once they are half of it.
+    fn forget(&mut self, key: K) {
         self.dead += 1;
         self.graves.push(key);
-        if self.graves.len() >= PURGE_MIN && self.graves.len() * 2 > self.middle.len() + self.back.len() {
+        if self.graves.len() >= PURGE_MIN && self.graves.len() * 2 > self.held() {
             self.purge();
         }
     }
@@ -213,18 +180,112 @@ impl<K: Copy + Ord> OrdIndex<K> {
         self.graves = graves;
     }
 
+    /// Checks that the middle and the back are sorted, the middle below the back.
+    fn validate(&self) -> Result<(), String> {
+        if !self.back.iter().zip(self.back.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
+            return Err("ordered index back not sorted".into());
+        }
+        let below = self.middle.last_key_value().map(|(&k, _)| k);
+        if matches!((below, self.back.front()), (Some(b), Some(a)) if b >= a.0) {
+            return Err("ordered index middle and back overlap".into());
+        }
+        Ok(())
+    }
+}
+
+impl<K: Copy + Ord> OrdIndex<K> {
+    /// Number of live entries.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.rest.as_ref().map_or(0, |r| r.held() - r.dead)
+    }
+
+    /// Number of entries in the head (the first ones [`iter`](Self::iter) gives; all live).
+    pub(crate) fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
+    /// Number of dead entries (forgotten, not yet dropped).
+    pub(crate) fn dead(&self) -> usize {
+        self.rest.as_ref().map_or(0, |r| r.dead)
+    }
+
+    /// Whether nothing lies beyond the head.
+    fn rest_is_empty(&self) -> bool {
+        self.rest.as_ref().is_none_or(|r| r.is_empty())
+    }
+
+    /// What lies beyond the head, made on first use.
+    fn rest_mut(&mut self) -> &mut Rest<K> {
+        self.rest.get_or_insert_with(Box::default)
+    }
+
+    /// Whether `key` is at or below the head's last key (so in the head, if anywhere).
+    fn in_head(&self, key: K) -> bool {
+        self.head.last().is_some_and(|&(last, _)| key <= last)
+    }
+
+    /// Adds `pe` under `key` (not in the set).
+    pub(crate) fn insert(&mut self, key: K, pe: PeKey) {
+        let into_head = match self.head.last() {
+            Some(&(last, _)) => key < last || self.rest_is_empty(),
+            None => self.rest_is_empty(),
+        };
+        if !into_head {
+            self.rest_mut().insert(key, pe);
+            return;
+        }
+        let at = self.head.partition_point(|e| e.0 < key);
+        super::selection::push_tight(&mut self.head, (key, pe));
+        self.head[at..].rotate_right(1);
+        if self.head.len() > HEAD_MAX {
+            if let Some((k, p)) = self.head.pop() {
+                self.rest_mut().push_first(k, p);
+            }
+        }
+    }
+
+    /// Removes the entry of `key`; whether there was one.
+    pub(crate) fn remove(&mut self, key: K) -> bool {
+        if self.in_head(key) {
+            return match self.head.binary_search_by(|e| e.0.cmp(&key)) {
+                Ok(at) => {
+                    self.head.remove(at);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        self.rest.as_mut().is_some_and(|r| r.remove(key))
+    }
+
+    /// Takes the live entry of `key` out of the set: at once if it is in the head, else by
+    /// counting it dead (see the module's doc).
+    pub(crate) fn forget(&mut self, key: K) {
+        if self.in_head(key) {
+            let found = self.head.binary_search_by(|e| e.0.cmp(&key));
+            debug_assert!(found.is_ok(), "forgetting a key not in the head's range");
+            if let Ok(at) = found {
+                self.head.remove(at);
+            }
+            return;
+        }
+        self.rest_mut().forget(key);
+    }
+
     /// The first `min(n, len)` live entries, in order (moving entries from the middle or back
     /// into the head if it holds fewer, and dropping the dead ones met on the way).
     pub(crate) fn first(&mut self, n: usize, live: impl Fn(K, PeKey) -> bool) -> &[(K, PeKey)] {
-        if self.head.len() < n && !self.rest_is_empty() {
-            let want = n.max(REFILL).min(HEAD_MAX.max(n));
-            while self.head.len() < want {
-                let Some((k, p)) = self.middle.pop_first().or_else(|| self.back.pop_front()) else { break };
-                // Without dead entries, no slot need be read.
-                if self.dead == 0 || live(k, p) {
-                    self.head.push((k, p));
-                } else {
-                    self.dead -= 1;
+        if self.head.len() < n {
+            if let Some(rest) = self.rest.as_deref_mut() {
+                let want = n.max(REFILL).min(HEAD_MAX.max(n));
+                while self.head.len() < want {
+                    let Some((k, p)) = rest.pop_first() else { break };
+                    // Without dead entries, no slot need be read.
+                    if rest.dead == 0 || live(k, p) {
+                        self.head.push((k, p));
+                    } else {
+                        rest.dead -= 1;
+                    }
                 }
             }
         }
@@ -236,7 +297,7 @@ impl<K: Copy + Ord> OrdIndex<K> {
     pub(crate) fn move_first(&mut self, key: K) {
         let stays = match self.head.get(1) {
             Some(&(next, _)) => key < next,
-            None => self.rest_first().is_none_or(|next| key < next),
+            None => self.rest.as_ref().and_then(|r| r.first_key()).is_none_or(|next| key < next),
         };
         if stays {
             self.head[0].0 = key;
@@ -249,28 +310,30 @@ impl<K: Copy + Ord> OrdIndex<K> {
                 self.head[at - 1] = (key, pe);
             } else {
                 self.head.remove(0);
-                self.insert_rest(key, pe);
+                self.rest_mut().insert(key, pe);
             }
         }
     }
 
     /// Every entry, dead ones included, in order.
     pub(crate) fn iter(&self) -> OrdIter<'_, K> {
-        OrdIter { head: self.head.iter(), middle: self.middle.iter(), back: self.back.iter() }
+        let rest = self.rest.as_deref();
+        OrdIter { head: self.head.iter(), middle: rest.map(|r| r.middle.iter()), back: rest.map(|r| r.back.iter()) }
     }
 
     /// Drops the dead entries, then replaces every key by `f(position, pe)` (which must keep
     /// the order), e.g. to renumber rotation sequence numbers before they wrap. Everything
     /// beyond the head ends in the back.
     pub(crate) fn rekey(&mut self, mut f: impl FnMut(usize, PeKey) -> K) {
-        self.purge();
-        let middle = core::mem::take(&mut self.middle);
-        let back = core::mem::take(&mut self.back);
         let n = self.head.len();
         for (i, e) in self.head.iter_mut().enumerate() {
             e.0 = f(i, e.1);
         }
-        self.back = middle
+        let Some(rest) = self.rest.as_deref_mut() else { return };
+        rest.purge();
+        let middle = core::mem::take(&mut rest.middle);
+        let back = core::mem::take(&mut rest.back);
+        rest.back = middle
             .into_values()
             .chain(back.into_iter().map(|e| e.1))
             .enumerate()
@@ -283,18 +346,10 @@ impl<K: Copy + Ord> OrdIndex<K> {
         if !self.head.windows(2).all(|w| w[0].0 < w[1].0) {
             return Err("ordered index head not sorted".into());
         }
-        if !self.back.iter().zip(self.back.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
-            return Err("ordered index back not sorted".into());
-        }
-        let ends = [
-            self.head.last().map(|e| e.0),
-            self.middle.first_key_value().map(|(&k, _)| k),
-            self.middle.last_key_value().map(|(&k, _)| k),
-            self.back.front().map(|e| e.0),
-        ];
-        let boundaries = [(ends[0], ends[1]), (ends[2], ends[3]), (ends[0], ends[3])];
-        if boundaries.iter().any(|&(below, above)| matches!((below, above), (Some(b), Some(a)) if b >= a)) {
-            return Err("ordered index parts overlap".into());
+        let Some(rest) = self.rest.as_deref() else { return Ok(()) };
+        rest.validate()?;
+        if matches!((self.head.last(), rest.first_key()), (Some(b), Some(a)) if b.0 >= a) {
+            return Err("ordered index head and rest overlap".into());
         }
         Ok(())
     }
@@ -303,8 +358,8 @@ impl<K: Copy + Ord> OrdIndex<K> {
 /// Entries of an [`OrdIndex`], in order.
 pub(crate) struct OrdIter<'a, K> {
     head: core::slice::Iter<'a, (K, PeKey)>,
-    middle: btree_map::Iter<'a, K, PeKey>,
-    back: vec_deque::Iter<'a, (K, PeKey)>,
+    middle: Option<btree_map::Iter<'a, K, PeKey>>,
+    back: Option<vec_deque::Iter<'a, (K, PeKey)>>,
 }
 
 impl<K: Copy> Iterator for OrdIter<'_, K> {
@@ -313,8 +368,8 @@ impl<K: Copy> Iterator for OrdIter<'_, K> {
         self.head
             .next()
             .copied()
-            .or_else(|| self.middle.next().map(|(&k, &p)| (k, p)))
-            .or_else(|| self.back.next().copied())
+            .or_else(|| self.middle.as_mut()?.next().map(|(&k, &p)| (k, p)))
+            .or_else(|| self.back.as_mut()?.next().copied())
     }
 }
 
@@ -325,6 +380,11 @@ mod tests {
 
     fn pe(i: u32) -> PeKey {
         PeKey { index: i, generation: 1 }
+    }
+
+    /// Entries in the middle and in the back.
+    fn parts<K: Copy + Ord>(idx: &OrdIndex<K>) -> (usize, usize) {
+        idx.rest.as_ref().map_or((0, 0), |r| (r.middle.len(), r.back.len()))
     }
 
     proptest! {
@@ -394,8 +454,8 @@ mod tests {
             idx.insert(k, pe(i));
             live.insert(k);
         }
-        idx.spill_back();
-        assert!(idx.back.is_empty() && idx.middle.len() == 10_000 - HEAD_MAX);
+        idx.rest_mut().spill_back();
+        assert_eq!(parts(&idx), (10_000 - HEAD_MAX, 0));
         let mut rng = fastrand::Rng::with_seed(7);
         let mut order: Vec<u64> = live.iter().copied().collect();
         order.sort_unstable();
@@ -404,7 +464,7 @@ mod tests {
             live.remove(k);
             idx.forget(*k);
             assert_eq!(idx.len(), live.len());
-            assert!(idx.middle.len() + idx.back.len() + idx.head.len() <= 2 * live.len() + PURGE_MIN);
+            assert!(idx.iter().count() <= 2 * live.len() + PURGE_MIN);
         }
         assert!(idx.dead() > 0, "nothing left dead: every removal searched");
         let rest: Vec<u64> = idx.iter().map(|e| e.0).filter(|k| live.contains(k)).collect();
@@ -444,7 +504,7 @@ mod tests {
             );
             idx.move_first(next);
         }
-        assert!(idx.middle.is_empty(), "rotation went through the B-tree");
+        assert_eq!(parts(&idx).0, 0, "rotation went through the B-tree");
         assert_eq!(idx.len(), 1000);
         idx.validate().unwrap();
     }
@@ -455,11 +515,11 @@ mod tests {
         for i in 0..300u32 {
             idx.insert(u64::from(i) * 10, pe(i));
         }
-        assert!(idx.middle.is_empty() && idx.back.len() == 300 - HEAD_MAX);
+        assert_eq!(parts(&idx), (0, 300 - HEAD_MAX));
         assert!(idx.remove(2990), "near the end: shifted");
-        assert!(idx.middle.is_empty());
+        assert_eq!(parts(&idx).0, 0);
         assert!(idx.remove(1500), "deep inside: through the tree");
-        assert!(idx.back.is_empty() && !idx.middle.is_empty());
+        assert!(parts(&idx).0 > 0 && parts(&idx).1 == 0);
         idx.insert(3000, pe(300));
         idx.insert(1505, pe(301));
         idx.validate().unwrap();
