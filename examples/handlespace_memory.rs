@@ -93,8 +93,14 @@ fn main() {
         [("1 pool x 1,000,000 PEs", 1, 1_000_000), ("100,000 pools x 10 PEs", 100_000, 10)];
     let policies = [
         ("Round Robin", Policy::RoundRobin),
+        ("Random", Policy::Random),
+        ("Weighted Round Robin", Policy::WeightedRoundRobin { weight: 5 }),
         ("Weighted Random", Policy::WeightedRandom { weight: 5 }),
+        ("Randomized Least Used", Policy::RandomizedLeastUsed { load: 7 }),
+        ("Priority", Policy::Priority { priority: 7 }),
         ("Least Used", Policy::LeastUsed { load: 7 }),
+        ("Least Used with Degradation", Policy::LeastUsedDegradation { load: 7, degradation: 1 }),
+        ("Priority Least Used", Policy::PriorityLeastUsed { load: 7, degradation: 1 }),
     ];
     for (layout, pools, per_pool) in cases {
         for (name, policy) in policies {

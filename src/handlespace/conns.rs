@@ -77,10 +77,12 @@ impl Conns {
     /// the result, or drops it if `f` leaves it with no PE. `pes` must show the old head's
     /// connection as `c` when `f` is called, and the new head's afterwards.
     pub(crate) fn update(&mut self, pes: &mut Arena, c: ConnId, f: impl FnOnce(&mut Arena, &mut ConnEntry)) {
-        let hash = self.hasher.hash_one(c.to_u64());
+        // Hashed only when the hash table is used (the direct table serves almost every one).
+        let hash = |hasher: &ahash::RandomState| hasher.hash_one(c.to_u64());
         if let Some((shard, slot)) = direct_at(c) {
             let e = self.direct.get(shard).and_then(|t| t.get(slot)).copied().unwrap_or(ConnEntry::FREE);
-            let in_hashed = || !self.hashed.is_empty() && self.hashed.find(hash, |e| owns(pes, e, c)).is_some();
+            let in_hashed =
+                || !self.hashed.is_empty() && self.hashed.find(hash(&self.hasher), |e| owns(pes, e, c)).is_some();
             if owns(pes, &e, c) || (e.head == NIL && !in_hashed()) {
                 let mut e = e;
                 f(pes, &mut e);
@@ -102,6 +104,7 @@ impl Conns {
                 return;
             }
         }
+        let hash = hash(&self.hasher);
         let mut e = match self.hashed.find_entry(hash, |e| owns(pes, e, c)) {
             Ok(entry) => entry.remove().0,
             Err(_) => ConnEntry::FREE,

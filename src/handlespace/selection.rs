@@ -20,7 +20,8 @@
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn
 //!   while another PE has a positive weight; if all weights are 0 the pool behaves as Random.
 //! - The **ordered** policies keep an ordered index ([`super::ordindex`]) keyed by (primary,
-//!   sequence) packed in a `u64` (primary in the high half) or, for WRR, a `u128`: the primary is
+//!   sequence) packed in a `u64` (primary in the high half) or, for WRR, a `(u64, u32)` pair (an
+//!   entry with its PE key takes 24 bytes; a `u128`, aligned to 16, made it 32): the primary is
 //!   `u32::MAX - priority` (Priority), the load (Least Used), `load + accumulated degradation`
 //!   (LUD), `load + load degradation` (PLU), all saturating at 0xFFFFFFFF, or the stride-scheduling
 //!   *pass* (WRR, 64 bits). A response is the first N entries. Each selected PE gets a fresh
@@ -54,9 +55,12 @@ const fn ord_key(primary: u64, seq: u32) -> u64 {
 }
 
 /// Key of a PE in a WRR index: pass (64 bits) then sequence.
-const fn wrr_key(pass: u64, seq: u32) -> u128 {
-    (pass as u128) << 32 | seq as u128
+const fn wrr_key(pass: u64, seq: u32) -> WrrKey {
+    (pass, seq)
 }
+
+/// Key of a PE in a WRR index (ordered as the pair).
+type WrrKey = (u64, u32);
 
 /// Appends to a vector that grows by one element at a time while small (pools of a few PEs
 /// hold no spare room: at 100,000 pools of 10 that is 5-10 bytes per PE), by doubling beyond.
@@ -93,7 +97,7 @@ pub(crate) enum Selector {
     Dense { kind: DenseKind, members: Vec<PeKey>, cursor: usize },
     Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: SumTree },
     Ordered { kind: OrderedKind, index: OrdIndex<u64>, next_seq: u32 },
-    WeightedRoundRobin { index: OrdIndex<u128>, next_seq: u32, virtual_time: u64 },
+    WeightedRoundRobin { index: OrdIndex<WrrKey>, next_seq: u32, virtual_time: u64 },
 }
 
 /// What a selection may use besides the pool's own index.
@@ -561,7 +565,7 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
 pub(crate) enum SelectorIter<'a> {
     Slice(core::slice::Iter<'a, PeKey>),
     Ordered { entries: OrdIter<'a, u64>, pes: &'a Arena, pool: u32 },
-    Wrr { entries: OrdIter<'a, u128>, pes: &'a Arena, pool: u32 },
+    Wrr { entries: OrdIter<'a, WrrKey>, pes: &'a Arena, pool: u32 },
 }
 
 impl Iterator for SelectorIter<'_> {
