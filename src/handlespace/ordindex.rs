@@ -13,9 +13,10 @@
 //! in O(1) and without touching a tree node. Rotation gives such keys whenever the selected PE's
 //! equals all stay ahead of it (Weighted Round Robin with equal weights, rotation among equal
 //! priorities or loads), and so does a fill in key order. A key that lands inside the back's
-//! range, or a removal deep inside it, first moves the back into the B-tree (each entry at most
-//! once per visit to the back, so the amortized cost stays the B-tree's O(log n)). Pools of up
-//! to [`HEAD_MAX`] PEs touch neither.
+//! range, or a removal of a live entry (a re-registration's move) deep inside it, first moves
+//! the back into the B-tree (each entry at most once per visit to the back, so the amortized
+//! cost stays the B-tree's O(log n)). Pools of up to [`HEAD_MAX`] PEs touch neither, and hold
+//! neither: everything beyond the head lives in one box, made on first use.
 //!
 //! A PE that leaves the pool is taken out of the head at once, but beyond the head it is only
 //! *forgotten*: its entry stays, dead, and its key is noted. A refill of the head drops the

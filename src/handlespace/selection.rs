@@ -20,8 +20,8 @@
 //!   weight is `0xFFFFFFFF - load`, at least 1. A Weighted Random PE of weight 0 is never drawn
 //!   while another PE has a positive weight; if all weights are 0 the pool behaves as Random.
 //! - The **ordered** policies keep an ordered index ([`super::ordindex`]) keyed by (primary,
-//!   sequence) packed in a `u64` (primary in the high half) or, for WRR, a `(u64, u32)` pair (an
-//!   entry with its PE key takes 24 bytes; a `u128`, aligned to 16, made it 32): the primary is
+//!   sequence) packed in a `u64` (primary in the high half) or, for WRR, three `u32`s (an entry
+//!   with its PE key takes 20 bytes; a `u128`, aligned to 16, made it 32): the primary is
 //!   `u32::MAX - priority` (Priority), the load (Least Used), `load + accumulated degradation`
 //!   (LUD), `load + load degradation` (PLU), all saturating at 0xFFFFFFFF, or the stride-scheduling
 //!   *pass* (WRR, 64 bits). A response is the first N entries. Each selected PE gets a fresh
@@ -56,11 +56,13 @@ const fn ord_key(primary: u64, seq: u32) -> u64 {
 
 /// Key of a PE in a WRR index: pass (64 bits) then sequence.
 const fn wrr_key(pass: u64, seq: u32) -> WrrKey {
-    (pass, seq)
+    [(pass >> 32) as u32, pass as u32, seq]
 }
 
-/// Key of a PE in a WRR index (ordered as the pair).
-type WrrKey = (u64, u32);
+/// Key of a PE in a WRR index: the pass's high and low halves, then the sequence number,
+/// compared in that order. Three `u32`s rather than a `u128` (aligned to 16) or a `(u64, u32)`
+/// (16 bytes with padding), so an entry with its PE key takes 20 bytes.
+type WrrKey = [u32; 3];
 
 /// Appends to a vector that grows by one element at a time while small (pools of a few PEs
 /// hold no spare room: at 100,000 pools of 10 that is 5-10 bytes per PE), by doubling beyond.
@@ -510,11 +512,13 @@ impl Selector {
         let live = live_in(pes, pool, key_of);
         let mut dead = 0;
         for (i, (key, k)) in index.iter().enumerate() {
-            match pes.get(k.index, k.generation) {
-                Some(s) if live(key, k) && s.sel_pos >= next_seq => return Err(format!("{k:?} has a future key")),
-                Some(_) if live(key, k) => {}
-                _ if i < index.head_len() => return Err(format!("{k:?} is dead in the head")),
-                _ => dead += 1,
+            if !live(key, k) {
+                if i < index.head_len() {
+                    return Err(format!("{k:?} is dead in the head"));
+                }
+                dead += 1;
+            } else if pes[k.index].sel_pos >= next_seq {
+                return Err(format!("{k:?} has a future key"));
             }
         }
         if dead != index.dead() {

@@ -20,11 +20,23 @@ const LINEAR: usize = 32;
 /// the leaves are at most [`LINEAR`].
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SumTree {
-    levels: Vec<Vec<u64>>,
+    /// Boxed, and none without levels: every pool's selector is as large as its largest
+    /// variant, and most pools have no levels (8 bytes here instead of a vector's 24; the box
+    /// is made only for pools of more than 32 PEs).
+    #[allow(clippy::box_collection)]
+    levels: Option<Box<Vec<Vec<u64>>>>,
     total: u64,
 }
 
 impl SumTree {
+    fn levels(&self) -> &[Vec<u64>] {
+        self.levels.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn levels_mut(&mut self) -> &mut [Vec<u64>] {
+        self.levels.as_deref_mut().map_or(&mut [], Vec::as_mut_slice)
+    }
+
     /// Sum of all weights.
     pub(crate) fn total(&self) -> u64 {
         self.total
@@ -34,7 +46,7 @@ impl SumTree {
     pub(crate) fn push(&mut self, leaves: &[u32]) {
         let pos = leaves.len() - 1;
         let w = u64::from(leaves[pos]);
-        for (k, level) in self.levels.iter_mut().enumerate() {
+        for (k, level) in self.levels_mut().iter_mut().enumerate() {
             let i = pos >> (FAN_BITS * (k as u32 + 1));
             if i == level.len() {
                 level.push(w);
@@ -45,7 +57,7 @@ impl SumTree {
         self.total = self.total.wrapping_add(w);
         // Grow a level on top when the top has more than FAN entries.
         loop {
-            let top: Vec<u64> = match self.levels.last() {
+            let top: Vec<u64> = match self.levels().last() {
                 Some(top) if top.len() > FAN => {
                     top.chunks(FAN).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).collect()
                 }
@@ -55,14 +67,14 @@ impl SumTree {
                 }
                 None => break,
             };
-            self.levels.push(top);
+            self.levels.get_or_insert_with(Box::default).push(top);
         }
     }
 
     /// Accounts for the leaf of weight `w` just popped from the end of `leaves`.
     pub(crate) fn pop(&mut self, leaves: &[u32], w: u32) {
         let pos = leaves.len();
-        for (k, level) in self.levels.iter_mut().enumerate() {
+        for (k, level) in self.levels_mut().iter_mut().enumerate() {
             let shift = FAN_BITS * (k as u32 + 1);
             if pos & ((1 << shift) - 1) == 0 {
                 level.pop();
@@ -74,22 +86,27 @@ impl SumTree {
         self.total = self.total.wrapping_sub(u64::from(w));
         // Drop the top level when the level below it fits in FAN entries (the leaves: LINEAR).
         loop {
-            let (below, fits) = match self.levels.len() {
+            let (below, fits) = match self.levels().len() {
                 0 => break,
                 1 => (leaves.len(), LINEAR),
-                l => (self.levels[l - 2].len(), FAN),
+                l => (self.levels()[l - 2].len(), FAN),
             };
             if below > fits {
                 break;
             }
-            self.levels.pop();
+            if let Some(levels) = self.levels.as_mut() {
+                levels.pop();
+                if levels.is_empty() {
+                    self.levels = None;
+                }
+            }
         }
     }
 
     /// Adds `delta` (two's complement for a decrease) to the sums above leaf `pos`; the caller
     /// changes the leaf itself.
     pub(crate) fn add(&mut self, pos: usize, delta: u64) {
-        for (k, level) in self.levels.iter_mut().enumerate() {
+        for (k, level) in self.levels_mut().iter_mut().enumerate() {
             let i = pos >> (FAN_BITS * (k as u32 + 1));
             level[i] = level[i].wrapping_add(delta);
         }
@@ -99,7 +116,7 @@ impl SumTree {
     /// The leaf `p` with `sum(leaves[..p]) <= r < sum(leaves[..=p])`, for `r < total()`.
     pub(crate) fn find(&self, leaves: &[u32], mut r: u64) -> usize {
         let mut node = 0;
-        for level in self.levels.iter().rev() {
+        for level in self.levels().iter().rev() {
             let start = node * FAN;
             let end = (start + FAN).min(level.len());
             node = start;
@@ -109,7 +126,7 @@ impl SumTree {
             }
         }
         let start = node * FAN;
-        let end = if self.levels.is_empty() { leaves.len() } else { (start + FAN).min(leaves.len()) };
+        let end = if self.levels().is_empty() { leaves.len() } else { (start + FAN).min(leaves.len()) };
         node = start;
         while node + 1 < end && r >= u64::from(leaves[node]) {
             r -= u64::from(leaves[node]);
@@ -167,14 +184,14 @@ mod tests {
             t.push(&w);
             let expect = (1..).take_while(|&k| (n as usize - 1) >> (FAN_BITS * k) > 0).count();
             let expect = if n as usize <= LINEAR { 0 } else { expect };
-            assert_eq!(t.levels.len(), expect, "n {n}");
+            assert_eq!(t.levels().len(), expect, "n {n}");
         }
         while let Some(x) = w.pop() {
             t.pop(&w, x);
             let n = w.len();
             let expect = (1..).take_while(|&k| n.saturating_sub(1) >> (FAN_BITS * k) > 0).count();
             let expect = if n <= LINEAR { 0 } else { expect };
-            assert_eq!(t.levels.len(), expect, "n {n}");
+            assert_eq!(t.levels().len(), expect, "n {n}");
         }
         assert_eq!(t.total(), 0);
     }
