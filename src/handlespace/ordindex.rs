@@ -177,8 +177,14 @@ impl<K: Copy + Ord> Rest<K> {
             self.back.retain(|e| alive(e.0));
             self.dead = 0;
         }
+        // A pool that shrank keeps no room for its former size (the purge is O(held) already).
         graves.clear();
-        self.graves = graves;
+        if graves.capacity() <= self.held().max(PURGE_MIN) {
+            self.graves = graves;
+        }
+        if self.back.capacity() > 2 * self.back.len().max(PURGE_MIN) {
+            self.back.shrink_to(self.back.len());
+        }
     }
 
     /// Checks that the middle and the back are sorted, the middle below the back.
@@ -468,6 +474,8 @@ mod tests {
             assert!(idx.iter().count() <= 2 * live.len() + PURGE_MIN);
         }
         assert!(idx.dead() > 0, "nothing left dead: every removal searched");
+        let rest = idx.rest.as_ref().unwrap();
+        assert!(rest.graves.capacity() <= 2 * live.len() + PURGE_MIN, "noted keys keep the pool's former size");
         let rest: Vec<u64> = idx.iter().map(|e| e.0).filter(|k| live.contains(k)).collect();
         let mut want: Vec<u64> = live.iter().copied().collect();
         want.sort_unstable();
@@ -475,6 +483,24 @@ mod tests {
         let first: Vec<u64> = idx.first(5, |k, _| live.contains(&k)).iter().map(|e| e.0).collect();
         assert_eq!(first, want[..5]);
         idx.validate().unwrap();
+    }
+
+    #[test]
+    fn a_drained_back_gives_its_room_back() {
+        // Rotation order (keys in the back): a pool of 5,000 drained to 100 through forgetting.
+        let mut idx: OrdIndex<u64> = OrdIndex::default();
+        for i in 0..5_000u32 {
+            idx.insert(u64::from(i), pe(i));
+        }
+        assert_eq!(parts(&idx), (0, 5_000 - HEAD_MAX));
+        for k in (HEAD_MAX as u64..4_900).rev() {
+            idx.forget(k);
+        }
+        let live = |k: u64| !(HEAD_MAX as u64..4_900).contains(&k);
+        let first: Vec<u64> = idx.first(HEAD_MAX + 5, |k, _| live(k)).iter().map(|e| e.0).collect();
+        assert_eq!(first[HEAD_MAX..], [4_900, 4_901, 4_902, 4_903, 4_904]);
+        let rest = idx.rest.as_ref().unwrap();
+        assert!(rest.back.capacity() <= 2 * PURGE_MIN.max(rest.back.len()), "back keeps {}", rest.back.capacity());
     }
 
     #[test]
