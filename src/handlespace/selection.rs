@@ -269,17 +269,13 @@ impl Selector {
                 }
             }
             Self::Weighted { members, weights, tree, .. } => {
-                let last = members.len() - 1;
-                let w_last = weights[last];
-                if pos != last {
-                    tree.add(pos, u64::from(w_last).wrapping_sub(u64::from(weights[pos])));
-                    weights[pos] = w_last;
-                    members[pos] = members[last];
-                    pes[members[pos].index].sel_pos = pos as u32;
+                let (w_pos, w_last) = (weights[pos], weights[weights.len() - 1]);
+                members.swap_remove(pos);
+                weights.swap_remove(pos);
+                if let Some(moved) = members.get(pos) {
+                    pes[moved.index].sel_pos = pos as u32;
                 }
-                members.pop();
-                weights.pop();
-                tree.pop(weights, w_last);
+                tree.swap_remove(weights, pos, w_pos, w_last);
             }
             Self::Ordered { index, .. } => index.forget(ord_key(slot.sel_key, slot.sel_pos)),
             Self::WeightedRoundRobin { index, .. } => index.forget(wrr_key(slot.sel_key, slot.sel_pos)),

@@ -1,5 +1,5 @@
 //! An 8-ary sum tree over a vector of `u32` weights: "which position holds the r-th unit of
-//! weight" and point updates in O(log8 n), push and pop at the end in O(log8 n). The weighted
+//! weight" and point updates in O(log8 n), push at the end and swap-removal in O(log8 n). The weighted
 //! random policies draw from it.
 //!
 //! Why not a Fenwick tree: at a million PEs a Fenwick search touches ~20 nodes spread over 8 MB,
@@ -71,19 +71,29 @@ impl SumTree {
         }
     }
 
-    /// Accounts for the leaf of weight `w` just popped from the end of `leaves`.
-    pub(crate) fn pop(&mut self, leaves: &[u32], w: u32) {
-        let pos = leaves.len();
+    /// Accounts for leaf `pos` (of weight `w_pos`) removed by moving the last leaf (of weight
+    /// `w_last`) into its place; `leaves` is the vector after that swap-remove (`pos` equal to
+    /// its length: the last leaf itself was removed). One walk over the levels, where an `add`
+    /// for the moved leaf and a `pop` for the end walked them twice.
+    pub(crate) fn swap_remove(&mut self, leaves: &[u32], pos: usize, w_pos: u32, w_last: u32) {
+        let last = leaves.len();
+        let moved = u64::from(w_last).wrapping_sub(u64::from(w_pos));
         for (k, level) in self.levels_mut().iter_mut().enumerate() {
             let shift = FAN_BITS * (k as u32 + 1);
-            if pos & ((1 << shift) - 1) == 0 {
+            if pos != last {
+                let i = pos >> shift;
+                level[i] = level[i].wrapping_add(moved);
+            }
+            // The old last leaf's node: gone if that leaf was its only one (then `pos`, below
+            // it, is in an earlier node).
+            if last & ((1 << shift) - 1) == 0 {
                 level.pop();
             } else {
-                let i = pos >> shift;
-                level[i] = level[i].wrapping_sub(u64::from(w));
+                let j = last >> shift;
+                level[j] = level[j].wrapping_sub(u64::from(w_last));
             }
         }
-        self.total = self.total.wrapping_sub(u64::from(w));
+        self.total = self.total.wrapping_sub(u64::from(w_pos));
         // Drop the top level when the level below it fits in FAN entries (the leaves: LINEAR).
         loop {
             let (below, fits) = match self.levels().len() {
@@ -153,9 +163,15 @@ mod tests {
                     w.push(rng.u32(0..1000));
                     t.push(&w);
                 }
-                0..=3 if !w.is_empty() => {
+                0..=1 if !w.is_empty() => {
                     let x = w.pop().unwrap();
-                    t.pop(&w, x);
+                    t.swap_remove(&w, w.len(), x, x);
+                }
+                2..=3 if !w.is_empty() => {
+                    let p = rng.usize(0..w.len());
+                    let (x, last) = (w[p], *w.last().unwrap());
+                    w.swap_remove(p);
+                    t.swap_remove(&w, p, x, last);
                 }
                 _ if !w.is_empty() => {
                     let p = rng.usize(0..w.len());
@@ -187,7 +203,7 @@ mod tests {
             assert_eq!(t.levels().len(), expect, "n {n}");
         }
         while let Some(x) = w.pop() {
-            t.pop(&w, x);
+            t.swap_remove(&w, w.len(), x, x);
             let n = w.len();
             let expect = (1..).take_while(|&k| n.saturating_sub(1) >> (FAN_BITS * k) > 0).count();
             let expect = if n <= LINEAR { 0 } else { expect };
