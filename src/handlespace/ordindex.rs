@@ -487,7 +487,8 @@ mod tests {
 
     #[test]
     fn a_drained_back_gives_its_room_back() {
-        // Rotation order (keys in the back): a pool of 5,000 drained to 100 through forgetting.
+        // Rotation order (keys in the back): a pool of 5,000 of which all but the head and the
+        // last 100 are forgotten.
         let mut idx: OrdIndex<u64> = OrdIndex::default();
         for i in 0..5_000u32 {
             idx.insert(u64::from(i), pe(i));
