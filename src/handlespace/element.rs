@@ -155,8 +155,7 @@ impl PoolElement {
     /// policy: what a selection under Least Used with Degradation reads.
     pub(crate) fn policy_values(&self) -> [u32; 2] {
         let p = policy_param(self.wire.body()).unwrap_or(&[]);
-        let word = |i: usize| p.get(i..i + 4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-        [word(8), word(12)]
+        [get_u32(p, 8).unwrap_or(0), get_u32(p, 12).unwrap_or(0)]
     }
 
     /// The policy parameter exactly as a Pool Element parameter carries it (a Handle
@@ -191,7 +190,7 @@ fn policy_param(body: &[u8]) -> Option<&[u8]> {
 pub(crate) fn decode_policy(body: &[u8]) -> Option<Policy> {
     let p = policy_param(body)?;
     let len = p.len();
-    let word = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(p.get(i..i + 4)?.try_into().ok()?)) };
+    let word = |i: usize| get_u32(p, i);
     let t = PolicyType(word(4)?);
     match len {
         8 => Policy::from_values(t, &[]),
@@ -203,6 +202,10 @@ pub(crate) fn decode_policy(body: &[u8]) -> Option<Policy> {
 
 fn get_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn get_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// Index meaning "none" in the intrusive lists.

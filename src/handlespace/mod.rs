@@ -870,11 +870,9 @@ impl Handlespace {
                 return Err(format!("pool {p} missing from the handle index"));
             }
             pool.selector.validate(&self.pes, p as u32).map_err(|e| format!("pool {p}: {e}"))?;
-            let listed = pool.selector.iter(&self.pes, p as u32).count();
-            if listed != pool.selector.len() {
-                return Err(format!("pool {p} lists {listed} PEs and counts {}", pool.selector.len()));
-            }
+            let mut listed = 0;
             for key in pool.selector.iter(&self.pes, p as u32) {
+                listed += 1;
                 let slot = self.slot(key).ok_or_else(|| format!("stale PE {key:?} in pool {p}"))?;
                 if slot.pool != p as u32 || slot.pe.policy().policy_type() != pool.policy_type {
                     return Err(format!("PE {key:?} disagrees with pool {p}"));
@@ -886,6 +884,9 @@ impl Handlespace {
                     return Err(format!("PE {key:?} timer mismatch"));
                 }
                 total += 1;
+            }
+            if listed != pool.selector.len() {
+                return Err(format!("pool {p} lists {listed} PEs and counts {}", pool.selector.len()));
             }
         }
         if total != self.pes.len() || self.pe_index.len() != total || self.pool_index.len() != self.pools.len() {

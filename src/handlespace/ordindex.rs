@@ -269,11 +269,8 @@ impl<K: Copy + Ord> OrdIndex<K> {
     /// counting it dead (see the module's doc).
     pub(crate) fn forget(&mut self, key: K) {
         if self.in_head(key) {
-            let found = self.head.binary_search_by(|e| e.0.cmp(&key));
-            debug_assert!(found.is_ok(), "forgetting a key not in the head's range");
-            if let Ok(at) = found {
-                self.head.remove(at);
-            }
+            let found = self.remove(key);
+            debug_assert!(found, "forgetting a key not in the head's range");
             return;
         }
         self.rest_mut().forget(key);

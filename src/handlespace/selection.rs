@@ -260,21 +260,15 @@ impl Selector {
         let pos = slot.sel_pos as usize;
         match self {
             Self::Dense { kind, members, cursor } => {
-                members.swap_remove(pos);
-                if let Some(moved) = members.get(pos) {
-                    pes[moved.index].sel_pos = pos as u32;
-                }
+                swap_remove_member(members, pes, pos);
                 if *kind == DenseKind::RoundRobin && *cursor >= members.len() {
                     *cursor = 0;
                 }
             }
             Self::Weighted { members, weights, tree, .. } => {
                 let (w_pos, w_last) = (weights[pos], weights[weights.len() - 1]);
-                members.swap_remove(pos);
+                swap_remove_member(members, pes, pos);
                 weights.swap_remove(pos);
-                if let Some(moved) = members.get(pos) {
-                    pes[moved.index].sel_pos = pos as u32;
-                }
                 tree.swap_remove(weights, pos, w_pos, w_last);
             }
             Self::Ordered { index, .. } => index.forget(ord_key(slot.sel_key, slot.sel_pos)),
@@ -532,6 +526,15 @@ impl Selector {
             index.remove(old);
             index.insert(new, pe);
         }
+    }
+}
+
+/// Removes the member at `pos` of a dense or weighted index by moving the last one into its
+/// place, whose slot learns its new position.
+fn swap_remove_member(members: &mut Vec<PeKey>, pes: &mut Arena, pos: usize) {
+    members.swap_remove(pos);
+    if let Some(moved) = members.get(pos) {
+        pes[moved.index].sel_pos = pos as u32;
     }
 }
 
