@@ -181,7 +181,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::DropConn { conn: c } => {
                 let id = conn(Some(c)).unwrap();
                 let n = hs.connection_pe_count(id);
-                prop_assert_eq!(hs.remove_connection(id, |_, pe| assert_eq!(pe.conn, Some(id))), n);
+                prop_assert_eq!(hs.remove_connection(id, |_, pe| assert_eq!(pe.conn(), Some(id))), n);
             }
             Op::Unreachable { h, id } => {
                 let _ = hs.report_unreachable(HANDLES[h], id);

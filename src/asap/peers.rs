@@ -58,7 +58,7 @@ impl Procedures {
             Some((k, h, _)) => {
                 // A PE of ours that lost: its connection closes, so that it registers again at
                 // once and learns (cause 0x4) that it needs a new id (WIRE.md 7.5).
-                if let Some(conn) = self.hs.pe(k).and_then(|e| e.conn).filter(|_| h == me) {
+                if let Some(conn) = self.hs.pe(k).and_then(|e| e.conn()).filter(|_| h == me) {
                     self.to_close.push(conn);
                 }
                 self.drop_pe(k, Reason::Collision, now, sink);

@@ -316,7 +316,7 @@ impl Procedures {
             Body::HandleResolution { pool_handle, items } => self.resolve(pool_handle, items, answer),
             Body::EndpointKeepAliveAck { pool_handle, pe_id } => {
                 if let Some(key) = self.hs.lookup(pool_handle, pe_id) {
-                    if self.hs.pe(key).is_some_and(|pe| pe.conn == Some(req.conn)) {
+                    if self.hs.pe(key).is_some_and(|pe| pe.conn() == Some(req.conn)) {
                         self.keep_alive.acked(key, now);
                     }
                 }
@@ -398,7 +398,7 @@ impl Procedures {
         }
         let pool = self.hs.pool_by_handle(handle);
         let existing = pool.and_then(|_| self.hs.lookup(handle, pe_id));
-        let adds_to_conn = existing.is_none_or(|k| self.hs.pe(k).is_some_and(|p| p.conn != Some(req.conn)));
+        let adds_to_conn = existing.is_none_or(|k| self.hs.pe(k).is_some_and(|p| p.conn() != Some(req.conn)));
         if adds_to_conn && req.room == 0 {
             return Err(RegisterError::TooManyPesOnConnection);
         }
@@ -734,7 +734,7 @@ impl Procedures {
                         self.keep_alive.disarm(key);
                         continue;
                     };
-                    if let Some(c) = pe.conn {
+                    if let Some(c) = pe.conn() {
                         let (id, pe_id) = (self.id, pe.id);
                         out.send(c, &mut |buf| {
                             let _ = asap::emit_keep_alive(&mut Writer::new(buf), true, id, handle, pe_id);
@@ -781,7 +781,7 @@ impl Procedures {
     /// PE `key` is reached over `conn` from now on: it goes with that connection, and gets a
     /// keep-alive with the H flag over it, so that it adopts this registrar.
     fn attach<M>(&mut self, conn: ConnId, key: PeKey, out: &mut impl Outbox<M>) {
-        if self.hs.pe(key).is_none_or(|pe| pe.conn.is_some()) {
+        if self.hs.pe(key).is_none_or(|pe| pe.conn().is_some()) {
             return;
         }
         self.hs.set_conn(key, Some(conn));

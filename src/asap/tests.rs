@@ -189,7 +189,7 @@ fn peers_pes_are_stored_by_the_rules_of_wire_md_7() {
     assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), Learnt::Refused);
     assert_eq!(home_of(&p, "q", 1), Some(20));
     let stored = p.handlespace().pe(p.handlespace().lookup(b"q", 1).unwrap()).unwrap();
-    assert_eq!(stored.conn, None, "a peer's PE has no connection here");
+    assert_eq!(stored.conn(), None, "a peer's PE has no connection here");
     assert_eq!(p.supervised_pes(), 0, "and is not supervised here");
     // Claims of a PE as ours, and about our own PE, are ignored (our view is authoritative).
     assert_eq!(learn(&mut p, "q", &peer_pe(4, 9, [192, 0, 2, 4], true), &mut ev), Learnt::Ignored);

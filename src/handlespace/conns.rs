@@ -51,7 +51,7 @@ fn direct_at(c: ConnId) -> Option<(usize, usize)> {
 }
 
 fn owns(pes: &Arena, e: &ConnEntry, c: ConnId) -> bool {
-    e.head != NIL && pes[e.head].pe.conn == Some(c)
+    e.head != NIL && pes[e.head].pe.conn() == Some(c)
 }
 
 impl Conns {
@@ -112,7 +112,7 @@ impl Conns {
         f(pes, &mut e);
         if e.head != NIL {
             let (pes, hasher) = (&*pes, &self.hasher);
-            let rehash = |x: &ConnEntry| hasher.hash_one(pes[x.head].pe.conn.map_or(0, ConnId::to_u64));
+            let rehash = |x: &ConnEntry| hasher.hash_one(pes[x.head].pe.conn().map_or(0, ConnId::to_u64));
             self.hashed.insert_unique(hash, e, rehash);
         }
     }

@@ -3,7 +3,7 @@
 //! One PE is one 144-byte slot ([`PeSlot`]): the [`PoolElement`] itself (88 bytes: id, home,
 //! life, connection and its parameters as sent on the wire) followed by the links that index it
 //! (owner and connection lists, its lifetime timer, its place in the pool's selection index).
-//! What an answer reads (id, home, life and the encoded parameters) is the first 72 bytes of
+//! What an answer reads (id, home, life and the encoded parameters) is the first 80 bytes of
 //! the slot; everything else is behind it.
 
 use crate::service::ConnId;
@@ -22,10 +22,11 @@ pub struct PeKey {
 }
 
 /// Bytes of encoded parameters a PE keeps inline (in its slot); longer ones go to the heap.
-/// 53 bytes hold an SCTP transport with two IPv4 legs (24 bytes), a policy with up to one value
-/// (12) and an ASAP transport with one IPv4 address (16); or a TCP transport with one IPv6
-/// address (28), any policy (up to 16) and no ASAP transport.
-pub(crate) const INLINE: usize = 53;
+/// 61 bytes hold an SCTP transport with two IPv4 legs (24 bytes), any policy (up to 16) and an
+/// ASAP transport with one IPv4 address (16), or three IPv4 legs (28) with a one-value policy
+/// (12); or a TCP transport with one IPv6 address (28), any policy and an ASAP transport with
+/// one IPv4 address.
+pub(crate) const INLINE: usize = 61;
 
 /// The parameters of a PE as sent on the wire, back to back: its user transport, its policy and
 /// (optionally) its ASAP transport. Each is a TLV whose length is a multiple of 4.
@@ -102,11 +103,28 @@ pub struct PoolElement {
     /// The user transport, policy and ASAP transport parameters as sent on the wire, encoded
     /// once per (re-)registration: answers copy these bytes instead of encoding them again.
     pub(crate) wire: Wire,
-    /// The ASAP connection it registered over; `None` for a PE learnt from a peer registrar.
-    pub conn: Option<ConnId>,
-    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
-    /// index rehashes from the slot alone. (It fills what would be padding.)
-    pub(crate) pool_tag: u32,
+    /// The ASAP connection it registered over (see [`PoolElement::conn`]).
+    pub(crate) conn: PackedConn,
+}
+
+/// A PE's connection in 8 bytes ([`ConnId::to_u64`], all ones for none): `Option<ConnId>`
+/// takes 12, which with the 4 bytes it leaves over would keep the parameters to 53 bytes
+/// inline, too few for a two-value policy beside an ASAP transport. No connection has slot
+/// `u32::MAX` (the engine refuses a connection limit above it), so none packs to all ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PackedConn(u64);
+
+impl PackedConn {
+    /// No connection.
+    pub(crate) const NONE: Self = Self(u64::MAX);
+
+    pub(crate) fn new(conn: Option<ConnId>) -> Self {
+        conn.map_or(Self::NONE, |c| Self(c.to_u64()))
+    }
+
+    pub(crate) fn get(self) -> Option<ConnId> {
+        (self != Self::NONE).then(|| ConnId::from_u64(self.0))
+    }
 }
 
 impl PartialEq for PoolElement {
@@ -127,12 +145,17 @@ impl core::fmt::Debug for PoolElement {
             .field("user_transport", &self.user_transport())
             .field("policy", &self.policy())
             .field("asap_transport", &self.asap_transport())
-            .field("conn", &self.conn)
+            .field("conn", &self.conn())
             .finish()
     }
 }
 
 impl PoolElement {
+    /// The ASAP connection it registered over; `None` for a PE learnt from a peer registrar.
+    pub fn conn(&self) -> Option<ConnId> {
+        self.conn.get()
+    }
+
     /// How pool users reach the PE: protocol, port and every address (multi-homed legs).
     pub fn user_transport(&self) -> TransportRepr {
         // The bytes were encoded from a valid transport; the fallback is never taken.
@@ -233,8 +256,11 @@ pub(crate) struct PeSlot {
     /// Selection state: position in the pool's dense index, or rotation sequence number in an
     /// ordered one.
     pub(crate) sel_pos: u32,
-    /// Selection state of the ordered policies: the primary sort key (the WRR pass, or a value
-    /// derived from the policy values and the degradation).
+    /// Selection state of the ordered policies: the WRR pass; or the primary sort key (a value
+    /// derived from the policy values) in the low half and, under Least Used with Degradation,
+    /// the degradation accumulated by selections since the last (re-)registration in the high
+    /// half (kept here rather than in a field of its own that the other eight policies would
+    /// pay for).
     pub(crate) sel_key: u64,
     pub(crate) owner_link: Link,
     pub(crate) conn_link: Link,
@@ -243,9 +269,9 @@ pub(crate) struct PeSlot {
     pub(crate) timer_bucket: u16,
     /// Endpoint Unreachable reports received since the last (re-)registration.
     pub(crate) unreachable_reports: u16,
-    /// Degradation accumulated by selections under Least Used with Degradation; reset to 0 by
-    /// a re-registration. 0 under every other policy.
-    pub(crate) degradation: u32,
+    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
+    /// index rehashes from the slot alone.
+    pub(crate) pool_tag: u32,
 }
 
 impl PeSlot {
@@ -257,8 +283,7 @@ impl PeSlot {
             registration_life: 0,
             generation: 0,
             wire: Wire::Inline { body: 0, len: 0, bytes: [0; INLINE] },
-            conn: None,
-            pool_tag: 0,
+            conn: PackedConn::NONE,
         },
         pool: NIL,
         sel_pos: 0,
@@ -268,7 +293,7 @@ impl PeSlot {
         timer: TimerLink::UNLINKED,
         timer_bucket: UNARMED,
         unreachable_reports: 0,
-        degradation: 0,
+        pool_tag: 0,
     };
 
     pub(crate) fn key(&self, index: u32) -> PeKey {
@@ -344,8 +369,33 @@ mod tests {
     #[test]
     fn sizes() {
         // What the memory figures in results/handlespace/memory.md rest on.
-        assert_eq!(core::mem::size_of::<Wire>(), 56);
+        assert_eq!(core::mem::size_of::<Wire>(), 64);
         assert_eq!(core::mem::size_of::<PoolElement>(), 88);
         assert_eq!(core::mem::size_of::<PeSlot>(), 144);
+    }
+
+    #[test]
+    fn a_two_leg_pe_with_any_policy_and_its_asap_transport_is_kept_inline() {
+        use crate::wire::TransportProtocol;
+        use std::net::{IpAddr, Ipv4Addr};
+        let mut user = TransportRepr::new(TransportProtocol::Sctp, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9);
+        user.addresses.push(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)));
+        let asap = TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 3863);
+        // The largest policy parameter: two values (Least Used with Degradation, Priority Least Used).
+        let policy = Policy::LeastUsedDegradation { load: 1, degradation: 2 };
+        let wire = Wire::encode(&mut Vec::new(), &user, &policy, Some(&asap));
+        assert!(matches!(wire, Wire::Inline { .. }), "{} bytes went to the heap", wire.all().len());
+        assert_eq!(decode_policy(wire.body()), Some(policy));
+        let conn = ConnId { shard: 3, generation: 7, slot: 11 };
+        let pe = PoolElement {
+            id: 1,
+            home: 2,
+            registration_life: 3,
+            generation: 1,
+            wire,
+            conn: PackedConn::new(Some(conn)),
+        };
+        assert_eq!((pe.user_transport(), pe.asap_transport(), pe.conn()), (user, Some(asap), Some(conn)));
+        assert_eq!(PackedConn::new(None).get(), None);
     }
 }

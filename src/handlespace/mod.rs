@@ -7,8 +7,8 @@
 //! - pools live in a slab, PEs in 144-byte slots in pages (`arena`); [`PoolKey`]
 //!   and [`PeKey`] are index + generation, so a key that outlives its object is detected as stale;
 //! - a PE's slot holds all of it: id, home, life and its parameters encoded as sent on the wire
-//!   (user transport, policy and ASAP transport, inline up to 53 bytes), which answers copy, in
-//!   its first 64 bytes; then the links below. Nothing per PE is allocated elsewhere unless its
+//!   (user transport, policy and ASAP transport, inline up to 61 bytes), which answers copy, in
+//!   its first 80 bytes; then the links below. Nothing per PE is allocated elsewhere unless its
 //!   parameters are longer;
 //! - handle → pool and (pool, PE id) → PE are hash tables (`index`) that store only slab
 //!   indices, in 64-byte chunks of tags and entries so that a probe reads one cache line, and
@@ -49,13 +49,13 @@ use slab::Slab;
 
 use self::arena::Arena;
 use self::conns::Conns;
-use self::element::Wire;
+use self::element::{PackedConn, Wire};
 use self::index::ChunkIndex;
 use self::wheel::Wheel;
 
 use crate::service::ConnId;
 use crate::time::Time;
-use crate::wire::policy::Policy;
+use crate::wire::policy::{Policy, PolicyType};
 use crate::wire::transport::TransportRepr;
 
 pub use self::element::{PeKey, PoolElement};
@@ -345,7 +345,9 @@ impl Handlespace {
     /// The degradation a PE accumulated under Least Used with Degradation (0 under every other
     /// policy); `None` if the key is stale.
     pub fn pe_degradation(&self, key: PeKey) -> Option<u32> {
-        Some(self.slot(key)?.degradation)
+        let slot = self.slot(key)?;
+        let lud = self.pools[slot.pool as usize].policy_type == PolicyType::LEAST_USED_DEGRADATION;
+        Some(if lud { selection::accumulated_degradation(slot.sel_key) } else { 0 })
     }
 
     /// The Endpoint Unreachable reports counted against a PE since its last (re-)registration;
@@ -414,11 +416,11 @@ impl Handlespace {
             }
             if let Some(index) = spot.pe {
                 let pe = &self.pes[index].pe;
-                let same_source = pe.conn == conn && pe.home == home;
+                let same_source = pe.conn() == conn && pe.home == home;
                 if !same_source && !same_addresses(&pe.user_transport(), &user_transport) {
                     return Err(RegisterError::NonUniquePeIdentifier(pe_id));
                 }
-                if pe.conn != conn && !self.conn_has_room(conn) {
+                if pe.conn() != conn && !self.conn_has_room(conn) {
                     return Err(RegisterError::TooManyPesOnConnection);
                 }
                 let life = self.effective_life(registration_life);
@@ -471,17 +473,17 @@ impl Handlespace {
             registration_life: life,
             generation,
             wire: Wire::encode(&mut self.wire_scratch, &user_transport, &policy, asap_transport.as_ref()),
-            conn,
-            pool_tag: pool_tag(self.pools[p as usize].hash),
+            conn: PackedConn::new(conn),
         };
         slot.pool = p;
+        slot.pool_tag = pool_tag(self.pools[p as usize].hash);
         if self.pe_index.is_full() {
             self.grow_pe_index();
         }
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
         let (pes, hasher) = (&self.pes, &self.hasher);
-        self.pe_index.insert(spot.pe_hash, index, |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
+        self.pe_index.insert(spot.pe_hash, index, |i| pe_hash(hasher, pes[i].pool_tag, pes[i].pe.id));
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
@@ -501,8 +503,7 @@ impl Handlespace {
     fn grow_pe_index(&mut self) {
         let (pes, hasher) = (&self.pes, &self.hasher);
         let capacity = self.pe_index.grown_capacity();
-        self.pe_index
-            .rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pe.pool_tag, pes[i].pe.id));
+        self.pe_index.rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pool_tag, pes[i].pe.id));
     }
 
     /// Doubles the pool index ahead of an insertion that would fill it, rebuilding it from the
@@ -530,10 +531,9 @@ impl Handlespace {
         let slot = &mut self.pes[index];
         let key = slot.key(index);
         let old_home = slot.pe.home;
-        let old_conn = slot.pe.conn;
+        let old_conn = slot.pe.conn();
         slot.pe.wire = wire;
         slot.pe.registration_life = life;
-        slot.degradation = 0;
         slot.unreachable_reports = 0;
         self.pools[p as usize].selector.update(&mut self.pes, index, policy);
         let previous_owner = (old_home != home).then(|| {
@@ -543,9 +543,7 @@ impl Handlespace {
             old_home
         });
         let previous_conn = (old_conn != conn).then(|| {
-            self.unlink_conn(index, old_conn);
-            self.pes[index].pe.conn = conn;
-            self.link_conn(index, conn);
+            self.move_conn(index, old_conn, conn);
             old_conn
         });
         match (self.pes[index].has_timer(), life >= 0) {
@@ -571,6 +569,13 @@ impl Handlespace {
         });
     }
 
+    /// Moves PE `index` from the list of connection `old` (its slot's) to that of `new`.
+    fn move_conn(&mut self, index: u32, old: Option<ConnId>, new: Option<ConnId>) {
+        self.unlink_conn(index, old);
+        self.pes[index].pe.conn = PackedConn::new(new);
+        self.link_conn(index, new);
+    }
+
     /// Unlinks PE `index` from the list of `conn` (which its slot must still name).
     fn unlink_conn(&mut self, index: u32, conn: Option<ConnId>) {
         let Some(c) = conn else { return };
@@ -584,8 +589,8 @@ impl Handlespace {
 
     /// The PE index's hash of the PE in slot `index`.
     fn index_hash(&self, index: u32) -> u64 {
-        let pe = &self.pes[index].pe;
-        pe_hash(&self.hasher, pe.pool_tag, pe.id)
+        let slot = &self.pes[index];
+        pe_hash(&self.hasher, slot.pool_tag, slot.pe.id)
     }
 
     /// Removes a PE (whose index hash is `hash`) from every index and returns it with its
@@ -594,7 +599,7 @@ impl Handlespace {
     fn unlink(&mut self, index: u32, hash: u64) -> (PoolElement, u32) {
         let (p, pe_id, home, conn) = {
             let s = &self.pes[index];
-            (s.pool, s.pe.id, s.pe.home, s.pe.conn)
+            (s.pool, s.pe.id, s.pe.home, s.pe.conn())
         };
         if self.pes[index].has_timer() {
             self.timers.cancel(&mut self.pes, index);
@@ -642,7 +647,7 @@ impl Handlespace {
         let spot = self.locate(handle, pe_id);
         spot.pool.ok_or(DeregisterError::UnknownPool)?;
         let Some(index) = spot.pe else { return Ok(None) };
-        if self.pes[index].pe.conn != requester {
+        if self.pes[index].pe.conn() != requester {
             return Err(DeregisterError::NotAuthorized);
         }
         Ok(Some(self.remove_index(index, spot.pe_hash)))
@@ -698,11 +703,9 @@ impl Handlespace {
     /// over it. Returns whether the key was live.
     pub fn set_conn(&mut self, key: PeKey, conn: Option<ConnId>) -> bool {
         let Some(slot) = self.slot(key) else { return false };
-        let old = slot.pe.conn;
+        let old = slot.pe.conn();
         if old != conn {
-            self.unlink_conn(key.index, old);
-            self.pes[key.index].pe.conn = conn;
-            self.link_conn(key.index, conn);
+            self.move_conn(key.index, old, conn);
         }
         true
     }
@@ -917,12 +920,12 @@ impl Handlespace {
         }
         let mut listed = 0;
         for e in self.conns.iter() {
-            let conn = self.pes[e.head].pe.conn;
+            let conn = self.pes[e.head].pe.conn();
             if conn.and_then(|c| self.find_conn(c)) != Some(e.head) || self.pes[e.head].conn_link.prev != NIL {
                 return Err(format!("connection list at {} is not indexed", e.head));
             }
             for key in self.list_iter(e.head, List::Conn) {
-                if self.pes[key.index].pe.conn != conn {
+                if self.pes[key.index].pe.conn() != conn {
                     return Err(format!("PE {key:?} listed under connection {conn:?}"));
                 }
                 listed += 1;
@@ -931,7 +934,7 @@ impl Handlespace {
                 return Err(format!("connection {conn:?}: count mismatch"));
             }
         }
-        if listed != self.pes.iter().filter(|(_, s)| s.pe.conn.is_some()).count() {
+        if listed != self.pes.iter().filter(|(_, s)| s.pe.conn().is_some()).count() {
             return Err("connection lists do not match the PEs".into());
         }
         Ok(())

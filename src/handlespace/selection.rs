@@ -49,9 +49,15 @@ const NEVER_PASS: u64 = u64::MAX;
 /// they exercise it).
 const SEQ_LIMIT: u32 = if cfg!(test) { 1000 } else { u32::MAX };
 
-/// Key of a PE in an ordered index other than WRR's: primary (32 bits) then sequence.
-const fn ord_key(primary: u64, seq: u32) -> u64 {
-    primary << 32 | seq as u64
+/// Key of a PE in an ordered index other than WRR's: primary (the low half of its `sel_key`)
+/// then sequence.
+const fn ord_key(sel_key: u64, seq: u32) -> u64 {
+    (sel_key as u32 as u64) << 32 | seq as u64
+}
+
+/// The degradation a LUD PE accumulated, kept in the high half of its `sel_key`.
+pub(crate) const fn accumulated_degradation(sel_key: u64) -> u32 {
+    (sel_key >> 32) as u32
 }
 
 /// Key of a PE in a WRR index: pass (64 bits) then sequence.
@@ -129,15 +135,17 @@ fn wrr_stride(policy: &Policy) -> Option<u64> {
     }
 }
 
-/// Primary key of the non-WRR ordered policies (smaller is preferred).
-fn ordered_primary(policy: &Policy, accumulated: u32) -> u64 {
-    u64::from(match *policy {
+/// `sel_key` of a PE under a non-WRR ordered policy: its primary key (smaller is preferred) in
+/// the low half, the degradation it `accumulated` (LUD) in the high half.
+fn ordered_sel_key(policy: &Policy, accumulated: u32) -> u64 {
+    let primary = match *policy {
         Policy::Priority { priority } => u32::MAX - priority,
         Policy::LeastUsed { load } => load,
         Policy::LeastUsedDegradation { load, .. } => load.saturating_add(accumulated),
         Policy::PriorityLeastUsed { load, degradation } => load.saturating_add(degradation),
         _ => 0,
-    })
+    };
+    u64::from(accumulated) << 32 | u64::from(primary)
 }
 
 /// The test of an ordered index's entry `(k, pe)` of pool `pool`: alive while `pe`'s slot holds
@@ -239,7 +247,7 @@ impl Selector {
             Self::Ordered { index, next_seq, .. } => {
                 let seq = Self::next_seq(next_seq, index, pes, |s, q| ord_key(s.sel_key, q));
                 let slot = &mut pes[i];
-                slot.sel_key = ordered_primary(policy, slot.degradation);
+                slot.sel_key = ordered_sel_key(policy, 0);
                 slot.sel_pos = seq;
                 index.insert(ord_key(slot.sel_key, seq), key);
             }
@@ -278,7 +286,7 @@ impl Selector {
 
     /// Re-indexes PE `i` after its policy values changed to `policy` (re-registration),
     /// keeping its place in rotations: its dense position or its sequence number (and WRR pass)
-    /// stay.
+    /// stay; a LUD PE's accumulated degradation starts again from 0.
     pub(crate) fn update(&mut self, pes: &mut Arena, i: u32, policy: &Policy) {
         let key = pes[i].key(i);
         let slot = &mut pes[i];
@@ -291,11 +299,12 @@ impl Selector {
                 weights[pos] = w;
             }
             Self::Ordered { index, .. } => {
-                let primary = ordered_primary(policy, slot.degradation);
-                if primary != slot.sel_key {
-                    index.remove(ord_key(slot.sel_key, slot.sel_pos));
-                    slot.sel_key = primary;
-                    index.insert(ord_key(primary, slot.sel_pos), key);
+                let sel_key = ordered_sel_key(policy, 0);
+                let (old, new) = (ord_key(slot.sel_key, slot.sel_pos), ord_key(sel_key, slot.sel_pos));
+                slot.sel_key = sel_key;
+                if new != old {
+                    index.remove(old);
+                    index.insert(new, key);
                 }
             }
             Self::WeightedRoundRobin { index, virtual_time, .. } => {
@@ -395,9 +404,9 @@ impl Selector {
                         // whole policy made LUD's resolution ~10 % slower.)
                         if lud {
                             let [load, degradation] = slot.pe.policy_values();
-                            slot.degradation = slot.degradation.saturating_add(degradation);
+                            let accumulated = accumulated_degradation(slot.sel_key).saturating_add(degradation);
                             slot.sel_key =
-                                ordered_primary(&Policy::LeastUsedDegradation { load, degradation }, slot.degradation);
+                                ordered_sel_key(&Policy::LeastUsedDegradation { load, degradation }, accumulated);
                         }
                     },
                 );

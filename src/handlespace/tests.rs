@@ -92,7 +92,7 @@ fn register_creates_pool_and_pe() {
     assert_eq!(hs.pe_pool(r.pe), Some(r.pool));
     assert_eq!(hs.pe_expiry(r.pe), Some(Time(30_005)));
     let pe = hs.pe(r.pe).unwrap();
-    assert_eq!((pe.id, pe.home, pe.registration_life, pe.conn), (7, ME, 30_000, conn(1)));
+    assert_eq!((pe.id, pe.home, pe.registration_life, pe.conn()), (7, ME, 30_000, conn(1)));
     assert_eq!(pe.user_transport(), sctp(7, 0));
     hs.validate().unwrap();
 }
@@ -399,6 +399,11 @@ fn least_used_with_degradation_degrades_after_selection() {
     resolve_ids(&mut hs, 1);
     assert_eq!(hs.pe_degradation(hs.lookup(b"pool", 1).unwrap()).unwrap(), u32::MAX);
     hs.validate().unwrap();
+    // Under any other policy there is none (WRR keeps its pass where LUD keeps its degradation).
+    let mut hs = self::hs();
+    pool_of(&mut hs, 2, |_| Policy::WeightedRoundRobin { weight: 1 });
+    resolve_ids(&mut hs, 2);
+    assert_eq!(hs.pe_degradation(hs.lookup(b"pool", 1).unwrap()).unwrap(), 0);
 }
 
 #[test]

@@ -150,7 +150,7 @@ impl ChangeSink for ConnDeltas {
         if c.reason == Reason::ConnectionLoss {
             return; // the connection is gone
         }
-        match (c.change, c.pe.conn, c.moved_from) {
+        match (c.change, c.pe.conn(), c.moved_from) {
             (Change::Added, Some(conn), _) => self.0.push((conn, 1)),
             (Change::Removed, Some(conn), _) => self.0.push((conn, -1)),
             (Change::Updated, now, Some(before)) => {

@@ -224,7 +224,7 @@ impl World {
             for key in hs.owner_pes(SERVER_ID) {
                 let pe = hs.pe(key).unwrap();
                 let handle = String::from_utf8(hs.pe_handle(key).unwrap().to_vec()).unwrap();
-                let conn = pe.conn.expect("a registered PE has its connection");
+                let conn = pe.conn().expect("a registered PE has its connection");
                 by_conn.entry(conn).or_default().insert((handle, pe.id));
             }
         }
