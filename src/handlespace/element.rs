@@ -253,9 +253,9 @@ pub(crate) struct PeSlot {
     pub(crate) pe: PoolElement,
     /// Slab index of its pool.
     pub(crate) pool: u32,
-    /// Selection state: position in the pool's dense index, or rotation sequence number in an
-    /// ordered one.
-    pub(crate) sel_pos: u32,
+    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
+    /// index rehashes from the slot alone.
+    pub(crate) pool_tag: u32,
     /// Selection state of the ordered policies: the WRR pass; or the primary sort key (a value
     /// derived from the policy values) in the low half and, under Least Used with Degradation,
     /// the degradation accumulated by selections since the last (re-)registration in the high
@@ -266,12 +266,12 @@ pub(crate) struct PeSlot {
     pub(crate) conn_link: Link,
     /// Its registration lifetime timer (armed when `timer_bucket` is not `UNARMED`).
     pub(crate) timer: TimerLink,
+    /// Selection state: position in the pool's dense index, or rotation sequence number in an
+    /// ordered one.
+    pub(crate) sel_pos: u32,
     pub(crate) timer_bucket: u16,
     /// Endpoint Unreachable reports received since the last (re-)registration.
     pub(crate) unreachable_reports: u16,
-    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
-    /// index rehashes from the slot alone.
-    pub(crate) pool_tag: u32,
 }
 
 impl PeSlot {
@@ -286,14 +286,14 @@ impl PeSlot {
             conn: PackedConn::NONE,
         },
         pool: NIL,
-        sel_pos: 0,
+        pool_tag: 0,
         sel_key: 0,
         owner_link: Link::UNLINKED,
         conn_link: Link::UNLINKED,
         timer: TimerLink::UNLINKED,
+        sel_pos: 0,
         timer_bucket: UNARMED,
         unreachable_reports: 0,
-        pool_tag: 0,
     };
 
     pub(crate) fn key(&self, index: u32) -> PeKey {

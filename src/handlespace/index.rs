@@ -12,7 +12,7 @@
 //! probe stops at the first chunk whose count is 0. A count that reaches 255 stays there until
 //! the table is rebuilt. Tables grow by doubling and never shrink (as hashbrown's).
 
-use crate::runtime::simd::match_bytes;
+use crate::runtime::simd::{match_bytes, prefetch};
 
 /// Entries per chunk.
 const WIDTH: usize = 12;
@@ -152,11 +152,30 @@ impl ChunkIndex {
     fn rebuild_dyn(&mut self, capacity: usize, values: impl IntoIterator<Item = u32>, hash_of: HashOf<'_>) {
         self.chunks = vec![VACANT; capacity.div_ceil(MAX_LOAD).next_power_of_two()];
         self.len = 0;
-        for v in values {
-            if self.is_full() {
-                self.grow(hash_of);
+        // Entries land in random chunks of a table larger than the caches: a batch is hashed
+        // and its chunks asked for first, so that their misses overlap instead of following
+        // one another.
+        const BATCH: usize = 16;
+        let mut batch = [(0, 0); BATCH];
+        let mut values = values.into_iter();
+        loop {
+            let mask = self.chunks.len() - 1;
+            let mut n = 0;
+            for v in values.by_ref().take(BATCH) {
+                let hash = hash_of(v);
+                prefetch(&self.chunks[hash as usize & mask]);
+                batch[n] = (hash, v);
+                n += 1;
             }
-            self.place(hash_of(v), v);
+            if n == 0 {
+                return;
+            }
+            for &(hash, v) in &batch[..n] {
+                if self.is_full() {
+                    self.grow(hash_of);
+                }
+                self.place(hash, v);
+            }
         }
     }
 
@@ -179,6 +198,14 @@ impl ChunkIndex {
             i = (i + 1) & mask;
         }
         unreachable!("an index below its load limit has a free entry");
+    }
+
+    /// Asks for the chunk where a probe for `hash` starts, ahead of the probe (a hint).
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(c) = self.chunks.get(hash as usize & self.chunks.len().wrapping_sub(1)) {
+            prefetch(c);
+        }
     }
 
     /// Removes `value` from under `hash`; returns whether it was there.
