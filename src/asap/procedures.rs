@@ -655,6 +655,8 @@ impl Procedures {
             Ok(pool) => {
                 self.stats.resolutions += 1;
                 let hs = &self.hs;
+                // The answer reads every selected PE (their slots missed the cache in turn).
+                hs.prefetch_pes(&self.selected);
                 // The first PE's policy parameter as stored; the pool's type with zero values
                 // only when none was selected (the pool lookup is not needed on the usual path).
                 let first = self.selected.first().and_then(|k| hs.pe(*k)).map(|pe| pe.policy_param());

@@ -48,6 +48,19 @@ impl Arena {
         (slot.generation() == generation && generation != 0).then_some(slot)
     }
 
+    /// Asks for the cache lines of slot `index` that hold its [`super::PoolElement`] (a hint;
+    /// nothing for an index out of range).
+    #[inline]
+    pub(crate) fn prefetch(&self, index: u32) {
+        let page = self.pages.get((index >> PAGE_BITS) as usize);
+        if let Some(slot) = page.and_then(|p| p.get(index as usize & (PAGE - 1))) {
+            // Its 80 bytes span two lines, whatever the slot's offset in its line: the first
+            // holds its start, the second its connection (its last field).
+            crate::runtime::simd::prefetch(&slot.pe);
+            crate::runtime::simd::prefetch(&slot.pe.conn);
+        }
+    }
+
     /// Stores `slot` (whose generation is not 0) in a free slot and returns its index.
     pub(crate) fn insert(&mut self, slot: PeSlot) -> u32 {
         debug_assert_ne!(slot.generation(), 0);

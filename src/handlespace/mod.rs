@@ -686,6 +686,15 @@ impl Handlespace {
         self.pools[p as usize].selector.select(&mut ctx, n, out);
     }
 
+    /// Asks for the PEs of `keys` to be brought into the cache (a hint, no effect on results),
+    /// for a caller about to read them all (an answer copying their parameters): their misses
+    /// then overlap instead of following one another.
+    pub fn prefetch_pes(&self, keys: &[PeKey]) {
+        for key in keys {
+            self.pes.prefetch(key.index);
+        }
+    }
+
     /// Endpoint Unreachable: counts a report against PE `pe_id` and removes it once the count
     /// reaches MAX-BAD-PE-REPORT.
     pub fn report_unreachable(&mut self, handle: &[u8], pe_id: u32) -> Result<Unreachable, UnknownPool> {
