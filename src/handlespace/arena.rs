@@ -54,10 +54,7 @@ impl Arena {
     pub(crate) fn prefetch(&self, index: u32) {
         let page = self.pages.get((index >> PAGE_BITS) as usize);
         if let Some(slot) = page.and_then(|p| p.get(index as usize & (PAGE - 1))) {
-            // Its 80 bytes span two lines, whatever the slot's offset in its line: the first
-            // holds its start, the second its connection (its last field).
             crate::runtime::simd::prefetch(&slot.pe);
-            crate::runtime::simd::prefetch(&slot.pe.conn);
         }
     }
 

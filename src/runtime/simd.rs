@@ -1,5 +1,5 @@
-//! Byte-group matching and cache prefetch for the handlespace's hash index, here because they
-//! need `unsafe`.
+//! Byte-group matching for the handlespace's hash index and cache prefetch for its tables and
+//! slots, here because they need `unsafe`.
 
 /// One bit per byte of `group` that equals `byte` (bit `k` for byte `k`).
 #[inline]
@@ -28,18 +28,24 @@ pub fn match_bytes(group: [u8; 16], byte: u8) -> u32 {
     }
 }
 
-/// Asks the CPU to bring the cache line of `value` closer (a hint: no effect on results).
+/// Asks the CPU to bring every cache line of `value` closer (a hint: no effect on results).
 #[inline]
 pub fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the address
-    // (here a valid reference anyway); its instruction is in SSE, the target's baseline.
-    unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
+    const LINE: usize = 64;
+    let start = value as *const T as usize;
+    let end = start + core::mem::size_of::<T>().max(1);
+    let mut line = start & !(LINE - 1);
+    while line < end {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the
+        // address (here lines of a valid reference); its instruction is in SSE, the target's
+        // baseline.
+        unsafe {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+        }
+        line += LINE;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 #[cfg(test)]
