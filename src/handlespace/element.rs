@@ -118,10 +118,12 @@ impl PackedConn {
     /// No connection.
     pub(crate) const NONE: Self = Self(u64::MAX);
 
+    /// `conn` packed.
     pub(crate) fn new(conn: Option<ConnId>) -> Self {
         conn.map_or(Self::NONE, |c| Self(c.to_u64()))
     }
 
+    /// The connection unpacked.
     pub(crate) fn get(self) -> Option<ConnId> {
         (self != Self::NONE).then(|| ConnId::from_u64(self.0))
     }

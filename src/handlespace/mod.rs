@@ -284,15 +284,15 @@ impl Handlespace {
         let hash = self.hasher.hash_one(handle);
         // Both hashes first: the PE table's probe does not depend on the pool's, so its chunk
         // is asked for before the pool's probe waits on its own miss. (Probing the PE table
-        // first, checking a found PE's pool handle through its slot, skips the pool table for
-        // PEs that exist but makes pool, slot and pool entry a chain of three dependent misses
-        // where pool and slot now overlap: not measurably faster in the bench, whose pools are
-        // visited in order.)
+        // first and checking a found PE's pool through its slot would skip the pool table for
+        // PEs that exist, but chains PE chunk, slot and pool entry one after another: measured
+        // no faster.)
         let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
         self.pe_index.prefetch(pe_hash);
         let pool = self.find_pool_hashed(hash, handle);
         Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)), hash, pe_hash }
     }
+
     /// The PE at `spot`, if there is one.
     pub fn at(&self, spot: Spot) -> Option<(PeKey, &PoolElement)> {
         let index = spot.pe?;
