@@ -683,3 +683,76 @@ fn a_reused_slot_with_a_wrapped_generation_is_not_its_dead_entry() {
         hs.validate().unwrap();
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+    /// The four non-WRR ordered policies against a naive model of RFC 5356's rules: a response
+    /// is the PEs sorted by (key, arrival), the key being `u32::MAX - priority`, the load, the
+    /// load plus the degradation accumulated by selections (LUD, saturating, reset by
+    /// re-registration) or the load plus its fixed degradation (PLU); each of the first
+    /// max-increment PEs of a response goes behind its equals and, under LUD, accumulates its
+    /// degradation. Registration, re-registration (keeps the place), deregistration and
+    /// resolution in any order, with many ties and the sequence numbers renumbered on the way.
+    #[test]
+    fn ordered_policies_answer_as_a_naive_model(
+        kind in 0u8..4,
+        ops in proptest::collection::vec((0u8..4, 1u32..12, 0u32..4, 0u32..3, 1usize..6), 1..400),
+    ) {
+        let policy = |a: u32, b: u32| match kind {
+            0 => Policy::Priority { priority: a },
+            1 => Policy::LeastUsed { load: a },
+            2 => Policy::LeastUsedDegradation { load: a, degradation: b * 0x4000_0000 },
+            _ => Policy::PriorityLeastUsed { load: a, degradation: b },
+        };
+        let config = HandlespaceConfig { max_increment: 3, ..HandlespaceConfig::default() };
+        let mut hs = Handlespace::new(config, Time::ZERO);
+        // id -> (policy, accumulated degradation, arrival)
+        let mut model: std::collections::BTreeMap<u32, (Policy, u32, u64)> = Default::default();
+        let mut arrival = 0u64;
+        let key = |p: &Policy, acc: u32| match *p {
+            Policy::Priority { priority } => u32::MAX - priority,
+            Policy::LeastUsed { load } => load,
+            Policy::LeastUsedDegradation { load, .. } => load.saturating_add(acc),
+            Policy::PriorityLeastUsed { load, degradation } => load.saturating_add(degradation),
+            _ => unreachable!(),
+        };
+        for (op, id, a, b, n) in ops {
+            match op {
+                0 | 1 => {
+                    let p = policy(a, b);
+                    hs.register(reg(b"pool", id, p, conn(1)), Time::ZERO).unwrap();
+                    let e = model.entry(id).or_insert_with(|| {
+                        arrival += 1;
+                        (p, 0, arrival)
+                    });
+                    (e.0, e.1) = (p, 0);
+                }
+                2 => {
+                    let gone = hs.deregister(b"pool", id, conn(1)).ok().flatten().map(|pe| pe.id);
+                    proptest::prop_assert_eq!(gone, model.remove(&id).map(|_| id));
+                }
+                _ => {
+                    let mut order: Vec<u32> = model.keys().copied().collect();
+                    order.sort_by_key(|id| (key(&model[id].0, model[id].1), model[id].2));
+                    order.truncate(n);
+                    let mut out = Vec::new();
+                    let answered = hs.resolve(b"pool", n, &mut out).map(|_| ids(&hs, &out));
+                    proptest::prop_assert_eq!(answered.unwrap_or_default(), order.clone());
+                    for id in order.iter().take(3) {
+                        let e = model.get_mut(id).unwrap();
+                        arrival += 1;
+                        e.2 = arrival;
+                        if let Policy::LeastUsedDegradation { degradation, .. } = e.0 {
+                            e.1 = e.1.saturating_add(degradation);
+                        }
+                    }
+                }
+            }
+        }
+        for (id, (_, acc, _)) in &model {
+            let lud = kind == 2;
+            proptest::prop_assert_eq!(hs.pe_degradation(hs.lookup(b"pool", *id).unwrap()), Some(if lud { *acc } else { 0 }));
+        }
+        hs.validate().unwrap();
+    }
+}
