@@ -160,15 +160,29 @@ fn live_in<'a, K: Copy + Eq>(
     move |k, pe| pes.get(pe.index, pe.generation).is_some_and(|s| s.pool == pool && key_of(s, s.sel_pos) == k)
 }
 
-/// Renumbers the sequence numbers of an ordered index in order (0, 1, ...), in the index and in
-/// the slots (dropping its dead entries first); returns the next free one.
+/// Renumbers the sequence numbers of an ordered index 0, 1, ... in the order of the old ones, in
+/// the index and in the slots (dropping its dead entries first); returns the next free one. In
+/// the order of the old numbers rather than of the index: then a PE keeps its place among all
+/// the others, not only among its equals, and one whose key a re-registration changes later
+/// lands among its new equals where its old number put it (a model of the rules, with
+/// renumbering in between, told the two apart). The new numbers rise with the old ones, so the
+/// index's order is unchanged.
 fn renumber<K: Copy + Ord>(index: &mut OrdIndex<K>, pes: &mut Arena, key: impl Fn(&PeSlot, u32) -> K) -> u32 {
-    index.rekey(|i, pe| {
-        let slot = &mut pes[pe.index];
-        slot.sel_pos = i as u32;
-        key(slot, i as u32)
+    let mut live = Vec::with_capacity(index.len());
+    index.rekey(|_, pe| {
+        let slot = &pes[pe.index];
+        live.push((slot.sel_pos, pe.index));
+        key(slot, slot.sel_pos)
     });
-    index.len() as u32
+    live.sort_unstable();
+    for (rank, &(_, i)) in live.iter().enumerate() {
+        pes[i].sel_pos = rank as u32;
+    }
+    index.rekey(|_, pe| {
+        let slot = &pes[pe.index];
+        key(slot, slot.sel_pos)
+    });
+    live.len() as u32
 }
 
 impl Selector {
