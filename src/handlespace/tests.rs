@@ -757,3 +757,67 @@ proptest::proptest! {
         hs.validate().unwrap();
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+    /// Weighted Round Robin against a naive model of stride scheduling: a PE's pass starts one
+    /// stride (2^32 / weight) past the pool's virtual time, a response is the PEs sorted by
+    /// (pass, arrival), each of the first max-increment advances its pass by its stride (the
+    /// virtual time following the pass served) and goes behind its equals; weight 0 sorts last;
+    /// a re-registration keeps the pass unless the weight turns 0 or stops being 0.
+    #[test]
+    fn weighted_round_robin_answers_as_a_naive_model(
+        ops in proptest::collection::vec((0u8..6, 1u32..12, 0u32..4, 1usize..6), 1..1000),
+    ) {
+        let config = HandlespaceConfig { max_increment: 3, ..HandlespaceConfig::default() };
+        let mut hs = Handlespace::new(config, Time::ZERO);
+        // id -> (weight, pass, arrival)
+        let mut model: std::collections::BTreeMap<u32, (u32, u64, u64)> = Default::default();
+        let (mut arrival, mut virtual_time) = (0u64, 0u64);
+        let stride = |w: u32| (w > 0).then(|| (1u64 << 32) / u64::from(w));
+        for (op, id, weight, n) in ops {
+            match op {
+                0 | 1 => {
+                    hs.register(reg(b"pool", id, Policy::WeightedRoundRobin { weight }, conn(1)), Time::ZERO).unwrap();
+                    match model.get_mut(&id) {
+                        Some(e) => {
+                            e.1 = match stride(weight) {
+                                None => u64::MAX,
+                                Some(s) if e.1 == u64::MAX => virtual_time.saturating_add(s),
+                                Some(_) => e.1,
+                            };
+                            e.0 = weight;
+                        }
+                        None => {
+                            arrival += 1;
+                            let pass = stride(weight).map_or(u64::MAX, |s| virtual_time.saturating_add(s));
+                            model.insert(id, (weight, pass, arrival));
+                        }
+                    }
+                }
+                2 => {
+                    let gone = hs.deregister(b"pool", id, conn(1)).ok().flatten().map(|pe| pe.id);
+                    proptest::prop_assert_eq!(gone, model.remove(&id).map(|_| id));
+                }
+                _ => {
+                    let mut order: Vec<u32> = model.keys().copied().collect();
+                    order.sort_by_key(|id| (model[id].1, model[id].2));
+                    order.truncate(n);
+                    let mut out = Vec::new();
+                    let answered = hs.resolve(b"pool", n, &mut out).map(|_| ids(&hs, &out));
+                    proptest::prop_assert_eq!(answered.unwrap_or_default(), order.clone());
+                    for id in order.iter().take(3) {
+                        let e = model.get_mut(id).unwrap();
+                        arrival += 1;
+                        e.2 = arrival;
+                        if let Some(s) = stride(e.0) {
+                            virtual_time = e.1;
+                            e.1 = e.1.saturating_add(s);
+                        }
+                    }
+                }
+            }
+        }
+        hs.validate().unwrap();
+    }
+}
