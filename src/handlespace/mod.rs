@@ -281,6 +281,15 @@ impl Handlespace {
     /// Where PE `pe_id` of pool `handle` is, or would go: one lookup whose result
     /// [`Handlespace::register_at`] uses instead of looking again.
     pub fn locate(&self, handle: &[u8], pe_id: u32) -> Spot {
+        self.locate_ahead(handle, pe_id, false)
+    }
+
+    /// [`Handlespace::locate`]; with `selector` (a removal, which changes the pool's selection
+    /// index), the found pool's index is asked for before the PE is probed. Measured for
+    /// deregistration only: 1.02-1.25x at 100,000 pools x 10 (all nine policies, 7 rounds);
+    /// registration showed no gain.
+    #[inline(always)]
+    fn locate_ahead(&self, handle: &[u8], pe_id: u32, selector: bool) -> Spot {
         let hash = self.hasher.hash_one(handle);
         // Both hashes first: the PE table's probe does not depend on the pool's, so its chunk
         // is asked for before the pool's probe waits on its own miss. (Probing the PE table
@@ -290,6 +299,9 @@ impl Handlespace {
         let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
         self.pe_index.prefetch(pe_hash);
         let pool = self.find_pool_hashed(hash, handle);
+        if let Some(p) = pool.filter(|_| selector) {
+            self.pools[p as usize].selector.prefetch();
+        }
         Spot { pool, pe: pool.and_then(|p| self.find_pe_hashed(pe_hash, p, pe_id)), hash, pe_hash }
     }
 
@@ -648,7 +660,7 @@ impl Handlespace {
         pe_id: u32,
         requester: Option<ConnId>,
     ) -> Result<Option<PoolElement>, DeregisterError> {
-        let spot = self.locate(handle, pe_id);
+        let spot = self.locate_ahead(handle, pe_id, true);
         spot.pool.ok_or(DeregisterError::UnknownPool)?;
         let Some(index) = spot.pe else { return Ok(None) };
         if self.pes[index].pe.conn() != requester {

@@ -65,6 +65,13 @@ struct Rest<K> {
     graves: Vec<K>,
 }
 
+impl<K> OrdIndex<K> {
+    /// Asks for the head's cache lines if it is small (see [`super::selection::Selector::prefetch`]).
+    pub(crate) fn prefetch(&self) {
+        crate::runtime::simd::prefetch_slice(&self.head, super::selection::SMALL_INDEX_BYTES);
+    }
+}
+
 impl<K> Default for OrdIndex<K> {
     fn default() -> Self {
         Self { head: Vec::new(), rest: None }

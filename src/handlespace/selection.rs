@@ -70,6 +70,10 @@ const fn wrr_key(pass: u64, seq: u32) -> WrrKey {
 /// (16 bytes with padding), so an entry with its PE key takes 20 bytes.
 type WrrKey = [u32; 3];
 
+/// Size up to which a pool's selection vectors are prefetched whole ([`Selector::prefetch`]):
+/// four cache lines, 12-32 PEs by policy.
+pub(crate) const SMALL_INDEX_BYTES: usize = 256;
+
 /// Appends to a vector that grows by one element at a time while small (pools of a few PEs
 /// hold no spare room: at 100,000 pools of 10 that is 5-10 bytes per PE), by doubling beyond.
 pub(crate) fn push_tight<T>(v: &mut Vec<T>, x: T) {
@@ -272,6 +276,22 @@ impl Selector {
                 slot.sel_pos = seq;
                 index.insert(wrr_key(slot.sel_key, seq), key);
             }
+        }
+    }
+
+    /// Asks for the whole index of a small pool (a hint: a deregistration issues it before it
+    /// probes for the PE, so that the index's misses overlap the PE's instead of following
+    /// them; a large pool's index is left alone, its removal reads a few of its lines).
+    pub(crate) fn prefetch(&self) {
+        use crate::runtime::simd::prefetch_slice;
+        match self {
+            Self::Dense { members, .. } => prefetch_slice(members, SMALL_INDEX_BYTES),
+            Self::Weighted { members, weights, .. } => {
+                prefetch_slice(members, SMALL_INDEX_BYTES);
+                prefetch_slice(weights, SMALL_INDEX_BYTES);
+            }
+            Self::Ordered { index, .. } => index.prefetch(),
+            Self::WeightedRoundRobin { index, .. } => index.prefetch(),
         }
     }
 

@@ -31,9 +31,25 @@ pub fn match_bytes(group: [u8; 16], byte: u8) -> u32 {
 /// Asks the CPU to bring every cache line of `value` closer (a hint: no effect on results).
 #[inline]
 pub fn prefetch<T>(value: &T) {
-    const LINE: usize = 64;
     let start = value as *const T as usize;
-    let end = start + core::mem::size_of::<T>().max(1);
+    prefetch_lines(start, start + core::mem::size_of::<T>().max(1));
+}
+
+/// Asks for every cache line of `values` if they take at most `max_bytes` (a hint; nothing
+/// for a longer slice, of which the caller would need only some lines).
+#[inline]
+pub fn prefetch_slice<T>(values: &[T], max_bytes: usize) {
+    let bytes = core::mem::size_of_val(values);
+    if bytes <= max_bytes {
+        let start = values.as_ptr() as usize;
+        prefetch_lines(start, start + bytes);
+    }
+}
+
+/// Prefetches the cache lines of the addresses `start..end`.
+#[inline]
+fn prefetch_lines(start: usize, end: usize) {
+    const LINE: usize = 64;
     let mut line = start & !(LINE - 1);
     while line < end {
         #[cfg(target_arch = "x86_64")]
