@@ -40,13 +40,14 @@ pub fn prefetch<T>(value: &T) {
 #[inline]
 pub fn prefetch_slice<T>(values: &[T], max_bytes: usize) {
     let bytes = core::mem::size_of_val(values);
-    if bytes <= max_bytes {
+    // An empty slice's pointer names no memory: nothing to ask for.
+    if bytes != 0 && bytes <= max_bytes {
         let start = values.as_ptr() as usize;
         prefetch_lines(start, start + bytes);
     }
 }
 
-/// Prefetches the cache lines of the addresses `start..end`.
+/// Prefetches the cache lines of the addresses `start..end` (the bytes of a live value).
 #[inline]
 fn prefetch_lines(start: usize, end: usize) {
     const LINE: usize = 64;
