@@ -16,7 +16,9 @@ const PAGE: usize = 1 << PAGE_BITS;
 
 /// The slots of every PE of a handlespace shard.
 pub(crate) struct Arena {
-    pages: Vec<Box<[PeSlot]>>,
+    /// Arrays rather than slices: an index masked to the page needs no bounds check (one per
+    /// access to a slot, and an operation makes a dozen or more).
+    pages: Vec<Box<[PeSlot; PAGE]>>,
     /// First free slot below `high` (linked through `pool`), or `NIL`.
     free: u32,
     /// Slots ever handed out (every slot at or above is free and not in the list).
@@ -70,7 +72,12 @@ impl Arena {
         }
         let index = self.high;
         if index as usize == self.pages.len() * PAGE {
-            self.pages.push(vec![PeSlot::VACANT; PAGE].into_boxed_slice());
+            // Built on the heap (a page is 576 KiB): a vector, then its box as an array.
+            let page: Box<[PeSlot]> = vec![PeSlot::VACANT; PAGE].into_boxed_slice();
+            match page.try_into() {
+                Ok(page) => self.pages.push(page),
+                Err(_) => unreachable!("a vector of PAGE slots is a page"),
+            }
         }
         self.high += 1;
         self[index] = slot;
