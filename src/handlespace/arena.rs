@@ -141,3 +141,42 @@ impl TimerSlots for Arena {
         self[i].timer_bucket = bucket;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: u32) -> PeSlot {
+        let mut s = PeSlot::VACANT;
+        s.pe.id = id;
+        s.pe.generation = 1;
+        s
+    }
+
+    #[test]
+    fn slots_across_pages_are_kept_found_freed_and_reused() {
+        let mut arena = Arena::new();
+        let n = 2 * PAGE as u32 + 3;
+        for id in 0..n {
+            assert_eq!(arena.insert(slot(id)), id);
+        }
+        assert_eq!(arena.len(), n as usize);
+        // The last slot of a page and the first of the next are distinct and found.
+        for index in [PAGE as u32 - 1, PAGE as u32, n - 1] {
+            assert_eq!(arena.get(index, 1).map(|s| s.pe.id), Some(index));
+            assert!(arena.get(index, 2).is_none(), "another generation names no PE");
+        }
+        assert!(arena.get(n, 1).is_none(), "past the slots handed out");
+        assert!(arena.get(u32::MAX, 1).is_none(), "past every page");
+        // Freed slots are reused, the last freed first, before any new one.
+        assert_eq!(arena.remove(PAGE as u32).pe.id, PAGE as u32);
+        assert_eq!(arena.remove(3).pe.id, 3);
+        assert!(arena.get(3, 1).is_none());
+        assert_eq!(arena.insert(slot(100)), 3);
+        assert_eq!(arena.insert(slot(101)), PAGE as u32);
+        assert_eq!(arena.insert(slot(102)), n);
+        let ids: Vec<u32> = arena.iter().map(|(_, s)| s.pe.id).collect();
+        assert_eq!(ids.len(), n as usize + 1);
+        assert_eq!((ids[3], ids[PAGE], ids[n as usize]), (100, 101, 102));
+    }
+}
