@@ -17,7 +17,33 @@ pub(crate) fn bind_all(
 ) -> Result<Vec<TcpListener>, EngineError> {
     if addr.port() != 0 {
         ensure_free(addr, transport)?;
+        return bind_group(addr, count, backlog, transport);
     }
+    // The port the kernel picks for the first socket can still be refused to the second (a
+    // client's socket left on it that the first bind was allowed to share): pick again.
+    let mut attempt = 1;
+    loop {
+        match bind_group(addr, count, backlog, transport) {
+            Err(EngineError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ZERO_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Times a group on port 0 is bound afresh before "address in use" is given up on.
+const PORT_ZERO_ATTEMPTS: usize = 8;
+
+/// Binds `count` listeners to `addr`; with port 0 the others join the first's port.
+fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+    transport: Transport,
+) -> Result<Vec<TcpListener>, EngineError> {
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
