@@ -19,8 +19,9 @@ pub(crate) fn bind_all(
         ensure_free(addr, transport)?;
         return bind_group(addr, count, backlog, transport);
     }
-    // The port the kernel picks for the first socket can still be refused to the second (a
-    // client's socket left on it that the first bind was allowed to share): pick again.
+    // The port the kernel picks for the first socket was once refused to the second ("address
+    // in use", seen in CI with many tests binding and connecting at once; not reproduced, so
+    // the cause is not pinned down): the group starts again on a fresh port.
     let mut attempt = 1;
     loop {
         match bind_group(addr, count, backlog, transport) {
