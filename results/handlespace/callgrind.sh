@@ -16,7 +16,8 @@ pes=${1:-100000} pools=${2:-1} policy=${3:-WeightedRandom} op=${4:-deregister}
 case $op in
 deregister) ours_fn='*Handlespace::deregister' rsplib_fn='poolHandlespaceManagementDeregisterPoolElement_SimpleRedBlackTree' calls=$pes ;;
 # Both the fill and the re-registration of every PE.
-register) ours_fn='*Handlespace::register' rsplib_fn='poolHandlespaceManagementRegisterPoolElement_SimpleRedBlackTree' calls=$((2 * pes)) ;;
+# `register` is inlined into the bench: its two halves (deregistration calls neither).
+register) ours_fn='*Handlespace::locate *Handlespace::register_at' rsplib_fn='poolHandlespaceManagementRegisterPoolElement_SimpleRedBlackTree' calls=$((2 * pes)) ;;
 *) echo "operation: deregister or register" >&2; exit 2 ;;
 esac
 tmp=$(mktemp -d)
@@ -24,7 +25,10 @@ trap 'rm -rf "$tmp"' EXIT
 for who in rsplib ours; do
     bin=$OURS fn=$ours_fn
     [ "$who" = rsplib ] && bin=$RSPLIB_BENCH fn=$rsplib_fn
-    valgrind --tool=callgrind --cache-sim=yes --LL=2097152,16,64 --toggle-collect="$fn" \
+    read -ra fns <<< "$fn"
+    toggles=()
+    for f in "${fns[@]}"; do toggles+=("--toggle-collect=$f"); done
+    valgrind --tool=callgrind --cache-sim=yes --LL=2097152,16,64 "${toggles[@]}" \
         --callgrind-out-file="$tmp/$who.out" "$bin" "$pes" "$pools" "$policy" 1000 3 >/dev/null 2>&1
     # The totals line: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
     callgrind_annotate "$tmp/$who.out" | awk -v who="$who" -v n="$calls" '/PROGRAM TOTALS/ {
