@@ -7,7 +7,7 @@
 
 use core::ops::{Index, IndexMut};
 
-use super::element::{PeSlot, NIL};
+use super::element::{PeSlot, PoolElement, NIL};
 use super::wheel::TimerLink;
 use super::wheel::TimerSlots;
 
@@ -84,15 +84,18 @@ impl Arena {
         index
     }
 
-    /// Frees slot `index` (which holds a PE) and returns its contents.
-    pub(crate) fn remove(&mut self, index: u32) -> PeSlot {
+    /// Frees slot `index` (which holds a PE, unlinked from every list) and returns its PE.
+    /// Only what a free slot is read for is reset, its generation (0: no PE) and the free
+    /// list's link: a reuse overwrites the whole slot, and copying out and clearing all 144
+    /// bytes instead was 3 % of a deregistration's instructions.
+    pub(crate) fn remove(&mut self, index: u32) -> PoolElement {
         let free = self.free;
-        let mut vacant = PeSlot::VACANT;
-        vacant.pool = free;
-        let slot = core::mem::replace(&mut self[index], vacant);
+        let slot = &mut self[index];
+        let pe = core::mem::replace(&mut slot.pe, PeSlot::VACANT.pe);
+        slot.pool = free;
         self.free = index;
         self.len -= 1;
-        slot
+        pe
     }
 
     /// Every PE slot with its index.
@@ -169,8 +172,8 @@ mod tests {
         assert!(arena.get(n, 1).is_none(), "past the slots handed out");
         assert!(arena.get(u32::MAX, 1).is_none(), "past every page");
         // Freed slots are reused, the last freed first, before any new one.
-        assert_eq!(arena.remove(PAGE as u32).pe.id, PAGE as u32);
-        assert_eq!(arena.remove(3).pe.id, 3);
+        assert_eq!(arena.remove(PAGE as u32).id, PAGE as u32);
+        assert_eq!(arena.remove(3).id, 3);
         assert!(arena.get(3, 1).is_none());
         assert_eq!(arena.insert(slot(100)), 3);
         assert_eq!(arena.insert(slot(101)), PAGE as u32);

@@ -626,7 +626,7 @@ impl Handlespace {
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
         self.pe_index.remove(hash, index);
-        (self.pes.remove(index).pe, p)
+        (self.pes.remove(index), p)
     }
 
     /// Drops pool `p` if it has no PE left.
