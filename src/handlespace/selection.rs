@@ -633,3 +633,26 @@ impl Iterator for SelectorIter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::push_tight;
+
+    #[test]
+    fn small_vectors_grow_by_two_with_at_most_one_spare_then_double() {
+        let mut v: Vec<u32> = Vec::new();
+        let mut moves = 0;
+        for x in 0..40u32 {
+            let cap = v.capacity();
+            push_tight(&mut v, x);
+            moves += usize::from(v.capacity() != cap);
+            if v.len() <= 16 {
+                assert!(v.capacity() <= v.len() + 1, "len {} capacity {}", v.len(), v.capacity());
+            }
+        }
+        assert_eq!(v, (0..40).collect::<Vec<_>>());
+        // 2, 4, ..., 16 (eight growths), then doubling to 32 and 64.
+        assert_eq!(moves, 10);
+        assert_eq!(v.capacity(), 64);
+    }
+}
