@@ -255,14 +255,12 @@ impl Selector {
     pub(crate) fn insert(&mut self, pes: &mut Arena, i: u32, policy: &Policy) {
         let key = pes[i].key(i);
         match self {
-            Self::Dense { members, .. } => {
-                pes[i].sel_pos = members.len() as u32;
-                push_tight(members, key);
-            }
+            Self::Dense { members, .. } => push_member(members, pes, key),
             Self::Weighted { kind, members, weights, tree } => {
-                pes[i].sel_pos = members.len() as u32;
-                push_tight(members, key);
-                push_tight(weights, weight_of(*kind, policy));
+                let w = weight_of(*kind, policy);
+                pes[i].sel_key = u64::from(w);
+                push_member(members, pes, key);
+                push_tight(weights, w);
                 tree.push(weights);
             }
             Self::Ordered { index, next_seq, .. } => {
@@ -302,15 +300,16 @@ impl Selector {
     /// its slot before the index is used again).
     pub(crate) fn remove(&mut self, pes: &mut Arena, i: u32) {
         let slot = &pes[i];
-        let pos = slot.sel_pos as usize;
         match self {
             Self::Dense { kind, members, cursor } => {
+                let pos = member_pos(members, pes, i);
                 swap_remove_member(members, pes, pos);
                 if *kind == DenseKind::RoundRobin && *cursor >= members.len() {
                     *cursor = 0;
                 }
             }
             Self::Weighted { members, weights, tree, .. } => {
+                let pos = member_pos(members, pes, i);
                 let (w_pos, w_last) = (weights[pos], weights[weights.len() - 1]);
                 swap_remove_member(members, pes, pos);
                 weights.swap_remove(pos);
@@ -329,11 +328,16 @@ impl Selector {
         let slot = &mut pes[i];
         match self {
             Self::Dense { .. } => {}
-            Self::Weighted { kind, weights, tree, .. } => {
-                let pos = slot.sel_pos as usize;
+            Self::Weighted { kind, members, weights, tree } => {
+                // The slot keeps the weight: a re-registration that leaves it as it was (the
+                // usual one) touches neither the members nor the weights.
                 let w = weight_of(*kind, policy);
-                tree.add(pos, u64::from(w).wrapping_sub(u64::from(weights[pos])));
-                weights[pos] = w;
+                if slot.sel_key != u64::from(w) {
+                    slot.sel_key = u64::from(w);
+                    let pos = member_pos(members, pes, i);
+                    tree.add(pos, u64::from(w).wrapping_sub(u64::from(weights[pos])));
+                    weights[pos] = w;
+                }
             }
             Self::Ordered { index, .. } => {
                 let sel_key = ordered_sel_key(policy, 0);
@@ -501,20 +505,23 @@ impl Selector {
     }
 
     /// Checks that every PE's slot records its place in the index of pool `pool` (for
-    /// `Handlespace::validate`).
+    /// `Handlespace::validate`): exactly, or in a dense or weighted index small enough to scan,
+    /// so that [`member_pos`] finds it.
     pub(crate) fn validate(&self, pes: &Arena, pool: u32) -> Result<(), String> {
         let live = |k: &PeKey| pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"));
         match self {
             Self::Dense { members, .. } | Self::Weighted { members, .. } => {
                 for (i, k) in members.iter().enumerate() {
-                    if live(k)?.sel_pos as usize != i {
+                    let kept = live(k)?.sel_pos as usize;
+                    if (kept != i && members.len() > SCAN_MAX) || member_pos(members, pes, k.index) != i {
                         return Err(format!("{k:?} has the wrong position"));
                     }
                 }
                 if let Self::Weighted { kind, weights, tree, .. } = self {
                     let mut total = 0u64;
                     for (k, &w) in members.iter().zip(weights) {
-                        if w != weight_of(*kind, &live(k)?.pe.policy()) {
+                        let slot = live(k)?;
+                        if w != weight_of(*kind, &slot.pe.policy()) || slot.sel_key != u64::from(w) {
                             return Err(format!("{k:?} has the wrong weight"));
                         }
                         total += u64::from(w);
@@ -575,12 +582,45 @@ impl Selector {
     }
 }
 
+/// Members up to which a dense or weighted index finds a PE's position by scanning its members
+/// (at most two cache lines, which a removal has asked for already) rather than keeping it in
+/// the PE's slot: a removal then moves the last member without writing to that member's slot,
+/// which in a small pool is seldom in the cache.
+const SCAN_MAX: usize = 16;
+
+/// Position of member `i` in `members`: as kept in its slot, which is exact while the index
+/// has more than [`SCAN_MAX`] members and otherwise exact unless a removal moved it since; then
+/// found by scanning (a slot index appears once among a pool's members).
+fn member_pos(members: &[PeKey], pes: &Arena, i: u32) -> usize {
+    let kept = pes[i].sel_pos as usize;
+    if members.len() > SCAN_MAX || members.get(kept).is_some_and(|k| k.index == i) {
+        return kept;
+    }
+    let pos = members.iter().position(|k| k.index == i);
+    debug_assert!(pos.is_some(), "PE slot {i} is not a member");
+    pos.unwrap_or(members.len())
+}
+
+/// Appends `key` to a dense or weighted index; when that makes the index too large to scan,
+/// every member's slot learns its position.
+fn push_member(members: &mut Vec<PeKey>, pes: &mut Arena, key: PeKey) {
+    pes[key.index].sel_pos = members.len() as u32;
+    push_tight(members, key);
+    if members.len() == SCAN_MAX + 1 {
+        for (pos, k) in members.iter().enumerate() {
+            pes[k.index].sel_pos = pos as u32;
+        }
+    }
+}
+
 /// Removes the member at `pos` of a dense or weighted index by moving the last one into its
-/// place, whose slot learns its new position.
+/// place, whose slot learns its new position if the index is still too large to scan.
 fn swap_remove_member(members: &mut Vec<PeKey>, pes: &mut Arena, pos: usize) {
     members.swap_remove(pos);
-    if let Some(moved) = members.get(pos) {
-        pes[moved.index].sel_pos = pos as u32;
+    if members.len() > SCAN_MAX {
+        if let Some(moved) = members.get(pos) {
+            pes[moved.index].sel_pos = pos as u32;
+        }
     }
 }
 

@@ -827,3 +827,38 @@ proptest::proptest! {
         hs.validate().unwrap();
     }
 }
+
+/// A weighted pool crossing the size up to which its members are scanned for a PE's position
+/// (positions kept in the slots only above it), both ways and again, with removals anywhere and
+/// weight changes in between: every PE keeps a findable position and the right weight.
+#[test]
+fn weighted_pool_positions_survive_crossing_the_scan_size_both_ways() {
+    let mut hs = hs();
+    let weight = |id: u32, round: u32| Policy::WeightedRandom { weight: 1 + (id * 7 + round) % 5 };
+    let mut live: Vec<u32> = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(18);
+    for round in 0..6u32 {
+        // Grow to 24 members (past the scan size), then shrink to 5, removing at random places.
+        while live.len() < 24 {
+            let id = 1 + rng.u32(..1000);
+            if !live.contains(&id) {
+                hs.register(reg(b"pool", id, weight(id, round), conn(1)), Time::ZERO).unwrap();
+                live.push(id);
+                hs.validate().unwrap();
+            }
+        }
+        while live.len() > 5 {
+            let id = live.swap_remove(rng.usize(..live.len()));
+            assert!(hs.deregister(b"pool", id, conn(1)).unwrap().is_some());
+            hs.validate().unwrap();
+            // Re-register a survivor with another weight (the position is looked up then).
+            let other = live[rng.usize(..live.len())];
+            hs.register(reg(b"pool", other, weight(other, round + 1), conn(1)), Time::ZERO).unwrap();
+            hs.validate().unwrap();
+        }
+    }
+    let mut got = resolve_ids(&mut hs, 10);
+    got.sort_unstable();
+    live.sort_unstable();
+    assert_eq!(got, live);
+}
