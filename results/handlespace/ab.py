@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Alternates handlespace benches (rsplib's anchor bench and builds of ours) on one core and
+prints each operation's median and its ratio to the first binary: the quick side-by-side used
+for single policies (vs_rsplib.sh runs the whole matrix).
+
+    results/handlespace/ab.py ROUNDS PES POOLS POLICY RESOLUTIONS BIN [BIN...]
+    results/handlespace/ab.py 7 1000000 100000 WeightedRandom 1000 <anchor bench> <ours> <ours before>
+
+Each round runs every binary once (`taskset -c 1 BIN PES POOLS POLICY RESOLUTIONS 3`), in
+turn, reversing the order every other round so that neither side always runs first. Our bench:
+`cargo bench --bench rsplib_workload --no-run` (the executable it names), copied aside for each
+build to compare.
+"""
+import re
+import statistics
+import subprocess
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) < 7:
+        sys.exit(__doc__)
+    rounds, pes, pools, policy, resolutions = sys.argv[1:6]
+    bins = sys.argv[6:]
+    data: dict[tuple[str, str], list[float]] = {}
+    ops: list[str] = []
+    for r in range(int(rounds)):
+        for b in bins if r % 2 == 0 else bins[::-1]:
+            cmd = ["taskset", "-c", "1", b, pes, pools, policy, resolutions, "3"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                m = re.search(r"pools=\S+\s+(\S+(?:\(\d+\))?)\s+([\d.]+)", line)
+                if m:
+                    if m.group(1) not in ops:
+                        ops.append(m.group(1))
+                    data.setdefault((b, m.group(1)), []).append(float(m.group(2)))
+    name = lambda b: b.split("/")[-1]
+    print(f"{policy} {pes}/{pools}, {rounds} rounds, medians (ratio to {name(bins[0])})")
+    for op in ops:
+        base = statistics.median(data[(bins[0], op)])
+        cells = []
+        for b in bins:
+            if (b, op) in data:
+                med = statistics.median(data[(b, op)])
+                cells.append(f"{name(b)} {med / 1e6:.3f}M ({med / base:.2f}x)")
+        print(f"  {op:14} " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
