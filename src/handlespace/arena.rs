@@ -87,7 +87,7 @@ impl Arena {
     /// Frees slot `index` (which holds a PE, unlinked from every list) and returns its PE.
     /// Only what a free slot is read for is reset, its generation (0: no PE) and the free
     /// list's link: a reuse overwrites the whole slot, and copying out and clearing all 144
-    /// bytes instead was 3 % of a deregistration's instructions.
+    /// bytes instead cost 4 % of a deregistration's instructions (1,034 against 989, callgrind).
     pub(crate) fn remove(&mut self, index: u32) -> PoolElement {
         let free = self.free;
         let slot = &mut self[index];
