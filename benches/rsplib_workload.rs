@@ -13,6 +13,9 @@
 //! in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
 //! registered over (one connection per PE), and a resolution applies the registrar's
 //! max-increment of 1 (rsplib's bench passes 0, which rotates nothing).
+//!
+//! With `RSPLIB_WORKLOAD_FILL_ONLY` set in the environment it stops after the fill (for profiling
+//! the fill alone with perf or callgrind).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -125,6 +128,9 @@ fn main() {
     let s = t0.elapsed().as_secs_f64();
     println!("{pol:<12} N={n:<7} pools={pools:<5} register      {:10.0} ops/s", n as f64 / s);
     eprintln!("{pol:<12} N={n:<7} pools={pools:<5} RSS after fill {} kB, fill {s:.3} s", rss_kb());
+    if std::env::var_os("RSPLIB_WORKLOAD_FILL_ONLY").is_some() {
+        return;
+    }
 
     let mut rng = fastrand::Rng::with_seed(1);
     let t0 = Instant::now();

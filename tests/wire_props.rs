@@ -228,6 +228,18 @@ proptest! {
         prop_assert_eq!(parsed.to_bytes().unwrap(), bytes);
     }
 
+    /// `TransportRepr`'s hand-written clone (addresses copied as a slice) is a faithful,
+    /// independent copy, inline (up to two addresses) or spilled to the heap (three).
+    #[test]
+    fn a_cloned_transport_is_equal_and_independent(t in transport_of(ALL_TRANSPORTS)) {
+        let mut c = t.clone();
+        prop_assert_eq!(&c, &t);
+        c.addresses.push(IpAddr::from([192, 0, 2, 1]));
+        c.port = t.port.wrapping_add(1);
+        prop_assert_eq!(c.addresses.len(), t.addresses.len() + 1);
+        prop_assert_ne!(&c, &t);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         exercise(&bytes);
