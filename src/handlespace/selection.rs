@@ -4,7 +4,7 @@
 //! | policies | structure | resolve cost |
 //! |---|---|---|
 //! | Round Robin, Random | dense vector of PE keys (swap-remove; each PE knows its position) | O(N) |
-//! | Weighted Random, Randomized Least Used | dense vector + 8-ary sum tree of weights | O(N log n) |
+//! | Weighted Random, Randomized Least Used | dense vector of PE keys with their weights + 8-ary sum tree over it | O(N log n) |
 //! | Weighted Round Robin, Priority, Least Used, LUD, PLU | ordered set of (primary, sequence, PE): a sorted head vector, a B-tree and a sorted deque of the largest keys ([`super::ordindex`]); a removal beyond the head leaves a dead entry, dropped in bulk | O(N + M); O(M log n) when rotation moves a PE into the B-tree's range, O(M) when past every key |
 //!
 //! (M = max-increment, the number of PEs of a response that count as *selected*.)
@@ -39,7 +39,7 @@ use crate::wire::policy::{Policy, PolicyType};
 use super::arena::Arena;
 use super::element::{PeKey, PeSlot};
 use super::ordindex::{OrdIndex, OrdIter};
-use super::sumtree::SumTree;
+use super::sumtree::{SumTree, Weight};
 
 /// One unit of WRR stride: a PE of weight w advances its pass by `STRIDE_ONE / w` when selected.
 const STRIDE_ONE: u64 = 1 << 32;
@@ -106,11 +106,47 @@ pub(crate) enum OrderedKind {
     PriorityLeastUsed,
 }
 
+/// A member of a weighted index: a PE and its weight, side by side in one vector, so that
+/// filling a pool grows one vector rather than two (the reallocations of filling 100,000 pools
+/// of 10 halve) and a draw reads the weight and the PE from the same line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WeightedMember {
+    pe: PeKey,
+    weight: u32,
+}
+
+impl Weight for WeightedMember {
+    #[inline]
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+/// A member of a dense or weighted index.
+trait Member: Copy {
+    /// The PE it is.
+    fn pe(&self) -> PeKey;
+}
+
+impl Member for PeKey {
+    #[inline]
+    fn pe(&self) -> PeKey {
+        *self
+    }
+}
+
+impl Member for WeightedMember {
+    #[inline]
+    fn pe(&self) -> PeKey {
+        self.pe
+    }
+}
+
 /// The per-pool selection index.
 #[derive(Debug)]
 pub(crate) enum Selector {
     Dense { kind: DenseKind, members: Vec<PeKey>, cursor: usize },
-    Weighted { kind: WeightedKind, members: Vec<PeKey>, weights: Vec<u32>, tree: SumTree },
+    Weighted { kind: WeightedKind, members: Vec<WeightedMember>, tree: SumTree },
     Ordered { kind: OrderedKind, index: OrdIndex<u64>, next_seq: u32 },
     WeightedRoundRobin { index: OrdIndex<WrrKey>, next_seq: u32, virtual_time: u64 },
 }
@@ -197,8 +233,7 @@ impl Selector {
     /// implement.
     pub(crate) fn new(policy_type: PolicyType) -> Option<Self> {
         let dense = |kind| Self::Dense { kind, members: Vec::new(), cursor: 0 };
-        let weighted =
-            |kind| Self::Weighted { kind, members: Vec::new(), weights: Vec::new(), tree: SumTree::default() };
+        let weighted = |kind| Self::Weighted { kind, members: Vec::new(), tree: SumTree::default() };
         let ordered = |kind| Self::Ordered { kind, index: OrdIndex::default(), next_seq: 0 };
         Some(match policy_type {
             PolicyType::ROUND_ROBIN => dense(DenseKind::RoundRobin),
@@ -219,7 +254,8 @@ impl Selector {
     /// Number of PEs indexed.
     pub(crate) fn len(&self) -> usize {
         match self {
-            Self::Dense { members, .. } | Self::Weighted { members, .. } => members.len(),
+            Self::Dense { members, .. } => members.len(),
+            Self::Weighted { members, .. } => members.len(),
             Self::Ordered { index, .. } => index.len(),
             Self::WeightedRoundRobin { index, .. } => index.len(),
         }
@@ -228,7 +264,8 @@ impl Selector {
     /// Every PE of the pool `pool` (in index order).
     pub(crate) fn iter<'a>(&'a self, pes: &'a Arena, pool: u32) -> SelectorIter<'a> {
         match self {
-            Self::Dense { members, .. } | Self::Weighted { members, .. } => SelectorIter::Slice(members.iter()),
+            Self::Dense { members, .. } => SelectorIter::Slice(members.iter()),
+            Self::Weighted { members, .. } => SelectorIter::Weighted(members.iter()),
             Self::Ordered { index, .. } => SelectorIter::Ordered { entries: index.iter(), pes, pool },
             Self::WeightedRoundRobin { index, .. } => SelectorIter::Wrr { entries: index.iter(), pes, pool },
         }
@@ -256,12 +293,11 @@ impl Selector {
         let key = pes[i].key(i);
         match self {
             Self::Dense { members, .. } => push_member(members, pes, key),
-            Self::Weighted { kind, members, weights, tree } => {
-                let w = weight_of(*kind, policy);
-                pes[i].sel_key = u64::from(w);
-                push_member(members, pes, key);
-                push_tight(weights, w);
-                tree.push(weights);
+            Self::Weighted { kind, members, tree } => {
+                let weight = weight_of(*kind, policy);
+                pes[i].sel_key = u64::from(weight);
+                push_member(members, pes, WeightedMember { pe: key, weight });
+                tree.push(members);
             }
             Self::Ordered { index, next_seq, .. } => {
                 let seq = Self::next_seq(next_seq, index, pes, |s, q| ord_key(s.sel_key, q));
@@ -287,10 +323,7 @@ impl Selector {
         use crate::runtime::simd::prefetch_slice;
         match self {
             Self::Dense { members, .. } => prefetch_slice(members, SMALL_INDEX_BYTES),
-            Self::Weighted { members, weights, .. } => {
-                prefetch_slice(members, SMALL_INDEX_BYTES);
-                prefetch_slice(weights, SMALL_INDEX_BYTES);
-            }
+            Self::Weighted { members, .. } => prefetch_slice(members, SMALL_INDEX_BYTES),
             Self::Ordered { index, .. } => index.prefetch(),
             Self::WeightedRoundRobin { index, .. } => index.prefetch(),
         }
@@ -308,12 +341,11 @@ impl Selector {
                     *cursor = 0;
                 }
             }
-            Self::Weighted { members, weights, tree, .. } => {
+            Self::Weighted { members, tree, .. } => {
                 let pos = member_pos(members, pes, i);
-                let (w_pos, w_last) = (weights[pos], weights[weights.len() - 1]);
+                let (w_pos, w_last) = (members[pos].weight, members[members.len() - 1].weight);
                 swap_remove_member(members, pes, pos);
-                weights.swap_remove(pos);
-                tree.swap_remove(weights, pos, w_pos, w_last);
+                tree.swap_remove(members, pos, w_pos, w_last);
             }
             Self::Ordered { index, .. } => index.forget(ord_key(slot.sel_key, slot.sel_pos)),
             Self::WeightedRoundRobin { index, .. } => index.forget(wrr_key(slot.sel_key, slot.sel_pos)),
@@ -328,15 +360,15 @@ impl Selector {
         let slot = &mut pes[i];
         match self {
             Self::Dense { .. } => {}
-            Self::Weighted { kind, members, weights, tree } => {
+            Self::Weighted { kind, members, tree } => {
                 // The slot keeps the weight: a re-registration that leaves it as it was (the
-                // usual one) touches neither the members nor the weights.
+                // usual one) does not touch the index.
                 let w = weight_of(*kind, policy);
                 if slot.sel_key != u64::from(w) {
                     slot.sel_key = u64::from(w);
                     let pos = member_pos(members, pes, i);
-                    tree.add(pos, u64::from(w).wrapping_sub(u64::from(weights[pos])));
-                    weights[pos] = w;
+                    tree.add(pos, u64::from(w).wrapping_sub(u64::from(members[pos].weight)));
+                    members[pos].weight = w;
                 }
             }
             Self::Ordered { index, .. } => {
@@ -384,7 +416,7 @@ impl Selector {
             Self::Dense { kind: DenseKind::Random, members, .. } => {
                 sample_uniform(members, n, ctx.rng, ctx.scratch, out);
             }
-            Self::Weighted { kind, members, weights, tree } => {
+            Self::Weighted { kind, members, tree } => {
                 if tree.total() == 0 {
                     sample_uniform(members, n, ctx.rng, ctx.scratch, out);
                     return;
@@ -399,16 +431,17 @@ impl Selector {
                 'pick: for _ in 0..n.min(members.len()) {
                     if subtracted == 0 {
                         for _ in 0..REJECTIONS {
-                            let p = tree.find(weights, ctx.rng.u64(..tree.total())) as u32;
+                            let p = tree.find(members, ctx.rng.u64(..tree.total())) as u32;
                             if !ctx.scratch.contains(&p) {
                                 ctx.scratch.push(p);
-                                out.push(members[p as usize]);
+                                out.push(members[p as usize].pe);
                                 continue 'pick;
                             }
                         }
                         for &p in ctx.scratch.iter() {
-                            tree.add(p as usize, u64::from(weights[p as usize]).wrapping_neg());
-                            weights[p as usize] = 0;
+                            let m = &mut members[p as usize];
+                            tree.add(p as usize, u64::from(m.weight).wrapping_neg());
+                            m.weight = 0;
                         }
                         subtracted = ctx.scratch.len();
                     }
@@ -416,18 +449,19 @@ impl Selector {
                     if total == 0 {
                         break;
                     }
-                    let p = tree.find(weights, ctx.rng.u64(..total));
-                    out.push(members[p]);
-                    tree.add(p, u64::from(weights[p]).wrapping_neg());
-                    weights[p] = 0;
+                    let p = tree.find(members, ctx.rng.u64(..total));
+                    let m = &mut members[p];
+                    out.push(m.pe);
+                    tree.add(p, u64::from(m.weight).wrapping_neg());
+                    m.weight = 0;
                     ctx.scratch.push(p as u32);
                     subtracted += 1;
                 }
                 // Restore the zeroed weights from the PEs' policies (rare path).
                 for &p in &ctx.scratch[..subtracted] {
-                    let w = weight_of(*kind, &ctx.pes[members[p as usize].index].pe.policy());
-                    weights[p as usize] = w;
-                    tree.add(p as usize, u64::from(w));
+                    let m = &mut members[p as usize];
+                    m.weight = weight_of(*kind, &ctx.pes[m.pe.index].pe.policy());
+                    tree.add(p as usize, u64::from(m.weight));
                 }
             }
             Self::Ordered { kind, index, next_seq } => {
@@ -510,25 +544,19 @@ impl Selector {
     pub(crate) fn validate(&self, pes: &Arena, pool: u32) -> Result<(), String> {
         let live = |k: &PeKey| pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"));
         match self {
-            Self::Dense { members, .. } | Self::Weighted { members, .. } => {
-                for (i, k) in members.iter().enumerate() {
-                    let kept = live(k)?.sel_pos as usize;
-                    if (kept != i && members.len() > SCAN_MAX) || member_pos(members, pes, k.index) != i {
-                        return Err(format!("{k:?} has the wrong position"));
+            Self::Dense { members, .. } => Self::validate_positions(members, pes)?,
+            Self::Weighted { kind, members, tree } => {
+                Self::validate_positions(members, pes)?;
+                let mut total = 0u64;
+                for m in members {
+                    let slot = live(&m.pe)?;
+                    if m.weight != weight_of(*kind, &slot.pe.policy()) || slot.sel_key != u64::from(m.weight) {
+                        return Err(format!("{:?} has the wrong weight", m.pe));
                     }
+                    total += u64::from(m.weight);
                 }
-                if let Self::Weighted { kind, weights, tree, .. } = self {
-                    let mut total = 0u64;
-                    for (k, &w) in members.iter().zip(weights) {
-                        let slot = live(k)?;
-                        if w != weight_of(*kind, &slot.pe.policy()) || slot.sel_key != u64::from(w) {
-                            return Err(format!("{k:?} has the wrong weight"));
-                        }
-                        total += u64::from(w);
-                    }
-                    if weights.len() != members.len() || tree.total() != total {
-                        return Err("weights do not add up".into());
-                    }
+                if tree.total() != total {
+                    return Err("weights do not add up".into());
                 }
             }
             Self::Ordered { index, next_seq, .. } => {
@@ -536,6 +564,19 @@ impl Selector {
             }
             Self::WeightedRoundRobin { index, next_seq, .. } => {
                 Self::validate_ordered(index, *next_seq, pes, pool, |s, q| wrr_key(s.sel_key, q))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every member of a dense or weighted index is alive and has its position in
+    /// its slot, or is in an index small enough to scan, so that [`member_pos`] finds it.
+    fn validate_positions(members: &[impl Member], pes: &Arena) -> Result<(), String> {
+        for (i, m) in members.iter().enumerate() {
+            let k = m.pe();
+            let kept = pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"))?.sel_pos as usize;
+            if (kept != i && members.len() > SCAN_MAX) || member_pos(members, pes, k.index) != i {
+                return Err(format!("{k:?} has the wrong position"));
             }
         }
         Ok(())
@@ -591,41 +632,47 @@ const SCAN_MAX: usize = 16;
 /// Position of member `i` in `members`: as kept in its slot, which is exact while the index
 /// has more than [`SCAN_MAX`] members and otherwise exact unless a removal moved it since; then
 /// found by scanning (a slot index appears once among a pool's members).
-fn member_pos(members: &[PeKey], pes: &Arena, i: u32) -> usize {
+fn member_pos(members: &[impl Member], pes: &Arena, i: u32) -> usize {
     let kept = pes[i].sel_pos as usize;
-    if members.len() > SCAN_MAX || members.get(kept).is_some_and(|k| k.index == i) {
+    if members.len() > SCAN_MAX || members.get(kept).is_some_and(|m| m.pe().index == i) {
         return kept;
     }
-    let pos = members.iter().position(|k| k.index == i);
+    let pos = members.iter().position(|m| m.pe().index == i);
     debug_assert!(pos.is_some(), "PE slot {i} is not a member");
     pos.unwrap_or(members.len())
 }
 
 /// Appends `key` to a dense or weighted index; when that makes the index too large to scan,
 /// every member's slot learns its position.
-fn push_member(members: &mut Vec<PeKey>, pes: &mut Arena, key: PeKey) {
-    pes[key.index].sel_pos = members.len() as u32;
-    push_tight(members, key);
+fn push_member<M: Member>(members: &mut Vec<M>, pes: &mut Arena, member: M) {
+    pes[member.pe().index].sel_pos = members.len() as u32;
+    push_tight(members, member);
     if members.len() == SCAN_MAX + 1 {
-        for (pos, k) in members.iter().enumerate() {
-            pes[k.index].sel_pos = pos as u32;
+        for (pos, m) in members.iter().enumerate() {
+            pes[m.pe().index].sel_pos = pos as u32;
         }
     }
 }
 
 /// Removes the member at `pos` of a dense or weighted index by moving the last one into its
 /// place, whose slot learns its new position if the index is still too large to scan.
-fn swap_remove_member(members: &mut Vec<PeKey>, pes: &mut Arena, pos: usize) {
+fn swap_remove_member(members: &mut Vec<impl Member>, pes: &mut Arena, pos: usize) {
     members.swap_remove(pos);
     if members.len() > SCAN_MAX {
         if let Some(moved) = members.get(pos) {
-            pes[moved.index].sel_pos = pos as u32;
+            pes[moved.pe().index].sel_pos = pos as u32;
         }
     }
 }
 
 /// Appends `min(n, len)` distinct members drawn uniformly, in random order.
-fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch: &mut Vec<u32>, out: &mut Vec<PeKey>) {
+fn sample_uniform(
+    members: &[impl Member],
+    n: usize,
+    rng: &mut fastrand::Rng,
+    scratch: &mut Vec<u32>,
+    out: &mut Vec<PeKey>,
+) {
     let len = members.len();
     let n = n.min(len);
     scratch.clear();
@@ -636,7 +683,7 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
             let p = rng.u32(..len as u32);
             if let Err(at) = scratch.binary_search(&p) {
                 scratch.insert(at, p);
-                out.push(members[p as usize]);
+                out.push(members[p as usize].pe());
             }
         }
     } else {
@@ -645,7 +692,7 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
         for i in 0..n {
             let j = rng.usize(i..len);
             scratch.swap(i, j);
-            out.push(members[scratch[i] as usize]);
+            out.push(members[scratch[i] as usize].pe());
         }
     }
 }
@@ -653,6 +700,7 @@ fn sample_uniform(members: &[PeKey], n: usize, rng: &mut fastrand::Rng, scratch:
 /// Iterator over the PEs of one pool (an ordered index's dead entries skipped).
 pub(crate) enum SelectorIter<'a> {
     Slice(core::slice::Iter<'a, PeKey>),
+    Weighted(core::slice::Iter<'a, WeightedMember>),
     Ordered { entries: OrdIter<'a, u64>, pes: &'a Arena, pool: u32 },
     Wrr { entries: OrdIter<'a, WrrKey>, pes: &'a Arena, pool: u32 },
 }
@@ -662,6 +710,7 @@ impl Iterator for SelectorIter<'_> {
     fn next(&mut self) -> Option<PeKey> {
         match self {
             Self::Slice(it) => it.next().copied(),
+            Self::Weighted(it) => it.next().map(|m| m.pe),
             Self::Ordered { entries, pes, pool } => {
                 let live = live_in(pes, *pool, |s, q| ord_key(s.sel_key, q));
                 entries.find(|&(k, pe)| live(k, pe)).map(|e| e.1)

@@ -1,18 +1,31 @@
 //! An 8-ary sum tree over a vector of `u32` weights: "which position holds the r-th unit of
 //! weight" and point updates in O(log8 n), push at the end and swap-removal in O(log8 n). The weighted
-//! random policies draw from it.
+//! random policies draw from it. The leaves are the caller's vector of anything that has a
+//! [`Weight`] (a pool keeps each PE's weight beside its key, in one vector).
 //!
 //! Why not a Fenwick tree: at a million PEs a Fenwick search touches ~20 nodes spread over 8 MB,
 //! most of them cache misses. Here each level stores the sums of groups of 8 entries of the level
-//! below (the leaves are the caller's weight vector itself), so a search reads one 64-byte line
-//! per level, 7 levels at a million, and only the last two or three miss the cache. The sums
-//! cost about 1.1 bytes per PE instead of a Fenwick tree's 8.
+//! below (the leaves are the caller's vector itself), so a search reads one 64-byte line per
+//! level of sums and two of leaves, 7 levels at a million, and only the last two or three miss
+//! the cache. The sums cost about 1.1 bytes per PE instead of a Fenwick tree's 8.
+
+/// A leaf of the tree: something with a weight.
+pub(crate) trait Weight {
+    /// The leaf's weight.
+    fn weight(&self) -> u32;
+}
+
+impl Weight for u32 {
+    fn weight(&self) -> u32 {
+        *self
+    }
+}
 
 const FAN_BITS: u32 = 3;
 const FAN: usize = 1 << FAN_BITS;
-/// Up to this many leaves there are no sums: a search scans the leaves (half a cache line of
-/// weights at most twice over), and the many small pools of a large registrar need no
-/// allocations for levels (about 7 bytes per PE in pools of ten).
+/// Up to this many leaves there are no sums: a search scans the leaves (at most six cache lines
+/// of a pool's 12-byte members, which hold the PE drawn as well), and the many small pools of
+/// a large registrar need no allocations for levels (about 7 bytes per PE in pools of ten).
 const LINEAR: usize = 32;
 
 /// Sums over groups of a leaf vector: `levels[k][i]` is the sum of leaves
@@ -43,9 +56,9 @@ impl SumTree {
     }
 
     /// Accounts for the leaf just pushed at the end of `leaves`.
-    pub(crate) fn push(&mut self, leaves: &[u32]) {
+    pub(crate) fn push(&mut self, leaves: &[impl Weight]) {
         let pos = leaves.len() - 1;
-        let w = u64::from(leaves[pos]);
+        let w = u64::from(leaves[pos].weight());
         for (k, level) in self.levels_mut().iter_mut().enumerate() {
             let i = pos >> (FAN_BITS * (k as u32 + 1));
             if i == level.len() {
@@ -63,7 +76,7 @@ impl SumTree {
                 }
                 Some(_) => break,
                 None if leaves.len() > LINEAR => {
-                    leaves.chunks(FAN).map(|c| c.iter().map(|&x| u64::from(x)).sum()).collect()
+                    leaves.chunks(FAN).map(|c| c.iter().map(|x| u64::from(x.weight())).sum()).collect()
                 }
                 None => break,
             };
@@ -75,7 +88,7 @@ impl SumTree {
     /// `w_last`) into its place; `leaves` is the vector after that swap-remove (`pos` equal to
     /// its length: the last leaf itself was removed). One walk over the levels, where an `add`
     /// for the moved leaf and a `pop` for the end walked them twice.
-    pub(crate) fn swap_remove(&mut self, leaves: &[u32], pos: usize, w_pos: u32, w_last: u32) {
+    pub(crate) fn swap_remove(&mut self, leaves: &[impl Weight], pos: usize, w_pos: u32, w_last: u32) {
         let last = leaves.len();
         let moved = u64::from(w_last).wrapping_sub(u64::from(w_pos));
         for (k, level) in self.levels_mut().iter_mut().enumerate() {
@@ -124,7 +137,7 @@ impl SumTree {
     }
 
     /// The leaf `p` with `sum(leaves[..p]) <= r < sum(leaves[..=p])`, for `r < total()`.
-    pub(crate) fn find(&self, leaves: &[u32], mut r: u64) -> usize {
+    pub(crate) fn find(&self, leaves: &[impl Weight], mut r: u64) -> usize {
         let mut node = 0;
         for level in self.levels().iter().rev() {
             let start = node * FAN;
@@ -138,8 +151,8 @@ impl SumTree {
         let start = node * FAN;
         let end = if self.levels().is_empty() { leaves.len() } else { (start + FAN).min(leaves.len()) };
         node = start;
-        while node + 1 < end && r >= u64::from(leaves[node]) {
-            r -= u64::from(leaves[node]);
+        while node + 1 < end && r >= u64::from(leaves[node].weight()) {
+            r -= u64::from(leaves[node].weight());
             node += 1;
         }
         node

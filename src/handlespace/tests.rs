@@ -828,6 +828,51 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+    /// A Weighted Random pool (its members and their weights in one vector) against a model of
+    /// its PEs' weights, through registrations, re-registrations that change the weight (to 0
+    /// and back), deregistrations anywhere and resolutions, across the scan size and the size
+    /// at which the sum tree gains levels: a response holds distinct PEs, only ones of positive
+    /// weight while any has one (as many as there are, up to n), any n of the pool while none
+    /// has; and the index checks out against the slots after every step.
+    #[test]
+    fn weighted_random_answers_as_its_weights_allow(
+        ops in proptest::collection::vec((0u8..7, 1u32..48, 0u32..4, 1usize..8), 1..600),
+    ) {
+        let mut hs = hs();
+        let mut model: std::collections::BTreeMap<u32, u32> = Default::default();
+        for (op, id, weight, n) in ops {
+            match op {
+                0..=2 => {
+                    hs.register(reg(b"pool", id, Policy::WeightedRandom { weight }, conn(1)), Time::ZERO).unwrap();
+                    model.insert(id, weight);
+                }
+                3 => {
+                    let gone = hs.deregister(b"pool", id, conn(1)).ok().flatten().map(|pe| pe.id);
+                    proptest::prop_assert_eq!(gone, model.remove(&id).map(|_| id));
+                }
+                _ => {
+                    let got = answer_ids(&mut hs, n);
+                    let mut distinct = got.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    proptest::prop_assert_eq!(distinct.len(), got.len(), "duplicates in {:?}", got);
+                    let positive = model.values().filter(|&&w| w > 0).count();
+                    if positive > 0 {
+                        proptest::prop_assert_eq!(got.len(), n.min(positive));
+                        proptest::prop_assert!(got.iter().all(|id| model[id] > 0), "{:?} of {:?}", got, model);
+                    } else {
+                        proptest::prop_assert_eq!(got.len(), n.min(model.len()));
+                        proptest::prop_assert!(got.iter().all(|id| model.contains_key(id)));
+                    }
+                }
+            }
+            hs.validate().unwrap();
+        }
+    }
+}
+
 /// A weighted pool crossing the size up to which its members are scanned for a PE's position
 /// (positions kept in the slots only above it), both ways and again, with removals anywhere and
 /// weight changes in between: every PE keeps a findable position and the right weight.
