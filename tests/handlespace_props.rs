@@ -108,11 +108,13 @@ fn check(hs: &Handlespace) -> Result<(), TestCaseError> {
         let listed: BTreeSet<_> = hs.owner_pes(owner).collect();
         let expected = keys_by_owner.get(&owner).cloned().unwrap_or_default();
         prop_assert_eq!(listed, expected);
-        // Grouped by pool for table exports: the owner list's order, stably sorted by pool.
+        // Grouped by pool for table exports, pools in slab order (within a pool, any order).
         let mut naive: Vec<_> = hs.owner_pes(owner).collect();
-        naive.sort_by_key(|k| hs.pe_pool(*k));
+        naive.sort_by_key(|k| (hs.pe_pool(*k), *k));
         let mut grouped = Vec::new();
         hs.owner_pes_by_pool(owner, &mut grouped);
+        prop_assert!(grouped.windows(2).all(|w| hs.pe_pool(w[0]) <= hs.pe_pool(w[1])));
+        grouped.sort_by_key(|k| (hs.pe_pool(*k), *k));
         prop_assert_eq!(grouped, naive);
     }
     prop_assert_eq!(hs.owners().count(), by_owner.len());

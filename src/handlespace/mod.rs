@@ -818,21 +818,31 @@ impl Handlespace {
         self.list_iter(head, List::Owner)
     }
 
-    /// Fills `out` with the PEs whose home is `owner`, grouped by pool (pools in slab order,
-    /// each group in the owner list's order), as an ENRP Handle Table export sends them: one
-    /// Pool Handle per group. One pass over the owner's list, then a counting sort by pool
-    /// (O(their number + pools); a comparison sort when they are few next to the pools).
+    /// Fills `out` with the PEs whose home is `owner`, grouped by pool (pools in slab order),
+    /// as an ENRP Handle Table export sends them: one Pool Handle per group. One pass over the
+    /// owner's PEs, then a counting sort by pool (O(their number + pools); a comparison sort
+    /// when they are few next to the pools). Within a group, PEs come in the order of that
+    /// pass: the owner's list, or slot order when the owner holds at least half of all PEs.
     pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
         out.clear();
         let Some(o) = self.owners.map.get(&owner) else { return };
         out.reserve(o.count as usize);
         let mut pools: Vec<u32> = Vec::with_capacity(o.count as usize);
-        let mut index = o.head;
-        while index != NIL {
-            let slot = &self.pes[index];
-            out.push(slot.key(index));
-            pools.push(slot.pool);
-            index = slot.owner_link.next;
+        if o.count as usize >= self.pes.len().div_ceil(2) {
+            // Most slots are the owner's: reading them all in order streams through memory,
+            // where following the list waits for each slot before it knows the next.
+            for (index, slot) in self.pes.iter().filter(|(_, s)| s.pe.home == owner) {
+                out.push(slot.key(index));
+                pools.push(slot.pool);
+            }
+        } else {
+            let mut index = o.head;
+            while index != NIL {
+                let slot = &self.pes[index];
+                out.push(slot.key(index));
+                pools.push(slot.pool);
+                index = slot.owner_link.next;
+            }
         }
         let first = pools.first().copied().unwrap_or(0);
         if pools.iter().all(|&p| p == first) {

@@ -6,8 +6,9 @@
 //! Why not a Fenwick tree: at a million PEs a Fenwick search touches ~20 nodes spread over 8 MB,
 //! most of them cache misses. Here each level stores the sums of groups of 8 entries of the level
 //! below (the leaves are the caller's vector itself), so a search reads one 64-byte line per
-//! level of sums and two of leaves, 7 levels at a million, and only the last two or three miss
-//! the cache. The sums cost about 1.1 bytes per PE instead of a Fenwick tree's 8.
+//! level of sums and two or three of leaves (eight 12-byte members), 7 levels at a million,
+//! and only the last two or three miss the cache. The sums cost about 1.1 bytes per PE instead
+//! of a Fenwick tree's 8.
 
 /// A leaf of the tree: something with a weight.
 pub(crate) trait Weight {

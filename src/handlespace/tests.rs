@@ -561,9 +561,11 @@ fn owner_checksums_match_index_md() {
 }
 
 #[test]
-fn owner_pes_by_pool_groups_in_list_order() {
+fn owner_pes_by_pool_groups_by_pool_in_slab_order() {
     // Many PEs over few pools (the counting sort) and few PEs over many pools (the comparison
-    // sort) give what the owner list stably sorted by pool gives; other owners' PEs are left out.
+    // sort) give the owner's PEs grouped by pool, pools in slab order, whether they were
+    // gathered from the slots (ME holds 4 in 5 PEs) or from the owner list (PEER); other
+    // owners' PEs are left out.
     for (pools, per_pool) in [(7u32, 40u32), (400, 1)] {
         let mut hs = hs();
         let handles: Vec<Vec<u8>> = (0..pools).map(|p| format!("pool-{p}").into_bytes()).collect();
@@ -579,9 +581,11 @@ fn owner_pes_by_pool_groups_in_list_order() {
         hs.remove(gone);
         for owner in [ME, PEER] {
             let mut naive: Vec<PeKey> = hs.owner_pes(owner).collect();
-            naive.sort_by_key(|k| hs.pe_pool(*k));
+            naive.sort_by_key(|k| (hs.pe_pool(*k), *k));
             let mut grouped = vec![PeKey::default()];
             hs.owner_pes_by_pool(owner, &mut grouped);
+            assert!(grouped.windows(2).all(|w| hs.pe_pool(w[0]) <= hs.pe_pool(w[1])), "{pools} pools");
+            grouped.sort_by_key(|k| (hs.pe_pool(*k), *k));
             assert_eq!(grouped, naive, "{pools} pools");
         }
     }
