@@ -98,6 +98,11 @@ impl Arena {
         pe
     }
 
+    /// Slots ever handed out, free or not: what a walk over [`Arena::iter`] reads.
+    pub(crate) fn slots(&self) -> usize {
+        self.high as usize
+    }
+
     /// Every PE slot with its index.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &PeSlot)> + '_ {
         self.pages
@@ -175,6 +180,7 @@ mod tests {
         assert_eq!(arena.remove(PAGE as u32).id, PAGE as u32);
         assert_eq!(arena.remove(3).id, 3);
         assert!(arena.get(3, 1).is_none());
+        assert_eq!((arena.len(), arena.slots()), (n as usize - 2, n as usize), "freed slots stay handed out");
         assert_eq!(arena.insert(slot(100)), 3);
         assert_eq!(arena.insert(slot(101)), PAGE as u32);
         assert_eq!(arena.insert(slot(102)), n);

@@ -822,13 +822,14 @@ impl Handlespace {
     /// as an ENRP Handle Table export sends them: one Pool Handle per group. One pass over the
     /// owner's PEs, then a counting sort by pool (O(their number + pools); a comparison sort
     /// when they are few next to the pools). Within a group, PEs come in the order of that
-    /// pass: the owner's list, or slot order when the owner holds at least half of all PEs.
+    /// pass: the owner's list, or slot order when the owner holds at least half of all slots
+    /// handed out (free ones included: after mass removals, scanning them would cost more).
     pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
         out.clear();
         let Some(o) = self.owners.map.get(&owner) else { return };
         out.reserve(o.count as usize);
         let mut pools: Vec<u32> = Vec::with_capacity(o.count as usize);
-        if o.count as usize >= self.pes.len().div_ceil(2) {
+        if o.count as usize >= self.pes.slots().div_ceil(2) {
             // Most slots are the owner's: reading them all in order streams through memory,
             // where following the list waits for each slot before it knows the next.
             for (index, slot) in self.pes.iter().filter(|(_, s)| s.pe.home == owner) {

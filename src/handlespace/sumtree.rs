@@ -16,6 +16,8 @@ pub(crate) trait Weight {
     fn weight(&self) -> u32;
 }
 
+/// The tests' plain vectors of weights.
+#[cfg(test)]
 impl Weight for u32 {
     fn weight(&self) -> u32 {
         *self
