@@ -827,27 +827,41 @@ impl Handlespace {
     pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
         out.clear();
         let Some(o) = self.owners.map.get(&owner) else { return };
-        out.reserve(o.count as usize);
-        let mut pools: Vec<u32> = Vec::with_capacity(o.count as usize);
-        if o.count as usize >= self.pes.slots().div_ceil(2) {
+        let count = o.count as usize;
+        out.reserve(count);
+        // Each PE's pool, kept only once a second pool shows up (an owner with one pool needs
+        // no sort, and the vector would be fresh memory to fault in at every walk).
+        let (mut pools, mut first): (Vec<u32>, Option<u32>) = (Vec::new(), None);
+        let mut gather = |key: PeKey, pool: u32| {
+            match first {
+                None => first = Some(pool),
+                Some(f) if f == pool && pools.is_empty() => {}
+                Some(f) => {
+                    if pools.is_empty() {
+                        pools.reserve(count);
+                        pools.resize(out.len(), f);
+                    }
+                    pools.push(pool);
+                }
+            }
+            out.push(key);
+        };
+        if count >= self.pes.slots().div_ceil(2) {
             // Most slots are the owner's: reading them all in order streams through memory,
             // where following the list waits for each slot before it knows the next.
             for (index, slot) in self.pes.iter().filter(|(_, s)| s.pe.home == owner) {
-                out.push(slot.key(index));
-                pools.push(slot.pool);
+                gather(slot.key(index), slot.pool);
             }
         } else {
             let mut index = o.head;
             while index != NIL {
                 let slot = &self.pes[index];
-                out.push(slot.key(index));
-                pools.push(slot.pool);
+                gather(slot.key(index), slot.pool);
                 index = slot.owner_link.next;
             }
         }
-        let first = pools.first().copied().unwrap_or(0);
-        if pools.iter().all(|&p| p == first) {
-            return;
+        if pools.is_empty() {
+            return; // one pool (or none)
         }
         let capacity = self.pools.capacity();
         if out.len() < capacity / 4 {
