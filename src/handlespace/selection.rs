@@ -109,7 +109,7 @@ pub(crate) enum OrderedKind {
 /// A member of a weighted index: a PE and its weight, side by side in one vector, so that
 /// filling a pool grows one vector rather than two (the reallocations of filling 100,000 pools
 /// of 10 halve) and a draw reads the weight and the PE from the same line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct WeightedMember {
     pe: PeKey,
     weight: u32,
@@ -542,14 +542,13 @@ impl Selector {
     /// `Handlespace::validate`): exactly, or in a dense or weighted index small enough to scan,
     /// so that [`member_pos`] finds it.
     pub(crate) fn validate(&self, pes: &Arena, pool: u32) -> Result<(), String> {
-        let live = |k: &PeKey| pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"));
         match self {
             Self::Dense { members, .. } => Self::validate_positions(members, pes)?,
             Self::Weighted { kind, members, tree } => {
                 Self::validate_positions(members, pes)?;
                 let mut total = 0u64;
                 for m in members {
-                    let slot = live(&m.pe)?;
+                    let slot = live_slot(pes, m.pe)?;
                     if m.weight != weight_of(*kind, &slot.pe.policy()) || slot.sel_key != u64::from(m.weight) {
                         return Err(format!("{:?} has the wrong weight", m.pe));
                     }
@@ -574,7 +573,7 @@ impl Selector {
     fn validate_positions(members: &[impl Member], pes: &Arena) -> Result<(), String> {
         for (i, m) in members.iter().enumerate() {
             let k = m.pe();
-            let kept = pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"))?.sel_pos as usize;
+            let kept = live_slot(pes, k)?.sel_pos as usize;
             if (kept != i && members.len() > SCAN_MAX) || member_pos(members, pes, k.index) != i {
                 return Err(format!("{k:?} has the wrong position"));
             }
@@ -621,6 +620,11 @@ impl Selector {
             index.insert(new, pe);
         }
     }
+}
+
+/// The slot of index member `k`, or why `validate` fails: the member is stale.
+fn live_slot(pes: &Arena, k: PeKey) -> Result<&PeSlot, String> {
+    pes.get(k.index, k.generation).ok_or_else(|| format!("stale {k:?} in index"))
 }
 
 /// Members up to which a dense or weighted index finds a PE's position by scanning its members
