@@ -9,7 +9,9 @@
 //! (handle `Pool-<n>`), with one IPv4 SCTP user transport, weight 1 / load 0 and a 30 s life;
 //! then every PE is registered again in id order with a random 24-bit load (the lifetime timer
 //! restarts); RESOLUTIONS handle resolutions of ITEMS PEs go round the pools; the owner's PEs are
-//! walked grouped by pool, 128 per chunk (an ENRP handle table export); every PE is deregistered
+//! walked 128 per chunk as an ENRP handle table export reads them, 8,192 at a time in slot order,
+//! each such window grouped by pool (rsplib's walk is grouped by pool throughout); every PE is
+//! deregistered
 //! in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
 //! registered over (one connection per PE), and a resolution applies the registrar's
 //! max-increment of 1 (rsplib's bench passes 0, which rotates nothing).
@@ -21,7 +23,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, Registration};
+use rserpool::enrp::EXPORT_WINDOW;
+use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, Registration, TableCursor};
 use rserpool::service::ConnId;
 use rserpool::time::Time;
 use rserpool::wire::policy::{Policy, PolicyType};
@@ -60,17 +63,20 @@ fn conn(i: usize) -> Option<ConnId> {
     Some(ConnId { shard: 0, generation: 0, slot: i as u32 })
 }
 
-/// The owner's PEs grouped by pool, `chunk` at a time, as an ENRP Handle Table export walks
-/// them (each chunk ends by reading its last PE's handle and id, as rsplib's does); returns how
-/// many were walked.
+/// The owner's PEs as an ENRP Handle Table export walks them: read [`EXPORT_WINDOW`] at a time,
+/// each window grouped by pool, and taken `chunk` at a time (each chunk ends by reading its last
+/// PE's handle and id, as rsplib's does); returns how many were walked.
 fn walk(hs: &Handlespace, owner: u32, chunk: usize) -> usize {
-    let mut keys: Vec<PeKey> = Vec::new();
-    hs.owner_pes_by_pool(owner, &mut keys);
-    let mut total = 0;
-    for c in keys.chunks(chunk) {
-        let last = *c.last().expect("non-empty chunk");
-        black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));
-        total += c.len();
+    let mut window = Vec::with_capacity(EXPORT_WINDOW);
+    let (mut cursor, mut total) = (Some(TableCursor::START), 0);
+    while let Some(from) = cursor {
+        window.clear();
+        cursor = hs.table_pes(Some(owner), from, EXPORT_WINDOW, &mut window);
+        for c in window.chunks(chunk) {
+            let (_, last) = *c.last().expect("non-empty chunk");
+            black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));
+            total += c.len();
+        }
     }
     total
 }

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use rserpool::config::RegistrationCheck;
-use rserpool::registrar::{Registrar, RegistrarConfig, ASAP, ENRP};
+use rserpool::enrp::EnrpMsg;
+use rserpool::registrar::{Registrar, RegistrarConfig, ShardMsg, ASAP, ENRP};
 use rserpool::runtime::sim::{ClientId, NodeId, Sim, SimConfig};
 use rserpool::runtime::Listen;
+use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, Body, MessageType};
+use rserpool::wire::enrp::{self, Kind};
 use rserpool::wire::{
     Framer, MessageRepr, ParamRepr, Policy, PolicyRepr, PoolElementRepr, Protocol, TransportProtocol, TransportRepr,
     Writer,
@@ -210,4 +213,108 @@ fn tables_cut_into_many_responses_arrive_whole() {
     ] {
         transfer(shape);
     }
+}
+
+/// What a shard writes and posts, without I/O.
+#[derive(Default)]
+struct Capture {
+    sent: Vec<u8>,
+    posts: Vec<ShardMsg>,
+}
+
+impl Outbox<ShardMsg> for Capture {
+    fn send(&mut self, _: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        write(&mut self.sent);
+    }
+    fn post(&mut self, _: ShardId, msg: ShardMsg) {
+        self.posts.push(msg);
+    }
+    fn close(&mut self, _: ConnId) {}
+    fn hold(&mut self, _: ConnId, _: bool) {}
+    fn pause(&mut self, _: ConnId, _: bool) {}
+    fn input_paused(&self, _: ConnId) -> bool {
+        false
+    }
+    fn connect(&mut self, _: SocketAddr, _: Tag) -> Option<ConnId> {
+        None
+    }
+}
+
+#[test]
+fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_changes() {
+    // 20,000 PEs in 23 pools, registered round the pools: the export reads them a window at a
+    // time (8,192), and messages (at most 1,000 entries, and cut by size) straddle windows.
+    // After the third message some PEs leave (behind and ahead of the export) and others come.
+    let mut c = RegistrarConfig::new(0xa1, 1);
+    c.enrp = Some(enrp_addr(0));
+    c.limits.max_table_chunk = 1000;
+    c.limits.max_pes = 50_000;
+    c.limits.max_pes_per_connection = 50_000;
+    c.security.registration_check = RegistrationCheck::Off;
+    let mut a = Registrar::new(&c, 0, Time::ZERO);
+    let client = ConnId { shard: 0, generation: 1, slot: 0 };
+    let mut out = Capture::default();
+    a.on_accept(client, ASAP, asap_addr(9), Time::ZERO, &mut out);
+    let regs: Vec<(String, Vec<u8>)> = (1..=20_100).map(registration).collect();
+    let send = |a: &mut Registrar, m: &[u8]| {
+        let mut out = Capture::default();
+        assert_eq!(a.on_data(client, m, Time::ZERO, &mut out), m.len());
+    };
+    for r in &regs[..20_000] {
+        send(&mut a, &r.1);
+    }
+    let gone: Vec<u32> = (1..=20_000).filter(|i| i % 5 == 0).collect();
+    let peer = ConnId { shard: 0, generation: 1, slot: 9 };
+    let (mut messages, mut first) = (Vec::new(), true);
+    loop {
+        let mut out = Capture::default();
+        let msg = EnrpMsg::Export { conn: peer, requester: 0xb2, own_only: false, first, last: true };
+        a.on_message(0, ShardMsg::Enrp(msg), Time::ZERO, &mut out);
+        first = false;
+        messages.push(out.sent);
+        if messages.len() == 3 {
+            for &id in &gone {
+                send(&mut a, &deregistration(&regs[id as usize - 1].0, id));
+            }
+            for r in &regs[20_000..] {
+                send(&mut a, &r.1);
+            }
+        }
+        let done = out.posts.iter().any(|p| matches!(p, ShardMsg::Enrp(EnrpMsg::Exported { exhausted: true, .. })));
+        if done {
+            break;
+        }
+        assert!(messages.len() < 100, "the export ends");
+    }
+    let (mut got, mut groups, mut sent_before_removals) = (BTreeMap::new(), 0, 0);
+    for (n, m) in messages.iter().enumerate() {
+        assert!(m.len() <= c.limits.max_message_size);
+        let Kind::HandleTableResponse { more, rejected: false, entries } = enrp::parse(m).unwrap().body().kind.clone()
+        else {
+            panic!("message {n} is no Handle Table Response");
+        };
+        assert_eq!(more, n + 1 < messages.len(), "M flag on every message but the last");
+        for (handle, pes) in entries {
+            groups += 1;
+            for pe in pes {
+                let id = pe.pe_id();
+                let key = (String::from_utf8(handle.to_vec()).unwrap(), id);
+                assert!(got.insert(key, n).is_none(), "PE {id} sent twice");
+                sent_before_removals += usize::from(n < 3);
+            }
+        }
+    }
+    // Messages are cut by size too: the removals come within the first window.
+    assert!((1..8192).contains(&sent_before_removals), "{sent_before_removals} sent before the removals");
+    for i in 1..=20_000u32 {
+        let key = (regs[i as usize - 1].0.clone(), i);
+        match got.get(&key) {
+            None => assert!(i % 5 == 0, "PE {i}, registered throughout, was not sent"),
+            Some(&n) => assert!(i % 5 != 0 || n < 3, "PE {i} was sent after it left"),
+        }
+    }
+    assert!(got.keys().all(|k| k.1 <= 20_100));
+    // Grouped by pool within each window: at most one group per pool and window a message
+    // draws from (one window, or the end of one and the start of the next).
+    assert!(groups <= messages.len() * 2 * 23, "{groups} Pool Handles in {} messages", messages.len());
 }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 use rserpool::handlespace::checksum::pe_checksum;
-use rserpool::handlespace::{Handlespace, HandlespaceConfig, Registration};
+use rserpool::handlespace::{Handlespace, HandlespaceConfig, Registration, TableCursor};
 use rserpool::service::ConnId;
 use rserpool::time::Time;
 use rserpool::wire::policy::Policy;
@@ -107,15 +107,21 @@ fn check(hs: &Handlespace) -> Result<(), TestCaseError> {
         prop_assert_eq!(hs.owner_pe_count(owner), pes.len());
         let listed: BTreeSet<_> = hs.owner_pes(owner).collect();
         let expected = keys_by_owner.get(&owner).cloned().unwrap_or_default();
-        prop_assert_eq!(listed, expected);
-        // Grouped by pool for table exports, pools in slab order (within a pool, any order).
-        let mut naive: Vec<_> = hs.owner_pes(owner).collect();
-        naive.sort_by_key(|k| (hs.pe_pool(*k), *k));
-        let mut grouped = Vec::new();
-        hs.owner_pes_by_pool(owner, &mut grouped);
-        prop_assert!(grouped.windows(2).all(|w| hs.pe_pool(w[0]) <= hs.pe_pool(w[1])));
-        grouped.sort_by_key(|k| (hs.pe_pool(*k), *k));
-        prop_assert_eq!(grouped, naive);
+        prop_assert_eq!(listed, expected.clone());
+        // A table export's walk, three at a time: each of the owner's PEs once, with its pool,
+        // every window grouped by pool.
+        let (mut walked, mut cursor) = (Vec::new(), Some(TableCursor::START));
+        while let Some(from) = cursor {
+            let start = walked.len();
+            cursor = hs.table_pes(Some(owner), from, 3, &mut walked);
+            prop_assert!(walked[start..].windows(2).all(|w| w[0].0 <= w[1].0));
+        }
+        for &(pool, key) in &walked {
+            prop_assert_eq!(hs.pe_pool(key), Some(pool));
+        }
+        let walked_set: BTreeSet<_> = walked.iter().map(|e| e.1).collect();
+        prop_assert_eq!(walked_set.len(), walked.len());
+        prop_assert_eq!(walked_set, expected);
     }
     prop_assert_eq!(hs.owners().count(), by_owner.len());
     Ok(())

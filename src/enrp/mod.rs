@@ -27,4 +27,4 @@ mod shard;
 pub use coordinator::{Coordinator, EnrpConfig, EnrpStats, EnrpStatus, PeerStatus, Sync};
 pub use discovery::Discovery;
 pub use msg::EnrpMsg;
-pub use shard::{EnrpShard, UpdateEncoder};
+pub use shard::{EnrpShard, UpdateEncoder, EXPORT_WINDOW};

@@ -67,7 +67,7 @@ pub enum EnrpMsg {
         count: u64,
     },
     /// Write the next chunk of this shard's handle table (all PEs, or with `own_only` this
-    /// registrar's) to peer `requester` over `conn`; `first` starts a fresh snapshot, `last`
+    /// registrar's) to peer `requester` over `conn`; `first` starts a fresh walk of the table, `last`
     /// says no shard comes after this one.
     Export {
         /// The requester's connection.
@@ -76,19 +76,19 @@ pub enum EnrpMsg {
         requester: u32,
         /// W flag of the request.
         own_only: bool,
-        /// A new transfer: snapshot now.
+        /// A new transfer: walk the table from its start.
         first: bool,
         /// No shard after this one (the M flag is cleared once this one is exhausted).
         last: bool,
     },
-    /// A shard wrote a chunk for `requester`; `exhausted` when its snapshot is used up.
+    /// A shard wrote a chunk for `requester`; `exhausted` when its walk has sent its last PE.
     Exported {
         /// The requester.
         requester: u32,
         /// Nothing more on this shard.
         exhausted: bool,
     },
-    /// Drop the export snapshot of `requester` (it went away).
+    /// Drop the export in progress to `requester` (it went away).
     ExportAbort {
         /// The requester.
         requester: u32,

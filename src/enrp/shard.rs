@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::msg::EnrpMsg;
 use crate::asap::{Change, ChangeSink, Learnt, PeChange, Procedures, Reason};
 use crate::handlespace::checksum::{handle_words, pe_words};
-use crate::handlespace::{PeKey, PoolKey};
+use crate::handlespace::{PeKey, PoolKey, TableCursor};
 use crate::service::{ConnId, Outbox, Payload, ShardId};
 use crate::time::Time;
 use crate::wire::enrp::{self, UpdateAction};
@@ -81,12 +81,23 @@ impl ChangeSink for UpdateEncoder {
     }
 }
 
-/// A snapshot of PEs being sent to a peer in Handle Table Responses: each PE with its pool,
-/// grouped by pool.
+/// PEs a table export reads ahead (in slot order) and groups by pool. Pools of many PEs then
+/// take one Pool Handle per several PEs even when their PEs are spread over the slots (1,000
+/// pools, 1,000,000 PEs registered round the pools: about 8 PEs per Pool Handle, 3.5 % more
+/// bytes than whole pools at a time), for 128 KiB per export in progress, where a snapshot of
+/// the table took 16 bytes per PE.
+pub const EXPORT_WINDOW: usize = 8192;
+
+/// A table export in progress: a walk of this shard's PEs in slot order, read a window at a
+/// time (so that an export of a table of millions holds a window of keys, not a copy of the
+/// table), each window grouped by pool.
 #[derive(Debug)]
 struct Export {
-    keys: Vec<(PoolKey, PeKey)>,
+    /// PEs read and not yet sent, each with its pool; `pending[next..]` is what is left.
+    pending: Vec<(PoolKey, PeKey)>,
     next: usize,
+    /// Where the walk goes on; `None` once it has read the last slot.
+    cursor: Option<TableCursor>,
 }
 
 /// One shard's state of ENRP work in progress.
@@ -210,7 +221,7 @@ impl EnrpShard {
     }
 
     /// Writes the next Handle Table Response chunk for `requester`; returns whether this
-    /// shard's snapshot is used up.
+    /// shard's part of the table is used up.
     #[allow(clippy::too_many_arguments)]
     fn export<M>(
         &mut self,
@@ -223,26 +234,25 @@ impl EnrpShard {
         out: &mut impl Outbox<M>,
     ) -> bool {
         let hs = p.handlespace();
+        let (me, max_chunk) = (self.me, self.max_chunk);
         if first || !self.exports.contains_key(&requester) {
-            let keys: Vec<(PoolKey, PeKey)> = if own_only {
-                // Grouped by pool, one Pool Handle per group.
-                let mut own = Vec::new();
-                hs.owner_pes_by_pool(self.me, &mut own);
-                own.into_iter().filter_map(|k| Some((hs.pe_pool(k)?, k))).collect()
-            } else {
-                // Pool by pool already.
-                hs.pools().flat_map(|(pool, _)| hs.pool_pes(pool).map(move |k| (pool, k))).collect()
-            };
-            self.exports.insert(requester, Export { keys, next: 0 });
+            let fresh = Export { pending: Vec::new(), next: 0, cursor: Some(TableCursor::START) };
+            self.exports.insert(requester, fresh);
         }
         let Some(export) = self.exports.get_mut(&requester) else { return true };
-        let (me, max_chunk) = (self.me, self.max_chunk);
+        // Enough read ahead for a full message (what is left of the last window first).
+        if let Some(from) = export.cursor.filter(|_| export.pending.len() - export.next < max_chunk) {
+            export.pending.drain(..export.next);
+            export.next = 0;
+            let owner = own_only.then_some(me);
+            export.cursor = hs.table_pes(owner, from, EXPORT_WINDOW.max(max_chunk), &mut export.pending);
+        }
         // Everything but the common header and the two server ids, counted exactly below.
         let budget = self.max_message.saturating_sub(12);
-        let keys = &export.keys;
+        let keys = &export.pending;
         let next = export.next;
         // How many entries fit (sizes from the stored PEs, so that the M flag is known before
-        // the message is written); a PE gone since the snapshot is skipped.
+        // the message is written); a PE gone since it was read is skipped.
         let (mut end, mut size, mut sent, mut current) = (next, 0, 0, None);
         while end < keys.len() && sent < max_chunk {
             let (pool, key) = keys[end];
@@ -260,7 +270,8 @@ impl EnrpShard {
             }
             (size, current, sent, end) = (size + add, Some(pool), sent + 1, end + 1);
         }
-        let more = end < keys.len() || !last;
+        let exhausted = end >= keys.len() && export.cursor.is_none();
+        let more = !exhausted || !last;
         out.send(conn, &mut |buf| {
             let _ = enrp::emit_handle_table_response(&mut Writer::new(buf), me, requester, more, false, |w| {
                 w.reserve(size);
@@ -275,7 +286,6 @@ impl EnrpShard {
                 }
             });
         });
-        let exhausted = end >= keys.len();
         export.next = end;
         if exhausted {
             self.exports.remove(&requester);

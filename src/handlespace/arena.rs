@@ -98,18 +98,24 @@ impl Arena {
         pe
     }
 
-    /// Slots ever handed out, free or not: what a walk over [`Arena::iter`] reads.
-    pub(crate) fn slots(&self) -> usize {
-        self.high as usize
-    }
-
     /// Every PE slot with its index.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &PeSlot)> + '_ {
-        self.pages
+        self.iter_from(0)
+    }
+
+    /// Every PE slot with its index, from slot `from` on (O(1) to start anywhere).
+    pub(crate) fn iter_from(&self, from: u32) -> impl Iterator<Item = (u32, &PeSlot)> + '_ {
+        let from = from.min(self.high) as usize;
+        let first = from >> PAGE_BITS;
+        self.pages[first..]
             .iter()
-            .flat_map(|p| p.iter())
-            .take(self.high as usize)
             .enumerate()
+            .flat_map(move |(p, page)| {
+                let base = (first + p) << PAGE_BITS;
+                let skip = from.saturating_sub(base);
+                page[skip..].iter().enumerate().map(move |(i, s)| (base + skip + i, s))
+            })
+            .take_while(|&(i, _)| i < self.high as usize)
             .filter(|(_, s)| s.generation() != 0)
             .map(|(i, s)| (i as u32, s))
     }
@@ -180,12 +186,37 @@ mod tests {
         assert_eq!(arena.remove(PAGE as u32).id, PAGE as u32);
         assert_eq!(arena.remove(3).id, 3);
         assert!(arena.get(3, 1).is_none());
-        assert_eq!((arena.len(), arena.slots()), (n as usize - 2, n as usize), "freed slots stay handed out");
+        assert_eq!(arena.len(), n as usize - 2);
         assert_eq!(arena.insert(slot(100)), 3);
         assert_eq!(arena.insert(slot(101)), PAGE as u32);
         assert_eq!(arena.insert(slot(102)), n);
         let ids: Vec<u32> = arena.iter().map(|(_, s)| s.pe.id).collect();
         assert_eq!(ids.len(), n as usize + 1);
         assert_eq!((ids[3], ids[PAGE], ids[n as usize]), (100, 101, 102));
+    }
+
+    #[test]
+    fn iteration_starts_at_any_slot_and_skips_free_ones() {
+        let mut arena = Arena::new();
+        let n = 2 * PAGE as u32 + 5;
+        for id in 0..n {
+            arena.insert(slot(id));
+        }
+        for gone in [1, PAGE as u32, PAGE as u32 + 1, n - 1] {
+            arena.remove(gone);
+        }
+        let all: Vec<u32> = arena.iter().map(|(i, _)| i).collect();
+        for from in [0, 1, 2, PAGE as u32 - 1, PAGE as u32, PAGE as u32 + 2, 2 * PAGE as u32, n - 1, n, n + 9, u32::MAX]
+        {
+            let tail: Vec<u32> = arena
+                .iter_from(from)
+                .map(|(i, s)| {
+                    assert_eq!(s.pe.id, i, "each slot comes with its own index");
+                    i
+                })
+                .collect();
+            let expected: Vec<u32> = all.iter().copied().filter(|&i| i >= from).collect();
+            assert_eq!(tail, expected, "from slot {from}");
+        }
     }
 }

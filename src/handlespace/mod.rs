@@ -69,6 +69,15 @@ use self::element::{list_push, list_remove, List, PeSlot, NIL};
 use self::owners::Owners;
 use self::selection::{SelectCtx, Selector};
 
+/// Where a walk of the table ([`Handlespace::table_pes`]) goes on: the first slot not yet read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableCursor(u32);
+
+impl TableCursor {
+    /// The start of the table.
+    pub const START: Self = Self(0);
+}
+
 /// Limits and knobs of a handlespace shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlespaceConfig {
@@ -818,73 +827,36 @@ impl Handlespace {
         self.list_iter(head, List::Owner)
     }
 
-    /// Fills `out` with the PEs whose home is `owner`, grouped by pool (pools in slab order),
-    /// as an ENRP Handle Table export sends them: one Pool Handle per group. One pass over the
-    /// owner's PEs, then a counting sort by pool (O(their number + pools); a comparison sort
-    /// when they are few next to the pools). Within a group, PEs come in the order of that
-    /// pass: the owner's list, or slot order when the owner holds at least half of all slots
-    /// handed out (free ones included: after mass removals, scanning them would cost more).
-    pub fn owner_pes_by_pool(&self, owner: u32, out: &mut Vec<PeKey>) {
-        out.clear();
-        let Some(o) = self.owners.map.get(&owner) else { return };
-        let count = o.count as usize;
-        out.reserve(count);
-        // Each PE's pool, kept only once a second pool shows up (an owner with one pool needs
-        // no sort, and the vector would be fresh memory to fault in at every walk).
-        let (mut pools, mut first): (Vec<u32>, Option<u32>) = (Vec::new(), None);
-        let mut gather = |key: PeKey, pool: u32| {
-            match first {
-                None => first = Some(pool),
-                Some(f) if f == pool && pools.is_empty() => {}
-                Some(f) => {
-                    if pools.is_empty() {
-                        pools.reserve(count);
-                        pools.resize(out.len(), f);
-                    }
-                    pools.push(pool);
-                }
-            }
-            out.push(key);
-        };
-        if count >= self.pes.slots().div_ceil(2) {
-            // Most slots are the owner's: reading them all in order streams through memory,
-            // where following the list waits for each slot before it knows the next.
-            for (index, slot) in self.pes.iter().filter(|(_, s)| s.pe.home == owner) {
-                gather(slot.key(index), slot.pool);
-            }
-        } else {
-            let mut index = o.head;
-            while index != NIL {
-                let slot = &self.pes[index];
-                gather(slot.key(index), slot.pool);
-                index = slot.owner_link.next;
+    /// Appends to `out` the next PEs of a walk of the table in slot order, with their pools:
+    /// those whose home is `owner` (every PE for `None`), from `from` on, at most `max` (at
+    /// least one), ordered by pool (pools in slab order, slot order within a pool) as an ENRP
+    /// Handle Table export sends them, one Pool Handle per group. Returns where the walk goes
+    /// on, or `None` once it has read the last slot. The walk holds nothing between calls: a
+    /// PE removed ahead of the cursor is not returned, one added behind it is not seen (both
+    /// are what Handle Updates tell a peer about), and one moved within the table is not
+    /// possible (a PE keeps its slot). O(slots read): every PE when `owner` holds few of them,
+    /// which costs about what following its list and sorting the result by pool did, without
+    /// the memory for all of them at once.
+    pub fn table_pes(
+        &self,
+        owner: Option<u32>,
+        from: TableCursor,
+        max: usize,
+        out: &mut Vec<(PoolKey, PeKey)>,
+    ) -> Option<TableCursor> {
+        let (start, max) = (out.len(), max.max(1));
+        let mut next = None;
+        for (index, slot) in self.pes.iter_from(from.0).filter(|(_, s)| owner.is_none_or(|o| s.pe.home == o)) {
+            let pool = PoolKey { index: slot.pool, generation: self.pools[slot.pool as usize].generation };
+            out.push((pool, slot.key(index)));
+            if out.len() - start == max {
+                next = Some(TableCursor(index + 1));
+                break;
             }
         }
-        if pools.is_empty() {
-            return; // one pool (or none)
-        }
-        let capacity = self.pools.capacity();
-        if out.len() < capacity / 4 {
-            let mut pairs: Vec<(u32, PeKey)> = pools.into_iter().zip(out.iter().copied()).collect();
-            pairs.sort_by_key(|e| e.0);
-            out.clear();
-            out.extend(pairs.into_iter().map(|e| e.1));
-            return;
-        }
-        let mut starts = vec![0u32; capacity + 1];
-        for &p in &pools {
-            starts[p as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut sorted = vec![PeKey::default(); out.len()];
-        for (&p, &key) in pools.iter().zip(out.iter()) {
-            let at = &mut starts[p as usize];
-            sorted[*at as usize] = key;
-            *at += 1;
-        }
-        *out = sorted;
+        // Slot indices are unique: an unstable sort gives the same order as a stable one.
+        out[start..].sort_unstable_by_key(|&(pool, key)| (pool.index, key.index));
+        next
     }
 
     /// Every owner holding at least one PE, with its PE count.

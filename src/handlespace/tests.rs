@@ -560,12 +560,34 @@ fn owner_checksums_match_index_md() {
     hs.validate().unwrap();
 }
 
+/// Every window of a table walk of `owner`'s PEs (every PE for `None`), `max` at a time from the
+/// start, checked for what each window promises; returns all of them in walk order.
+fn walk_table(hs: &Handlespace, owner: Option<u32>, max: usize) -> Vec<(PoolKey, PeKey)> {
+    let (mut all, mut cursor) = (Vec::new(), Some(TableCursor::START));
+    while let Some(from) = cursor {
+        let start = all.len();
+        cursor = hs.table_pes(owner, from, max, &mut all);
+        let window = &all[start..];
+        assert!(window.len() <= max.max(1), "at most {max} per window");
+        assert!(cursor.is_none() || window.len() == max.max(1), "a window short of max ends the walk");
+        assert!(
+            window.windows(2).all(|w| (w[0].0.index, w[0].1.index) < (w[1].0.index, w[1].1.index)),
+            "grouped by pool"
+        );
+        let first = window.iter().map(|e| e.1.index).min();
+        assert!(first.is_none_or(|f| all[..start].iter().all(|e| e.1.index < f)), "slots ahead of the last window");
+        for &(pool, key) in window {
+            assert_eq!(hs.pe_pool(key), Some(pool));
+            assert!(owner.is_none_or(|o| hs.pe(key).unwrap().home == o));
+        }
+    }
+    all
+}
+
 #[test]
-fn owner_pes_by_pool_groups_by_pool_in_slab_order() {
-    // Many PEs over few pools (the counting sort) and few PEs over many pools (the comparison
-    // sort) give the owner's PEs grouped by pool, pools in slab order, whether they were
-    // gathered from the slots (ME holds 4 in 5 PEs) or from the owner list (PEER); other
-    // owners' PEs are left out.
+fn a_table_walk_returns_every_pe_once_each_window_grouped_by_pool() {
+    // Many PEs over few pools and few PEs over many pools, with pools and PEs interleaved in
+    // the slots, walked for one owner (ME holds 4 in 5 PEs, PEER the rest) or all of them.
     for (pools, per_pool) in [(7u32, 40u32), (400, 1)] {
         let mut hs = hs();
         let handles: Vec<Vec<u8>> = (0..pools).map(|p| format!("pool-{p}").into_bytes()).collect();
@@ -579,19 +601,41 @@ fn owner_pes_by_pool_groups_by_pool_in_slab_order() {
         // A pool slot freed and reused, so slab order differs from creation order.
         let gone = hs.lookup(&handles[0], 1).unwrap();
         hs.remove(gone);
-        for owner in [ME, PEER] {
-            let mut naive: Vec<PeKey> = hs.owner_pes(owner).collect();
-            naive.sort_by_key(|k| (hs.pe_pool(*k), *k));
-            let mut grouped = vec![PeKey::default()];
-            hs.owner_pes_by_pool(owner, &mut grouped);
-            assert!(grouped.windows(2).all(|w| hs.pe_pool(w[0]) <= hs.pe_pool(w[1])), "{pools} pools");
-            grouped.sort_by_key(|k| (hs.pe_pool(*k), *k));
-            assert_eq!(grouped, naive, "{pools} pools");
+        for owner in [Some(ME), Some(PEER), None] {
+            let mut expected: Vec<PeKey> = match owner {
+                Some(o) => hs.owner_pes(o).collect(),
+                None => hs.pools().flat_map(|(p, _)| hs.pool_pes(p)).collect(),
+            };
+            expected.sort();
+            for max in [0, 1, 3, 64, 10_000] {
+                let mut walked: Vec<PeKey> = walk_table(&hs, owner, max).into_iter().map(|e| e.1).collect();
+                walked.sort();
+                assert_eq!(walked, expected, "{pools} pools, owner {owner:?}, {max} at a time");
+            }
         }
     }
-    let mut out = vec![PeKey::default()];
-    hs().owner_pes_by_pool(ME, &mut out);
-    assert!(out.is_empty());
+    let mut out = vec![(PoolKey { index: 9, generation: 9 }, PeKey::default())];
+    assert_eq!(hs().table_pes(None, TableCursor::START, 8, &mut out), None);
+    assert_eq!(out.len(), 1, "appends, and finds nothing in an empty table");
+}
+
+#[test]
+fn a_table_walk_sees_removals_ahead_of_it_and_not_additions_behind_it() {
+    let mut hs = hs();
+    let keys: Vec<PeKey> =
+        (1..=10).map(|id| hs.register(reg(b"p", id, Policy::RoundRobin, None), Time::ZERO).unwrap().pe).collect();
+    let mut seen = Vec::new();
+    let cursor = hs.table_pes(None, TableCursor::START, 4, &mut seen).unwrap();
+    assert_eq!(seen.iter().map(|e| e.1).collect::<Vec<_>>(), keys[..4]);
+    // Ahead of the cursor: PE 7 leaves. Behind it: PE 2 leaves and PE 11 takes its slot.
+    hs.remove(keys[6]).unwrap();
+    hs.remove(keys[1]).unwrap();
+    let added = hs.register(reg(b"p", 11, Policy::RoundRobin, None), Time::ZERO).unwrap().pe;
+    assert_eq!(added.index, keys[1].index, "the freed slot is reused");
+    let mut rest = Vec::new();
+    assert_eq!(hs.table_pes(None, cursor, 100, &mut rest), None);
+    let expected: Vec<PeKey> = keys[4..].iter().copied().filter(|&k| k != keys[6]).collect();
+    assert_eq!(rest.iter().map(|e| e.1).collect::<Vec<_>>(), expected);
 }
 
 #[test]
