@@ -57,7 +57,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rserpool::enrp::EnrpMsg;
 use rserpool::registrar::{Registrar, RegistrarConfig, ShardMsg, StatusReport, ASAP, ENRP, STATUS_REQUEST};
-use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
+use rserpool::service::{ConnId, Recorder, Service};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, Body, MessageType, Resolution};
 use rserpool::wire::enrp;
@@ -559,34 +559,6 @@ fn takeover_round(binary: &str, pes: usize, round: usize) -> String {
     line
 }
 
-/// Keeps what a shard sends and posts (the in-process measurement drives shards by hand).
-#[derive(Default)]
-struct Capture {
-    sent: Vec<u8>,
-    posts: std::collections::VecDeque<ShardMsg>,
-    dialled: Option<ConnId>,
-}
-
-impl Outbox<ShardMsg> for Capture {
-    fn send(&mut self, _: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
-        write(&mut self.sent);
-    }
-    fn post(&mut self, _: ShardId, msg: ShardMsg) {
-        self.posts.push_back(msg);
-    }
-    fn close(&mut self, _: ConnId) {}
-    fn hold(&mut self, _: ConnId, _: bool) {}
-    fn pause(&mut self, _: ConnId, _: bool) {}
-    fn input_paused(&self, _: ConnId) -> bool {
-        false
-    }
-    fn connect(&mut self, _: SocketAddr, _: Tag) -> Option<ConnId> {
-        let c = ConnId { shard: 0, generation: 1, slot: 7 };
-        self.dialled = Some(c);
-        Some(c)
-    }
-}
-
 /// One registrar shard with ENRP on, without I/O.
 fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<SocketAddr>) -> Registrar {
     let mut config = RegistrarConfig::new(id, 1);
@@ -604,7 +576,7 @@ fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<Sock
 /// sees every message the shard posted meanwhile.
 fn loaded_registrar(id: u32, pes: usize, chunk: Option<usize>, mut post: impl FnMut(ShardMsg)) -> Registrar {
     let mut a = shard_of_registrar(id, pes, chunk, Vec::new());
-    let mut out = Capture::default();
+    let mut out = Recorder::default();
     let client = ConnId { shard: 0, generation: 1, slot: 0 };
     a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
     for i in 0..pes {
@@ -639,7 +611,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     let started = thread_cpu();
     let mut first = true;
     loop {
-        let mut out = Capture::default();
+        let mut out = Recorder::default();
         let msg = EnrpMsg::Export { conn: peer_conn, requester: idb, own_only: false, first, last: true };
         a.on_message(0, ShardMsg::Enrp(msg), Time::ZERO, &mut out);
         first = false;
@@ -653,9 +625,9 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     drop(a);
     // Import: B joins with A as its mentor, then gets the chunks.
     let mut b = shard_of_registrar(idb, pes, chunk, vec![a_addr]);
-    let mut out = Capture::default();
+    let mut out = Recorder::default();
     b.on_timer(Time(1), &mut out);
-    let conn = out.dialled.expect("B dials A");
+    let conn = out.dialled.first().map(|d| d.1).expect("B dials A");
     b.on_connect(conn, ENRP, Ok(a_addr), Time(1), &mut out);
     let info = ServerInformationRepr {
         server_id: ida,
@@ -724,11 +696,11 @@ fn updates_round(pes: usize, round: usize) -> String {
     reads.push(&updates[from..]);
     assert_eq!(count, pes, "one Handle Update per registration");
     let mut b = shard_of_registrar(idb, pes, None, vec![a_addr]);
-    let mut out = Capture::default();
+    let mut out = Recorder::default();
     b.on_timer(Time(1), &mut out);
-    let conn = out.dialled.expect("B dials A");
+    let conn = out.dialled.first().map(|d| d.1).expect("B dials A");
     b.on_connect(conn, ENRP, Ok(a_addr), Time(1), &mut out);
-    let pass = |b: &mut Registrar, out: &mut Capture| {
+    let pass = |b: &mut Registrar, out: &mut Recorder<ShardMsg>| {
         let (mut coordinator_s, mut shard_s) = (0.0, 0.0);
         for r in &reads {
             let t = thread_cpu();

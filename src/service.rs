@@ -163,3 +163,43 @@ pub trait Service {
         let _ = (now, out);
     }
 }
+
+/// An [`Outbox`] that records what a service asks of it, for driving a service without an
+/// engine (tests, examples, benchmarks): the bytes it sends (every connection's, in order), the
+/// messages it posts, and the connections it dials, each granted (on shard 0, with slots counted
+/// down from `u32::MAX - 1`, far above any engine's connection table).
+#[derive(Debug)]
+pub struct Recorder<M> {
+    /// Every byte sent, in order.
+    pub sent: Vec<u8>,
+    /// Messages posted, in order.
+    pub posts: std::collections::VecDeque<M>,
+    /// Addresses dialled, with the id each connection got.
+    pub dialled: Vec<(SocketAddr, ConnId)>,
+}
+
+impl<M> Default for Recorder<M> {
+    fn default() -> Self {
+        Self { sent: Vec::new(), posts: std::collections::VecDeque::new(), dialled: Vec::new() }
+    }
+}
+
+impl<M> Outbox<M> for Recorder<M> {
+    fn send(&mut self, _: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
+        write(&mut self.sent);
+    }
+    fn post(&mut self, _: ShardId, msg: M) {
+        self.posts.push_back(msg);
+    }
+    fn close(&mut self, _: ConnId) {}
+    fn hold(&mut self, _: ConnId, _: bool) {}
+    fn pause(&mut self, _: ConnId, _: bool) {}
+    fn input_paused(&self, _: ConnId) -> bool {
+        false
+    }
+    fn connect(&mut self, addr: SocketAddr, _: Tag) -> Option<ConnId> {
+        let conn = ConnId { shard: 0, generation: 1, slot: u32::MAX - 1 - self.dialled.len() as u32 };
+        self.dialled.push((addr, conn));
+        Some(conn)
+    }
+}

@@ -12,7 +12,7 @@ use rserpool::enrp::EnrpMsg;
 use rserpool::registrar::{Registrar, RegistrarConfig, ShardMsg, ASAP, ENRP};
 use rserpool::runtime::sim::{ClientId, NodeId, Sim, SimConfig};
 use rserpool::runtime::Listen;
-use rserpool::service::{ConnId, Outbox, Service, ShardId, Tag};
+use rserpool::service::{ConnId, Recorder, Service};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, Body, MessageType};
 use rserpool::wire::enrp::{self, Kind};
@@ -215,31 +215,6 @@ fn tables_cut_into_many_responses_arrive_whole() {
     }
 }
 
-/// What a shard writes and posts, without I/O.
-#[derive(Default)]
-struct Capture {
-    sent: Vec<u8>,
-    posts: Vec<ShardMsg>,
-}
-
-impl Outbox<ShardMsg> for Capture {
-    fn send(&mut self, _: ConnId, write: &mut dyn FnMut(&mut Vec<u8>)) {
-        write(&mut self.sent);
-    }
-    fn post(&mut self, _: ShardId, msg: ShardMsg) {
-        self.posts.push(msg);
-    }
-    fn close(&mut self, _: ConnId) {}
-    fn hold(&mut self, _: ConnId, _: bool) {}
-    fn pause(&mut self, _: ConnId, _: bool) {}
-    fn input_paused(&self, _: ConnId) -> bool {
-        false
-    }
-    fn connect(&mut self, _: SocketAddr, _: Tag) -> Option<ConnId> {
-        None
-    }
-}
-
 #[test]
 fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_changes() {
     // 20,000 PEs in 23 pools, registered round the pools: the export reads them a window at a
@@ -253,12 +228,10 @@ fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_chan
     c.security.registration_check = RegistrationCheck::Off;
     let mut a = Registrar::new(&c, 0, Time::ZERO);
     let client = ConnId { shard: 0, generation: 1, slot: 0 };
-    let mut out = Capture::default();
-    a.on_accept(client, ASAP, asap_addr(9), Time::ZERO, &mut out);
+    a.on_accept(client, ASAP, asap_addr(9), Time::ZERO, &mut Recorder::default());
     let regs: Vec<(String, Vec<u8>)> = (1..=20_100).map(registration).collect();
     let send = |a: &mut Registrar, m: &[u8]| {
-        let mut out = Capture::default();
-        assert_eq!(a.on_data(client, m, Time::ZERO, &mut out), m.len());
+        assert_eq!(a.on_data(client, m, Time::ZERO, &mut Recorder::default()), m.len());
     };
     for r in &regs[..20_000] {
         send(&mut a, &r.1);
@@ -267,7 +240,7 @@ fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_chan
     let peer = ConnId { shard: 0, generation: 1, slot: 9 };
     let (mut messages, mut first) = (Vec::new(), true);
     loop {
-        let mut out = Capture::default();
+        let mut out = Recorder::default();
         let msg = EnrpMsg::Export { conn: peer, requester: 0xb2, own_only: false, first, last: true };
         a.on_message(0, ShardMsg::Enrp(msg), Time::ZERO, &mut out);
         first = false;
