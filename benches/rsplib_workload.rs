@@ -9,8 +9,8 @@
 //! (handle `Pool-<n>`), with one IPv4 SCTP user transport, weight 1 / load 0 and a 30 s life;
 //! then every PE is registered again in id order with a random 24-bit load (the lifetime timer
 //! restarts); RESOLUTIONS handle resolutions of ITEMS PEs go round the pools; the owner's PEs are
-//! walked 128 per chunk as an ENRP handle table export reads them, 8,192 at a time in slot order,
-//! each such window grouped by pool (rsplib's walk is grouped by pool throughout); every PE is
+//! walked 128 per chunk as an ENRP handle table export reads them, 8,192 slots at a time, each
+//! such window grouped by pool (rsplib's walk is grouped by pool throughout); every PE is
 //! deregistered
 //! in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
 //! registered over (one connection per PE), and a resolution applies the registrar's
@@ -63,15 +63,16 @@ fn conn(i: usize) -> Option<ConnId> {
     Some(ConnId { shard: 0, generation: 0, slot: i as u32 })
 }
 
-/// The owner's PEs as an ENRP Handle Table export walks them: read [`EXPORT_WINDOW`] at a time,
-/// each window grouped by pool, and taken `chunk` at a time (each chunk ends by reading its last
-/// PE's handle and id, as rsplib's does); returns how many were walked.
+/// The owner's PEs as an ENRP Handle Table export walks them: [`EXPORT_WINDOW`] slots at a
+/// time, what was read grouped by pool, then taken `chunk` at a time (each chunk ends by reading
+/// its last PE's handle and id, as rsplib's does); returns how many were walked.
 fn walk(hs: &Handlespace, owner: u32, chunk: usize) -> usize {
     let mut window = Vec::with_capacity(EXPORT_WINDOW);
     let (mut cursor, mut total) = (Some(TableCursor::START), 0);
     while let Some(from) = cursor {
         window.clear();
         cursor = hs.table_pes(Some(owner), from, EXPORT_WINDOW, &mut window);
+        window.sort_unstable_by_key(|&(pool, key)| (pool, key));
         for c in window.chunks(chunk) {
             let (_, last) = *c.last().expect("non-empty chunk");
             black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));

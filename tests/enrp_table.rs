@@ -12,7 +12,7 @@ use rserpool::enrp::EnrpMsg;
 use rserpool::registrar::{Registrar, RegistrarConfig, ShardMsg, ASAP, ENRP};
 use rserpool::runtime::sim::{ClientId, NodeId, Sim, SimConfig};
 use rserpool::runtime::Listen;
-use rserpool::service::{ConnId, Recorder, Service};
+use rserpool::service::{ConnId, Payload, Recorder, Service};
 use rserpool::time::Time;
 use rserpool::wire::asap::{self, Body, MessageType};
 use rserpool::wire::enrp::{self, Kind};
@@ -215,69 +215,100 @@ fn tables_cut_into_many_responses_arrive_whole() {
     }
 }
 
-#[test]
-fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_changes() {
-    // 20,000 PEs in 23 pools, registered round the pools: the export reads them a window at a
-    // time (8,192), and messages (at most 1,000 entries, and cut by size) straddle windows.
-    // After the third message some PEs leave (behind and ahead of the export) and others come.
+/// One registrar shard with ENRP on, without I/O, and an ASAP client connection to it.
+fn exporter(max_pes: usize) -> (Registrar, ConnId) {
     let mut c = RegistrarConfig::new(0xa1, 1);
     c.enrp = Some(enrp_addr(0));
     c.limits.max_table_chunk = 1000;
-    c.limits.max_pes = 50_000;
-    c.limits.max_pes_per_connection = 50_000;
+    c.limits.max_pes = max_pes;
+    c.limits.max_pes_per_connection = max_pes;
     c.security.registration_check = RegistrationCheck::Off;
     let mut a = Registrar::new(&c, 0, Time::ZERO);
     let client = ConnId { shard: 0, generation: 1, slot: 0 };
     a.on_accept(client, ASAP, asap_addr(9), Time::ZERO, &mut Recorder::default());
-    let regs: Vec<(String, Vec<u8>)> = (1..=20_100).map(registration).collect();
-    let send = |a: &mut Registrar, m: &[u8]| {
-        assert_eq!(a.on_data(client, m, Time::ZERO, &mut Recorder::default()), m.len());
-    };
-    for r in &regs[..20_000] {
-        send(&mut a, &r.1);
-    }
-    let gone: Vec<u32> = (1..=20_000).filter(|i| i % 5 == 0).collect();
+    (a, client)
+}
+
+/// Feeds `m` (whole ASAP messages) to the shard over `client`.
+fn send(a: &mut Registrar, client: ConnId, m: &[u8]) {
+    assert_eq!(a.on_data(client, m, Time::ZERO, &mut Recorder::default()), m.len());
+}
+
+/// Asks the shard for its table (with `own_only`, its own PEs) message by message until it is
+/// done, calling `between` after each; returns every message's (pool, PE id) entries, checked
+/// for the M flag and the size limit, and the number of Pool Handles in all.
+fn export(
+    a: &mut Registrar,
+    own_only: bool,
+    mut between: impl FnMut(usize, &mut Registrar),
+) -> (Vec<Vec<(String, u32)>>, usize) {
     let peer = ConnId { shard: 0, generation: 1, slot: 9 };
     let (mut messages, mut first) = (Vec::new(), true);
     loop {
         let mut out = Recorder::default();
-        let msg = EnrpMsg::Export { conn: peer, requester: 0xb2, own_only: false, first, last: true };
+        let msg = EnrpMsg::Export { conn: peer, requester: 0xb2, own_only, first, last: true };
         a.on_message(0, ShardMsg::Enrp(msg), Time::ZERO, &mut out);
         first = false;
         messages.push(out.sent);
-        if messages.len() == 3 {
-            for &id in &gone {
-                send(&mut a, &deregistration(&regs[id as usize - 1].0, id));
-            }
-            for r in &regs[20_000..] {
-                send(&mut a, &r.1);
-            }
-        }
-        let done = out.posts.iter().any(|p| matches!(p, ShardMsg::Enrp(EnrpMsg::Exported { exhausted: true, .. })));
-        if done {
+        between(messages.len(), a);
+        if out.posts.iter().any(|p| matches!(p, ShardMsg::Enrp(EnrpMsg::Exported { exhausted: true, .. }))) {
             break;
         }
         assert!(messages.len() < 100, "the export ends");
     }
-    let (mut got, mut groups, mut sent_before_removals) = (BTreeMap::new(), 0, 0);
-    for (n, m) in messages.iter().enumerate() {
-        assert!(m.len() <= c.limits.max_message_size);
-        let Kind::HandleTableResponse { more, rejected: false, entries } = enrp::parse(m).unwrap().body().kind.clone()
-        else {
-            panic!("message {n} is no Handle Table Response");
-        };
-        assert_eq!(more, n + 1 < messages.len(), "M flag on every message but the last");
-        for (handle, pes) in entries {
-            groups += 1;
-            for pe in pes {
-                let id = pe.pe_id();
-                let key = (String::from_utf8(handle.to_vec()).unwrap(), id);
-                assert!(got.insert(key, n).is_none(), "PE {id} sent twice");
-                sent_before_removals += usize::from(n < 3);
+    let mut groups = 0;
+    let entries = messages
+        .iter()
+        .enumerate()
+        .map(|(n, m)| {
+            assert!(m.len() <= 65_535);
+            let Kind::HandleTableResponse { more, rejected: false, entries } =
+                enrp::parse(m).unwrap().body().kind.clone()
+            else {
+                panic!("message {n} is no Handle Table Response");
+            };
+            assert_eq!(more, n + 1 < messages.len(), "M flag on every message but the last");
+            let mut sent = Vec::new();
+            for (handle, pes) in entries {
+                groups += 1;
+                sent.extend(pes.map(|pe| (String::from_utf8(handle.to_vec()).unwrap(), pe.pe_id())));
             }
+            sent
+        })
+        .collect();
+    (entries, groups)
+}
+
+#[test]
+fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_changes() {
+    // 20,000 PEs in 23 pools, registered round the pools: the export reads them a window at a
+    // time (8,192 slots), and messages (at most 1,000 entries, and cut by size) straddle
+    // windows. After the third message some PEs leave (behind and ahead of the export) and
+    // others come.
+    let (mut a, client) = exporter(50_000);
+    let regs: Vec<(String, Vec<u8>)> = (1..=20_100).map(registration).collect();
+    for r in &regs[..20_000] {
+        send(&mut a, client, &r.1);
+    }
+    let gone: Vec<u32> = (1..=20_000).filter(|i| i % 5 == 0).collect();
+    let (messages, groups) = export(&mut a, false, |n, a| {
+        if n == 3 {
+            for &id in &gone {
+                send(a, client, &deregistration(&regs[id as usize - 1].0, id));
+            }
+            for r in &regs[20_000..] {
+                send(a, client, &r.1);
+            }
+        }
+    });
+    let mut got = BTreeMap::new();
+    for (n, m) in messages.iter().enumerate() {
+        for key in m {
+            assert!(got.insert(key.clone(), n).is_none(), "PE {key:?} sent twice");
         }
     }
     // Messages are cut by size too: the removals come within the first window.
+    let sent_before_removals: usize = messages[..3].iter().map(Vec::len).sum();
     assert!((1..8192).contains(&sent_before_removals), "{sent_before_removals} sent before the removals");
     for i in 1..=20_000u32 {
         let key = (regs[i as usize - 1].0.clone(), i);
@@ -287,7 +318,49 @@ fn an_export_longer_than_its_read_ahead_sends_every_pe_once_while_the_table_chan
         }
     }
     assert!(got.keys().all(|k| k.1 <= 20_100));
-    // Grouped by pool within each window: at most one group per pool and window a message
-    // draws from (one window, or the end of one and the start of the next).
+    // Grouped by pool as read: at most one group per pool and read a message draws from (one
+    // read, or the end of one and the start of the next).
     assert!(groups <= messages.len() * 2 * 23, "{groups} Pool Handles in {} messages", messages.len());
+}
+
+#[test]
+fn an_export_of_few_own_pes_among_many_reads_a_bounded_part_of_the_table_per_message() {
+    // 140,000 PEs of a peer (learnt from its table), then 5 of this registrar's own: an export
+    // of its own PEs reads at most 131,072 slots per message, so the first message finds none
+    // (and says there is more), and the second sends all five.
+    let (mut a, client) = exporter(200_000);
+    let peer = 0xb2b2_b2b2;
+    for p in 0..140u32 {
+        // A Handle Table Response's groups, as the coordinator hands them to a pool's shard:
+        // the parameters of a registration (1,000 PEs a message), with the peer as home.
+        let pes = (0..1_000).map(|k| {
+            let i = 1 + p * 1_000 + k;
+            let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]);
+            ParamRepr::PoolElement(PoolElementRepr {
+                pe_id: i,
+                home_registrar: peer,
+                registration_life: -1,
+                user_transport: TransportRepr::new(TransportProtocol::Tcp, ip, 7000),
+                policy: PolicyRepr::Known(Policy::RoundRobin),
+                // A peer's PE comes with the transport its home supervises it over.
+                asap_transport: Some(TransportRepr::new(TransportProtocol::Tcp, ip, 3863)),
+            })
+        });
+        let params = std::iter::once(ParamRepr::PoolHandle(format!("peer-{p}").into_bytes())).chain(pes).collect();
+        let m = MessageRepr::new(Protocol::Asap, MessageType::Registration as u8, 0, params).to_bytes().unwrap();
+        let groups = Payload::from_slice(&m[4..]);
+        a.on_message(0, ShardMsg::Enrp(EnrpMsg::Table { groups }), Time::ZERO, &mut Recorder::default());
+    }
+    assert_eq!(a.handlespace().owner_pe_count(peer), 140_000);
+    let own: Vec<(String, Vec<u8>)> = (1..=5).map(registration).collect();
+    for r in &own {
+        send(&mut a, client, &r.1);
+    }
+    let (messages, _) = export(&mut a, true, |_, _| {});
+    let counts: Vec<usize> = messages.iter().map(Vec::len).collect();
+    assert_eq!(counts, [0, 5], "one message per 131,072 slots read");
+    let sent: Vec<(String, u32)> = messages.concat();
+    let expected: Vec<(String, u32)> = own.iter().zip(1..).map(|(r, i)| (r.0.clone(), i)).collect();
+    assert_eq!(sent.len(), 5);
+    assert!(expected.iter().all(|e| sent.contains(e)), "{sent:?}");
 }

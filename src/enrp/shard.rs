@@ -81,16 +81,21 @@ impl ChangeSink for UpdateEncoder {
     }
 }
 
-/// PEs a table export reads ahead (in slot order) and groups by pool. Pools of many PEs then
-/// take one Pool Handle per several PEs even when their PEs are spread over the slots (1,000
-/// pools, 1,000,000 PEs registered round the pools: about 8 PEs per Pool Handle, 3.5 % more
-/// bytes than whole pools at a time), for 128 KiB per export in progress, where a snapshot of
-/// the table took 16 bytes per PE.
+/// Slots a table export reads at a time (in slot order), grouping the PEs it found there by
+/// pool. Pools of many PEs then take one Pool Handle per several PEs even when their PEs are
+/// spread over the slots (1,000 pools, 1,000,000 PEs registered round the pools: about 8 PEs
+/// per Pool Handle, 3.5 % more bytes than whole pools at a time), for 128 KiB per export in
+/// progress, where a snapshot of the table took 16 bytes per PE.
 pub const EXPORT_WINDOW: usize = 8192;
+
+/// Slots an export reads at most for one message: when this registrar owns few of the PEs,
+/// an export of its own reads many slots per PE it finds, and a shard's other connections wait
+/// while it reads (131,072 slots: about 1-4 ms here). A message then carries fewer PEs.
+const EXPORT_SCAN: usize = 16 * EXPORT_WINDOW;
 
 /// A table export in progress: a walk of this shard's PEs in slot order, read a window at a
 /// time (so that an export of a table of millions holds a window of keys, not a copy of the
-/// table), each window grouped by pool.
+/// table), what was read grouped by pool.
 #[derive(Debug)]
 struct Export {
     /// PEs read and not yet sent, each with its pool; `pending[next..]` is what is left.
@@ -240,12 +245,18 @@ impl EnrpShard {
             self.exports.insert(requester, fresh);
         }
         let Some(export) = self.exports.get_mut(&requester) else { return true };
-        // Enough read ahead for a full message (what is left of the last window first).
-        if let Some(from) = export.cursor.filter(|_| export.pending.len() - export.next < max_chunk) {
+        // Enough read ahead for a full message if the scan allows (after what is left of the
+        // last read), grouped by pool: pools in slab order, slot order within a pool.
+        if export.cursor.is_some() && export.pending.len() - export.next < max_chunk {
             export.pending.drain(..export.next);
             export.next = 0;
             let owner = own_only.then_some(me);
-            export.cursor = hs.table_pes(owner, from, EXPORT_WINDOW.max(max_chunk), &mut export.pending);
+            let mut read = 0;
+            while let Some(from) = export.cursor.filter(|_| export.pending.len() < max_chunk && read < EXPORT_SCAN) {
+                export.cursor = hs.table_pes(owner, from, EXPORT_WINDOW, &mut export.pending);
+                read += EXPORT_WINDOW;
+            }
+            export.pending.sort_unstable_by_key(|&(pool, key)| (pool.index, key.index));
         }
         // Everything but the common header and the two server ids, counted exactly below.
         let budget = self.max_message.saturating_sub(12);

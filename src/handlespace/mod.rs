@@ -828,35 +828,26 @@ impl Handlespace {
     }
 
     /// Appends to `out` the next PEs of a walk of the table in slot order, with their pools:
-    /// those whose home is `owner` (every PE for `None`), from `from` on, at most `max` (at
-    /// least one), ordered by pool (pools in slab order, slot order within a pool) as an ENRP
-    /// Handle Table export sends them, one Pool Handle per group. Returns where the walk goes
-    /// on, or `None` once it has read the last slot. The walk holds nothing between calls: a
-    /// PE removed ahead of the cursor is not returned, one added behind it is not seen (both
-    /// are what Handle Updates tell a peer about), and one moved within the table is not
-    /// possible (a PE keeps its slot). O(slots read): every PE when `owner` holds few of them,
-    /// which costs about what following its list and sorting the result by pool did, without
-    /// the memory for all of them at once.
+    /// those whose home is `owner` (every PE for `None`) among the next `slots` slots (at least
+    /// one) from `from`. Returns where the walk goes on, or `None` once it has read the last
+    /// slot. Reading a bounded number of slots bounds each call's time, however few of them are
+    /// the owner's. The walk holds nothing between calls: a PE removed ahead of the cursor is
+    /// not returned, one added behind it is not seen (both are what Handle Updates tell a peer
+    /// about), and none moves within the table (a PE keeps its slot). An ENRP Handle Table
+    /// export groups what it read by pool before it sends it (one Pool Handle per group).
     pub fn table_pes(
         &self,
         owner: Option<u32>,
         from: TableCursor,
-        max: usize,
+        slots: usize,
         out: &mut Vec<(PoolKey, PeKey)>,
     ) -> Option<TableCursor> {
-        let (start, max) = (out.len(), max.max(1));
-        let mut next = None;
-        for (index, slot) in self.pes.iter_from(from.0).filter(|(_, s)| owner.is_none_or(|o| s.pe.home == o)) {
+        let end = from.0.saturating_add(slots.clamp(1, u32::MAX as usize) as u32);
+        self.pes.range(from.0, end).filter(|(_, s)| owner.is_none_or(|o| s.pe.home == o)).for_each(|(index, slot)| {
             let pool = PoolKey { index: slot.pool, generation: self.pools[slot.pool as usize].generation };
             out.push((pool, slot.key(index)));
-            if out.len() - start == max {
-                next = Some(TableCursor(index + 1));
-                break;
-            }
-        }
-        // Slot indices are unique: an unstable sort gives the same order as a stable one.
-        out[start..].sort_unstable_by_key(|&(pool, key)| (pool.index, key.index));
-        next
+        });
+        (end < self.pes.slots()).then_some(TableCursor(end))
     }
 
     /// Every owner holding at least one PE, with its PE count.

@@ -560,34 +560,34 @@ fn owner_checksums_match_index_md() {
     hs.validate().unwrap();
 }
 
-/// Every window of a table walk of `owner`'s PEs (every PE for `None`), `max` at a time from the
-/// start, checked for what each window promises; returns all of them in walk order.
-fn walk_table(hs: &Handlespace, owner: Option<u32>, max: usize) -> Vec<(PoolKey, PeKey)> {
-    let (mut all, mut cursor) = (Vec::new(), Some(TableCursor::START));
+/// A table walk of `owner`'s PEs (every PE for `None`), `slots` slots at a time from the
+/// start, each call checked for what it promises; returns all of them in walk order.
+fn walk_table(hs: &Handlespace, owner: Option<u32>, slots: usize) -> Vec<(PoolKey, PeKey)> {
+    let (mut all, mut cursor, mut calls) = (Vec::new(), Some(TableCursor::START), 0);
     while let Some(from) = cursor {
         let start = all.len();
-        cursor = hs.table_pes(owner, from, max, &mut all);
-        let window = &all[start..];
-        assert!(window.len() <= max.max(1), "at most {max} per window");
-        assert!(cursor.is_none() || window.len() == max.max(1), "a window short of max ends the walk");
-        assert!(
-            window.windows(2).all(|w| (w[0].0.index, w[0].1.index) < (w[1].0.index, w[1].1.index)),
-            "grouped by pool"
-        );
-        let first = window.iter().map(|e| e.1.index).min();
-        assert!(first.is_none_or(|f| all[..start].iter().all(|e| e.1.index < f)), "slots ahead of the last window");
-        for &(pool, key) in window {
+        cursor = hs.table_pes(owner, from, slots, &mut all);
+        calls += 1;
+        let read = &all[start..];
+        assert!(read.len() <= slots.max(1), "at most {slots} slots read");
+        let span = from.0..cursor.map_or(u32::MAX, |c| c.0);
+        assert!(cursor.is_none_or(|c| c.0 - from.0 == slots.max(1) as u32), "the cursor steps by {slots}");
+        assert!(read.iter().all(|e| span.contains(&e.1.index)), "PEs of the slots read, no others");
+        assert!(read.windows(2).all(|w| w[0].1.index < w[1].1.index), "in slot order");
+        for &(pool, key) in read {
             assert_eq!(hs.pe_pool(key), Some(pool));
             assert!(owner.is_none_or(|o| hs.pe(key).unwrap().home == o));
         }
     }
+    assert!(calls >= 1);
     all
 }
 
 #[test]
-fn a_table_walk_returns_every_pe_once_each_window_grouped_by_pool() {
+fn a_table_walk_returns_every_pe_once() {
     // Many PEs over few pools and few PEs over many pools, with pools and PEs interleaved in
-    // the slots, walked for one owner (ME holds 4 in 5 PEs, PEER the rest) or all of them.
+    // the slots, walked for one owner (ME holds 4 in 5 PEs, PEER the rest) or all of them,
+    // and for an owner with none.
     for (pools, per_pool) in [(7u32, 40u32), (400, 1)] {
         let mut hs = hs();
         let handles: Vec<Vec<u8>> = (0..pools).map(|p| format!("pool-{p}").into_bytes()).collect();
@@ -601,16 +601,15 @@ fn a_table_walk_returns_every_pe_once_each_window_grouped_by_pool() {
         // A pool slot freed and reused, so slab order differs from creation order.
         let gone = hs.lookup(&handles[0], 1).unwrap();
         hs.remove(gone);
-        for owner in [Some(ME), Some(PEER), None] {
+        for owner in [Some(ME), Some(PEER), Some(0x0bad), None] {
             let mut expected: Vec<PeKey> = match owner {
                 Some(o) => hs.owner_pes(o).collect(),
                 None => hs.pools().flat_map(|(p, _)| hs.pool_pes(p)).collect(),
             };
             expected.sort();
-            for max in [0, 1, 3, 64, 10_000] {
-                let mut walked: Vec<PeKey> = walk_table(&hs, owner, max).into_iter().map(|e| e.1).collect();
-                walked.sort();
-                assert_eq!(walked, expected, "{pools} pools, owner {owner:?}, {max} at a time");
+            for slots in [0, 1, 3, 64, 10_000] {
+                let walked: Vec<PeKey> = walk_table(&hs, owner, slots).into_iter().map(|e| e.1).collect();
+                assert_eq!(walked, expected, "{pools} pools, owner {owner:?}, {slots} slots at a time");
             }
         }
     }
@@ -626,7 +625,7 @@ fn a_table_walk_sees_removals_ahead_of_it_and_not_additions_behind_it() {
         (1..=10).map(|id| hs.register(reg(b"p", id, Policy::RoundRobin, None), Time::ZERO).unwrap().pe).collect();
     let mut seen = Vec::new();
     let cursor = hs.table_pes(None, TableCursor::START, 4, &mut seen).unwrap();
-    assert_eq!(seen.iter().map(|e| e.1).collect::<Vec<_>>(), keys[..4]);
+    assert_eq!(seen.iter().map(|e| e.1).collect::<Vec<_>>(), keys[..4], "the first four slots");
     // Ahead of the cursor: PE 7 leaves. Behind it: PE 2 leaves and PE 11 takes its slot.
     hs.remove(keys[6]).unwrap();
     hs.remove(keys[1]).unwrap();
