@@ -11,8 +11,7 @@
 //! restarts); RESOLUTIONS handle resolutions of ITEMS PEs go round the pools; the owner's PEs are
 //! walked 128 per chunk as an ENRP handle table export reads them, 8,192 slots at a time, each
 //! such window grouped by pool (rsplib's walk is grouped by pool throughout); every PE is
-//! deregistered
-//! in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
+//! deregistered in id order. Like the registrar, each PE also keeps its ASAP transport and the connection it
 //! registered over (one connection per PE), and a resolution applies the registrar's
 //! max-increment of 1 (rsplib's bench passes 0, which rotates nothing).
 //!
@@ -24,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use rserpool::enrp::EXPORT_WINDOW;
-use rserpool::handlespace::{Handlespace, HandlespaceConfig, PeKey, Registration, TableCursor};
+use rserpool::handlespace::{group_by_pool, Handlespace, HandlespaceConfig, PeKey, Registration, TableCursor};
 use rserpool::service::ConnId;
 use rserpool::time::Time;
 use rserpool::wire::policy::{Policy, PolicyType};
@@ -72,7 +71,7 @@ fn walk(hs: &Handlespace, owner: u32, chunk: usize) -> usize {
     while let Some(from) = cursor {
         window.clear();
         cursor = hs.table_pes(Some(owner), from, EXPORT_WINDOW, &mut window);
-        window.sort_unstable_by_key(|&(pool, key)| (pool, key));
+        group_by_pool(&mut window);
         for c in window.chunks(chunk) {
             let (_, last) = *c.last().expect("non-empty chunk");
             black_box((hs.pe_handle(last), hs.pe(last).map(|pe| pe.id)));

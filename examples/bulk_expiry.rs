@@ -48,10 +48,8 @@ fn registration(pool: &str, pe_id: u32, life: i32) -> Vec<u8> {
 
 /// Whether `answer` is a Registration Response that accepts the PE.
 fn accepted(answer: &[u8]) -> bool {
-    matches!(
-        asap::parse(answer).map(|m| m.body().clone()),
-        Ok(asap::Body::RegistrationResponse { rejected: false, error: None, .. })
-    )
+    asap::parse(answer)
+        .is_ok_and(|m| matches!(m.body(), asap::Body::RegistrationResponse { rejected: false, error: None, .. }))
 }
 
 fn resolution(pool: &str) -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use super::msg::EnrpMsg;
 use crate::asap::{Change, ChangeSink, Learnt, PeChange, Procedures, Reason};
 use crate::handlespace::checksum::{handle_words, pe_words};
-use crate::handlespace::{PeKey, PoolKey, TableCursor};
+use crate::handlespace::{group_by_pool, PeKey, PoolKey, TableCursor};
 use crate::service::{ConnId, Outbox, Payload, ShardId};
 use crate::time::Time;
 use crate::wire::enrp::{self, UpdateAction};
@@ -256,7 +256,7 @@ impl EnrpShard {
                 export.cursor = hs.table_pes(owner, from, EXPORT_WINDOW, &mut export.pending);
                 read += EXPORT_WINDOW;
             }
-            export.pending.sort_unstable_by_key(|&(pool, key)| (pool.index, key.index));
+            group_by_pool(&mut export.pending);
         }
         // Everything but the common header and the two server ids, counted exactly below.
         let budget = self.max_message.saturating_sub(12);

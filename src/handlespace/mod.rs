@@ -78,6 +78,13 @@ impl TableCursor {
     pub const START: Self = Self(0);
 }
 
+/// Orders PEs read by [`Handlespace::table_pes`] as an ENRP Handle Table export sends them:
+/// grouped by pool (pools in slab order, slot order within a pool), one Pool Handle per group.
+pub fn group_by_pool(entries: &mut [(PoolKey, PeKey)]) {
+    // Slot indices are unique: an unstable sort gives the same order as a stable one.
+    entries.sort_unstable_by_key(|&(pool, key)| (pool.index, key.index));
+}
+
 /// Limits and knobs of a handlespace shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlespaceConfig {
@@ -834,7 +841,7 @@ impl Handlespace {
     /// the owner's. The walk holds nothing between calls: a PE removed ahead of the cursor is
     /// not returned, one added behind it is not seen (both are what Handle Updates tell a peer
     /// about), and none moves within the table (a PE keeps its slot). An ENRP Handle Table
-    /// export groups what it read by pool before it sends it (one Pool Handle per group).
+    /// export orders what it read with [`group_by_pool`] before it sends it.
     pub fn table_pes(
         &self,
         owner: Option<u32>,
