@@ -16,7 +16,9 @@
 //! max-increment of 1 (rsplib's bench passes 0, which rotates nothing).
 //!
 //! With `RSPLIB_WORKLOAD_FILL_ONLY` set in the environment it stops after the fill (for profiling
-//! the fill alone with perf or callgrind).
+//! the fill alone with perf or callgrind); with `RSPLIB_WORKLOAD_RESERVE` set the handlespace
+//! first reserves room for PES PEs (`Handlespace::reserve`: the PE index never grows), which
+//! rsplib's bench has no counterpart of (its trees do not grow in steps).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -109,6 +111,9 @@ fn main() {
         ..HandlespaceConfig::default()
     };
     let mut hs = Handlespace::new(config, Time::ZERO);
+    if std::env::var_os("RSPLIB_WORKLOAD_RESERVE").is_some() {
+        hs.reserve(n);
+    }
     let handles: Vec<Vec<u8>> = (0..pools).map(|i| format!("Pool-{i}").into_bytes()).collect();
     let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let user = TransportRepr::new(TransportProtocol::Sctp, addr, 1234);

@@ -33,6 +33,7 @@ enum Op {
     TakeOver { from: usize, to: usize },
     DropConn { conn: u32 },
     Unreachable { h: usize, id: u32 },
+    Reserve { n: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -51,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (owner.clone(), owner).prop_map(|(from, to)| Op::TakeOver { from, to }),
         1 => (0u32..3).prop_map(|conn| Op::DropConn { conn }),
         1 => (h, id).prop_map(|(h, id)| Op::Unreachable { h, id }),
+        1 => (0usize..100).prop_map(|n| Op::Reserve { n }),
     ]
 }
 
@@ -193,6 +195,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Unreachable { h, id } => {
                 let _ = hs.report_unreachable(HANDLES[h], id);
             }
+            Op::Reserve { n } => hs.reserve(n),
         }
         check(&hs)?;
     }

@@ -14,11 +14,19 @@ use super::wheel::TimerSlots;
 const PAGE_BITS: u32 = 12;
 const PAGE: usize = 1 << PAGE_BITS;
 
+/// `PAGE` slots. Arrays rather than slices: an index masked to the page needs no bounds check
+/// (one per access to a slot, and an operation makes a dozen or more).
+struct Page {
+    slots: Box<[PeSlot; PAGE]>,
+    /// Each slot's [`PeSlot::index_hash`] again (0 for a free slot), 16 KiB beside the slots'
+    /// 576: growing the PE index reads these in turn instead of a line of every slot, which two
+    /// thirds of a growth's time waited on (4 bytes per PE).
+    hashes: Box<[u32; PAGE]>,
+}
+
 /// The slots of every PE of a handlespace shard.
 pub(crate) struct Arena {
-    /// Arrays rather than slices: an index masked to the page needs no bounds check (one per
-    /// access to a slot, and an operation makes a dozen or more).
-    pages: Vec<Box<[PeSlot; PAGE]>>,
+    pages: Vec<Page>,
     /// First free slot below `high` (linked through `pool`), or `NIL`.
     free: u32,
     /// Slots ever handed out (every slot at or above is free and not in the list).
@@ -46,7 +54,7 @@ impl Arena {
     #[inline]
     pub(crate) fn get(&self, index: u32, generation: u32) -> Option<&PeSlot> {
         let page = self.pages.get((index >> PAGE_BITS) as usize)?;
-        let slot = &page[index as usize & (PAGE - 1)];
+        let slot = &page.slots[index as usize & (PAGE - 1)];
         (slot.generation() == generation && generation != 0).then_some(slot)
     }
 
@@ -55,7 +63,7 @@ impl Arena {
     #[inline]
     pub(crate) fn prefetch(&self, index: u32) {
         let page = self.pages.get((index >> PAGE_BITS) as usize);
-        if let Some(slot) = page.and_then(|p| p.get(index as usize & (PAGE - 1))) {
+        if let Some(slot) = page.and_then(|p| p.slots.get(index as usize & (PAGE - 1))) {
             crate::runtime::simd::prefetch(&slot.pe);
         }
     }
@@ -67,7 +75,7 @@ impl Arena {
         if self.free != NIL {
             let index = self.free;
             self.free = self[index].pool;
-            self[index] = slot;
+            self.put(index, slot);
             return index;
         }
         let index = self.high;
@@ -75,12 +83,12 @@ impl Arena {
             // Built on the heap (a page is 576 KiB): a vector, then its box as an array.
             let page: Box<[PeSlot]> = vec![PeSlot::VACANT; PAGE].into_boxed_slice();
             match page.try_into() {
-                Ok(page) => self.pages.push(page),
+                Ok(slots) => self.pages.push(Page { slots, hashes: Box::new([0; PAGE]) }),
                 Err(_) => unreachable!("a vector of PAGE slots is a page"),
             }
         }
         self.high += 1;
-        self[index] = slot;
+        self.put(index, slot);
         index
     }
 
@@ -90,8 +98,9 @@ impl Arena {
     /// bytes instead cost 4 % of a deregistration's instructions (1,034 against 989, callgrind).
     pub(crate) fn remove(&mut self, index: u32) -> PoolElement {
         let free = self.free;
-        let slot = &mut self[index];
+        let (slot, hash) = self.entry(index);
         let pe = core::mem::replace(&mut slot.pe, PeSlot::VACANT.pe);
+        (slot.index_hash, *hash) = (0, 0);
         slot.pool = free;
         self.free = index;
         self.len -= 1;
@@ -101,6 +110,29 @@ impl Arena {
     /// Slots ever handed out, free or not (every slot from here on is free).
     pub(crate) fn slots(&self) -> u32 {
         self.high
+    }
+
+    /// Every PE's slot index with its index hash, in slot order, from the dense copy of the
+    /// hashes (no slot is read).
+    pub(crate) fn hashes(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.pages.iter().enumerate().flat_map(move |(p, page)| {
+            let base = p << PAGE_BITS;
+            let used = (self.high as usize).saturating_sub(base).min(PAGE);
+            page.hashes[..used].iter().enumerate().filter(|(_, &h)| h != 0).map(move |(i, &h)| ((base + i) as u32, h))
+        })
+    }
+
+    /// Slot `index` and its copy of the index hash.
+    fn entry(&mut self, index: u32) -> (&mut PeSlot, &mut u32) {
+        let page = &mut self.pages[(index >> PAGE_BITS) as usize];
+        let i = index as usize & (PAGE - 1);
+        (&mut page.slots[i], &mut page.hashes[i])
+    }
+
+    fn put(&mut self, index: u32, slot: PeSlot) {
+        let (to, hash) = self.entry(index);
+        *hash = slot.index_hash;
+        *to = slot;
     }
 
     /// Every PE slot with its index.
@@ -121,7 +153,7 @@ impl Arena {
             .flat_map(move |(p, page)| {
                 let base = (first + p) << PAGE_BITS;
                 let (lo, hi) = (from.saturating_sub(base), (to - base).min(PAGE));
-                page[lo..hi].iter().enumerate().map(move |(i, s)| ((base + lo + i) as u32, s))
+                page.slots[lo..hi].iter().enumerate().map(move |(i, s)| ((base + lo + i) as u32, s))
             })
             .filter(|(_, s)| s.generation() != 0)
     }
@@ -131,14 +163,14 @@ impl Index<u32> for Arena {
     type Output = PeSlot;
     #[inline]
     fn index(&self, index: u32) -> &PeSlot {
-        &self.pages[(index >> PAGE_BITS) as usize][index as usize & (PAGE - 1)]
+        &self.pages[(index >> PAGE_BITS) as usize].slots[index as usize & (PAGE - 1)]
     }
 }
 
 impl IndexMut<u32> for Arena {
     #[inline]
     fn index_mut(&mut self, index: u32) -> &mut PeSlot {
-        &mut self.pages[(index >> PAGE_BITS) as usize][index as usize & (PAGE - 1)]
+        &mut self.pages[(index >> PAGE_BITS) as usize].slots[index as usize & (PAGE - 1)]
     }
 }
 

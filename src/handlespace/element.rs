@@ -255,9 +255,9 @@ pub(crate) struct PeSlot {
     pub(crate) pe: PoolElement,
     /// Slab index of its pool.
     pub(crate) pool: u32,
-    /// The high half of its pool's handle hash, on which the PE index hashes it: growing the
-    /// index rehashes from the slot alone.
-    pub(crate) pool_tag: u32,
+    /// Its hash in the PE index (`handlespace::pe_hash`), 0 in a free slot: growing the index
+    /// reads this field alone, and removing the PE hashes nothing.
+    pub(crate) index_hash: u32,
     /// Selection state of the ordered policies: the WRR pass; or the primary sort key (a value
     /// derived from the policy values) in the low half and, under Least Used with Degradation,
     /// the degradation accumulated by selections since the last (re-)registration in the high
@@ -288,7 +288,7 @@ impl PeSlot {
             conn: PackedConn::NONE,
         },
         pool: NIL,
-        pool_tag: 0,
+        index_hash: 0,
         sel_key: 0,
         owner_link: Link::UNLINKED,
         conn_link: Link::UNLINKED,

@@ -134,22 +134,23 @@ impl ChunkIndex {
         let capacity = self.grown_capacity();
         let old = core::mem::take(&mut self.chunks);
         let values = old.iter().flat_map(|c| (0..WIDTH).filter(|&k| c.ctrl[k] != EMPTY).map(|k| c.items[k]));
-        self.rebuild_dyn(capacity, values, hash_of);
+        self.rebuild_dyn(capacity, values.map(|v| (hash_of(v), v)), hash_of);
     }
 
-    /// Replaces the contents by `values`, with room for at least `capacity` entries before the
-    /// next growth. The caller can feed them in whatever order reads its slabs best (in slab
+    /// Replaces the contents by `entries` (hash, value), with room for at least `capacity`
+    /// entries before the next growth (past it, it grows as it goes, finding hashes with
+    /// `hash_of`). The caller can feed them in whatever order reads its slabs best (in slab
     /// order, rather than in the old table's random one).
     pub(crate) fn rebuild(
         &mut self,
         capacity: usize,
-        values: impl IntoIterator<Item = u32>,
+        entries: impl IntoIterator<Item = (u64, u32)>,
         hash_of: impl Fn(u32) -> u64,
     ) {
-        self.rebuild_dyn(capacity, values, &hash_of);
+        self.rebuild_dyn(capacity, entries, &hash_of);
     }
 
-    fn rebuild_dyn(&mut self, capacity: usize, values: impl IntoIterator<Item = u32>, hash_of: HashOf<'_>) {
+    fn rebuild_dyn(&mut self, capacity: usize, entries: impl IntoIterator<Item = (u64, u32)>, hash_of: HashOf<'_>) {
         self.chunks = vec![VACANT; capacity.div_ceil(MAX_LOAD).next_power_of_two()];
         self.len = 0;
         // Entries land in random chunks of a table larger than the caches: a batch is hashed
@@ -157,12 +158,11 @@ impl ChunkIndex {
         // one another.
         const BATCH: usize = 16;
         let mut batch = [(0, 0); BATCH];
-        let mut values = values.into_iter();
+        let mut entries = entries.into_iter();
         loop {
             let mask = self.chunks.len() - 1;
             let mut n = 0;
-            for v in values.by_ref().take(BATCH) {
-                let hash = hash_of(v);
+            for (hash, v) in entries.by_ref().take(BATCH) {
                 prefetch(&self.chunks[hash as usize & mask]);
                 batch[n] = (hash, v);
                 n += 1;
@@ -287,7 +287,7 @@ mod tests {
     fn a_rebuild_given_more_entries_than_room_grows_as_it_goes() {
         let mut index = ChunkIndex::new();
         let hash_of = |v: u32| u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        index.rebuild(1, 0..1000, hash_of);
+        index.rebuild(1, (0..1000).map(|v| (hash_of(v), v)), hash_of);
         assert_eq!(index.len(), 1000);
         assert!(index.capacity() >= 1000);
         assert!((0..1000).all(|v| index.find(hash_of(v), |x| x == v) == Some(v)));
@@ -336,7 +336,7 @@ mod tests {
                     Op::Remove(v) => prop_assert_eq!(index.remove(hash_of(v), v), model.remove(&v).is_some()),
                     Op::Rebuild => {
                         let values: Vec<u32> = model.keys().copied().collect();
-                        index.rebuild(values.len() * 2, values, hash_of);
+                        index.rebuild(values.len() * 2, values.iter().map(|&v| (hash_of(v), v)), hash_of);
                     }
                 }
                 prop_assert_eq!(index.len(), model.len());

@@ -14,19 +14,22 @@
 //!   indices, in 64-byte chunks of tags and entries so that a probe reads one cache line, and
 //!   compare keys in the slabs (`ahash`, randomly seeded per process, so peers cannot aim
 //!   collisions; the shard choice uses the fixed hash in [`shard`]). The PE table hashes a tag of
-//!   the pool's handle hash (kept in each PE slot), not the pool's index, so a lookup by handle
-//!   and id probes both tables at once. PE ids of one pool that differ only in their last 4 bits
-//!   hash to neighbouring chunks (so ids registered in order fill a kilobyte of the table in
-//!   turn), each with its own tag. Both tables grow by rebuilding from their slab, in slab order;
+//!   the pool's handle hash, not the pool's index, so a lookup by handle and id probes both
+//!   tables at once. PE ids of one pool that differ only in their last 4 bits hash to
+//!   neighbouring chunks (so ids registered in order fill a kilobyte of the table in turn), each
+//!   with its own tag. Each PE slot keeps its 32-bit hash, and the arena a dense copy of them
+//!   (4 bytes per PE), so a removal hashes nothing and a growth reads 16 KiB per page of 4,096
+//!   PEs instead of every slot. Both tables grow by rebuilding from their slab, in slab order,
+//!   and [`Handlespace::reserve`] sizes the PE table ahead for a known number of PEs;
 //! - connection → its PEs is indexed by the connection's slot number (`conns`);
 //! - each pool has a selection index chosen by its policy (`selection.rs` explains them);
 //! - an owner's PEs and a connection's PEs are intrusive doubly-linked lists through the PE
 //!   slots, so takeover and connection loss cost O(PEs concerned) and no extra allocation;
 //! - finite lifetimes are timers of a timing wheel ([`wheel`]) linked through the PE slots.
 //!
-//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 170-198
-//! bytes including every index (least for Round Robin in one pool, most for Least Used in
-//! pools of 10); `examples/handlespace_memory.rs` measures it and
+//! A registered PE with a 2-address IPv4 user transport and an ASAP transport costs 174-200
+//! bytes including every index (least for Round Robin in one pool, most for Weighted Round
+//! Robin in pools of 10); `examples/handlespace_memory.rs` measures it and
 //! `results/handlespace/memory.md` records it.
 
 mod arena;
@@ -205,7 +208,7 @@ pub struct Spot {
     /// The handle's hash, for a pool that registration creates (not hashed again).
     hash: u64,
     /// The PE's hash in the PE index, for a PE that is then added or removed.
-    pe_hash: u64,
+    pe_hash: u32,
 }
 
 /// The part of a pool's handle hash that its PEs' index entries hash on (pools that share it
@@ -214,20 +217,29 @@ fn pool_tag(handle_hash: u64) -> u32 {
     (handle_hash >> 32) as u32
 }
 
-/// The hash of (pool, PE id) in the PE index: a keyed hash of the pool's tag and the id without
-/// its last 4 bits, whose own last 4 bits are replaced by the id's (so ids that differ only there
-/// land in the neighbouring chunks of one kilobyte, which ids registered in order then fill in
-/// turn) and mixed into the top 7 bits (the index's tag, so that they do not all match each
-/// other's tag). (Sharing one chunk among them was tried: at 4 ids per chunk, ids in order
-/// overflow their chunks so often that one pool of a million got 10-30 % slower.)
+/// The hash of (pool, PE id) in the PE index, which the PE's slot keeps (32 bits: growing the
+/// index reads that one field of each slot and hashes nothing; [`index_key`] widens it): a keyed
+/// hash of the pool's tag and the id without its last 4 bits, whose own last 4 bits are replaced
+/// by the id's (so ids that differ only there land in the neighbouring chunks of one kilobyte,
+/// which ids registered in order then fill in turn) and mixed into the bits that become the
+/// index's tag (so that they do not all match each other's tag). Never 0, which marks a free
+/// slot. (Sharing one chunk among them was tried: at 4 ids per chunk, ids in order overflow
+/// their chunks so often that one pool of a million got 10-30 % slower.)
 ///
 /// The pool's tag is half of its handle hash ([`pool_tag`]), not its slab index, so that a lookup
 /// by handle and id computes both hashes at once and probes the two tables without waiting for
 /// the first.
-fn pe_hash(hasher: &ahash::RandomState, pool_tag: u32, pe_id: u32) -> u64 {
-    let block = hasher.hash_one(u64::from(pool_tag) << 32 | u64::from(pe_id >> 4));
-    let low = u64::from(pe_id & 15);
-    (block & !15) ^ low ^ (low << 57)
+fn pe_hash(hasher: &ahash::RandomState, pool_tag: u32, pe_id: u32) -> u32 {
+    let block = hasher.hash_one(u64::from(pool_tag) << 32 | u64::from(pe_id >> 4)) as u32;
+    let low = pe_id & 15;
+    ((block & !15) ^ low ^ (low << 25)).max(1)
+}
+
+/// A PE hash as the index takes it: its low bits pick the chunk, its top 7 bits (here bits 25
+/// to 31 of the PE hash) the tag, so chunk and tag are independent up to 2^25 chunks (335
+/// million PEs in one shard).
+fn index_key(pe_hash: u32) -> u64 {
+    u64::from(pe_hash) << 32 | u64::from(pe_hash)
 }
 
 impl Handlespace {
@@ -313,7 +325,7 @@ impl Handlespace {
         // PEs that exist, but chains PE chunk, slot and pool entry one after another: measured
         // no faster.)
         let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
-        self.pe_index.prefetch(pe_hash);
+        self.pe_index.prefetch(index_key(pe_hash));
         let pool = self.find_pool_hashed(hash, handle);
         if let Some(p) = pool.filter(|_| selector) {
             self.pools[p as usize].selector.prefetch();
@@ -342,9 +354,9 @@ impl Handlespace {
     }
 
     #[inline]
-    fn find_pe_hashed(&self, hash: u64, pool: u32, pe_id: u32) -> Option<u32> {
+    fn find_pe_hashed(&self, hash: u32, pool: u32, pe_id: u32) -> Option<u32> {
         let pes = &self.pes;
-        self.pe_index.find(hash, |i| pes[i].pe.id == pe_id && pes[i].pool == pool)
+        self.pe_index.find(index_key(hash), |i| pes[i].pe.id == pe_id && pes[i].pool == pool)
     }
 
     /// Slot index of the first PE registered over `conn`.
@@ -508,14 +520,14 @@ impl Handlespace {
             conn: PackedConn::new(conn),
         };
         slot.pool = p;
-        slot.pool_tag = pool_tag(self.pools[p as usize].hash);
+        slot.index_hash = spot.pe_hash;
         if self.pe_index.is_full() {
             self.grow_pe_index();
         }
         let index = self.pes.insert(slot);
         let key = PeKey { index, generation };
-        let (pes, hasher) = (&self.pes, &self.hasher);
-        self.pe_index.insert(spot.pe_hash, index, |i| pe_hash(hasher, pes[i].pool_tag, pes[i].pe.id));
+        let pes = &self.pes;
+        self.pe_index.insert(index_key(spot.pe_hash), index, |i| index_key(pes[i].index_hash));
         let pool = &mut self.pools[p as usize];
         pool.selector.insert(&mut self.pes, index, &policy);
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
@@ -528,14 +540,30 @@ impl Handlespace {
         Ok(Registered { pe: key, pool, added: true, previous_owner: None, previous_conn: None })
     }
 
+    /// Makes room in the PE index for `additional` more PEs, so that registering them does not
+    /// grow it (each growth rehashes every PE: a fill of 1,000,000 PEs spends about a fifth
+    /// of its time there). The PE slots are not reserved: they are allocated a page at a time
+    /// as PEs come. O(PEs held); nothing when there is room already.
+    pub fn reserve(&mut self, additional: usize) {
+        let wanted = self.pes.len().saturating_add(additional).min(self.config.max_pes);
+        if wanted > self.pe_index.capacity() {
+            self.rebuild_pe_index(wanted);
+        }
+    }
+
     /// Doubles the PE index ahead of an insertion that would fill it, rebuilding it from the
     /// arena in slot order: growing it in place would read every PE's slot in the table's
-    /// (random) order to hash it again, a cache miss per PE; the arena reads them in turn.
+    /// (random) order, a cache miss per PE; the arena lists them in turn from its dense copy of
+    /// their hashes.
     #[cold]
     fn grow_pe_index(&mut self) {
-        let (pes, hasher) = (&self.pes, &self.hasher);
         let capacity = self.pe_index.grown_capacity();
-        self.pe_index.rebuild(capacity, pes.iter().map(|(i, _)| i), |i| pe_hash(hasher, pes[i].pool_tag, pes[i].pe.id));
+        self.rebuild_pe_index(capacity);
+    }
+
+    fn rebuild_pe_index(&mut self, capacity: usize) {
+        let pes = &self.pes;
+        self.pe_index.rebuild(capacity, pes.hashes().map(|(i, h)| (index_key(h), i)), |i| index_key(pes[i].index_hash));
     }
 
     /// Doubles the pool index ahead of an insertion that would fill it, rebuilding it from the
@@ -544,7 +572,7 @@ impl Handlespace {
     fn grow_pool_index(&mut self) {
         let pools = &self.pools;
         let capacity = self.pool_index.grown_capacity();
-        self.pool_index.rebuild(capacity, pools.iter().map(|(i, _)| i as u32), |i| pools[i as usize].hash);
+        self.pool_index.rebuild(capacity, pools.iter().map(|(i, p)| (p.hash, i as u32)), |i| pools[i as usize].hash);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -620,15 +648,14 @@ impl Handlespace {
     }
 
     /// The PE index's hash of the PE in slot `index`.
-    fn index_hash(&self, index: u32) -> u64 {
-        let slot = &self.pes[index];
-        pe_hash(&self.hasher, slot.pool_tag, slot.pe.id)
+    fn index_hash(&self, index: u32) -> u32 {
+        self.pes[index].index_hash
     }
 
     /// Removes a PE (whose index hash is `hash`) from every index and returns it with its
     /// pool's slab index; the pool is left in place (even if empty) so the caller can still
     /// read its handle.
-    fn unlink(&mut self, index: u32, hash: u64) -> (PoolElement, u32) {
+    fn unlink(&mut self, index: u32, hash: u32) -> (PoolElement, u32) {
         let (p, pe_id, home, conn) = {
             let s = &self.pes[index];
             (s.pool, s.pe.id, s.pe.home, s.pe.conn())
@@ -641,7 +668,7 @@ impl Handlespace {
         let words = checksum::pe_words(u64::from(pool.handle_words), pe_id);
         self.owners.remove(&mut self.pes, home, index, words);
         self.unlink_conn(index, conn);
-        self.pe_index.remove(hash, index);
+        self.pe_index.remove(index_key(hash), index);
         (self.pes.remove(index), p)
     }
 
@@ -654,7 +681,7 @@ impl Handlespace {
     }
 
     /// Removes PE `index` (whose index hash is `hash`) and drops its pool if emptied.
-    fn remove_index(&mut self, index: u32, hash: u64) -> PoolElement {
+    fn remove_index(&mut self, index: u32, hash: u32) -> PoolElement {
         let (pe, p) = self.unlink(index, hash);
         self.drop_pool_if_empty(p);
         pe
@@ -903,6 +930,9 @@ impl Handlespace {
                 if self.find_pe(p as u32, slot.pe.id) != Some(key.index) {
                     return Err(format!("PE {key:?} missing from the id index"));
                 }
+                if slot.index_hash != pe_hash(&self.hasher, pool_tag(pool.hash), slot.pe.id) {
+                    return Err(format!("PE {key:?} keeps a wrong index hash"));
+                }
                 if (slot.pe.registration_life >= 0) != slot.has_timer() {
                     return Err(format!("PE {key:?} timer mismatch"));
                 }
@@ -912,7 +942,12 @@ impl Handlespace {
                 return Err(format!("pool {p} lists {listed} PEs and counts {}", pool.selector.len()));
             }
         }
-        if total != self.pes.len() || self.pe_index.len() != total || self.pool_index.len() != self.pools.len() {
+        if total != self.pes.len()
+            || self.pe_index.len() != total
+            || self.pes.hashes().count() != total
+            || self.pes.hashes().any(|(i, h)| self.pes[i].index_hash != h)
+            || self.pool_index.len() != self.pools.len()
+        {
             return Err("PE or pool counts differ between indexes".into());
         }
         if self.timers.len() != self.pes.iter().filter(|(_, s)| s.has_timer()).count() {

@@ -954,3 +954,30 @@ fn weighted_pool_positions_survive_crossing_the_scan_size_both_ways() {
     live.sort_unstable();
     assert_eq!(got, live);
 }
+
+/// Room reserved for PEs is room the PE index does not grow past while they come; PEs freed
+/// before the index is rebuilt are not put back into it (a rebuild reads the arena's copy of
+/// the slots' hashes, which a removal clears).
+#[test]
+fn reserved_room_holds_its_pes_without_growing_and_a_rebuild_skips_freed_slots() {
+    let mut hs = hs();
+    hs.reserve(5_000);
+    let capacity = hs.pe_index.capacity();
+    assert!(capacity >= 5_000);
+    pool_of(&mut hs, 5_000, |_| Policy::RoundRobin);
+    assert_eq!(hs.pe_index.capacity(), capacity, "the index grew inside reserved room");
+    for id in (1..=5_000).step_by(3) {
+        assert!(hs.deregister(b"pool", id, conn(1)).unwrap().is_some());
+    }
+    // A rebuild while a third of the slots are free.
+    hs.reserve(capacity);
+    assert!(hs.pe_index.capacity() > capacity);
+    hs.validate().unwrap();
+    assert_eq!(hs.pe_index.len(), hs.pe_count());
+    assert!(hs.lookup(b"pool", 1).is_none() && hs.lookup(b"pool", 2).is_some());
+    // Reserving no more than the room there is changes nothing.
+    let capacity = hs.pe_index.capacity();
+    hs.reserve(0);
+    hs.reserve(capacity - hs.pe_count());
+    assert_eq!(hs.pe_index.capacity(), capacity);
+}
