@@ -212,6 +212,11 @@ impl Procedures {
         }
     }
 
+    /// Sizes this shard's handlespace for `pes` more PEs ([`Handlespace::reserve`]).
+    pub fn reserve(&mut self, pes: usize) {
+        self.hs.reserve(pes);
+    }
+
     /// This shard's part of the handlespace.
     pub fn handlespace(&self) -> &Handlespace {
         &self.hs

@@ -540,6 +540,11 @@ impl Handlespace {
         Ok(Registered { pe: key, pool, added: true, previous_owner: None, previous_conn: None })
     }
 
+    /// PEs this shard holds before its PE index next grows.
+    pub fn pe_capacity(&self) -> usize {
+        self.pe_index.capacity()
+    }
+
     /// Makes room in the PE index for `additional` more PEs, so that registering them does not
     /// grow it (each growth rehashes every PE: a fill of 1,000,000 PEs spends about a fifth
     /// of its time there). The PE slots are not reserved: they are allocated a page at a time

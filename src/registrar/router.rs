@@ -200,10 +200,14 @@ impl Registrar {
             security: config.security.clone(),
         };
         let l = &config.limits;
+        let mut procedures = Procedures::new(&procedures, shard, now);
+        // Pools go to shards by a hash of their handle, and their PEs with them: an even split
+        // unless a few pools hold most PEs (a shard then grows past its part).
+        procedures.reserve(l.expected_pes.div_ceil(usize::from(config.shards.max(1))));
         Self {
             shard,
             shards: config.shards.max(1),
-            procedures: Procedures::new(&procedures, shard, now),
+            procedures,
             conns: Conns::default(),
             framer: Framer::new(Protocol::Asap, l.max_message_size),
             close_log: crate::asap::loglimit::LogLimit::new("connections closed for framing errors"),

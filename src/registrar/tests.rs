@@ -888,3 +888,30 @@ fn answers_owed_after_the_clients_half_close_still_arrive() {
     }
     assert!(sim.closed(pu), "closed once every answer is out");
 }
+
+/// `limits.expected_pes` sizes every shard's handlespace for its part of them at start, and
+/// registering that part then never grows its PE index; 0 sizes nothing ahead.
+#[test]
+fn expected_pes_size_each_shard_ahead_of_its_registrations() {
+    let mut config = RegistrarConfig::new(1, 2);
+    config.limits.expected_pes = 10_000;
+    let sized = Registrar::new(&config, 1, Time::ZERO);
+    assert!(sized.handlespace().pe_capacity() >= 5_000, "{}", sized.handlespace().pe_capacity());
+    config.limits.expected_pes = 0;
+    let plain = Registrar::new(&config, 1, Time::ZERO);
+    assert!(plain.handlespace().pe_capacity() < 5_000);
+
+    config.limits.expected_pes = 2_000;
+    config.limits.max_pes_per_connection = 2_000;
+    let mut sim = RegSim::with(config);
+    let capacity = sim.shard(0).handlespace().pe_capacity();
+    assert!(capacity >= 1_000);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    let handle = handle_on(0, 2);
+    for id in 1..=1_000 {
+        sim.send(pe, &registration(&handle, id, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+        assert!(!reg_response(&sim.one(pe)).0);
+    }
+    assert_eq!(sim.shard(0).handlespace().pe_count(), 1_000);
+    assert_eq!(sim.shard(0).handlespace().pe_capacity(), capacity, "the PE index grew");
+}
