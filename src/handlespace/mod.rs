@@ -846,23 +846,23 @@ impl Handlespace {
     /// The PE checksum of `owner` as sent in ENRP Presence (folded and complemented; 0xffff
     /// for an owner with no PE). O(1).
     pub fn owner_checksum(&self, owner: u32) -> u16 {
-        self.owners.map.get(&owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum).value()
+        self.owners.get(owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum).value()
     }
 
     /// The unfolded checksum accumulator of `owner`'s PEs on this shard: accumulators of several
     /// shards add up ([`checksum::PeChecksum::merge`]) to the owner's registrar-wide checksum.
     pub fn owner_sum(&self, owner: u32) -> checksum::PeChecksum {
-        self.owners.map.get(&owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum)
+        self.owners.get(owner).map_or(checksum::PeChecksum::EMPTY, |o| o.checksum)
     }
 
     /// Number of PEs whose home is `owner`.
     pub fn owner_pe_count(&self, owner: u32) -> usize {
-        self.owners.map.get(&owner).map_or(0, |o| o.count as usize)
+        self.owners.get(owner).map_or(0, |o| o.count as usize)
     }
 
     /// The PEs whose home is `owner`. O(their number).
     pub fn owner_pes(&self, owner: u32) -> impl Iterator<Item = PeKey> + '_ {
-        let head = self.owners.map.get(&owner).map_or(NIL, |o| o.head);
+        let head = self.owners.get(owner).map_or(NIL, |o| o.head);
         self.list_iter(head, List::Owner)
     }
 
@@ -891,7 +891,7 @@ impl Handlespace {
 
     /// Every owner holding at least one PE, with its PE count.
     pub fn owners(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
-        self.owners.map.iter().map(|(&id, o)| (id, o.count as usize))
+        self.owners.iter().map(|(id, o)| (id, o.count as usize))
     }
 
     /// Makes `owner` the home of one PE; returns the previous home (`None` if the key is stale).
@@ -959,7 +959,10 @@ impl Handlespace {
             return Err("stray timers".into());
         }
         let mut listed = 0;
-        for (&owner, o) in &self.owners.map {
+        for (owner, o) in self.owners.iter() {
+            if !self.owners.get(owner).is_some_and(|found| core::ptr::eq(found, o)) {
+                return Err(format!("owner {owner} is not indexed"));
+            }
             let mut acc = checksum::PeChecksum::EMPTY;
             let mut n = 0;
             for key in self.owner_pes(owner) {

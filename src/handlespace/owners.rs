@@ -18,13 +18,70 @@ pub(crate) struct Owner {
 /// Owner id → [`Owner`]; an owner with no PE has no entry.
 #[derive(Debug, Default)]
 pub(crate) struct Owners {
-    pub(crate) map: HashMap<u32, Owner, ahash::RandomState>,
+    /// The owners, in no order.
+    entries: Vec<(u32, Owner)>,
+    /// Owner id → its place in `entries`.
+    index: HashMap<u32, u32, ahash::RandomState>,
+    /// The owner last added to or removed from, and its place: PEs come and go in runs of one
+    /// owner (a registrar's own, a peer's table), and the run then skips the hash lookup.
+    last: Option<(u32, u32)>,
 }
 
 impl Owners {
+    /// The place of `owner` in `entries`, if it has PEs.
+    #[inline]
+    fn find(&mut self, owner: u32) -> Option<usize> {
+        if let Some((_, at)) = self.last.filter(|&(id, _)| id == owner) {
+            return Some(at as usize);
+        }
+        let at = *self.index.get(&owner)?;
+        self.last = Some((owner, at));
+        Some(at as usize)
+    }
+
+    /// `owner`'s record, if it has PEs.
+    pub(crate) fn get(&self, owner: u32) -> Option<&Owner> {
+        let at = match self.last {
+            Some((id, at)) if id == owner => at,
+            _ => *self.index.get(&owner)?,
+        };
+        Some(&self.entries[at as usize].1)
+    }
+
+    /// Every owner with PEs.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Owner)> + '_ {
+        self.entries.iter().map(|(id, o)| (*id, o))
+    }
+
+    /// `owner`'s record, made empty if it had none.
+    fn entry(&mut self, owner: u32) -> &mut Owner {
+        let at = match self.find(owner) {
+            Some(at) => at,
+            None => {
+                let at = self.entries.len();
+                self.entries.push((owner, Owner { head: NIL, count: 0, checksum: PeChecksum::EMPTY }));
+                self.index.insert(owner, at as u32);
+                self.last = Some((owner, at as u32));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+
+    /// Forgets `owner`, at `at` (which has no PE left).
+    fn drop_owner(&mut self, at: usize) -> Owner {
+        let (owner, gone) = self.entries.swap_remove(at);
+        self.index.remove(&owner);
+        if let Some(&(moved, _)) = self.entries.get(at) {
+            self.index.insert(moved, at as u32);
+        }
+        self.last = None;
+        gone
+    }
+
     /// Links PE `index` (with checksum words `words`) to `owner`.
     pub(crate) fn add(&mut self, pes: &mut Arena, owner: u32, index: u32, words: u64) {
-        let entry = self.map.entry(owner).or_insert(Owner { head: NIL, count: 0, checksum: PeChecksum::EMPTY });
+        let entry = self.entry(owner);
         list_push(pes, &mut entry.head, index, List::Owner);
         entry.count += 1;
         entry.checksum.add(words);
@@ -32,12 +89,13 @@ impl Owners {
 
     /// Unlinks PE `index` (with checksum words `words`) from `owner`.
     pub(crate) fn remove(&mut self, pes: &mut Arena, owner: u32, index: u32, words: u64) {
-        if let Some(entry) = self.map.get_mut(&owner) {
+        if let Some(at) = self.find(owner) {
+            let entry = &mut self.entries[at].1;
             list_remove(pes, &mut entry.head, index, List::Owner);
             entry.count -= 1;
             entry.checksum.sub(words);
             if entry.count == 0 {
-                self.map.remove(&owner);
+                self.drop_owner(at);
             }
         }
     }
@@ -48,7 +106,8 @@ impl Owners {
         if from == to {
             return 0;
         }
-        let Some(moved) = self.map.remove(&from) else { return 0 };
+        let Some(at) = self.find(from) else { return 0 };
+        let moved = self.drop_owner(at);
         let mut tail = NIL;
         let mut index = moved.head;
         while index != NIL {
@@ -57,7 +116,7 @@ impl Owners {
             tail = index;
             index = slot.owner_link.next;
         }
-        let entry = self.map.entry(to).or_insert(Owner { head: NIL, count: 0, checksum: PeChecksum::EMPTY });
+        let entry = self.entry(to);
         if entry.head != NIL {
             pes[tail].owner_link.next = entry.head;
             pes[entry.head].owner_link.prev = tail;
