@@ -414,6 +414,15 @@ impl Config {
         if l.max_bad_pe_reports == 0 {
             return bad("limits.max_bad_pe_reports must be at least 1".into());
         }
+        // Sized at start, whatever registers: more than the registrar may ever hold is memory
+        // held for nothing (and a typo of a few zeros could ask for all of the machine's).
+        if l.expected_pes > l.max_pes.saturating_add(l.max_peer_pes) {
+            return bad(format!(
+                "limits.expected_pes = {} is more than limits.max_pes + limits.max_peer_pes ({})",
+                l.expected_pes,
+                l.max_pes.saturating_add(l.max_peer_pes)
+            ));
+        }
         for (name, v) in [
             ("limits.max_pes", l.max_pes),
             ("limits.max_peer_pes", l.max_peer_pes),
@@ -592,6 +601,11 @@ mod tests {
         let mut c = Config::default();
         c.limits.default_items = 200;
         assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.expected_pes = c.limits.max_pes + c.limits.max_peer_pes;
+        c.validate().unwrap();
+        c.limits.expected_pes += 1;
+        assert!(c.validate().unwrap_err().to_string().contains("limits.expected_pes"));
     }
 
     #[test]
