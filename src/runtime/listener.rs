@@ -19,12 +19,21 @@ pub(crate) fn bind_all(
         ensure_free(addr, transport)?;
         return bind_group(addr, count, backlog, transport);
     }
-    // The port the kernel picks for the first socket was once refused to the second ("address
-    // in use", seen in CI with many tests binding and connecting at once; not reproduced, so
-    // the cause is not pinned down): the group starts again on a fresh port.
+    // The port the kernel picked for a first socket bound with the group's reuse options was
+    // refused to the second ("address in use", seen in CI with many tests binding and
+    // connecting at once, even after 8 fresh attempts; not reproduced). With `SO_REUSEADDR` the
+    // kernel's choice may fall on a port that other sockets hold (TIME_WAIT, connections),
+    // which a listener then conflicts with; a probe without any reuse option is only given a
+    // port nothing is bound to, and the group binds that port by number. Between the two,
+    // someone else may take it: the group then starts again on a fresh one.
     let mut attempt = 1;
     loop {
-        match bind_group(addr, count, backlog, transport) {
+        let group = unused_port(addr, transport).and_then(|port| {
+            let mut addr = addr;
+            addr.set_port(port);
+            bind_group(addr, count, backlog, transport)
+        });
+        match group {
             Err(EngineError::Bind { source, .. })
                 if source.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ZERO_ATTEMPTS =>
             {
@@ -55,6 +64,20 @@ fn bind_group(
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// A port of `addr`'s address that nothing is bound to now: a socket without reuse options
+/// bound to port 0, then closed (it never listened or connected, so it leaves no TIME_WAIT).
+fn unused_port(addr: SocketAddr, transport: Transport) -> Result<u16, EngineError> {
+    let err = |source| EngineError::Bind { addr, source };
+    let (ty, proto) = transport.socket_kind();
+    let probe = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(err)?;
+    }
+    probe.bind(&addr.into()).map_err(err)?;
+    let local = probe.local_addr().map_err(err)?;
+    local.as_socket().map(|a| a.port()).ok_or_else(|| err(std::io::Error::other("not an IP socket")))
 }
 
 /// `SO_REUSEPORT` lets any process of the same user join a port that is already served, which
