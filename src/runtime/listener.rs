@@ -7,8 +7,8 @@ use socket2::{Domain, Socket};
 
 use super::{EngineError, Transport};
 
-/// Binds `count` listeners to `addr`. With port 0 the first socket picks the port and the others
-/// bind to the same one, so that all shards share one address.
+/// Binds `count` listeners to `addr`. With port 0 they all bind one port nothing is bound to,
+/// so that all shards share one address.
 pub(crate) fn bind_all(
     addr: SocketAddr,
     count: usize,
@@ -47,52 +47,44 @@ pub(crate) fn bind_all(
 /// Times a group on port 0 is bound afresh before "address in use" is given up on.
 const PORT_ZERO_ATTEMPTS: usize = 8;
 
-/// Binds `count` listeners to `addr`; with port 0 the others join the first's port.
+/// Binds `count` listeners to `addr` (a port given by number).
 fn bind_group(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
     transport: Transport,
 ) -> Result<Vec<TcpListener>, EngineError> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count {
-        let listener = bind_one(addr, backlog, transport)?;
-        if addr.port() == 0 {
-            addr = listener.local_addr().map_err(|source| EngineError::Bind { addr, source })?;
-        }
-        listeners.push(listener);
-    }
-    Ok(listeners)
+    (0..count).map(|_| bind_one(addr, backlog, transport)).collect()
 }
 
 /// A port of `addr`'s address that nothing is bound to now: a socket without reuse options
 /// bound to port 0, then closed (it never listened or connected, so it leaves no TIME_WAIT).
 fn unused_port(addr: SocketAddr, transport: Transport) -> Result<u16, EngineError> {
     let err = |source| EngineError::Bind { addr, source };
+    let local = probe(addr, transport, false)?.local_addr().map_err(err)?;
+    local.as_socket().map(|a| a.port()).ok_or_else(|| err(std::io::Error::other("not an IP socket")))
+}
+
+/// A socket of `transport` bound to `addr` (never listening), with `SO_REUSEADDR` if
+/// `reuse_address`.
+fn probe(addr: SocketAddr, transport: Transport, reuse_address: bool) -> Result<Socket, EngineError> {
+    let err = |source| EngineError::Bind { addr, source };
     let (ty, proto) = transport.socket_kind();
     let probe = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+    probe.set_reuse_address(reuse_address).map_err(err)?;
     if addr.is_ipv6() {
         probe.set_only_v6(true).map_err(err)?;
     }
     probe.bind(&addr.into()).map_err(err)?;
-    let local = probe.local_addr().map_err(err)?;
-    local.as_socket().map(|a| a.port()).ok_or_else(|| err(std::io::Error::other("not an IP socket")))
+    Ok(probe)
 }
 
 /// `SO_REUSEPORT` lets any process of the same user join a port that is already served, which
 /// would silently split clients between two servers. A bind without it fails if anyone listens
 /// on the address, so a probe tells "in use" before the shards' group binds.
 fn ensure_free(addr: SocketAddr, transport: Transport) -> Result<(), EngineError> {
-    let err = |source| EngineError::Bind { addr, source };
-    let (ty, proto) = transport.socket_kind();
-    let probe = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
     // Connections in TIME_WAIT from an earlier run do not count as "in use".
-    probe.set_reuse_address(true).map_err(err)?;
-    if addr.is_ipv6() {
-        probe.set_only_v6(true).map_err(err)?;
-    }
-    probe.bind(&addr.into()).map_err(err)
+    probe(addr, transport, true).map(drop)
 }
 
 fn bind_one(addr: SocketAddr, backlog: i32, transport: Transport) -> Result<TcpListener, EngineError> {
