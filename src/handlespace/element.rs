@@ -255,8 +255,8 @@ pub(crate) struct PeSlot {
     pub(crate) pe: PoolElement,
     /// Slab index of its pool.
     pub(crate) pool: u32,
-    /// Its hash in the PE index (`handlespace::pe_hash`), 0 in a free slot: growing the index
-    /// reads this field alone, and removing the PE hashes nothing.
+    /// Its hash in the PE index (`handlespace::pe_hash`), 0 in a free slot: removing the PE
+    /// hashes nothing (the arena keeps a dense copy, from which the index grows).
     pub(crate) index_hash: u32,
     /// Selection state of the ordered policies: the WRR pass; or the primary sort key (a value
     /// derived from the policy values) in the low half and, under Least Used with Degradation,

@@ -31,21 +31,23 @@ impl Owners {
     /// The place of `owner` in `entries`, if it has PEs.
     #[inline]
     fn find(&mut self, owner: u32) -> Option<usize> {
-        if let Some((_, at)) = self.last.filter(|&(id, _)| id == owner) {
-            return Some(at as usize);
-        }
-        let at = *self.index.get(&owner)?;
+        let at = self.position(owner)?;
         self.last = Some((owner, at));
         Some(at as usize)
     }
 
+    /// The place of `owner` in `entries`, from the memo or the index.
+    #[inline]
+    fn position(&self, owner: u32) -> Option<u32> {
+        match self.last {
+            Some((id, at)) if id == owner => Some(at),
+            _ => self.index.get(&owner).copied(),
+        }
+    }
+
     /// `owner`'s record, if it has PEs.
     pub(crate) fn get(&self, owner: u32) -> Option<&Owner> {
-        let at = match self.last {
-            Some((id, at)) if id == owner => at,
-            _ => *self.index.get(&owner)?,
-        };
-        Some(&self.entries[at as usize].1)
+        Some(&self.entries[self.position(owner)? as usize].1)
     }
 
     /// Every owner with PEs.
