@@ -69,8 +69,16 @@ fn acknowledged_registrations_survive_sigterm(engine: &str) {
         return;
     }
     let (pa, pb) = (free_port(), free_port());
-    // A: 3 shards, so that requests, answers and updates cross shards.
-    let a = Registrar::start_as(engine, 3, "aaaa0001", &format!("127.0.0.1:{pa}"), "");
+    // A: 3 shards, so that requests, answers and updates cross shards. Each client registers
+    // until A closes its connection, past the default 1,024 PEs per connection when A is
+    // quick and its stop slow: a refusal then would be A's limit, not a lost registration.
+    let a = Registrar::start_as(
+        engine,
+        3,
+        "aaaa0001",
+        &format!("127.0.0.1:{pa}"),
+        "[limits]\nmax_pes_per_connection = 1048576\n",
+    );
     let b = Registrar::start_as(
         engine,
         1,
