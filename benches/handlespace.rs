@@ -94,18 +94,33 @@ fn handles(layout: Layout) -> Vec<Vec<u8>> {
     (0..layout.pools).map(|p| format!("pool-{p:06}").into_bytes()).collect()
 }
 
-/// Registration of PE `id` (1-based within its pool) of pool `handle`; `seq` makes transports
-/// and connections unique.
-fn reg(handle: &[u8], id: u32, seq: u32, t: PolicyType, life: i32) -> Registration<'_> {
-    Registration {
-        handle,
-        pe_id: id,
-        home: OWNER,
-        user_transport: transport(seq),
-        asap_transport: None,
-        policy: policy(t, seq),
-        registration_life: life,
-        conn: Some(ConnId { shard: 0, generation: 0, slot: seq }),
+/// PE `id` (1-based within its pool) of pool `handle`, to be registered with the transport
+/// its registration borrows; `seq` makes transports and connections unique.
+struct NewPe<'a> {
+    handle: &'a [u8],
+    id: u32,
+    seq: u32,
+    policy: Policy,
+    life: i32,
+    user: TransportRepr,
+}
+
+fn new_pe(handle: &[u8], id: u32, seq: u32, t: PolicyType, life: i32) -> NewPe<'_> {
+    NewPe { handle, id, seq, policy: policy(t, seq), life, user: transport(seq) }
+}
+
+impl NewPe<'_> {
+    fn reg(&self) -> Registration<'_> {
+        Registration {
+            handle: self.handle,
+            pe_id: self.id,
+            home: OWNER,
+            user_transport: &self.user,
+            asap_transport: None,
+            policy: self.policy,
+            registration_life: self.life,
+            conn: Some(ConnId { shard: 0, generation: 0, slot: self.seq }),
+        }
     }
 }
 
@@ -116,7 +131,7 @@ fn build(layout: Layout, t: PolicyType, handles: &[Vec<u8>]) -> Handlespace {
     for handle in handles {
         for id in 1..=layout.per_pool {
             seq += 1;
-            hs.register(reg(handle, id, seq, t, 86_400_000), Time::ZERO).expect("register");
+            hs.register(new_pe(handle, id, seq, t, 86_400_000).reg(), Time::ZERO).expect("register");
         }
     }
     hs
@@ -178,11 +193,11 @@ fn new_regs<'a>(
     n: u32,
     life: i32,
     pick: &mut usize,
-) -> Vec<Registration<'a>> {
+) -> Vec<NewPe<'a>> {
     (0..n)
         .map(|k| {
             let p = next_pool(pick, handles.len());
-            reg(&handles[p], layout.per_pool + 1 + k, 10_000_000 + k, t, life)
+            new_pe(&handles[p], layout.per_pool + 1 + k, 10_000_000 + k, t, life)
         })
         .collect()
 }
@@ -204,8 +219,8 @@ fn register_deregister(c: &mut Criterion) {
                         let start = pick;
                         let regs = new_regs(&handles, layout, t, n, 30_000, &mut pick);
                         let t0 = Instant::now();
-                        for r in regs {
-                            black_box(hs.register(r, Time::ZERO).is_ok());
+                        for r in &regs {
+                            black_box(hs.register(r.reg(), Time::ZERO).is_ok());
                         }
                         total += t0.elapsed();
                         let mut undo = start;
@@ -234,7 +249,7 @@ fn register_deregister(c: &mut Criterion) {
                         let n = (iters - done).min(u64::from(b_n)) as u32;
                         let start = pick;
                         for r in new_regs(&handles, layout, t, n, 30_000, &mut pick) {
-                            hs.register(r, Time::ZERO).ok();
+                            hs.register(r.reg(), Time::ZERO).ok();
                         }
                         let mut undo = start;
                         let t0 = Instant::now();
@@ -261,18 +276,18 @@ fn register_deregister(c: &mut Criterion) {
                     let mut done = 0;
                     while done < iters {
                         let n = (iters - done).min(1000) as u32;
-                        let regs: Vec<Registration<'_>> = (0..n)
+                        let regs: Vec<NewPe<'_>> = (0..n)
                             .map(|_| {
                                 seq = (seq + 7_919) % (layout.pools * per);
                                 let (p, id) = (seq / per, seq % per + 1);
-                                let mut r = reg(&handles[p as usize], id, seq + 1, t, 3_600_000);
+                                let mut r = new_pe(&handles[p as usize], id, seq + 1, t, 3_600_000);
                                 r.policy = policy(t, seq.wrapping_mul(31));
                                 r
                             })
                             .collect();
                         let t0 = Instant::now();
-                        for r in regs {
-                            black_box(hs.register(r, Time::ZERO).is_ok());
+                        for r in &regs {
+                            black_box(hs.register(r.reg(), Time::ZERO).is_ok());
                         }
                         total += t0.elapsed();
                         done += u64::from(n);
@@ -301,7 +316,7 @@ fn expiry(c: &mut Criterion) {
                 while done < iters {
                     let n = (iters - done).min(u64::from(b_n)) as u32;
                     for r in new_regs(&handles, layout, t, n, 1, &mut pick) {
-                        hs.register(r, now).ok();
+                        hs.register(r.reg(), now).ok();
                     }
                     now = now.add_millis(1);
                     let t0 = Instant::now();

@@ -65,13 +65,15 @@ fn measure(policy: Policy, pools: u32, per_pool: u32, asap: bool) -> f64 {
     for handle in &handles {
         for id in 1..=per_pool {
             i += 1;
+            let user = transport(i);
+            let asap_transport =
+                asap.then(|| TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::from(i)), 3863));
             let reg = Registration {
                 handle,
                 pe_id: id,
                 home: 0x1122_3344,
-                user_transport: transport(i),
-                asap_transport: asap
-                    .then(|| TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::from(i)), 3863)),
+                user_transport: &user,
+                asap_transport: asap_transport.as_ref(),
                 policy,
                 registration_life: 30_000,
                 conn: Some(ConnId { shard: 0, generation: 0, slot: i }),

@@ -136,11 +136,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Register { h, id, owner, conn: c, addr, policy: p, value, life } => {
+                let user = transport(addr);
                 let reg = Registration {
                     handle: HANDLES[h],
                     pe_id: id,
                     home: OWNERS[owner],
-                    user_transport: transport(addr),
+                    user_transport: &user,
                     asap_transport: None,
                     policy: policy(p % 3 + (h as u8 % 3) * 3, value),
                     registration_life: life,

@@ -117,22 +117,23 @@ mod tests {
     fn key(i: u32) -> PeKey {
         // Keys are opaque outside the handlespace; any distinct values do for the schedule.
         let mut hs = crate::handlespace::Handlespace::new(Default::default(), Time::ZERO);
+        let user = crate::wire::TransportRepr::new(
+            crate::wire::TransportProtocol::Tcp,
+            [127, 0, 0, 1].into(),
+            1000 + i as u16,
+        );
         let reg = crate::handlespace::Registration {
             handle: b"p",
             pe_id: i + 1,
             home: 1,
-            user_transport: crate::wire::TransportRepr::new(
-                crate::wire::TransportProtocol::Tcp,
-                [127, 0, 0, 1].into(),
-                1000 + i as u16,
-            ),
+            user_transport: &user,
             asap_transport: None,
             policy: crate::wire::Policy::RoundRobin,
             registration_life: -1,
             conn: None,
         };
         for j in 0..i {
-            let mut r = reg.clone();
+            let mut r = reg;
             r.pe_id = j + 1000;
             hs.register(r, Time::ZERO).unwrap();
         }

@@ -68,12 +68,13 @@ impl Procedures {
             None if self.budgets.peer_pes.used() >= self.limits.max_peer_pes => return Learnt::Refused,
             None => {}
         }
+        let asap = asap.to_repr();
         let reg = Registration {
             handle: pool_handle,
             pe_id: pe.pe_id(),
             home,
-            user_transport: user,
-            asap_transport: Some(asap.to_repr()),
+            user_transport: &user,
+            asap_transport: Some(&asap),
             policy,
             registration_life: pe.registration_life(),
             conn: None,

@@ -469,17 +469,16 @@ impl Procedures {
                 // what the registration did not create.
                 self.pes_held += usize::from(pe_taken);
                 self.pools_held += usize::from(pool_taken);
+                // WIRE.md 3.2: every PE keeps an ASAP transport (ENRP needs one); the
+                // registering connection's remote address when the PE gave none.
+                let asap_transport =
+                    named_asap.unwrap_or_else(|| TransportRepr::new(TransportProtocol::Tcp, peer.ip(), peer.port()));
                 let reg = Registration {
                     handle,
                     pe_id,
                     home: self.id,
-                    user_transport,
-                    // WIRE.md 3.2: every PE keeps an ASAP transport (ENRP needs one); the
-                    // registering connection's remote address when the PE gave none.
-                    asap_transport: Some(
-                        named_asap
-                            .unwrap_or_else(|| TransportRepr::new(TransportProtocol::Tcp, peer.ip(), peer.port())),
-                    ),
+                    user_transport: &user_transport,
+                    asap_transport: Some(&asap_transport),
                     policy,
                     registration_life: pe.registration_life(),
                     conn: Some(conn),

@@ -294,7 +294,7 @@ impl PuCore {
                 handle: pool_handle,
                 pe_id: pe.pe_id,
                 home,
-                user_transport: pe.user_transport.clone(),
+                user_transport: &pe.user_transport,
                 asap_transport: None,
                 policy,
                 registration_life: life,

@@ -28,8 +28,37 @@ fn sctp(a: u8, b: u8) -> TransportRepr {
     }
 }
 
-fn reg(handle: &[u8], pe_id: u32, policy: Policy, conn: Option<ConnId>) -> Registration<'_> {
-    Registration {
+/// A [`Registration`] that owns its transports, for tests to build and change one in place.
+#[derive(Clone)]
+struct Reg<'a> {
+    handle: &'a [u8],
+    pe_id: u32,
+    home: u32,
+    user_transport: TransportRepr,
+    asap_transport: Option<TransportRepr>,
+    policy: Policy,
+    registration_life: i32,
+    conn: Option<ConnId>,
+}
+
+impl Reg<'_> {
+    /// The registration, borrowing the transports.
+    fn get(&self) -> Registration<'_> {
+        Registration {
+            handle: self.handle,
+            pe_id: self.pe_id,
+            home: self.home,
+            user_transport: &self.user_transport,
+            asap_transport: self.asap_transport.as_ref(),
+            policy: self.policy,
+            registration_life: self.registration_life,
+            conn: self.conn,
+        }
+    }
+}
+
+fn reg(handle: &[u8], pe_id: u32, policy: Policy, conn: Option<ConnId>) -> Reg<'_> {
+    Reg {
         handle,
         pe_id,
         home: ME,
@@ -48,7 +77,7 @@ fn hs() -> Handlespace {
 /// Registers PEs 1..=n over connection 1 with the policy `f(id)`.
 fn pool_of(hs: &mut Handlespace, n: u32, f: impl Fn(u32) -> Policy) {
     for id in 1..=n {
-        hs.register(reg(b"pool", id, f(id), conn(1)), Time::ZERO).unwrap();
+        hs.register(reg(b"pool", id, f(id), conn(1)).get(), Time::ZERO).unwrap();
     }
 }
 
@@ -79,7 +108,7 @@ fn first_counts(hs: &mut Handlespace, rounds: usize, n: usize) -> std::collectio
 #[test]
 fn register_creates_pool_and_pe() {
     let mut hs = hs();
-    let r = hs.register(reg(b"echo", 7, Policy::RoundRobin, conn(1)), Time(5)).unwrap();
+    let r = hs.register(reg(b"echo", 7, Policy::RoundRobin, conn(1)).get(), Time(5)).unwrap();
     assert!(r.added);
     assert_eq!((r.previous_owner, r.previous_conn), (None, None));
     assert_eq!((hs.pool_count(), hs.pe_count()), (1, 1));
@@ -100,24 +129,24 @@ fn register_creates_pool_and_pe() {
 #[test]
 fn pool_consistency_is_enforced() {
     let mut hs = hs();
-    hs.register(reg(b"p", 1, Policy::LeastUsed { load: 0 }, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"p", 1, Policy::LeastUsed { load: 0 }, conn(1)).get(), Time::ZERO).unwrap();
 
-    let e = hs.register(reg(b"p", 2, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap_err();
+    let e = hs.register(reg(b"p", 2, Policy::RoundRobin, conn(1)).get(), Time::ZERO).unwrap_err();
     assert_eq!(e, RegisterError::InconsistentPolicy { pool: PolicyType::LEAST_USED, found: PolicyType::ROUND_ROBIN });
     assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_POOLING_POLICY);
 
     let mut r = reg(b"p", 2, Policy::LeastUsed { load: 0 }, conn(1));
     r.user_transport.protocol = TransportProtocol::Tcp;
-    let e = hs.register(r, Time::ZERO).unwrap_err();
+    let e = hs.register(r.get(), Time::ZERO).unwrap_err();
     assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_TRANSPORT_TYPE);
 
     let mut r = reg(b"p", 2, Policy::LeastUsed { load: 0 }, conn(1));
     r.user_transport.transport_use = TransportUse::DataPlusControl;
-    let e = hs.register(r, Time::ZERO).unwrap_err();
+    let e = hs.register(r.get(), Time::ZERO).unwrap_err();
     assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_DATA_CONTROL);
 
     // Re-registering the only PE with another policy is rejected too: the pool keeps its type.
-    let e = hs.register(reg(b"p", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err();
+    let e = hs.register(reg(b"p", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap_err();
     assert_eq!(e.cause_code(), CauseCode::INCONSISTENT_POOLING_POLICY);
     assert_eq!(hs.pe_count(), 1);
     hs.validate().unwrap();
@@ -133,7 +162,7 @@ fn re_registration_updates_in_place() {
     let mut r = reg(b"pool", 2, Policy::RoundRobin, conn(1));
     r.user_transport.port = 9000;
     r.registration_life = 60_000;
-    let out = hs.register(r, Time(1000)).unwrap();
+    let out = hs.register(r.get(), Time(1000)).unwrap();
     assert!(!out.added);
     assert_eq!(out.pe, before);
     assert_eq!((out.previous_owner, out.previous_conn), (None, None));
@@ -150,9 +179,9 @@ fn same_pe_from_elsewhere_moves_here() {
     // Learnt from a peer first (no connection, owner PEER).
     let mut r = reg(b"p", 9, Policy::RoundRobin, None);
     r.home = PEER;
-    let first = hs.register(r, Time::ZERO).unwrap();
+    let first = hs.register(r.get(), Time::ZERO).unwrap();
     // Now it registers here over connection 4 with the same addresses: moved.
-    let moved = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(4)), Time::ZERO).unwrap();
+    let moved = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(4)).get(), Time::ZERO).unwrap();
     assert!(!moved.added);
     assert_eq!(moved.pe, first.pe);
     assert_eq!(moved.previous_owner, Some(PEER));
@@ -161,7 +190,7 @@ fn same_pe_from_elsewhere_moves_here() {
     assert_eq!(hs.owner_pe_count(ME), 1);
     assert_eq!(hs.connection_pe_count(conn(4).unwrap()), 1);
     // And from connection 4 to connection 5.
-    let again = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(5)), Time::ZERO).unwrap();
+    let again = hs.register(reg(b"p", 9, Policy::RoundRobin, conn(5)).get(), Time::ZERO).unwrap();
     assert_eq!(again.previous_conn, Some(conn(4)));
     assert_eq!(again.previous_owner, None);
     assert_eq!(hs.connection_pe_count(conn(4).unwrap()), 0);
@@ -172,20 +201,20 @@ fn same_pe_from_elsewhere_moves_here() {
 #[test]
 fn pe_id_collision_is_rejected() {
     let mut hs = hs();
-    hs.register(reg(b"p", 9, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"p", 9, Policy::RoundRobin, conn(1)).get(), Time::ZERO).unwrap();
     let mut r = reg(b"p", 9, Policy::RoundRobin, conn(2));
     r.user_transport = sctp(200, 201);
-    let e = hs.register(r.clone(), Time::ZERO).unwrap_err();
+    let e = hs.register(r.get(), Time::ZERO).unwrap_err();
     assert_eq!(e, RegisterError::NonUniquePeIdentifier(9));
     assert_eq!(e.cause_code(), CauseCode::NON_UNIQUE_PE_IDENTIFIER);
     // Another owner over the same (absent) connection with other addresses collides too.
     r.conn = conn(1);
     r.home = PEER;
-    assert_eq!(hs.register(r, Time::ZERO).unwrap_err().cause_code(), CauseCode::NON_UNIQUE_PE_IDENTIFIER);
+    assert_eq!(hs.register(r.get(), Time::ZERO).unwrap_err().cause_code(), CauseCode::NON_UNIQUE_PE_IDENTIFIER);
     // Same addresses in another order = the same PE.
     let mut r = reg(b"p", 9, Policy::RoundRobin, conn(2));
     r.user_transport.addresses.reverse();
-    assert!(!hs.register(r, Time::ZERO).unwrap().added);
+    assert!(!hs.register(r.get(), Time::ZERO).unwrap().added);
     hs.validate().unwrap();
 }
 
@@ -201,26 +230,29 @@ fn resource_limits() {
     };
     let mut hs = Handlespace::new(config, Time::ZERO);
     let lack = CauseCode::LACK_OF_RESOURCES;
-    let e = hs.register(reg(b"123456789", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err();
+    let e = hs.register(reg(b"123456789", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap_err();
     assert_eq!(e, RegisterError::HandleTooLong { len: 9, max: 8 });
     assert_eq!(e.cause_code(), CauseCode::INVALID_VALUES, "a bad value (WIRE.md 6.1), not a lack of resources");
     assert_eq!(
-        hs.register(reg(b"", 1, Policy::Random, conn(1)), Time::ZERO).unwrap_err().cause_code(),
+        hs.register(reg(b"", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap_err().cause_code(),
         CauseCode::INVALID_VALUES
     );
-    hs.register(reg(b"a", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
-    hs.register(reg(b"a", 2, Policy::Random, conn(1)), Time::ZERO).unwrap();
-    assert_eq!(hs.register(reg(b"a", 3, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPesInPool));
-    hs.register(reg(b"b", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"a", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
+    hs.register(reg(b"a", 2, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
     assert_eq!(
-        hs.register(reg(b"b", 2, Policy::Random, conn(1)), Time::ZERO),
+        hs.register(reg(b"a", 3, Policy::Random, conn(2)).get(), Time::ZERO),
+        Err(RegisterError::TooManyPesInPool)
+    );
+    hs.register(reg(b"b", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
+    assert_eq!(
+        hs.register(reg(b"b", 2, Policy::Random, conn(1)).get(), Time::ZERO),
         Err(RegisterError::TooManyPesOnConnection)
     );
-    assert_eq!(hs.register(reg(b"c", 1, Policy::Random, conn(2)), Time::ZERO), Err(RegisterError::TooManyPools));
-    hs.register(reg(b"b", 2, Policy::Random, conn(2)), Time::ZERO).unwrap();
-    assert_eq!(hs.register(reg(b"b", 3, Policy::Random, conn(2)), Time::ZERO).unwrap_err().cause_code(), lack);
+    assert_eq!(hs.register(reg(b"c", 1, Policy::Random, conn(2)).get(), Time::ZERO), Err(RegisterError::TooManyPools));
+    hs.register(reg(b"b", 2, Policy::Random, conn(2)).get(), Time::ZERO).unwrap();
+    assert_eq!(hs.register(reg(b"b", 3, Policy::Random, conn(2)).get(), Time::ZERO).unwrap_err().cause_code(), lack);
     // Re-registration is never refused for lack of room.
-    assert!(!hs.register(reg(b"a", 1, Policy::Random, conn(1)), Time::ZERO).unwrap().added);
+    assert!(!hs.register(reg(b"a", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap().added);
     assert_eq!(hs.pe_count(), 4);
     hs.validate().unwrap();
 }
@@ -228,8 +260,8 @@ fn resource_limits() {
 #[test]
 fn deregistration_rules() {
     let mut hs = hs();
-    hs.register(reg(b"p", 1, Policy::Random, conn(1)), Time::ZERO).unwrap();
-    hs.register(reg(b"p", 2, Policy::Random, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"p", 1, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
+    hs.register(reg(b"p", 2, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
     let e = hs.deregister(b"nope", 1, conn(1)).unwrap_err();
     assert_eq!(e.cause_code(), CauseCode::UNKNOWN_POOL_HANDLE);
     let e = hs.deregister(b"p", 1, conn(2)).unwrap_err();
@@ -284,7 +316,7 @@ fn weighted_round_robin_appears_weight_times_per_round() {
     assert_eq!(resolve_ids(&mut hs, 3), [2, 3, 1]);
     assert_eq!(resolve_ids(&mut hs, 3), [3, 1, 2]);
     // Weight 0 comes last and is never selected while others exist.
-    hs.register(reg(b"pool", 4, Policy::WeightedRoundRobin { weight: 0 }, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"pool", 4, Policy::WeightedRoundRobin { weight: 0 }, conn(1)).get(), Time::ZERO).unwrap();
     let counts = first_counts(&mut hs, 30, 4);
     assert!(!counts.contains_key(&4), "{counts:?}");
     assert_eq!(resolve_ids(&mut hs, 4)[3], 4);
@@ -330,7 +362,7 @@ fn weighted_random_follows_weights() {
 fn weighted_random_update_changes_weight() {
     let mut hs = hs();
     pool_of(&mut hs, 3, |_| Policy::WeightedRandom { weight: 1 });
-    hs.register(reg(b"pool", 2, Policy::WeightedRandom { weight: 0 }, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"pool", 2, Policy::WeightedRandom { weight: 0 }, conn(1)).get(), Time::ZERO).unwrap();
     let counts = first_counts(&mut hs, 1000, 1);
     assert!(!counts.contains_key(&2));
     hs.deregister(b"pool", 1, conn(1)).unwrap();
@@ -370,7 +402,7 @@ fn least_used_picks_least_loaded() {
     assert_eq!(resolve_ids(&mut hs, 4), [2, 4, 3, 1]);
     assert_eq!(resolve_ids(&mut hs, 4), [4, 2, 3, 1], "equal loads rotate");
     // A fresh load report (re-registration) reorders it; it keeps its rotation place.
-    hs.register(reg(b"pool", 1, Policy::LeastUsed { load: 0 }, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"pool", 1, Policy::LeastUsed { load: 0 }, conn(1)).get(), Time::ZERO).unwrap();
     assert_eq!(resolve_ids(&mut hs, 4), [1, 2, 4, 3]);
     assert_eq!(resolve_ids(&mut hs, 4), [1, 2, 4, 3], "a unique least load stays first");
     hs.validate().unwrap();
@@ -389,7 +421,7 @@ fn least_used_with_degradation_degrades_after_selection() {
     assert_eq!(hs.pe_degradation(a).unwrap(), 200);
     assert_eq!(resolve_ids(&mut hs, 1), [2]);
     // Re-registration resets the degradation: A is back to 100 and first.
-    hs.register(reg(b"pool", 1, lud(100), conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"pool", 1, lud(100), conn(1)).get(), Time::ZERO).unwrap();
     assert_eq!(hs.pe_degradation(a).unwrap(), 0);
     assert_eq!(resolve_ids(&mut hs, 2), [1, 2]);
     // Degradation saturates.
@@ -441,13 +473,13 @@ fn expiry_removes_at_the_deadline() {
     let mut hs = Handlespace::new(config, Time(1000));
     let mut r = reg(b"p", 1, Policy::RoundRobin, None);
     r.registration_life = 5000;
-    hs.register(r, Time(1000)).unwrap();
+    hs.register(r.get(), Time(1000)).unwrap();
     let mut r = reg(b"p", 2, Policy::RoundRobin, None);
     r.registration_life = -1;
-    let forever = hs.register(r, Time(1000)).unwrap().pe;
+    let forever = hs.register(r.get(), Time(1000)).unwrap().pe;
     let mut r = reg(b"q", 3, Policy::Random, None);
     r.registration_life = i32::MAX;
-    let capped = hs.register(r, Time(1000)).unwrap().pe;
+    let capped = hs.register(r.get(), Time(1000)).unwrap().pe;
     assert_eq!(hs.pe(capped).unwrap().registration_life, 50_000);
     assert_eq!(hs.pe_expiry(capped), Some(Time(51_000)));
     assert_eq!(hs.pe_expiry(forever), None);
@@ -461,7 +493,7 @@ fn expiry_removes_at_the_deadline() {
     // A re-registration pushes the deadline out.
     let mut r = reg(b"q", 3, Policy::Random, None);
     r.registration_life = 1000;
-    hs.register(r, Time(50_500)).unwrap();
+    hs.register(r.get(), Time(50_500)).unwrap();
     assert_eq!(hs.expire(Time(51_000), usize::MAX, |_, _, _| {}), 0);
     while let Some(t) = hs.next_expiry() {
         hs.expire(t, usize::MAX, |_, h, pe| removed.push((h.to_vec(), pe.id)));
@@ -472,7 +504,7 @@ fn expiry_removes_at_the_deadline() {
     // Switching a PE to no expiry cancels its timer, and back.
     let mut r = reg(b"p", 2, Policy::RoundRobin, None);
     r.registration_life = 10;
-    hs.register(r, Time(100_000)).unwrap();
+    hs.register(r.get(), Time(100_000)).unwrap();
     assert_eq!(hs.pe_expiry(forever), Some(Time(100_010)));
     hs.validate().unwrap();
 }
@@ -481,8 +513,8 @@ fn expiry_removes_at_the_deadline() {
 fn connection_loss_removes_its_pes_only() {
     let mut hs = hs();
     for id in 1..=5 {
-        hs.register(reg(b"a", id, Policy::RoundRobin, conn(id % 2)), Time::ZERO).unwrap();
-        hs.register(reg(b"b", id, Policy::Random, conn(1)), Time::ZERO).unwrap();
+        hs.register(reg(b"a", id, Policy::RoundRobin, conn(id % 2)).get(), Time::ZERO).unwrap();
+        hs.register(reg(b"b", id, Policy::Random, conn(1)).get(), Time::ZERO).unwrap();
     }
     assert_eq!(hs.connection_pe_count(conn(1).unwrap()), 8);
     let listed: Vec<PeKey> = hs.connection_pes(conn(1).unwrap()).collect();
@@ -507,7 +539,7 @@ fn unreachable_reports_remove_at_the_limit() {
     assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(1)));
     assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(2)));
     // A re-registration proves it alive: the count restarts.
-    hs.register(reg(b"pool", 1, Policy::RoundRobin, conn(1)), Time::ZERO).unwrap();
+    hs.register(reg(b"pool", 1, Policy::RoundRobin, conn(1)).get(), Time::ZERO).unwrap();
     assert_eq!(hs.report_unreachable(b"pool", 1), Ok(Unreachable::Counted(1)));
     hs.report_unreachable(b"pool", 1).unwrap();
     match hs.report_unreachable(b"pool", 1) {
@@ -531,7 +563,7 @@ fn owner_checksums_match_index_md() {
     for (h, id) in pes {
         let mut r = reg(h, id, Policy::RoundRobin, None);
         r.home = PEER;
-        hs.register(r, Time::ZERO).unwrap();
+        hs.register(r.get(), Time::ZERO).unwrap();
     }
     assert_eq!(hs.owner_checksum(PEER), 0x0ef2);
     assert_eq!(hs.owner_pe_count(PEER), 4);
@@ -595,7 +627,7 @@ fn a_table_walk_returns_every_pe_once() {
             for (i, h) in handles.iter().enumerate().rev() {
                 let mut r = reg(h, id, Policy::RoundRobin, None);
                 r.home = if (id + i as u32) % 5 == 0 { PEER } else { ME };
-                hs.register(r, Time::ZERO).unwrap();
+                hs.register(r.get(), Time::ZERO).unwrap();
             }
         }
         // A pool slot freed and reused, so slab order differs from creation order.
@@ -622,14 +654,14 @@ fn a_table_walk_returns_every_pe_once() {
 fn a_table_walk_sees_removals_ahead_of_it_and_not_additions_behind_it() {
     let mut hs = hs();
     let keys: Vec<PeKey> =
-        (1..=10).map(|id| hs.register(reg(b"p", id, Policy::RoundRobin, None), Time::ZERO).unwrap().pe).collect();
+        (1..=10).map(|id| hs.register(reg(b"p", id, Policy::RoundRobin, None).get(), Time::ZERO).unwrap().pe).collect();
     let mut seen = Vec::new();
     let cursor = hs.table_pes(None, TableCursor::START, 4, &mut seen).unwrap();
     assert_eq!(seen.iter().map(|e| e.1).collect::<Vec<_>>(), keys[..4], "the first four slots");
     // Ahead of the cursor: PE 7 leaves. Behind it: PE 2 leaves and PE 11 takes its slot.
     hs.remove(keys[6]).unwrap();
     hs.remove(keys[1]).unwrap();
-    let added = hs.register(reg(b"p", 11, Policy::RoundRobin, None), Time::ZERO).unwrap().pe;
+    let added = hs.register(reg(b"p", 11, Policy::RoundRobin, None).get(), Time::ZERO).unwrap().pe;
     assert_eq!(added.index, keys[1].index, "the freed slot is reused");
     let mut rest = Vec::new();
     assert_eq!(hs.table_pes(None, cursor, 100, &mut rest), None);
@@ -640,9 +672,9 @@ fn a_table_walk_sees_removals_ahead_of_it_and_not_additions_behind_it() {
 #[test]
 fn stale_keys_are_detected() {
     let mut hs = hs();
-    let k = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
+    let k = hs.register(reg(b"p", 1, Policy::RoundRobin, None).get(), Time::ZERO).unwrap();
     hs.remove(k.pe).unwrap();
-    let k2 = hs.register(reg(b"p", 1, Policy::RoundRobin, None), Time::ZERO).unwrap();
+    let k2 = hs.register(reg(b"p", 1, Policy::RoundRobin, None).get(), Time::ZERO).unwrap();
     assert_eq!(k.pe.index, k2.pe.index, "slot reused");
     assert_eq!(hs.pe(k.pe), None);
     assert!(hs.pool(k.pool).is_none());
@@ -659,13 +691,13 @@ fn asap_transport_is_stored() {
     let mut hs = hs();
     let mut r = reg(b"p", 1, Policy::RoundRobin, conn(1));
     r.asap_transport = Some(TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::LOCALHOST), 3863));
-    let k = hs.register(r.clone(), Time::ZERO).unwrap().pe;
+    let k = hs.register(r.get(), Time::ZERO).unwrap().pe;
     assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3863));
     r.asap_transport.as_mut().unwrap().port = 3864;
-    hs.register(r.clone(), Time::ZERO).unwrap();
+    hs.register(r.get(), Time::ZERO).unwrap();
     assert_eq!(hs.pe(k).unwrap().asap_transport().map(|t| t.port), Some(3864));
     r.asap_transport = None;
-    hs.register(r, Time::ZERO).unwrap();
+    hs.register(r.get(), Time::ZERO).unwrap();
     assert_eq!(hs.pe(k).unwrap().asap_transport(), None);
 }
 
@@ -706,13 +738,13 @@ fn a_reused_slot_with_a_wrapped_generation_is_not_its_dead_entry() {
         let mut hs = hs();
         pool_of(&mut hs, 200, |_| Policy::Priority { priority: 1 });
         for id in 1..150 {
-            hs.register(reg(b"other", id, Policy::Priority { priority: 1 }, None), Time::ZERO).unwrap();
+            hs.register(reg(b"other", id, Policy::Priority { priority: 1 }, None).get(), Time::ZERO).unwrap();
         }
         let gone = hs.lookup(b"pool", 150).unwrap();
         hs.remove(gone).unwrap();
         hs.next_generation = gone.generation;
         let handle: &[u8] = if same_pool { b"pool" } else { b"other" };
-        let back = hs.register(reg(handle, 1000, Policy::Priority { priority: 1 }, None), Time::ZERO).unwrap().pe;
+        let back = hs.register(reg(handle, 1000, Policy::Priority { priority: 1 }, None).get(), Time::ZERO).unwrap().pe;
         assert_eq!(back, gone, "same slot, same generation");
         hs.validate().unwrap();
         let pool = hs.pool_by_handle(b"pool").unwrap();
@@ -782,7 +814,7 @@ proptest::proptest! {
             match op {
                 0 | 1 => {
                     let p = policy(a, b);
-                    hs.register(reg(b"pool", id, p, conn(1)), Time::ZERO).unwrap();
+                    hs.register(reg(b"pool", id, p, conn(1)).get(), Time::ZERO).unwrap();
                     let e = model.entry(id).or_insert_with(|| {
                         arrival += 1;
                         (p, 0, arrival)
@@ -835,7 +867,7 @@ proptest::proptest! {
         for (op, id, weight, n) in ops {
             match op {
                 0 | 1 => {
-                    hs.register(reg(b"pool", id, Policy::WeightedRoundRobin { weight }, conn(1)), Time::ZERO).unwrap();
+                    hs.register(reg(b"pool", id, Policy::WeightedRoundRobin { weight }, conn(1)).get(), Time::ZERO).unwrap();
                     match model.get_mut(&id) {
                         Some(e) => {
                             e.1 = match stride(weight) {
@@ -892,7 +924,7 @@ proptest::proptest! {
         for (op, id, weight, n) in ops {
             match op {
                 0..=2 => {
-                    hs.register(reg(b"pool", id, Policy::WeightedRandom { weight }, conn(1)), Time::ZERO).unwrap();
+                    hs.register(reg(b"pool", id, Policy::WeightedRandom { weight }, conn(1)).get(), Time::ZERO).unwrap();
                     model.insert(id, weight);
                 }
                 3 => {
@@ -934,7 +966,7 @@ fn weighted_pool_positions_survive_crossing_the_scan_size_both_ways() {
         while live.len() < 24 {
             let id = 1 + rng.u32(..1000);
             if !live.contains(&id) {
-                hs.register(reg(b"pool", id, weight(id, round), conn(1)), Time::ZERO).unwrap();
+                hs.register(reg(b"pool", id, weight(id, round), conn(1)).get(), Time::ZERO).unwrap();
                 live.push(id);
                 hs.validate().unwrap();
             }
@@ -945,7 +977,7 @@ fn weighted_pool_positions_survive_crossing_the_scan_size_both_ways() {
             hs.validate().unwrap();
             // Re-register a survivor with another weight (the position is looked up then).
             let other = live[rng.usize(..live.len())];
-            hs.register(reg(b"pool", other, weight(other, round + 1), conn(1)), Time::ZERO).unwrap();
+            hs.register(reg(b"pool", other, weight(other, round + 1), conn(1)).get(), Time::ZERO).unwrap();
             hs.validate().unwrap();
         }
     }
@@ -962,13 +994,17 @@ fn weighted_pool_positions_survive_crossing_the_scan_size_both_ways() {
 fn reserved_room_holds_its_pes_without_growing_and_a_rebuild_skips_freed_slots() {
     let mut hs = hs();
     hs.reserve(5_000);
-    let capacity = hs.pe_index.capacity();
-    assert!(capacity >= 5_000);
+    let (capacity, slots) = (hs.pe_index.capacity(), hs.pes.capacity());
+    assert!(capacity >= 5_000 && slots >= 5_000);
     pool_of(&mut hs, 5_000, |_| Policy::RoundRobin);
     assert_eq!(hs.pe_index.capacity(), capacity, "the index grew inside reserved room");
+    assert_eq!(hs.pes.capacity(), slots, "a page was added inside reserved room");
     for id in (1..=5_000).step_by(3) {
         assert!(hs.deregister(b"pool", id, conn(1)).unwrap().is_some());
     }
+    // Freed slots count as room: reserving for as many PEs as were removed allocates nothing.
+    hs.reserve(5_000 - hs.pe_count());
+    assert_eq!(hs.pes.capacity(), slots, "room for the freed slots' PEs was allocated again");
     // A rebuild while a third of the slots are free.
     hs.reserve(capacity);
     assert!(hs.pe_index.capacity() > capacity);
