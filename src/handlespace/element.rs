@@ -7,8 +7,9 @@
 //! the slot; everything else is behind it.
 
 use crate::service::ConnId;
-use crate::wire::policy::{Policy, PolicyType};
-use crate::wire::transport::TransportRepr;
+use crate::wire::policy::{self, Policy, PolicyType};
+use crate::wire::transport::{self, TransportRepr};
+use crate::wire::{Put, Writer};
 
 use super::wheel::{TimerLink, UNARMED};
 
@@ -38,28 +39,60 @@ pub(crate) enum Wire {
     Heap { body: u16, bytes: Box<[u8]> },
 }
 
+/// The inline bytes of a [`Wire`] as they are written: what does not fit is counted, not
+/// kept, so that a caller sees it overflowed and encodes to the heap instead.
+struct InlineWriter {
+    bytes: [u8; INLINE],
+    len: usize,
+}
+
+impl Put for InlineWriter {
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, v: &[u8; N]) {
+        if let Some(to) = self.bytes.get_mut(self.len..self.len + N) {
+            to.copy_from_slice(v);
+        }
+        self.len += N;
+    }
+}
+
+/// Emits the user transport (whose encoded length is `user_len`), the policy and the ASAP
+/// transport to `w`.
+#[inline(always)]
+fn emit_all(
+    w: &mut impl Put,
+    user_transport: &TransportRepr,
+    user_len: usize,
+    policy: &Policy,
+    asap_transport: Option<&TransportRepr>,
+) {
+    transport::emit_sized(w, user_transport, user_len);
+    policy::emit(w, policy);
+    if let Some(t) = asap_transport {
+        transport::emit(w, t);
+    }
+}
+
 impl Wire {
-    /// Encodes the parameters (`scratch` avoids an allocation).
+    /// Encodes the parameters, straight into the inline bytes when they fit (`scratch`
+    /// avoids an allocation when they do not).
     pub(crate) fn encode(
         scratch: &mut Vec<u8>,
         user_transport: &TransportRepr,
         policy: &Policy,
         asap_transport: Option<&TransportRepr>,
     ) -> Self {
+        let user_len = user_transport.encoded_len();
+        // Parameters are limited by the message size (64 KiB), so `body` fits in 16 bits.
+        let body = user_len + policy.encoded_len();
+        let mut inline = InlineWriter { bytes: [0; INLINE], len: 0 };
+        emit_all(&mut inline, user_transport, user_len, policy, asap_transport);
+        if inline.len <= INLINE {
+            return Self::Inline { body: body as u8, len: inline.len as u8, bytes: inline.bytes };
+        }
         scratch.clear();
-        crate::wire::pool_element::encode_body(scratch, user_transport, policy);
-        let body = scratch.len();
-        if let Some(t) = asap_transport {
-            crate::wire::transport::emit(&mut crate::wire::Writer::new(scratch), t);
-        }
-        if scratch.len() <= INLINE {
-            let mut bytes = [0; INLINE];
-            bytes[..scratch.len()].copy_from_slice(scratch);
-            Self::Inline { body: body as u8, len: scratch.len() as u8, bytes }
-        } else {
-            // Parameters are limited by the message size (64 KiB), so `body` fits.
-            Self::Heap { body: body as u16, bytes: scratch.as_slice().into() }
-        }
+        emit_all(&mut Writer::new(scratch), user_transport, user_len, policy, asap_transport);
+        Self::Heap { body: body as u16, bytes: scratch.as_slice().into() }
     }
 
     /// Every byte: user transport, policy, ASAP transport.
@@ -399,5 +432,37 @@ mod tests {
         };
         assert_eq!((pe.user_transport(), pe.asap_transport(), pe.conn()), (user, Some(asap), Some(conn)));
         assert_eq!(PackedConn::new(None).get(), None);
+    }
+
+    /// The parameters as a message's [`Writer`] encodes them, for comparison.
+    fn written(user: &TransportRepr, policy: &Policy, asap: Option<&TransportRepr>) -> (Vec<u8>, usize) {
+        let mut buf = Vec::new();
+        crate::wire::pool_element::encode_body(&mut buf, user, policy);
+        let body = buf.len();
+        if let Some(t) = asap {
+            transport::emit(&mut Writer::new(&mut buf), t);
+        }
+        (buf, body)
+    }
+
+    #[test]
+    fn parameters_are_the_bytes_a_message_carries_inline_or_on_the_heap() {
+        use crate::wire::TransportProtocol;
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v6 = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i));
+        let asap = TransportRepr::new(TransportProtocol::Tcp, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 3863);
+        let policy = Policy::PriorityLeastUsed { load: 9, degradation: 7 };
+        // One IPv6 leg fits (28 + 16 + 16 bytes), three do not (68 + ...).
+        for legs in [1, 3] {
+            let mut user = TransportRepr::new(TransportProtocol::Tcp, v6(1), 80);
+            user.addresses.extend((2..=legs).map(v6));
+            for asap in [None, Some(&asap)] {
+                let wire = Wire::encode(&mut Vec::new(), &user, &policy, asap);
+                let (bytes, body) = written(&user, &policy, asap);
+                assert_eq!(matches!(wire, Wire::Heap { .. }), bytes.len() > INLINE, "{legs} legs");
+                assert_eq!((wire.all(), wire.body().len()), (&bytes[..], body), "{legs} legs, {asap:?}");
+                assert_eq!(decode_policy(wire.body()), Some(policy));
+            }
+        }
     }
 }

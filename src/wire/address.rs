@@ -4,7 +4,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::param::{Param, ParamType};
 
-use super::writer::Writer;
+use super::writer::Put;
 
 /// Decodes an address parameter of the right length; `None` for anything else.
 #[inline]
@@ -18,7 +18,7 @@ pub(crate) fn decode(p: &Param<'_>) -> Option<IpAddr> {
 
 /// Emits an address parameter.
 #[inline]
-pub fn emit(w: &mut Writer<'_>, addr: &IpAddr) {
+pub fn emit(w: &mut impl Put, addr: &IpAddr) {
     match addr {
         IpAddr::V4(a) => {
             let [a0, a1, a2, a3] = a.octets();

@@ -41,7 +41,7 @@ pub use pool_element::{PoolElement, PoolElementRepr};
 pub use repr::{MessageRepr, ParamRepr};
 pub use server_info::{ServerInformation, ServerInformationRepr};
 pub use transport::{Transport, TransportProtocol, TransportRepr, TransportUse};
-pub use writer::{EmitError, Writer};
+pub use writer::{EmitError, Put, Writer};
 
 /// The name of message type `code` of `protocol`, if known.
 pub fn message_name(protocol: Protocol, code: u8) -> Option<&'static str> {

@@ -4,7 +4,7 @@ use super::check::Ctx;
 use super::error::{Error, ErrorKind};
 use super::field::u32_at;
 use super::param::{Param, ParamType};
-use super::writer::Writer;
+use super::writer::{Put, Writer};
 
 /// The 32-bit policy type carried in a Pool Member Selection Policy parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -291,7 +291,7 @@ impl PolicyRepr {
 
 /// Emits a known policy parameter.
 #[inline(always)]
-pub fn emit(w: &mut Writer<'_>, policy: &Policy) {
+pub fn emit(w: &mut impl Put, policy: &Policy) {
     let t = policy.policy_type().0.to_be_bytes();
     let head = |len: u8| [0, ParamType::POLICY.0 as u8, 0, len, t[0], t[1], t[2], t[3]];
     // Fixed-size writes: no length computed at run time, no call to memcpy.

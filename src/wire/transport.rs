@@ -10,7 +10,7 @@ use super::check::{Ctx, Walk};
 use super::error::{Error, ErrorKind, Invalid};
 use super::field::{u16_at, u32_at};
 use super::param::{Param, ParamType, Params};
-use super::writer::Writer;
+use super::writer::Put;
 
 /// The transport protocol of a transport parameter; each has its own parameter type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -297,13 +297,13 @@ impl TransportRepr {
 
 /// Emits a transport parameter.
 #[inline]
-pub fn emit(w: &mut Writer<'_>, t: &TransportRepr) {
+pub fn emit(w: &mut impl Put, t: &TransportRepr) {
     emit_sized(w, t, t.encoded_len());
 }
 
 /// Emits a transport parameter whose [`TransportRepr::encoded_len`] the caller computed.
 #[inline(always)]
-pub(crate) fn emit_sized(w: &mut Writer<'_>, t: &TransportRepr, len: usize) {
+pub(crate) fn emit_sized(w: &mut impl Put, t: &TransportRepr, len: usize) {
     let len = len as u16;
     let ty = t.protocol.param_type().0;
     let second = if t.protocol.has_transport_use() { t.transport_use.to_u16() } else { 0 };

@@ -16,6 +16,20 @@ pub enum EmitError {
     },
 }
 
+/// Where the fixed-size pieces of a parameter go: a [`Writer`], or a buffer of fixed size
+/// (the handlespace encodes a PE's parameters straight into its slot).
+pub trait Put {
+    /// Appends a fixed-size array.
+    fn array<const N: usize>(&mut self, v: &[u8; N]);
+}
+
+impl Put for Writer<'_> {
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, v: &[u8; N]) {
+        Writer::array(self, v);
+    }
+}
+
 /// Appends to a `Vec<u8>` with no intermediate allocation: a TLV's header is written first and
 /// its length patched when the value is done. Lengths that overflow are recorded and reported by
 /// [`Writer::message`], which then removes the partial message from the buffer.
