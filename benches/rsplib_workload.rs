@@ -115,7 +115,12 @@ fn main() {
     };
     let mut hs = Handlespace::new(config, Time::ZERO);
     if std::env::var_os("RSPLIB_WORKLOAD_RESERVE").is_some() {
+        let t0 = Instant::now();
         hs.reserve(n);
+        eprintln!(
+            "{pol:<12} N={n:<7} pools={pools:<5} reserve {:.3} s (not in the fill's time)",
+            t0.elapsed().as_secs_f64()
+        );
     }
     let handles: Vec<Vec<u8>> = (0..pools).map(|i| format!("Pool-{i}").into_bytes()).collect();
     let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));

@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! cargo build --release && cargo build --release --example enrp_perf
-//! target/release/examples/enrp_perf sync     [--pes 1000000] [--rounds 3] [--cores 1,1] [--chunk N] [--max-message B] [--bin B]...
+//! target/release/examples/enrp_perf sync     [--pes 1000000] [--rounds 3] [--cores 1,1] [--chunk N] [--max-message B] [--expected-pes N] [--bin B]...
 //! target/release/examples/enrp_perf takeover [--pes 100000]  [--rounds 3] [--bin B]...
-//! target/release/examples/enrp_perf inproc   [--pes 1000000] [--rounds 3] [--chunk N]
+//! target/release/examples/enrp_perf inproc   [--pes 1000000] [--rounds 3] [--chunk N] [--expected-pes N]
 //! target/release/examples/enrp_perf updates  [--pes 100000]  [--rounds 3]
 //! ```
 //!
@@ -17,7 +17,8 @@
 //! (polled every 0.5 ms over one connection) that counts all PEs as `pes_of_peers`. Also the
 //! CPU time A and B spent meanwhile (`/proc/PID/task/*/schedstat`). `--cores A,B` pins A and B
 //! (default both on core 1, the client here on core 0); `--chunk` sets
-//! `limits.max_table_chunk` and `--max-message` `limits.max_message_size` of both. Several
+//! `limits.max_table_chunk` and `--max-message` `limits.max_message_size` of both,
+//! `--expected-pes` B's `limits.expected_pes` (B sized for the table it is about to get). Several
 //! `--bin` alternate, round by round (A B A B).
 //!
 //! **takeover**: A, B and C (one shard each, all on core 1) with short ENRP timers; A gets
@@ -34,7 +35,7 @@
 //! hand without I/O on core 1: A's export (every Handle Table Response, as its coordinator asks
 //! for them) and B's import (its coordinator splitting each response, then its shard storing
 //! the entries), each timed by the thread's CPU clock; CPU per PE without the kernel or the
-//! other process.
+//! other process. `--expected-pes` sets B's `limits.expected_pes` (its room taken at start).
 //!
 //! **updates**: the Handle Updates registrar A (one shard) encodes while `--pes` PEs register
 //! (1,000 pools) are fed to a registrar shard B that has A as its peer, in reads of whole
@@ -301,6 +302,8 @@ struct SyncOpts {
     cores: (usize, usize),
     chunk: Option<usize>,
     max_message: Option<usize>,
+    /// B's `limits.expected_pes`.
+    expected: usize,
 }
 
 fn limits(pes: usize, o: &SyncOpts) -> String {
@@ -331,7 +334,8 @@ fn sync_round(binary: &str, o: &SyncOpts, round: usize) -> String {
     assert_eq!(status(&mut sa).pes_owned, o.pes as u64);
     std::thread::sleep(Duration::from_millis(200));
     let (cpu_a0, t0) = (cpu(a.pid()), wall());
-    let b = spawn(binary, &dir, "b", "bbbb0002", o.cores.1, &[a.enrp], &config);
+    let config_b = format!("{config}expected_pes = {}\n", o.expected);
+    let b = spawn(binary, &dir, "b", "bbbb0002", o.cores.1, &[a.enrp], &config_b);
     let mut sb = connect(b.asap, Duration::from_secs(10));
     let listening = wall() - t0;
     let (mut polls, mut all, mut last) = (0u64, None, StatusReport::default());
@@ -351,7 +355,7 @@ fn sync_round(binary: &str, o: &SyncOpts, round: usize) -> String {
     let consistent = log_time(&b.log, "handle table received: consistent").map(|t| t - t0);
     let (poll_sent, poll_seen) = all.map_or((None, None), |(s, r)| (Some(s), Some(r)));
     let line = format!(
-        "{{\"mode\":\"sync\",\"binary\":\"{binary}\",\"round\":{round},\"pes\":{},\"cores\":[{},{}],\"chunk\":{},\"max_message\":{},\
+        "{{\"mode\":\"sync\",\"binary\":\"{binary}\",\"round\":{round},\"pes\":{},\"cores\":[{},{}],\"chunk\":{},\"max_message\":{},\"b_expected_pes\":{},\
          \"register_s\":{register_s:.3},\"b_listening_ms\":{:.1},\"b_asked_mentor_ms\":{},\"b_consistent_log_ms\":{},\
          \"b_all_pes_poll_sent_ms\":{},\"b_all_pes_poll_answered_ms\":{},\"transfer_ms\":{},\"polls\":{polls},\
          \"b_pes_of_peers\":{},\"cpu_a_ms\":{:.1},\"cpu_b_ms\":{:.1}}}",
@@ -360,6 +364,7 @@ fn sync_round(binary: &str, o: &SyncOpts, round: usize) -> String {
         o.cores.1,
         o.chunk.map_or("null".into(), |c| c.to_string()),
         o.max_message.map_or("null".into(), |c| c.to_string()),
+        o.expected,
         listening * 1e3,
         ms(asked),
         ms(consistent),
@@ -460,7 +465,7 @@ fn takeover_round(binary: &str, pes: usize, round: usize) -> String {
     let dir = std::env::temp_dir().join(format!("rserpool-enrp-takeover-{}-{round}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     pin(0);
-    let o = SyncOpts { pes, cores: (1, 1), chunk: None, max_message: None };
+    let o = SyncOpts { pes, cores: (1, 1), chunk: None, max_message: None, expected: 0 };
     let config = format!("{}{TAKEOVER_TIMERS}", limits(pes, &o));
     let (ida, idb, idc) = (0xaaaa_0001u32, 0xbbbb_0002u32, 0xcccc_0003u32);
     let mut a = spawn(binary, &dir, "a", "aaaa0001", 1, &[], &config);
@@ -560,8 +565,9 @@ fn takeover_round(binary: &str, pes: usize, round: usize) -> String {
 }
 
 /// One registrar shard with ENRP on, without I/O.
-fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<SocketAddr>) -> Registrar {
+fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<SocketAddr>, expected: usize) -> Registrar {
     let mut config = RegistrarConfig::new(id, 1);
+    config.limits.expected_pes = expected;
     config.limits.max_pes_per_connection = pes + 10;
     config.limits.max_pes = pes * 2 + 10;
     if let Some(c) = chunk {
@@ -575,7 +581,7 @@ fn shard_of_registrar(id: u32, pes: usize, chunk: Option<usize>, peers: Vec<Sock
 /// Registrar shard `id` with `pes` PEs registered over one connection (1,000 pools); `post`
 /// sees every message the shard posted meanwhile.
 fn loaded_registrar(id: u32, pes: usize, chunk: Option<usize>, mut post: impl FnMut(ShardMsg)) -> Registrar {
-    let mut a = shard_of_registrar(id, pes, chunk, Vec::new());
+    let mut a = shard_of_registrar(id, pes, chunk, Vec::new(), 0);
     let mut out = Recorder::default();
     let client = ConnId { shard: 0, generation: 1, slot: 0 };
     a.on_accept(client, ASAP, "127.0.0.1:4000".parse().unwrap(), Time::ZERO, &mut out);
@@ -600,7 +606,7 @@ fn thread_cpu() -> f64 {
 
 /// The export at A and the import at B, in process and pinned to core 1: CPU per PE of each
 /// (thread CPU time).
-fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
+fn inproc_round(pes: usize, chunk: Option<usize>, expected: usize, round: usize) -> String {
     pin(1);
     let (ida, idb) = (0xaaaa_0001u32, 0xbbbb_0002u32);
     let a_addr: SocketAddr = "127.0.0.1:9901".parse().unwrap();
@@ -624,7 +630,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     drop(a);
     // Import: B joins with A as its mentor, then gets the chunks.
-    let mut b = shard_of_registrar(idb, pes, chunk, vec![a_addr]);
+    let mut b = shard_of_registrar(idb, pes, chunk, vec![a_addr], expected);
     let mut out = Recorder::default();
     b.on_timer(Time(1), &mut out);
     let conn = out.dialled.first().map(|d| d.1).expect("B dials A");
@@ -655,7 +661,7 @@ fn inproc_round(pes: usize, chunk: Option<usize>, round: usize) -> String {
     assert_eq!(b.coordinator().map(|c| c.sync()), Some(rserpool::enrp::Sync::Consistent));
     let per = |s: f64| s * 1e9 / pes as f64;
     format!(
-        "{{\"mode\":\"inproc\",\"round\":{round},\"pes\":{pes},\"chunk\":{},\"chunks\":{},\"bytes\":{bytes},\
+        "{{\"mode\":\"inproc\",\"round\":{round},\"pes\":{pes},\"expected_pes\":{expected},\"chunk\":{},\"chunks\":{},\"bytes\":{bytes},\
          \"export_ms\":{:.1},\"export_ns_per_pe\":{:.0},\"import_coordinator_ms\":{:.1},\"import_shard_ms\":{:.1},\
          \"import_ns_per_pe\":{:.0},\"total_ms\":{:.1}}}",
         chunk.map_or("null".into(), |c| c.to_string()),
@@ -695,7 +701,7 @@ fn updates_round(pes: usize, round: usize) -> String {
     }
     reads.push(&updates[from..]);
     assert_eq!(count, pes, "one Handle Update per registration");
-    let mut b = shard_of_registrar(idb, pes, None, vec![a_addr]);
+    let mut b = shard_of_registrar(idb, pes, None, vec![a_addr], 0);
     let mut out = Recorder::default();
     b.on_timer(Time(1), &mut out);
     let conn = out.dialled.first().map(|d| d.1).expect("B dials A");
@@ -739,7 +745,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "sync".into());
     let (mut pes, mut rounds, mut binaries) = (None, 3usize, Vec::new());
-    let (mut cores, mut chunk, mut max_message) = ((1usize, 1usize), None, None);
+    let (mut cores, mut chunk, mut max_message, mut expected) = ((1usize, 1usize), None, None, 0);
     while let Some(a) = args.next() {
         let mut value = || args.next().expect("a value");
         match a.as_str() {
@@ -747,6 +753,7 @@ fn main() {
             "--rounds" => rounds = value().parse().expect("a number"),
             "--chunk" => chunk = Some(value().parse().expect("a number")),
             "--max-message" => max_message = Some(value().parse().expect("a number")),
+            "--expected-pes" => expected = value().parse().expect("a number"),
             "--cores" => {
                 let v = value();
                 let (x, y) = v.split_once(',').expect("--cores A,B");
@@ -763,11 +770,11 @@ fn main() {
         for b in &binaries {
             let line = match mode.as_str() {
                 "sync" => {
-                    let o = SyncOpts { pes: pes.unwrap_or(1_000_000), cores, chunk, max_message };
+                    let o = SyncOpts { pes: pes.unwrap_or(1_000_000), cores, chunk, max_message, expected };
                     sync_round(b, &o, round)
                 }
                 "takeover" => takeover_round(b, pes.unwrap_or(100_000), round),
-                "inproc" => inproc_round(pes.unwrap_or(1_000_000), chunk, round),
+                "inproc" => inproc_round(pes.unwrap_or(1_000_000), chunk, expected, round),
                 "updates" => updates_round(pes.unwrap_or(100_000), round),
                 other => panic!("unknown mode {other} (sync, takeover, inproc, updates)"),
             };

@@ -9,8 +9,11 @@ for single policies (vs_rsplib.sh runs the whole matrix).
 Each round runs every binary once (`taskset -c 1 BIN PES POOLS POLICY RESOLUTIONS 3`), in
 turn, reversing the order every other round so that neither side always runs first. Our bench:
 `cargo bench --bench rsplib_workload --no-run` (the executable it names), copied aside for each
-build to compare.
+build to compare. A binary given as `ENV=value:/path/to/bench` runs with that variable set
+(e.g. `RSPLIB_WORKLOAD_RESERVE=1:/tmp/ours`, our bench with its room reserved ahead, as the
+registrar's `limits.expected_pes` does), and is named `path+ENV` in the table.
 """
+import os
 import re
 import statistics
 import subprocess
@@ -26,15 +29,24 @@ def main() -> None:
     ops: list[str] = []
     for r in range(int(rounds)):
         for b in bins if r % 2 == 0 else bins[::-1]:
-            cmd = ["taskset", "-c", "1", b, pes, pools, policy, resolutions, "3"]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            env, path = dict(os.environ), b
+            if re.match(r"^\w+=[^:]*:", b):
+                var, path = b.split(":", 1)
+                env[var.split("=", 1)[0]] = var.split("=", 1)[1]
+            cmd = ["taskset", "-c", "1", path, pes, pools, policy, resolutions, "3"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             for line in out.splitlines():
                 m = re.search(r"pools=\S+\s+(\S+(?:\(\d+\))?)\s+([\d.]+)", line)
                 if m:
                     if m.group(1) not in ops:
                         ops.append(m.group(1))
                     data.setdefault((b, m.group(1)), []).append(float(m.group(2)))
-    name = lambda b: b.split("/")[-1]
+    def name(b: str) -> str:
+        if re.match(r"^\w+=[^:]*:", b):
+            var, path = b.split(":", 1)
+            return path.split("/")[-1] + "+" + var.split("=", 1)[0].removeprefix("RSPLIB_WORKLOAD_").lower()
+        return b.split("/")[-1]
+
     print(f"{policy} {pes}/{pools}, {rounds} rounds, medians (ratio to {name(bins[0])})")
     for op in ops:
         base = statistics.median(data[(bins[0], op)])
