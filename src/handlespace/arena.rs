@@ -10,6 +10,7 @@ use core::ops::{Index, IndexMut};
 use super::element::{PeSlot, PoolElement, NIL};
 use super::wheel::TimerLink;
 use super::wheel::TimerSlots;
+use crate::runtime::memory::populated_vec;
 
 const PAGE_BITS: u32 = 12;
 const PAGE: usize = 1 << PAGE_BITS;
@@ -107,7 +108,7 @@ impl Arena {
 
     fn add_page(&mut self) {
         // Built on the heap (a page is 576 KiB): a vector, then its box as an array.
-        let page: Box<[PeSlot]> = vec![PeSlot::VACANT; PAGE].into_boxed_slice();
+        let page: Box<[PeSlot]> = populated_vec(PAGE, PeSlot::VACANT).into_boxed_slice();
         match page.try_into() {
             Ok(slots) => self.pages.push(Page { slots, hashes: Box::new([0; PAGE]) }),
             Err(_) => unreachable!("a vector of PAGE slots is a page"),

@@ -151,7 +151,7 @@ impl ChunkIndex {
     }
 
     fn rebuild_dyn(&mut self, capacity: usize, entries: impl IntoIterator<Item = (u64, u32)>, hash_of: HashOf<'_>) {
-        self.chunks = vec![VACANT; capacity.div_ceil(MAX_LOAD).next_power_of_two()];
+        self.chunks = crate::runtime::memory::populated_vec(capacity.div_ceil(MAX_LOAD).next_power_of_two(), VACANT);
         self.len = 0;
         // Entries land in random chunks of a table larger than the caches: a batch is hashed
         // and its chunks asked for first, so that their misses overlap instead of following

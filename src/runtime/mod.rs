@@ -119,6 +119,7 @@ mod epoll;
 mod error;
 mod listener;
 mod mailbox;
+pub(crate) mod memory;
 mod probe;
 mod rlimit;
 mod shard;
