@@ -89,8 +89,8 @@ impl Arena {
     }
 
     /// Allocates the pages that `additional` more PEs than those held would need, so
-    /// that storing them touches no fresh memory (the kernel's page faults, a fifth of a fill's
-    /// time, are taken here instead).
+    /// that storing them touches no fresh memory (the kernel's backing of new pages, about a
+    /// fifth of a fill's time, is paid here instead).
     pub(crate) fn reserve(&mut self, additional: usize) {
         // Freed slots below `high` are taken first, so `len + additional` slots in all.
         let pages = self.len.saturating_add(additional).div_ceil(PAGE);

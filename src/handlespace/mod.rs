@@ -547,8 +547,8 @@ impl Handlespace {
 
     /// Makes room for `additional` more PEs, so that registering them neither grows the PE
     /// index (each growth rehashes every PE: a fill of 1,000,000 PEs spends about a fifth of
-    /// its time there) nor touches fresh memory (the page faults of the PEs' slots, another
-    /// fifth). O(PEs held) when the index grows; the slots' memory (144 bytes a PE) is
+    /// its time there) nor touches fresh memory (the kernel's backing of the slots' new pages,
+    /// another fifth). O(PEs held) when the index grows; the slots' memory (144 bytes a PE) is
     /// allocated and written now.
     pub fn reserve(&mut self, additional: usize) {
         let wanted = self.pes.len().saturating_add(additional).min(self.config.max_pes);
