@@ -7,7 +7,8 @@
 //! the slot; everything else is behind it.
 
 use crate::service::ConnId;
-use crate::wire::policy::{self, Policy, PolicyType};
+use crate::wire::policy::{Policy, PolicyType};
+use crate::wire::pool_element::emit_body;
 use crate::wire::transport::{self, TransportRepr};
 use crate::wire::{Put, Writer};
 
@@ -54,23 +55,28 @@ impl Put for InlineWriter {
         }
         self.len += N;
     }
+    #[inline(always)]
+    fn position(&self) -> usize {
+        self.len
+    }
 }
 
-/// Emits the user transport (whose encoded length is `user_len`), the policy and the ASAP
-/// transport to `w`.
+/// Emits the body ([`crate::wire::pool_element::encode_body`]) and the ASAP transport to `w`;
+/// returns the body's length.
 #[inline(always)]
 fn emit_all(
     w: &mut impl Put,
     user_transport: &TransportRepr,
-    user_len: usize,
     policy: &Policy,
     asap_transport: Option<&TransportRepr>,
-) {
-    transport::emit_sized(w, user_transport, user_len);
-    policy::emit(w, policy);
+) -> usize {
+    let start = w.position();
+    emit_body(w, user_transport, policy);
+    let body = w.position() - start;
     if let Some(t) = asap_transport {
         transport::emit(w, t);
     }
+    body
 }
 
 impl Wire {
@@ -82,16 +88,14 @@ impl Wire {
         policy: &Policy,
         asap_transport: Option<&TransportRepr>,
     ) -> Self {
-        let user_len = user_transport.encoded_len();
-        // Parameters are limited by the message size (64 KiB), so `body` fits in 16 bits.
-        let body = user_len + policy.encoded_len();
         let mut inline = InlineWriter { bytes: [0; INLINE], len: 0 };
-        emit_all(&mut inline, user_transport, user_len, policy, asap_transport);
+        let body = emit_all(&mut inline, user_transport, policy, asap_transport);
         if inline.len <= INLINE {
             return Self::Inline { body: body as u8, len: inline.len as u8, bytes: inline.bytes };
         }
         scratch.clear();
-        emit_all(&mut Writer::new(scratch), user_transport, user_len, policy, asap_transport);
+        // Parameters are limited by the message size (64 KiB), so `body` fits in 16 bits.
+        let body = emit_all(&mut Writer::new(scratch), user_transport, policy, asap_transport);
         Self::Heap { body: body as u16, bytes: scratch.as_slice().into() }
     }
 

@@ -6,7 +6,7 @@ use super::field::u32_at;
 use super::param::{Param, ParamType};
 use super::policy::{self, Policy, PolicyParam, PolicyRepr};
 use super::transport::{self, Transport, TransportRepr};
-use super::writer::Writer;
+use super::writer::{Put, Writer};
 
 /// Registration life meaning "until deregistered or the connection drops".
 pub const LIFE_INFINITE: i32 = -1;
@@ -285,9 +285,14 @@ impl Fields<'_> {
 /// transport and policy parameters, as they appear on the wire. A registrar stores this once
 /// and copies it into every answer ([`emit_encoded`]).
 pub fn encode_body(buf: &mut Vec<u8>, user_transport: &TransportRepr, policy: &Policy) {
-    let mut w = Writer::new(buf);
-    transport::emit(&mut w, user_transport);
-    policy::emit(&mut w, policy);
+    emit_body(&mut Writer::new(buf), user_transport, policy);
+}
+
+/// [`encode_body`] to any [`Put`] (the handlespace writes it straight into a PE's slot).
+#[inline(always)]
+pub(crate) fn emit_body(w: &mut impl Put, user_transport: &TransportRepr, policy: &Policy) {
+    transport::emit(w, user_transport);
+    policy::emit(w, policy);
 }
 
 /// Emits a Pool Element from its fixed fields and a body made by [`encode_body`] (the

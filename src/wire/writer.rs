@@ -21,12 +21,18 @@ pub enum EmitError {
 pub trait Put {
     /// Appends a fixed-size array.
     fn array<const N: usize>(&mut self, v: &[u8; N]);
+    /// Bytes written so far.
+    fn position(&self) -> usize;
 }
 
 impl Put for Writer<'_> {
     #[inline(always)]
     fn array<const N: usize>(&mut self, v: &[u8; N]) {
         Writer::array(self, v);
+    }
+    #[inline(always)]
+    fn position(&self) -> usize {
+        Writer::position(self)
     }
 }
 
