@@ -20,7 +20,8 @@
 //!   with its own tag. Each PE slot keeps its 32-bit hash, and the arena a dense copy of them
 //!   (4 bytes per PE), so a removal hashes nothing and a growth reads 16 KiB per page of 4,096
 //!   PEs instead of every slot. Both tables grow by rebuilding from their slab, in slab order,
-//!   and [`Handlespace::reserve`] sizes the PE table ahead for a known number of PEs;
+//!   and [`Handlespace::reserve`] sizes the PE table and the PE slots ahead for a known
+//!   number of PEs;
 //! - connection → its PEs is indexed by the connection's slot number (`conns`);
 //! - each pool has a selection index chosen by its policy (`selection.rs` explains them);
 //! - an owner's PEs and a connection's PEs are intrusive doubly-linked lists through the PE
