@@ -176,11 +176,23 @@ impl Arena {
             .flat_map(move |(p, page)| {
                 let base = (first + p) << PAGE_BITS;
                 let (lo, hi) = (from.saturating_sub(base), (to - base).min(PAGE));
-                page.slots[lo..hi].iter().enumerate().map(move |(i, s)| ((base + lo + i) as u32, s))
+                let slots = &page.slots;
+                slots[lo..hi].iter().enumerate().map(move |(i, s)| {
+                    if let Some(ahead) = slots.get(lo + i + WALK_AHEAD) {
+                        crate::runtime::simd::prefetch(ahead);
+                    }
+                    ((base + lo + i) as u32, s)
+                })
             })
             .filter(|(_, s)| s.generation() != 0)
     }
 }
+
+/// How many slots ahead of itself a [`Arena::range`] walk asks for (about 3.4 KB: the
+/// hardware's stream prefetch starts again at every 4 KiB page, and the walk reads two of a
+/// slot's lines, so without it each page begins with misses; 8 slots gained half as much,
+/// 48 and 96 no more).
+const WALK_AHEAD: usize = 24;
 
 impl Index<u32> for Arena {
     type Output = PeSlot;
