@@ -6,7 +6,8 @@
 //! Run: `taskset -c 1 cargo bench --bench registrar`. Instruction counts per operation, which
 //! do not depend on machine noise: `results/registrar/instructions.sh` (callgrind). With
 //! `REGISTRAR_METRICS=N` the shard keeps metrics as `registrar --metrics` does, timing one
-//! request in N.
+//! request in N; with `REGISTRAR_POOLS=N` it holds N pools of 10 (1,000 by default; 100,000
+//! puts the pools and PEs a burst reads out of the caches, as in a large registrar).
 
 use core::net::SocketAddr;
 use std::hint::black_box;
@@ -44,8 +45,12 @@ impl Outbox<ShardMsg> for SendBuffer {
     }
 }
 
-const POOLS: u32 = 1000;
 const PES: u32 = 10;
+
+/// Pools in the handlespace (`REGISTRAR_POOLS`, 1,000 by default).
+fn pools() -> u32 {
+    std::env::var("REGISTRAR_POOLS").map_or(1000, |n| n.parse().expect("REGISTRAR_POOLS is a number"))
+}
 
 fn pool(i: u32) -> String {
     format!("pool-{i:05}")
@@ -77,7 +82,7 @@ fn registration(p: u32, pe: u32) -> Vec<u8> {
     .unwrap()
 }
 
-fn setup() -> (Registrar, SendBuffer) {
+fn setup(pools: u32) -> (Registrar, SendBuffer) {
     let mut config = RegistrarConfig::new(0x1122_3344, 1);
     // The PEs name addresses other than the connection's: measure the procedures, not the
     // registration check (docs/SECURITY.md).
@@ -90,7 +95,7 @@ fn setup() -> (Registrar, SendBuffer) {
     let mut r = Registrar::new(&config, 0, Time::ZERO);
     let mut out = SendBuffer { buf: Vec::with_capacity(1 << 17) };
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    for p in 0..POOLS {
+    for p in 0..pools {
         let conn = ConnId { shard: 0, generation: 1, slot: p };
         r.on_accept(conn, ASAP, peer, Time::ZERO, &mut out);
         for pe in 0..PES {
@@ -98,19 +103,20 @@ fn setup() -> (Registrar, SendBuffer) {
             assert_eq!(r.on_data(conn, &m, Time::ZERO, &mut out), m.len());
         }
     }
-    assert_eq!(r.handlespace().pe_count(), (POOLS * PES) as usize);
+    assert_eq!(r.handlespace().pe_count(), (pools * PES) as usize);
     (r, out)
 }
 
 fn bench(c: &mut Criterion) {
-    let (mut r, mut out) = setup();
+    let pools = pools();
+    let (mut r, mut out) = setup(pools);
     let conn = ConnId { shard: 0, generation: 1, slot: 0 };
     // Requests for pools in a fixed pseudo-random order (the same every run).
     let mut rng = fastrand::Rng::with_seed(7);
     let requests: Vec<Vec<u8>> = (0..4096)
         .map(|_| {
             let mut b = Vec::new();
-            asap::emit_handle_resolution(&mut Writer::new(&mut b), pool(rng.u32(..POOLS)).as_bytes(), None).unwrap();
+            asap::emit_handle_resolution(&mut Writer::new(&mut b), pool(rng.u32(..pools)).as_bytes(), None).unwrap();
             b
         })
         .collect();
@@ -119,13 +125,13 @@ fn bench(c: &mut Criterion) {
     if let (Ok(op), Ok(n)) = (std::env::var("REGISTRAR_OP"), std::env::var("REGISTRAR_COUNT")) {
         let n: usize = n.parse().expect("REGISTRAR_COUNT is a number");
         let burst: Vec<u8> = requests[..16].concat();
-        let rereg: Vec<Vec<u8>> = (0..4096).map(|k| registration(k % POOLS, (k / POOLS) % PES)).collect();
+        let rereg: Vec<Vec<u8>> = (0..4096).map(|k| registration(k % pools, (k / pools) % PES)).collect();
         for k in 0..n {
             match op.as_str() {
                 "resolve" => black_box(r.on_data(conn, black_box(&requests[k & 4095]), Time::ZERO, &mut out)),
                 "burst" => black_box(r.on_data(conn, black_box(&burst), Time::ZERO, &mut out)),
                 "rereg" => {
-                    let conn = ConnId { shard: 0, generation: 1, slot: (k & 4095) as u32 % POOLS };
+                    let conn = ConnId { shard: 0, generation: 1, slot: (k & 4095) as u32 % pools };
                     black_box(r.on_data(conn, black_box(&rereg[k & 4095]), Time::ZERO, &mut out))
                 }
                 _ => 0,
@@ -149,14 +155,33 @@ fn bench(c: &mut Criterion) {
     g.bench_function("handle-resolution-burst16", |b| {
         b.iter(|| black_box(r.on_data(conn, black_box(&burst), Time::ZERO, &mut out)))
     });
+    // Bursts of 16 for different pools each time (4,096 bursts in turn, 65,536 pools drawn),
+    // so that with many pools a burst's are not the ones the last bursts left in the caches.
+    let bursts: Vec<Vec<u8>> = (0..4096)
+        .map(|_| {
+            let mut b = Vec::new();
+            for _ in 0..16 {
+                let handle = pool(rng.u32(..pools));
+                asap::emit_handle_resolution(&mut Writer::new(&mut b), handle.as_bytes(), None).unwrap();
+            }
+            b
+        })
+        .collect();
+    let mut j = 0usize;
+    g.bench_function("handle-resolution-burst16-spread", |b| {
+        b.iter(|| {
+            j += 1;
+            black_box(r.on_data(conn, black_box(&bursts[j % bursts.len()]), Time::ZERO, &mut out))
+        })
+    });
     // Re-registration of an existing PE (the churn path).
-    let rereg: Vec<Vec<u8>> = (0..4096).map(|k| registration(k % POOLS, (k / POOLS) % PES)).collect();
+    let rereg: Vec<Vec<u8>> = (0..4096).map(|k| registration(k % pools, (k / pools) % PES)).collect();
     g.throughput(Throughput::Elements(1));
     let mut k = 0usize;
     g.bench_function("reregistration", |b| {
         b.iter(|| {
             let m = &rereg[k & 4095];
-            let conn = ConnId { shard: 0, generation: 1, slot: (k & 4095) as u32 % POOLS };
+            let conn = ConnId { shard: 0, generation: 1, slot: (k & 4095) as u32 % pools };
             k += 1;
             black_box(r.on_data(conn, black_box(m), Time::ZERO, &mut out));
         })

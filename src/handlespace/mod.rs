@@ -749,6 +749,26 @@ impl Handlespace {
         self.pools[p as usize].selector.select(&mut ctx, n, out);
     }
 
+    /// Asks for the chunk of the pool index where a lookup of `handle` starts (a hint, no
+    /// effect on results) and returns the handle's hash for [`Handlespace::prefetch_pool`]:
+    /// the first of two steps a caller with several requests in hand takes ahead of them, so
+    /// that their lookups' misses overlap instead of following one another.
+    pub fn prefetch_pool_index(&self, handle: &[u8]) -> u64 {
+        let hash = self.hasher.hash_one(handle);
+        self.pool_index.prefetch(hash);
+        hash
+    }
+
+    /// The second step: finds the pool (whose index chunk the first step asked for) and asks
+    /// for its entry and its selection index.
+    pub fn prefetch_pool(&self, handle: &[u8], hash: u64) {
+        if let Some(p) = self.find_pool_hashed(hash, handle) {
+            let pool = &self.pools[p as usize];
+            crate::runtime::simd::prefetch(pool);
+            pool.selector.prefetch();
+        }
+    }
+
     /// Asks for the PEs of `keys` to be brought into the cache (a hint, no effect on results),
     /// for a caller about to read them all (an answer copying their parameters): their misses
     /// then overlap instead of following one another.

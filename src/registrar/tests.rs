@@ -915,3 +915,49 @@ fn expected_pes_size_each_shard_ahead_of_its_registrations() {
     assert_eq!(sim.shard(0).handlespace().pe_count(), 1_000);
     assert_eq!(sim.shard(0).handlespace().pe_capacity(), capacity, "the PE index grew");
 }
+
+#[test]
+fn a_burst_in_a_shard_of_many_pools_is_answered_as_each_request_alone() {
+    // Past LOOK_AHEAD_POOLS pools a shard looks a burst's pools up before handling it: a hint
+    // that must change no answer, skip what is not a pool request or not this shard's, and
+    // survive malformed requests in the burst.
+    let shards = 2;
+    let mut config = RegistrarConfig::new(1, shards);
+    config.limits.max_pes_per_connection = 1 << 20;
+    let mut sim = RegSim::with(config);
+    let pe = sim.connect(0, "192.0.2.1:1");
+    let pools = 2 * super::router::LOOK_AHEAD_POOLS as u32 + 512;
+    let mut stream = Vec::new();
+    for p in 0..pools {
+        stream.extend(registration(&format!("pool-{p}"), p + 1, tcp("192.0.2.1", 7000), Policy::RoundRobin, -1));
+    }
+    sim.send(pe, &stream);
+    assert_eq!(sim.take(pe).len(), pools as usize);
+    for s in 0..shards {
+        assert!(sim.shard(s).handlespace().pool_count() > super::router::LOOK_AHEAD_POOLS, "shard {s}");
+    }
+
+    let pu = sim.connect(0, "192.0.2.9:1");
+    let mut burst = Vec::new();
+    let mut expected: Vec<Result<Vec<u32>, CauseCode>> = Vec::new();
+    for p in [3, 17, 9000, 12, 40, 17] {
+        burst.extend(resolution(&format!("pool-{p}"), None));
+        expected.push(Ok(vec![p + 1]));
+    }
+    burst.extend(resolution("no-such-pool", None));
+    expected.push(Err(CauseCode::UNKNOWN_POOL_HANDLE));
+    // A resolution whose handle parameter claims more bytes than the message holds.
+    let mut bad = resolution("pool-5", None);
+    bad[6..8].copy_from_slice(&200u16.to_be_bytes());
+    burst.extend(&bad);
+    burst.extend(resolution("pool-5", None));
+    expected.push(Ok(vec![6]));
+    sim.send(pu, &burst);
+    let answers = sim.take(pu);
+    assert_eq!(answers.len(), expected.len() + 1, "every request answered, the malformed one too");
+    let mut ok = answers.iter().filter(|a| a[0] == MessageType::HandleResolutionResponse as u8);
+    for want in &expected {
+        assert_eq!(resolved(ok.next().unwrap()), *want);
+    }
+    assert!(!sim.closed(pu));
+}
