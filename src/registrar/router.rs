@@ -32,8 +32,9 @@ pub use crate::enrp::{ENRP, ENRP_TLS};
 
 /// Pools a shard holds before a burst of requests looks its pools up ahead
 /// ([`Registrar::look_ahead`]): a burst of 16 resolutions over 100,000 pools of 10 ran 1.5-2.0x
-/// faster with it, over 1,000 it cost 23 % more instructions for no measurable gain
-/// (`benches/registrar.rs`, `handle-resolution-burst16-spread`).
+/// faster with it (`benches/registrar.rs`, `handle-resolution-burst16-spread`; over TCP 1.24x
+/// the capacity per core, and 1.08x at 10,000 pools), over 1,000 it cost 23 % more
+/// instructions for no measurable gain (`results/registrar/look-ahead-20261202.md`).
 pub(super) const LOOK_AHEAD_POOLS: usize = 8192;
 
 /// What a registrar shard needs to know.
