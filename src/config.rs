@@ -166,7 +166,7 @@ pub struct Limits {
     pub max_increment: u32,
     /// PEs (own and peers' together) the handlespace is sized for at start, split evenly
     /// between shards: up to that many, its PE index never grows (a growth holds its shard for
-    /// the time it takes to rehash every PE, about 0.2 s at 10 million) and registering touches
+    /// the time it takes to rehash every PE, about 0.3 s at 10 million) and registering touches
     /// no fresh memory (the kernel's page faults on new PE slots). Takes the memory of that many
     /// PEs from the start, 154-161 bytes each (slot, index entry); 0 (the default) allocates as
     /// PEs come.
