@@ -592,7 +592,9 @@ impl Service for Registrar {
             };
         };
         let peer = c.peer;
-        self.look_ahead(data);
+        if !out.input_paused(conn) {
+            self.look_ahead(data);
+        }
         let mut used = 0;
         while !out.input_paused(conn) {
             match self.framer.frame(&data[used..]) {
