@@ -11,7 +11,9 @@ turn, reversing the order every other round so that neither side always runs fir
 `cargo bench --bench rsplib_workload --no-run` (the executable it names), copied aside for each
 build to compare. A binary given as `ENV=value:/path/to/bench` runs with that variable set
 (e.g. `RSPLIB_WORKLOAD_RESERVE=1:/tmp/ours`, our bench with its room reserved ahead, as the
-registrar's `limits.expected_pes` does), and is named `path+ENV` in the table.
+registrar's `limits.expected_pes` does), and is named `path+ENV` in the table. With
+`RSPLIB_WORKLOAD_FILL_ONLY=1` in the environment our benches stop after the fill (only
+`register` is compared, in rounds of about a second).
 """
 import os
 import re
@@ -47,14 +49,16 @@ def main() -> None:
             return path.split("/")[-1] + "+" + var.split("=", 1)[0].removeprefix("RSPLIB_WORKLOAD_").lower()
         return b.split("/")[-1]
 
-    print(f"{policy} {pes}/{pools}, {rounds} rounds, medians (ratio to {name(bins[0])})")
+    print(f"{policy} {pes}/{pools}, {rounds} rounds, medians (ratio to {name(bins[0])}: of the medians, and")
+    print("  the median of each round's ratio, which a machine whose speed drifts between rounds moves less)")
     for op in ops:
         base = statistics.median(data[(bins[0], op)])
         cells = []
         for b in bins:
             if (b, op) in data:
                 med = statistics.median(data[(b, op)])
-                cells.append(f"{name(b)} {med / 1e6:.3f}M ({med / base:.2f}x)")
+                paired = statistics.median(x / y for x, y in zip(data[(b, op)], data[(bins[0], op)]))
+                cells.append(f"{name(b)} {med / 1e6:.3f}M ({med / base:.2f}x, per round {paired:.3f}x)")
         print(f"  {op:14} " + "  ".join(cells))
 
 

@@ -22,7 +22,7 @@ const WIDTH: usize = 12;
 const MAX_LOAD: usize = 10;
 /// Where a chunk keeps its overflow count, after its tags.
 const OVERFLOW: usize = WIDTH;
-/// One chunk's tags: 0 = empty, else 0x80 and 7 bits of the hash.
+/// One chunk's tags: 0 = empty, else the hash's top byte (1 when that is 0).
 const EMPTY: u8 = 0;
 
 #[derive(Clone, Copy)]
@@ -35,9 +35,12 @@ struct Chunk {
 
 const VACANT: Chunk = Chunk { ctrl: [EMPTY; 16], items: [0; WIDTH] };
 
-/// The tag of an entry with this hash (its top 7 bits, marked full).
+/// The tag of an entry with this hash: its top byte, moved off [`EMPTY`]. Eight bits rather
+/// than seven and a mark: a probe that matches a tag reads the entry's slab item to compare
+/// keys, which misses the cache, so each bit halves those wasted misses.
+#[inline]
 fn tag(hash: u64) -> u8 {
-    0x80 | (hash >> 57) as u8
+    ((hash >> 56) as u8).max(1)
 }
 
 /// One bit per tag byte of `ctrl` that equals `byte` (bit `k` for entry `k`).

@@ -319,14 +319,31 @@ impl Handlespace {
     /// registration showed no gain.
     #[inline(always)]
     fn locate_ahead(&self, handle: &[u8], pe_id: u32, selector: bool) -> Spot {
+        let (hash, pe_hash) = self.ask(handle, pe_id, false);
+        self.probe(hash, pe_hash, handle, pe_id, selector)
+    }
+
+    /// The first half of a lookup: hashes the handle and the PE and asks for the PE index's
+    /// chunk (and, with `pool_chunk`, the pool index's), returning both hashes for
+    /// [`Handlespace::probe`]. Both hashes first: the PE table's probe does not depend on the
+    /// pool's, so its chunk is asked for before the pool's probe waits on its own miss.
+    /// (Probing the PE table first and checking a found PE's pool through its slot would skip
+    /// the pool table for PEs that exist, but chains PE chunk, slot and pool entry one after
+    /// another: measured no faster.)
+    #[inline(always)]
+    fn ask(&self, handle: &[u8], pe_id: u32, pool_chunk: bool) -> (u64, u32) {
         let hash = self.hasher.hash_one(handle);
-        // Both hashes first: the PE table's probe does not depend on the pool's, so its chunk
-        // is asked for before the pool's probe waits on its own miss. (Probing the PE table
-        // first and checking a found PE's pool through its slot would skip the pool table for
-        // PEs that exist, but chains PE chunk, slot and pool entry one after another: measured
-        // no faster.)
         let pe_hash = pe_hash(&self.hasher, pool_tag(hash), pe_id);
         self.pe_index.prefetch(index_key(pe_hash));
+        if pool_chunk {
+            self.pool_index.prefetch(hash);
+        }
+        (hash, pe_hash)
+    }
+
+    /// The second half of a lookup: probes both indexes for what [`Handlespace::ask`] hashed.
+    #[inline(always)]
+    fn probe(&self, hash: u64, pe_hash: u32, handle: &[u8], pe_id: u32, selector: bool) -> Spot {
         let pool = self.find_pool_hashed(hash, handle);
         if let Some(p) = pool.filter(|_| selector) {
             self.pools[p as usize].selector.prefetch();
@@ -425,14 +442,39 @@ impl Handlespace {
     /// the new owner and connection); otherwise the identifier collides. An update keeps the
     /// PE's place in rotations and resets its degradation and unreachable count.
     pub fn register(&mut self, reg: Registration<'_>, now: Time) -> Result<Registered, RegisterError> {
-        let spot = self.locate(reg.handle, reg.pe_id);
-        self.register_at(spot, reg, now)
+        // The parameters are encoded between asking for the two index chunks and probing
+        // them: the encoding does not depend on them, so their misses overlap it instead of
+        // stalling the probe (with the index's 8-bit tags, a fill of 1,000,000 PEs 1.15x in
+        // one pool, 1.30x in 100,000 pools; results/handlespace/README.md).
+        let (hash, pe_hash) = self.ask(reg.handle, reg.pe_id, true);
+        let wire = self.encode(&reg);
+        let spot = self.probe(hash, pe_hash, reg.handle, reg.pe_id, false);
+        self.register_encoded(spot, reg, wire, now)
     }
 
     /// [`Handlespace::register`] at `spot`, which [`Handlespace::locate`] returned for this
     /// registration's handle and identifier with no change to the handlespace since.
     pub fn register_at(&mut self, spot: Spot, reg: Registration<'_>, now: Time) -> Result<Registered, RegisterError> {
-        let Registration { handle, pe_id, home, user_transport, asap_transport, policy, registration_life, conn } = reg;
+        let wire = self.encode(&reg);
+        self.register_encoded(spot, reg, wire, now)
+    }
+
+    /// The parameters of `reg` as its slot keeps them.
+    #[inline(always)]
+    fn encode(&mut self, reg: &Registration<'_>) -> Wire {
+        Wire::encode(&mut self.wire_scratch, reg.user_transport, &reg.policy, reg.asap_transport)
+    }
+
+    /// [`Handlespace::register_at`] with the parameters encoded (`wire`); an error drops them.
+    #[inline(always)]
+    fn register_encoded(
+        &mut self,
+        spot: Spot,
+        reg: Registration<'_>,
+        wire: Wire,
+        now: Time,
+    ) -> Result<Registered, RegisterError> {
+        let Registration { handle, pe_id, home, user_transport, policy, registration_life, conn, .. } = reg;
         debug_assert_eq!(spot, self.locate(handle, pe_id), "a stale spot");
         if handle.is_empty() {
             return Err(RegisterError::EmptyHandle);
@@ -469,7 +511,6 @@ impl Handlespace {
                     return Err(RegisterError::TooManyPesOnConnection);
                 }
                 let life = self.effective_life(registration_life);
-                let wire = Wire::encode(&mut self.wire_scratch, user_transport, &policy, asap_transport);
                 return Ok(self.update(p, index, home, wire, &policy, life, conn, now));
             }
             if self.pools[p as usize].selector.len() >= self.config.max_pes_per_pool {
@@ -512,14 +553,8 @@ impl Handlespace {
         let life = self.effective_life(registration_life);
         let generation = self.new_generation();
         let mut slot = PeSlot::VACANT;
-        slot.pe = PoolElement {
-            id: pe_id,
-            home,
-            registration_life: life,
-            generation,
-            wire: Wire::encode(&mut self.wire_scratch, user_transport, &policy, asap_transport),
-            conn: PackedConn::new(conn),
-        };
+        slot.pe =
+            PoolElement { id: pe_id, home, registration_life: life, generation, wire, conn: PackedConn::new(conn) };
         slot.pool = p;
         slot.index_hash = spot.pe_hash;
         if self.pe_index.is_full() {
