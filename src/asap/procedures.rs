@@ -176,11 +176,11 @@ impl Procedures {
         let l = &config.limits;
         let hs = Handlespace::new(
             HandlespaceConfig {
-                // Pools and PEs are limited registrar-wide by the budgets; a connection's PEs by
-                // the router's `room`.
+                // Pools and PEs are limited registrar-wide by the budgets (own and peers' PEs
+                // apart, both held here); a connection's PEs by the router's `room`.
                 max_pools: l.max_pools,
                 max_pes_per_pool: l.max_pes_per_pool,
-                max_pes: l.max_pes,
+                max_pes: l.max_pes.saturating_add(l.max_peer_pes),
                 max_pes_per_connection: usize::MAX,
                 max_handle_len: l.max_pool_handle,
                 max_registration_life: config.timers.max_registration_life.min(i32::MAX as u64) as i32,

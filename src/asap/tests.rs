@@ -185,8 +185,8 @@ fn peers_pes_are_stored_by_the_rules_of_wire_md_7() {
     let mut ev = Events::new();
     // A peer's PE, with its home and ASAP transport; without either it is refused.
     assert!(matches!(learn(&mut p, "q", &peer_pe(1, 20, [192, 0, 2, 1], true), &mut ev), Learnt::Stored(_)));
-    assert_eq!(learn(&mut p, "q", &peer_pe(2, 20, [192, 0, 2, 2], false), &mut ev), Learnt::Refused);
-    assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(2, 20, [192, 0, 2, 2], false), &mut ev), super::Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), super::Learnt::Refused);
     assert_eq!(home_of(&p, "q", 1), Some(20));
     let stored = p.handlespace().pe(p.handlespace().lookup(b"q", 1).unwrap()).unwrap();
     assert_eq!(stored.conn(), None, "a peer's PE has no connection here");
@@ -240,4 +240,33 @@ fn a_takeover_moves_ownership_and_supervision() {
     let mut out = Probes::default();
     p.on_timer(Time(100), &mut out, &mut ev);
     assert!(out.0.is_empty(), "no connection to probe over yet");
+}
+
+/// `limits.max_pes` bounds this registrar's own PEs and `limits.max_peer_pes` the peers', each
+/// apart: peers' PEs up to theirs leave room for ours up to ours, in one shard's handlespace.
+#[test]
+fn own_and_peers_pes_are_limited_apart() {
+    let config = ProceduresConfig {
+        server_id: 9,
+        limits: Limits { max_pes: 2, max_peer_pes: 5, ..Limits::default() },
+        timers: Timers::default(),
+        seed: 1,
+        budgets: Arc::default(),
+        security: Default::default(),
+    };
+    let mut p = Procedures::new(&config, 0, Time::ZERO);
+    let mut ev = Events::default();
+    for id in 1..=5 {
+        let stored = learn(&mut p, "q", &peer_pe(id, 20, [192, 0, 2, id as u8], true), &mut ev);
+        assert!(matches!(stored, super::Learnt::Stored(_)), "peer PE {id}: {stored:?}");
+    }
+    assert_eq!(learn(&mut p, "q", &peer_pe(6, 20, [192, 0, 2, 6], true), &mut ev), super::Learnt::Refused);
+    for id in 11..=12 {
+        let answer = handle(&mut p, conn(1), "192.0.2.1", &registration("q", id, 80, 30_000), Time::ZERO, &mut ev);
+        assert_eq!(answer[0], MessageType::RegistrationResponse as u8);
+        assert_eq!(home_of(&p, "q", id), Some(9), "own PE {id} is refused: {answer:?}");
+    }
+    let answer = handle(&mut p, conn(1), "192.0.2.1", &registration("q", 13, 80, 30_000), Time::ZERO, &mut ev);
+    assert_eq!(home_of(&p, "q", 13), None, "a third own PE is beyond limits.max_pes: {answer:?}");
+    assert_eq!(p.handlespace().pe_count(), 7);
 }
