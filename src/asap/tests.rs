@@ -37,9 +37,13 @@ impl Outbox<()> for Probes {
 }
 
 fn procedures(timers: Timers) -> Procedures {
+    procedures_limited(Limits::default(), timers)
+}
+
+fn procedures_limited(limits: Limits, timers: Timers) -> Procedures {
     let config = ProceduresConfig {
         server_id: 9,
-        limits: Limits::default(),
+        limits,
         timers,
         seed: 1,
         budgets: Arc::default(),
@@ -185,8 +189,8 @@ fn peers_pes_are_stored_by_the_rules_of_wire_md_7() {
     let mut ev = Events::new();
     // A peer's PE, with its home and ASAP transport; without either it is refused.
     assert!(matches!(learn(&mut p, "q", &peer_pe(1, 20, [192, 0, 2, 1], true), &mut ev), Learnt::Stored(_)));
-    assert_eq!(learn(&mut p, "q", &peer_pe(2, 20, [192, 0, 2, 2], false), &mut ev), super::Learnt::Refused);
-    assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), super::Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(2, 20, [192, 0, 2, 2], false), &mut ev), Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(3, 0, [192, 0, 2, 3], true), &mut ev), Learnt::Refused);
     assert_eq!(home_of(&p, "q", 1), Some(20));
     let stored = p.handlespace().pe(p.handlespace().lookup(b"q", 1).unwrap()).unwrap();
     assert_eq!(stored.conn(), None, "a peer's PE has no connection here");
@@ -246,21 +250,14 @@ fn a_takeover_moves_ownership_and_supervision() {
 /// apart: peers' PEs up to theirs leave room for ours up to ours, in one shard's handlespace.
 #[test]
 fn own_and_peers_pes_are_limited_apart() {
-    let config = ProceduresConfig {
-        server_id: 9,
-        limits: Limits { max_pes: 2, max_peer_pes: 5, ..Limits::default() },
-        timers: Timers::default(),
-        seed: 1,
-        budgets: Arc::default(),
-        security: Default::default(),
-    };
-    let mut p = Procedures::new(&config, 0, Time::ZERO);
+    use super::Learnt;
+    let mut p = procedures_limited(Limits { max_pes: 2, max_peer_pes: 5, ..Limits::default() }, Timers::default());
     let mut ev = Events::default();
     for id in 1..=5 {
         let stored = learn(&mut p, "q", &peer_pe(id, 20, [192, 0, 2, id as u8], true), &mut ev);
-        assert!(matches!(stored, super::Learnt::Stored(_)), "peer PE {id}: {stored:?}");
+        assert!(matches!(stored, Learnt::Stored(_)), "peer PE {id}: {stored:?}");
     }
-    assert_eq!(learn(&mut p, "q", &peer_pe(6, 20, [192, 0, 2, 6], true), &mut ev), super::Learnt::Refused);
+    assert_eq!(learn(&mut p, "q", &peer_pe(6, 20, [192, 0, 2, 6], true), &mut ev), Learnt::Refused);
     for id in 11..=12 {
         let answer = handle(&mut p, conn(1), "192.0.2.1", &registration("q", id, 80, 30_000), Time::ZERO, &mut ev);
         assert_eq!(answer[0], MessageType::RegistrationResponse as u8);
